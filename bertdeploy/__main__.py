@@ -1,0 +1,3 @@
+from bertdeploy.cli import main
+
+main()

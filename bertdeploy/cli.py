@@ -1,0 +1,116 @@
+"""The `bertdeploy` command: parse options, call one library function, render its result.
+
+Results go to stdout (a table, or JSON with --json); logs and progress bars go to stderr.
+A `BertdeployError` becomes a one-line `Error: ...` with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from bertdeploy import __version__
+from bertdeploy.errors import BertdeployError
+
+
+class UserError(click.ClickException):
+    exit_code = 2
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn library errors into clean CLI errors; keep stdout for results only."""
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its logs to stdout
+            yield
+    except BertdeployError as e:
+        raise UserError(str(e)) from None
+
+
+def _to_json(value: object) -> str:
+    return json.dumps(dataclasses.asdict(value), indent=2, ensure_ascii=False, default=str)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bertdeploy")
+@click.option("-v", "--verbose", is_flag=True, help="Show debug logs.")
+@click.option("-q", "--quiet", is_flag=True, help="Show warnings and errors only.")
+def cli(verbose: bool, quiet: bool) -> None:
+    """Fine-tune, export, benchmark and serve BERT-family text classifiers."""
+    warnings.filterwarnings("ignore", message="mtime may not be reliable")  # harmless, from the Trainer
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("bertdeploy")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
+@cli.command()
+@click.option("--model", required=True, help="Hugging Face id or local directory of a BERT-family checkpoint.")
+@click.option("--train-file", required=True, type=click.Path(path_type=Path), help="CSV, TSV or JSONL.")
+@click.option("--output-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--eval-file", type=click.Path(path_type=Path), help="Held-out data; else a stratified split.")
+@click.option("--val-split", type=float, help="Share of the training rows held out when no --eval-file [0.1].")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--text-pair-column", help="Second text of sentence-pair tasks.")
+@click.option("--labels", help="Comma-separated label order (default: sorted).")
+@click.option("--epochs", default=3.0, show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--learning-rate", default=2e-5, show_default=True)
+@click.option("--weight-decay", default=0.01, show_default=True)
+@click.option("--max-length", default=128, show_default=True, help="Longer texts are truncated.")
+@click.option("--warmup-ratio", default=0.1, show_default=True)
+@click.option("--freeze-encoder", is_flag=True, help="Train the classification head only.")
+@click.option("--group-by-length", is_flag=True,
+              help="Batch texts of similar length: faster, but may cost accuracy when length tracks the label.")
+@click.option("--early-stopping-patience", type=int, help="Stop after N epochs without a better macro-F1.")
+@click.option("--seed", default=42, show_default=True)
+@click.option("--max-train-samples", type=int, help="Train on a stratified sample of N rows.")
+@click.option("--drop-empty", is_flag=True, help="Skip rows with an empty text or label instead of failing.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def finetune(labels: str | None, as_json: bool, **options: object) -> None:
+    """Fine-tune a checkpoint on a labelled CSV/TSV/JSONL file."""
+    from bertdeploy.train import FinetuneOptions
+    from bertdeploy.train import finetune as run
+
+    with user_errors():
+        result = run(FinetuneOptions(labels=labels.split(",") if labels else None, **options))
+    click.echo(_to_json(result) if as_json else render_finetune(result))
+
+
+def render_finetune(result) -> str:
+    lines = [f"{'epoch':>6}  {'train loss':>10}  {'eval loss':>9}  {'accuracy':>8}  {'macro-F1':>8}"]
+    for row in result.epochs:
+        mark = "  <- best" if row["epoch"] == result.best_epoch else ""
+        train_loss = f"{row['train_loss']:.4f}" if row["train_loss"] is not None else "-"
+        lines.append(f"{row['epoch']:>6g}  {train_loss:>10}  {row['eval_loss']:>9.4f}  "
+                     f"{row['accuracy']:>8.4f}  {row['macro_f1']:>8.4f}{mark}")
+    width = max(len(label) for label in result.labels)
+    lines += ["", f"{'class':<{width}}  precision  recall      f1  support"]
+    for label, figures in result.per_class.items():
+        lines.append(f"{label:<{width}}  {figures['precision']:>9.4f}  {figures['recall']:>6.4f}  "
+                     f"{figures['f1']:>6.4f}  {figures['support']:>7}")
+    lines += [
+        "",
+        f"{result.train_samples} training texts, {result.eval_samples} held out, "
+        f"{result.train_samples_per_second:.1f} samples/s",
+        f"saved {result.output_dir} (accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f}, "
+        f"epoch {result.best_epoch:g})",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    cli(prog_name="bertdeploy")

@@ -1,0 +1,297 @@
+"""Read labelled text from CSV, TSV or JSONL; validate it; fix the label order; split it.
+
+Every problem is a `DataError` that names the file, the line and what to do. Rows stream from
+the file line by line, so a reader knows exactly where each record starts. TSV follows the
+IANA convention: tabs separate fields and quotes are ordinary characters.
+This module knows nothing of tokenizers or models.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from bertdeploy.errors import DataError
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_SHOWN_LINES = 5
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Texts (and optional second texts) with their labels, as read from `path`."""
+
+    path: Path
+    texts: list[str]
+    labels: list[str]
+    pairs: list[str] | None = None
+    lines: list[int] | None = None  # the line each record starts on, for messages
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: Sequence[int]) -> Examples:
+        pick = list(indices)
+        return replace(
+            self,
+            texts=[self.texts[i] for i in pick],
+            labels=[self.labels[i] for i in pick],
+            pairs=None if self.pairs is None else [self.pairs[i] for i in pick],
+            lines=None if self.lines is None else [self.lines[i] for i in pick],
+        )
+
+
+def file_format(path: Path) -> str:
+    """The format a file's extension names, or a DataError listing the ones we read."""
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(f"{path}: unknown file type '{path.suffix}'; use one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield (line number, text) with strict UTF-8 decoding that names the bad line."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{path} line {number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} "
+                    "of the line); save the file as UTF-8, e.g. `iconv -f GBK -t UTF-8 in.csv > out.csv`"
+                ) from None
+
+
+def iter_rows(path: str | Path) -> tuple[list[str] | None, Iterator[tuple[int, dict]]]:
+    """Open a data file: its columns (None for JSONL, whose keys vary) and (line, row) pairs.
+
+    Blank lines are skipped. A CSV/TSV row with a different number of fields than the header
+    is an error, since that is almost always an unquoted delimiter inside a text.
+    """
+    path = Path(path)
+    fmt = file_format(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    if fmt == "jsonl":
+        return None, _jsonl_rows(path)
+    return _delimited_rows(path, fmt)
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    for number, line in _decoded_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} line {number}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+        yield number, row
+
+
+def _delimited_rows(path: Path, fmt: str) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    lines = _decoded_lines(path)
+    current = [0]
+
+    def text_lines() -> Iterator[str]:
+        for number, line in lines:
+            current[0] = number
+            yield line
+
+    if fmt == "tsv":
+        reader = csv.reader(text_lines(), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(text_lines())
+    try:
+        header = next(reader, None)
+    except csv.Error as e:
+        raise DataError(f"{path} line {current[0]}: {e}") from None
+    if not header or not any(h.strip() for h in header):
+        raise DataError(f"{path}: no header row; the first line must name the columns")
+    header = [h.strip() for h in header]
+
+    def rows() -> Iterator[tuple[int, dict]]:
+        while True:
+            start = current[0] + 1
+            try:
+                fields = next(reader, None)
+            except csv.Error as e:
+                raise DataError(f"{path} line {start}: {e}") from None
+            if fields is None:
+                return
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise DataError(
+                    f"{path} line {start}: {len(fields)} fields but the header has {len(header)}; "
+                    "quote texts that contain the delimiter"
+                )
+            yield start, dict(zip(header, fields, strict=True))
+
+    return header, rows()
+
+
+def _describe_lines(numbers: list[int]) -> str:
+    shown = ", ".join(str(n) for n in numbers[:_SHOWN_LINES])
+    more = len(numbers) - _SHOWN_LINES
+    return f"line{'s' if len(numbers) > 1 else ''} {shown}" + (f" and {more} more" if more > 0 else "")
+
+
+def _blank(text: str | None) -> bool:
+    return text is None or not text.strip()
+
+
+def _as_text(path: Path, number: int, field: str, value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise DataError(f"{path} line {number}: '{field}' is a {type(value).__name__}, expected a string")
+
+
+def _as_label(path: Path, number: int, field: str, value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value.strip() if value is not None else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise DataError(f"{path} line {number}: '{field}' is a {type(value).__name__}, expected a string or integer")
+
+
+def load_examples(
+    path: str | Path,
+    text_column: str = "text",
+    label_column: str = "label",
+    pair_column: str | None = None,
+    drop_empty: bool = False,
+) -> Examples:
+    """Read every labelled row of a CSV/TSV/JSONL file, refusing empty texts unless `drop_empty`."""
+    path = Path(path)
+    header, rows = iter_rows(path)
+    wanted = [c for c in (text_column, pair_column, label_column) if c is not None]
+    if header is not None:
+        _check_columns(path, wanted, header)
+    texts: list[str] = []
+    pairs: list[str] = []
+    labels: list[str] = []
+    lines: list[int] = []
+    empty: list[int] = []
+    seen_keys: dict[str, None] = {}
+    for number, row in rows:
+        seen_keys.update(dict.fromkeys(row))
+        text = _as_text(path, number, text_column, row.get(text_column))
+        pair = _as_text(path, number, pair_column, row.get(pair_column)) if pair_column else None
+        label = _as_label(path, number, label_column, row.get(label_column))
+        if _blank(text) or (pair_column and _blank(pair)) or not label:
+            empty.append(number)
+            continue
+        texts.append(text)
+        if pair_column:
+            pairs.append(pair)
+        labels.append(label)
+        lines.append(number)
+    if header is None:
+        if not seen_keys:
+            raise DataError(f"{path}: no records, only blank lines")
+        _check_columns(path, wanted, list(seen_keys))
+    if empty and not drop_empty:
+        fields = " / ".join(repr(c) for c in wanted)
+        raise DataError(
+            f"{path}: empty or missing {fields} on {_describe_lines(empty)}; "
+            "fix them or pass --drop-empty to skip them"
+        )
+    if not texts:
+        raise DataError(f"{path}: no usable rows" + (f" ({len(empty)} empty ones skipped)" if empty else ""))
+    return Examples(path, texts, labels, pairs if pair_column else None, lines)
+
+
+def _check_columns(path: Path, wanted: list[str], found: list[str]) -> None:
+    missing = [c for c in wanted if c not in found]
+    if missing:
+        raise DataError(
+            f"{path}: no column {', '.join(repr(c) for c in missing)}; the columns found are "
+            f"{', '.join(repr(c) for c in found)} (choose with --text-column / --label-column)"
+        )
+
+
+def label_order(examples: Examples, explicit: Sequence[str] | None = None) -> list[str]:
+    """The class names in id order: `explicit` if given, else sorted (numerically if all integers)."""
+    present = sorted(set(examples.labels))
+    if explicit:
+        explicit = [str(x).strip() for x in explicit]
+        if len(set(explicit)) != len(explicit) or not all(explicit):
+            raise DataError(f"--labels {','.join(explicit)}: each label must be named once, none empty")
+        unknown = [x for x in present if x not in explicit]
+        if unknown:
+            where = [n for n, y in zip(examples.lines or [], examples.labels, strict=False) if y in unknown]
+            raise DataError(
+                f"{examples.path}: label {', '.join(repr(x) for x in unknown)} on {_describe_lines(where)} "
+                f"is not in --labels ({', '.join(explicit)})"
+            )
+        ordered = list(explicit)
+    elif all(re.fullmatch(r"[+-]?\d+", x) for x in present):
+        ordered = sorted(present, key=int)
+    else:
+        ordered = present
+    if len(present) < 2:
+        raise DataError(
+            f"{examples.path}: every row has the label {present[0]!r}; a classifier needs at least two classes"
+        )
+    return ordered
+
+
+def check_known_labels(examples: Examples, labels: Sequence[str]) -> None:
+    """Refuse labels the classifier does not know (e.g. an eval label never seen in training)."""
+    known = set(labels)
+    unknown = sorted({y for y in examples.labels if y not in known})
+    if unknown:
+        where = [n for n, y in zip(examples.lines or [], examples.labels, strict=False) if y not in known]
+        raise DataError(
+            f"{examples.path}: label {', '.join(repr(x) for x in unknown)} on {_describe_lines(where)} "
+            f"is unknown to the model, which knows {', '.join(repr(x) for x in labels)}"
+        )
+
+
+def _shuffled_by_class(labels: Sequence[str], seed: int) -> dict[str, list[int]]:
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for i, y in enumerate(labels):
+        by_class[y].append(i)
+    return {y: [idx[j] for j in rng.permutation(len(idx))] for y, idx in sorted(by_class.items())}
+
+
+def split_examples(examples: Examples, val_fraction: float, seed: int) -> tuple[Examples, Examples]:
+    """Stratified, seeded train/validation split: each class keeps its share in both parts."""
+    train_idx: list[int] = []
+    val_idx: list[int] = []
+    for idx in _shuffled_by_class(examples.labels, seed).values():
+        k = min(max(round(len(idx) * val_fraction), 1), len(idx) - 1) if len(idx) > 1 else 0
+        val_idx += idx[:k]
+        train_idx += idx[k:]
+    if not val_idx:
+        raise DataError(f"{examples.path}: too few rows for a validation split; pass --eval-file")
+    return examples.subset(sorted(train_idx)), examples.subset(sorted(val_idx))
+
+
+def sample_examples(examples: Examples, n: int, seed: int) -> Examples:
+    """A seeded stratified sample of `n` rows (largest-remainder quotas per class)."""
+    if n >= len(examples):
+        return examples
+    by_class = _shuffled_by_class(examples.labels, seed)
+    quotas = {y: n * len(idx) / len(examples) for y, idx in by_class.items()}
+    counts = {y: math.floor(q) for y, q in quotas.items()}
+    by_remainder = sorted(quotas, key=lambda y: (counts[y] - quotas[y], y))
+    for y in by_remainder[: n - sum(counts.values())]:
+        counts[y] += 1
+    chosen = [i for y, idx in by_class.items() for i in idx[: counts[y]]]
+    return examples.subset(sorted(chosen))

@@ -1,0 +1,20 @@
+"""Typed errors for user mistakes: the CLI prints their message in one line and exits with code 2.
+
+Anything that is not a `BertdeployError` is a bug and keeps its traceback.
+"""
+
+
+class BertdeployError(Exception):
+    """A problem the user can fix: bad input, a wrong path, a refused output directory."""
+
+
+class DataError(BertdeployError):
+    """A data file is missing, unreadable or inconsistent."""
+
+
+class ModelError(BertdeployError):
+    """A model path or id does not hold a usable checkpoint."""
+
+
+class OutputDirError(BertdeployError):
+    """The output directory is not in a state the command may write to."""

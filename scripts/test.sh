@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Set up .venv (first run only) and run the linter and the test suite; extra args go to pytest.
+source "$(dirname "$0")/_setup.sh" dev
+ruff check bertdeploy tests scripts benchmarks
+python -m pytest "$@"

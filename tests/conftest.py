@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny random BERT with a real WordPiece tokenizer, and small data files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+POSITIVE = ["好", "喜欢", "满意", "推荐", "不错", "开心", "good", "great"]
+NEGATIVE = ["差", "失望", "退货", "难用", "垃圾", "生气", "bad", "awful"]
+FILLER = ["这个", "手机", "书", "质量", "服务", "快递", "价格", "真的", "很", "the", "phone", "is"]
+
+
+def _vocab() -> list[str]:
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = sorted({c for word in POSITIVE + NEGATIVE + FILLER for c in word})
+    return special + chars + [f"##{c}" for c in chars] + ["，", "！", "。"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 random BERT saved with save_pretrained, and its fast tokenizer."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(_vocab()) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, tokenize_chinese_chars=True)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_rows(n: int, seed: int = 0) -> list[dict]:
+    """An easy synthetic sentiment set: the label word decides the class."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 == 0 else "negative"
+        words = rng.sample(FILLER, 3) + [rng.choice(POSITIVE if label == "positive" else NEGATIVE)]
+        rng.shuffle(words)
+        rows.append({"text": "".join(words) + rng.choice(["！", "。", ""]), "label": label})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict], delimiter: str = ",") -> Path:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> tuple[Path, Path]:
+    return write_csv(tmp_path / "train.csv", make_rows(160, seed=1)), write_csv(tmp_path / "test.csv", make_rows(40, 2))

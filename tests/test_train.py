@@ -1,0 +1,210 @@
+"""Fine-tuning mechanics on the tiny random BERT: real Trainer runs, a few seconds each."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_rows, write_csv, write_jsonl
+from safetensors.numpy import load_file
+
+from bertdeploy.artifacts import read_manifest
+from bertdeploy.errors import BertdeployError, ModelError, OutputDirError
+from bertdeploy.train import FinetuneOptions, finetune
+
+FAST = dict(epochs=5, learning_rate=3e-3, batch_size=8)
+
+
+def _options(model, train, out, **kw) -> FinetuneOptions:
+    return FinetuneOptions(model=str(model), train_file=train, output_dir=out, **{**FAST, **kw})
+
+
+def _accuracy_of_saved_model(model_dir: Path, rows: list[dict]) -> float:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        logits = model(**tokenizer([r["text"] for r in rows], padding=True, return_tensors="pt")).logits
+    predicted = [model.config.id2label[i] for i in logits.argmax(-1).tolist()]
+    return float(np.mean([p == r["label"] for p, r in zip(predicted, rows, strict=False)]))
+
+
+def test_finetune_learns_and_writes_a_complete_directory(tiny_model_dir, tiny_data, tmp_path):
+    train, test = tiny_data
+    out = tmp_path / "model"
+    result = finetune(_options(tiny_model_dir, train, out, eval_file=test))
+
+    losses = [e["train_loss"] for e in result.epochs]
+    assert len(result.epochs) == 5 and losses[-1] < losses[0] * 0.5
+    assert result.accuracy >= 0.9
+    best = max(result.epochs, key=lambda e: e["macro_f1"])
+    assert result.best_epoch == best["epoch"] and result.macro_f1 == pytest.approx(best["macro_f1"])
+
+    expected = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                "metrics.json", "manifest.json"}
+    assert expected <= {p.name for p in out.iterdir()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "test.csv", "train.csv"]  # no .partial left
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert config["label2id"] == {"negative": 0, "positive": 1}
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 128
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3, 4, 5]
+    assert set(metrics["best"]["per_class"]) == {"negative", "positive"}
+    matrix = metrics["best"]["confusion_matrix"]["rows_true_columns_predicted"]
+    assert sum(map(sum, matrix)) == 40 and np.trace(matrix) / 40 == pytest.approx(result.accuracy)
+
+    manifest = read_manifest(out, kind="model")
+    assert manifest["labels"] == ["negative", "positive"] and manifest["max_length"] == 128
+    assert manifest["source_model"] == str(tiny_model_dir)
+    assert len(manifest["data"]["train_file"]["sha256"]) == 64 and manifest["data"]["eval_rows"] == 40
+    assert manifest["training"]["learning_rate"] == 3e-3 and manifest["training"]["precision"] == "fp32"
+
+    # the best epoch's weights were saved, not the last ones
+    assert _accuracy_of_saved_model(out, make_rows(40, 2)) == pytest.approx(result.accuracy)
+
+
+def test_val_split_pairs_and_max_train_samples(tiny_model_dir, tmp_path):
+    rows = [{"q": r["text"], "a": "回答", "y": r["label"]} for r in make_rows(100, 3)]
+    train = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    result = finetune(_options(tiny_model_dir, train, tmp_path / "m", epochs=1, text_column="q",
+                               text_pair_column="a", label_column="y", max_train_samples=50))
+    assert (result.train_samples, result.eval_samples) == (50, 10)
+    manifest = read_manifest(tmp_path / "m")
+    assert manifest["data"]["val_split"] == {"fraction": 0.1, "seed": 42}
+    assert manifest["text_pair_column"] == "a"
+
+
+def test_freeze_encoder_trains_only_the_head(tiny_model_dir, tiny_data, tmp_path):
+    train, test = tiny_data
+    finetune(_options(tiny_model_dir, train, tmp_path / "m", eval_file=test, epochs=1, freeze_encoder=True))
+    before = load_file(tiny_model_dir / "model.safetensors")
+    after = load_file(tmp_path / "m" / "model.safetensors")
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    np.testing.assert_array_equal(before[name], after[name])
+    assert "classifier.weight" in after
+
+
+def test_output_dir_refused_then_overwritten(tiny_model_dir, tiny_data, tmp_path):
+    train, test = tiny_data
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="not empty; pass --overwrite"):
+        finetune(_options(tiny_model_dir, train, out, eval_file=test, epochs=1))
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    finetune(_options(tiny_model_dir, train, out, eval_file=test, epochs=1, overwrite=True))
+    assert (out / "manifest.json").is_file() and not (out / "keep.txt").exists()
+
+
+@pytest.mark.parametrize("make_source, message", [
+    (lambda tmp: tmp / "empty-dir", r"not a model directory \(no config.json\)"),
+    (lambda tmp: "./no/such/model", "no such directory"),
+])
+def test_model_path_that_is_not_a_model(tiny_data, tmp_path, make_source, message):
+    source = make_source(tmp_path)
+    if isinstance(source, Path):
+        source.mkdir()
+    with pytest.raises(ModelError, match=message):
+        finetune(_options(source, tiny_data[0], tmp_path / "m", eval_file=tiny_data[1]))
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()
+
+
+def test_options_are_validated():
+    with pytest.raises(BertdeployError, match="either an eval file or a validation split"):
+        FinetuneOptions(model="m", train_file="t.csv", output_dir="o", eval_file="e.csv", val_split=0.2)
+    with pytest.raises(BertdeployError, match="val_split must be between 0 and 1"):
+        FinetuneOptions(model="m", train_file="t.csv", output_dir="o", val_split=1.5)
+
+
+def _start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    log = (cwd.parent / "log.txt").open("w")  # a file, not a pipe nobody reads, which would fill and block
+    process = subprocess.Popen([sys.executable, "-m", "bertdeploy", "finetune", *args], cwd=cwd,
+                               stdout=log, stderr=subprocess.STDOUT)
+    process.stdout = log
+    return process
+
+
+def _log_tail(process: subprocess.Popen) -> str:
+    return Path(process.stdout.name).read_text()[-2000:]
+
+
+def _wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"finished early with {process.returncode}: {_log_tail(process)}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    (tmp_path / "run").mkdir()
+    return tmp_path / "run"
+
+
+@pytest.fixture
+def slow_run_args(tiny_model_dir, run_dir) -> list[str]:
+    """A run whose epochs last long enough to interrupt: many rows, batch size 1."""
+    write_csv(run_dir / "big.csv", make_rows(400, 5))
+    write_csv(run_dir / "dev.csv", make_rows(20, 6))
+    return ["--model", str(tiny_model_dir), "--train-file", "big.csv", "--eval-file", "dev.csv",
+            "--output-dir", "out", "--batch-size", "1", "--epochs", "20"]
+
+
+def test_ctrl_c_leaves_nothing(slow_run_args, run_dir):
+    process = _start_cli(slow_run_args, run_dir)
+    _wait_for(lambda: (run_dir / "out.partial").exists(), process)
+    time.sleep(1.0)  # inside the first epoch, before any checkpoint
+    assert not list((run_dir / "out.partial").glob("checkpoints/checkpoint-*"))
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=60)
+    assert process.returncode != 0
+    assert sorted(p.name for p in run_dir.iterdir()) == ["big.csv", "dev.csv"]
+
+
+def test_killed_run_resumes_from_its_checkpoint(slow_run_args, run_dir, monkeypatch):
+    process = _start_cli(slow_run_args, run_dir)
+    checkpoints = run_dir / "out.partial" / "checkpoints"
+    _wait_for(lambda: any(checkpoints.glob("checkpoint-*/trainer_state.json")), process)
+    time.sleep(0.5)  # let the checkpoint finish writing
+    process.kill()
+    process.wait()
+    assert not (run_dir / "out").exists()  # nothing that looks finished
+
+    # a plain re-run is refused rather than silently discarding the checkpoint
+    again = subprocess.run([sys.executable, "-m", "bertdeploy", "finetune", *slow_run_args], cwd=run_dir,
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and "pass --resume to continue it" in again.stderr
+
+    monkeypatch.chdir(run_dir)
+    options = FinetuneOptions(model=slow_run_args[1], train_file="big.csv", eval_file="dev.csv", output_dir="out",
+                              batch_size=1, epochs=2, resume=True)  # shorten the rest of the run
+    result = finetune(options)
+    assert result.resumed_from is not None and result.resumed_from.endswith("checkpoint-400")
+    assert [e["epoch"] for e in result.epochs] == [1, 2]  # epoch 1 from before the kill, epoch 2 after
+    assert (run_dir / "out" / "manifest.json").is_file() and not (run_dir / "out.partial").exists()
+
+
+def test_resume_refuses_changed_settings(tiny_model_dir, tiny_data, tmp_path):
+    train, test = tiny_data
+    out = tmp_path / "out"
+    partial = tmp_path / "out.partial" / "checkpoints" / "checkpoint-20"
+    partial.mkdir(parents=True)
+    (partial / "trainer_state.json").write_text("{}")
+    (tmp_path / "out.partial" / "run.json").write_text(json.dumps({"learning_rate": 1.0}))
+    with pytest.raises(OutputDirError, match="cannot resume: .*learning_rate.* differ"):
+        finetune(_options(tiny_model_dir, train, out, eval_file=test, resume=True))
