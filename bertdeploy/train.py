@@ -123,6 +123,9 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
     fingerprint = _fingerprint(options, data_info)
     if checkpoint is not None:
         _check_same_run(work_dir, fingerprint)
+    from transformers import set_seed
+
+    set_seed(options.seed)  # the new head is initialised while loading, before the Trainer seeds
     tokenizer, model = load_model(options.model, labels, options.freeze_encoder)
 
     import torch

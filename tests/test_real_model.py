@@ -15,8 +15,9 @@ from bertdeploy.artifacts import read_manifest  # noqa: E402
 from bertdeploy.demo import minilm_path, write_review_splits  # noqa: E402
 from bertdeploy.train import FinetuneOptions, finetune  # noqa: E402
 
-# Measured here (2 cores): REAL_ACCURACY after one epoch on 2,000 reviews at max length 64.
-MIN_ACCURACY = 0.0
+# Measured here (2 cores): accuracy 0.586, macro-F1 0.580 after one epoch on 2,000 reviews at max
+# length 64; chance is 0.5. The margin absorbs the float differences of other CPUs.
+MIN_ACCURACY = 0.55
 
 
 def test_minilm_learns_chinese_reviews(tmp_path):

@@ -208,3 +208,12 @@ def test_resume_refuses_changed_settings(tiny_model_dir, tiny_data, tmp_path):
     (tmp_path / "out.partial" / "run.json").write_text(json.dumps({"learning_rate": 1.0}))
     with pytest.raises(OutputDirError, match="cannot resume: .*learning_rate.* differ"):
         finetune(_options(tiny_model_dir, train, out, eval_file=test, resume=True))
+
+
+def test_same_seed_same_model(tiny_model_dir, tiny_data, tmp_path):
+    train, test = tiny_data
+    first = finetune(_options(tiny_model_dir, train, tmp_path / "a", eval_file=test, epochs=1))
+    second = finetune(_options(tiny_model_dir, train, tmp_path / "b", eval_file=test, epochs=1))
+    assert first.epochs == second.epochs
+    a, b = (load_file(tmp_path / name / "model.safetensors") for name in "ab")
+    np.testing.assert_array_equal(a["classifier.weight"], b["classifier.weight"])
