@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from transformers import Trainer, default_data_collator, set_seed
+from transformers import Trainer, default_data_collator
 
 from bertdeploy.data import load_examples
 from bertdeploy.demo import minilm_path, write_review_splits
@@ -34,8 +34,7 @@ RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
 
 def pad_to_max(options: FinetuneOptions, labels: list[str]) -> dict:
     """The plain recipe: every text padded to max_length, no grouping; everything else as ours."""
-    set_seed(options.seed)
-    tokenizer, model = load_model(options.model, labels)
+    tokenizer, model = load_model(options.model, labels, seed=options.seed)
     label_ids = {label: i for i, label in enumerate(labels)}
 
     def encode(path):

@@ -123,10 +123,7 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
     fingerprint = _fingerprint(options, data_info)
     if checkpoint is not None:
         _check_same_run(work_dir, fingerprint)
-    from transformers import set_seed
-
-    set_seed(options.seed)  # the new head is initialised while loading, before the Trainer seeds
-    tokenizer, model = load_model(options.model, labels, options.freeze_encoder)
+    tokenizer, model = load_model(options.model, labels, options.freeze_encoder, seed=options.seed)
 
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
@@ -259,10 +256,13 @@ def check_model_source(source: str) -> None:
         raise ModelError(f"{source}: no such directory")
 
 
-def load_model(source: str, labels: list[str], freeze_encoder: bool = False):
-    """Tokenizer and sequence-classification model with a fresh head for `labels`."""
+def load_model(source: str, labels: list[str], freeze_encoder: bool = False, seed: int | None = None):
+    """Tokenizer and sequence-classification model with a fresh head for `labels`.
+
+    `seed` makes the new head's initial weights reproducible; the Trainer seeds only later.
+    """
     check_model_source(source)
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     try:
         config = AutoConfig.from_pretrained(
@@ -280,6 +280,8 @@ def load_model(source: str, labels: list[str], freeze_encoder: bool = False):
         raise ModelError(f"{source}: cannot load its tokenizer: {_first_line(e)}") from None
     if not tokenizer.is_fast:
         raise ModelError(f"{source}: has no fast (Rust) tokenizer, which deployment needs as tokenizer.json")
+    if seed is not None:
+        set_seed(seed)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
     except (OSError, ValueError) as e:
