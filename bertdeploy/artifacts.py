@@ -96,6 +96,9 @@ def staging_dir(destination: str | Path) -> Iterator[Path]:
     destination = Path(destination).absolute()
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp-", dir=destination.parent))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
     try:
         yield staging
         move_into_place(staging, destination)

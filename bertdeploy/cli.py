@@ -112,5 +112,68 @@ def render_finetune(result) -> str:
     return "\n".join(lines)
 
 
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--output-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--optimize", type=click.Choice(["O1", "O2", "O3", "O4"]),
+              help="Add a graph-optimized variant (O4: fp16, needs --device cuda).")
+@click.option("--quantize", multiple=True, type=click.Choice(["int8", "int8-static", "fp16"]),
+              help="Add a quantized variant; repeat for several.")
+@click.option("--quant-preset", default="auto", show_default=True,
+              type=click.Choice(["auto", "avx2", "avx512", "avx512_vnni", "arm64"]),
+              help="The CPU the INT8 kernels target; auto reads this CPU's flags.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="INT8 weight scales.")
+@click.option("--calibration-file", type=click.Path(path_type=Path),
+              help="Texts for int8-static (default: the training file).")
+@click.option("--calibration-samples", default=300, show_default=True)
+@click.option("--calibration-method", default="minmax", show_default=True,
+              type=click.Choice(["minmax", "entropy", "percentile"]))
+@click.option("--eval-file", type=click.Path(path_type=Path),
+              help="Labelled data to score every variant (default: the training run's eval data).")
+@click.option("--eval-samples", default=2000, show_default=True, help="Score a stratified sample; 0 for all rows.")
+@click.option("--max-accuracy-drop", default=1.0, show_default=True,
+              help="Points of accuracy a variant may lose against PyTorch and still ship.")
+@click.option("--opset", type=int, help="ONNX opset (default: Optimum's choice).")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def export(quantize: tuple[str, ...], as_json: bool, **options: object) -> None:
+    """Export a fine-tuned model to ONNX variants, checked against PyTorch."""
+    from bertdeploy.export import ExportOptions
+    from bertdeploy.export import export as run
+
+    quiet = logging.getLogger("bertdeploy").level > logging.INFO
+    with user_errors():
+        result = run(ExportOptions(quantize=list(quantize), progress=not quiet, **options))
+    click.echo(_to_json(result) if as_json else render_export(result))
+
+
+def render_export(result) -> str:
+    """One row per variant: size, parity with PyTorch, accuracy, speed; refused ones with the reason."""
+    fp32_size = next(v.size_bytes for v in result.variants if v.name == "fp32")
+    lines = [f"{'variant':<12} {'size':>9} {'of fp32':>7} {'max|dlogit|':>11} {'agree':>7} {'accuracy':>8} "
+             f"{'drop':>6} {'batch1':>8} {'batch8':>8}"]
+    if result.reference["accuracy"] is not None:
+        lines.append(f"{'pytorch':<12} {'':>9} {'':>7} {'':>11} {'':>7} {result.reference['accuracy']:>8.4f}")
+    for v in result.variants:
+        accuracy = f"{v.eval['accuracy']:>8.4f} {v.eval['accuracy_drop']:>+6.2f}" if v.eval else f"{'-':>8} {'-':>6}"
+        speed = (f"{v.latency_ms['batch_1']:>6.1f}ms {v.latency_ms['batch_8']:>6.1f}ms" if v.latency_ms
+                 else f"{'-':>8} {'-':>8}")
+        mark = "  <- default" if v.name == result.default_variant else "" if v.shipped else "  REFUSED"
+        lines.append(f"{v.name:<12} {v.size_bytes / 1e6:>7.1f}MB {v.size_bytes / fp32_size:>7.0%} "
+                     f"{v.parity['max_abs_diff']:>11.2g} {v.parity['label_agreement']:>7.2%} {accuracy} {speed}{mark}")
+    lines.append("")
+    for v in result.variants:
+        if not v.shipped:
+            lines.append(f"refused {v.name}: {v.reason}")
+    if result.guard == "accuracy":
+        lines.append(f"scored on {result.texts} labelled texts from {result.eval_source}")
+    else:
+        lines.append(f"no labelled eval data: judged by agreement with PyTorch on {result.texts} texts "
+                     f"from {result.eval_source}")
+    lines.append(f"saved {result.output_dir} (default variant: {result.default_variant})")
+    return "\n".join(lines)
+
+
 def main() -> None:
     cli(prog_name="bertdeploy")

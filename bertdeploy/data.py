@@ -215,6 +215,31 @@ def load_examples(
     return Examples(path, texts, labels, pairs if pair_column else None, lines)
 
 
+def load_texts(
+    path: str | Path, text_column: str = "text", pair_column: str | None = None
+) -> tuple[list[str], list[str] | None]:
+    """Read the texts (and second texts) of a file whose labels are not needed; blank rows are skipped."""
+    path = Path(path)
+    header, rows = iter_rows(path)
+    wanted = [c for c in (text_column, pair_column) if c is not None]
+    if header is not None:
+        _check_columns(path, wanted, header)
+    texts: list[str] = []
+    pairs: list[str] = []
+    for number, row in rows:
+        if header is None and any(c not in row for c in wanted):
+            _check_columns(path, wanted, list(row))
+        text = _as_text(path, number, text_column, row.get(text_column))
+        pair = _as_text(path, number, pair_column, row.get(pair_column)) if pair_column else None
+        if _blank(text) or (pair_column and _blank(pair)):
+            continue
+        texts.append(text)
+        pairs.append(pair)
+    if not texts:
+        raise DataError(f"{path}: no non-empty {text_column!r} texts")
+    return texts, pairs if pair_column else None
+
+
 def _check_columns(path: Path, wanted: list[str], found: list[str]) -> None:
     missing = [c for c in wanted if c not in found]
     if missing:

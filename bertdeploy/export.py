@@ -1,0 +1,407 @@
+"""Turn a fine-tuned model directory into a deployable ONNX artifact directory.
+
+Steps: export through Optimum (dynamic batch and sequence axes), build the variants asked for
+(graph optimization, INT8 dynamic/static, FP16), run PyTorch and every variant on the same real
+texts, fail loudly if the fp32 export disagrees with PyTorch, score each variant against the
+labels and refuse (after retrying with safer settings) those that lose more accuracy than
+allowed, time the survivors and name the fastest the default. The directory holds the ONNX
+files, `tokenizer.json` and `manifest.json`; it appears only when complete.
+The predictor, bench and server read it; this module does not serve or benchmark at length.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bertdeploy import quantize as q
+from bertdeploy.artifacts import (
+    MANIFEST_NAME,
+    check_output_dir,
+    read_manifest,
+    sha256_file,
+    staging_dir,
+    write_manifest,
+)
+from bertdeploy.data import Examples, check_known_labels, load_examples, load_texts, sample_examples, split_examples
+from bertdeploy.errors import BertdeployError, DataError, ModelError
+from bertdeploy.guard import Judge, Variant, build_with_retries, time_and_pick
+from bertdeploy.optimize import check_level, optimize_graph
+from bertdeploy.runtime import DEVICES, check_device, create_session, encode, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+ARTIFACT_KIND = "onnx"
+QUANTIZATIONS = ("int8", "int8-static", "fp16")
+SAMPLE_SEED = 0
+PARITY_TEXTS_WITHOUT_LABELS = 256
+SAMPLE_TEXTS = [  # parity texts of last resort: short and long, Chinese and English
+    "这个手机很好用，电池也耐用。", "质量太差了，用了两天就坏了，非常失望！", "物流很快", "一般般吧，价格还可以。",
+    "The service was excellent and the staff were friendly.", "Terrible. Never again.", "ok",
+    "I bought this for my daughter and she has used it every day since; the battery lasts, the screen is bright "
+    "and it survived two drops, though the charger stopped working after a month.",
+    "书的内容不错，但是印刷质量一般，有几页字迹模糊，希望卖家以后注意。总体来说还是值得一读的。", "不推荐",
+    "Works as described.", "客服态度很差，问了三次都没人回复，退货流程也很麻烦，再也不会在这家买了。",
+]
+
+
+@dataclass
+class ExportOptions:
+    """What to build from `model_dir`; accuracy drops are in percentage points."""
+
+    model_dir: str | Path
+    output_dir: str | Path
+    optimize: str | None = None
+    quantize: list[str] = field(default_factory=list)
+    quant_preset: str = "auto"
+    per_channel: bool = True
+    calibration_file: str | Path | None = None
+    calibration_samples: int = 300
+    calibration_method: str = "minmax"
+    eval_file: str | Path | None = None
+    eval_samples: int = 2000  # a stratified sample of larger eval sets; 0 scores every row
+    max_accuracy_drop: float = 1.0
+    opset: int | None = None
+    device: str = "cpu"
+    overwrite: bool = False
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        self.quantize = list(dict.fromkeys(self.quantize))
+        unknown = [x for x in self.quantize if x not in QUANTIZATIONS]
+        if unknown:
+            raise BertdeployError(f"unknown quantization {unknown[0]!r}; use one of {', '.join(QUANTIZATIONS)}")
+        if self.device not in DEVICES:
+            raise BertdeployError(f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
+        if self.optimize is not None:
+            check_level(self.optimize, self.device)
+        self.quant_preset = q.resolve_preset(self.quant_preset)
+        if self.calibration_method not in q.CALIBRATION_METHODS:
+            raise BertdeployError(f"unknown calibration method {self.calibration_method!r}; "
+                                  f"use one of {', '.join(q.CALIBRATION_METHODS)}")
+        checks = [
+            (self.calibration_samples > 0, "calibration_samples must be positive"),
+            (self.eval_samples >= 0, "eval_samples must be 0 (all rows) or positive"),
+            (0 <= self.max_accuracy_drop <= 100, "max_accuracy_drop is in points, between 0 and 100"),
+            (self.opset is None or 14 <= self.opset <= 23, "opset must be between 14 and 23"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BertdeployError(message)
+
+
+@dataclass
+class ExportResult:
+    output_dir: Path
+    default_variant: str
+    reference: dict  # PyTorch: accuracy, macro_f1 (None without labels)
+    guard: str  # "accuracy" with labelled data, else "agreement" with PyTorch
+    eval_source: str | None
+    texts: int
+    variants: list[Variant]
+
+
+@dataclass
+class _Source:
+    path: Path
+    labels: list[str]
+    max_length: int
+    problem_type: str
+    columns: dict  # text_column, label_column, pair_column
+    manifest: dict | None
+
+
+def export(options: ExportOptions) -> ExportResult:
+    """Export, build, check and score every variant; write the artifact directory."""
+    check_output_dir(options.output_dir, options.overwrite)
+    source = read_model_dir(options.model_dir)
+    check_device(options.device)
+    scored, eval_source = _scoring_texts(options, source)
+    calibration = _calibration_texts(options, source) if "int8-static" in options.quantize else None
+    reference = _pytorch_logits(source, scored, options.device)
+    if not scored.labels:
+        logger.warning("no labelled eval data (give --eval-file): variants are judged by agreement with PyTorch on "
+                       "%d texts", len(scored))
+
+    with staging_dir(options.output_dir) as out:
+        work = out / ".work"
+        _export_fp32(source.path, work, options)
+        fp32 = out / _file_name("fp32")
+        shutil.copyfile(work / "model.onnx", fp32)
+        tokenizer = _write_tokenizer(source, out / "tokenizer.json")
+        judge = Judge(scored, source.labels, reference, tokenizer, options.device, options.max_accuracy_drop)
+        variants = [judge.check_fp32(fp32)]
+        level = options.optimize
+        if level:
+            optimized = optimize_graph(work, level, options.device, out / _file_name(level))
+            variants.append(judge.score(level, optimized, "optimized", optimization=level))
+        jobs = [(kind, kind, fp32, None) for kind in options.quantize]
+        if "int8" in options.quantize and level in ("O1", "O2", "O3"):
+            # Fusing first is faster at batch 1 and slower at larger batches (benchmarks/RESULTS.md):
+            # build both orders and let the timing below pick.
+            jobs.insert(options.quantize.index("int8") + 1, (f"{level}-int8", "int8", optimized, level))
+        for name, kind, graph, fused in jobs:
+            destination = out / _file_name(name)
+            op_types = ("MatMul", "Gemm") if kind == "fp16" else ("MatMul",)  # what each kind converts
+            variants.append(build_with_retries(
+                name, kind, destination, judge, options.per_channel,
+                fragile=lambda groups, g=graph, types=op_types: q.fragile_nodes(g, groups, types),
+                build=_builder(kind, graph, destination, options, tokenizer, calibration, fused),
+                optimization=fused,
+            ))
+        shutil.rmtree(work)
+        default = time_and_pick(variants, out, tokenizer, scored, options.device)
+        inputs = [i.name for i in create_session(fp32, options.device).get_inputs()]
+        reference_figures = {"accuracy": judge.reference_accuracy, "macro_f1": judge.reference_macro_f1}
+        _write_manifest(out, options, source, variants, default, inputs, reference_figures, judge.guard,
+                        eval_source, len(scored))
+    return ExportResult(Path(options.output_dir), default, reference_figures, judge.guard, eval_source,
+                        len(scored), variants)
+
+
+# -- the model directory ---------------------------------------------------------------------
+
+def read_model_dir(model_dir: str | Path) -> _Source:
+    """Labels, max length and columns of a fine-tuned classifier directory, with a clear error if it is not one."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ModelError(f"{path}: no such directory")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path}: not a model directory (no config.json); give a directory written by "
+                         "`bertdeploy finetune` or save_pretrained")
+    if not (path / "tokenizer.json").is_file():
+        raise ModelError(f"{path}: no tokenizer.json; deployment needs the fast tokenizer saved beside the model "
+                         "(tokenizer.save_pretrained(dir) with a fast tokenizer)")
+    manifest = read_manifest(path, "model") if (path / MANIFEST_NAME).is_file() else None
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path / 'config.json'}: not valid JSON ({e})") from None
+    architectures = config.get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ModelError(f"{path}: not a text classifier (architectures: {', '.join(architectures) or 'none'}), so "
+                         "it has no labels; fine-tune it first with `bertdeploy finetune`")
+    id2label = config.get("id2label") or {}
+    labels = [id2label.get(str(i)) for i in range(len(id2label))]
+    if not labels or None in labels:
+        raise ModelError(f"{path / 'config.json'}: no labels (id2label is missing or incomplete)")
+    if manifest is not None and manifest.get("labels") != labels:
+        raise ModelError(f"{path}: the labels in manifest.json and config.json differ; re-run the fine-tuning")
+    if manifest is None and all(label == f"LABEL_{i}" for i, label in enumerate(labels)):
+        logger.warning("%s: the labels are generic names (%s); predictions will use them", path, ", ".join(labels))
+    problem_type = config.get("problem_type") or "single_label_classification"
+    if problem_type != "single_label_classification":
+        raise ModelError(f"{path}: problem type {problem_type!r}; bertdeploy exports single-label classifiers")
+    return _Source(path, labels, _max_length(path, config, manifest), problem_type, _columns(manifest), manifest)
+
+
+def _max_length(path: Path, config: dict, manifest: dict | None) -> int:
+    positions = config.get("max_position_embeddings") or 512
+    if manifest is not None:
+        return min(int(manifest["max_length"]), positions)
+    try:
+        saved = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8")).get("model_max_length")
+    except (OSError, json.JSONDecodeError):
+        saved = None
+    return min(int(saved), positions) if isinstance(saved, int | float) and saved < 1e6 else min(512, positions)
+
+
+def _columns(manifest: dict | None) -> dict:
+    m = manifest or {}
+    return {"text_column": m.get("text_column", "text"), "label_column": m.get("label_column", "label"),
+            "pair_column": m.get("text_pair_column")}
+
+
+# -- texts -------------------------------------------------------------------------------------
+
+def _scoring_texts(options: ExportOptions, source: _Source) -> tuple[Examples, str]:
+    """The texts every variant runs on: labelled eval data when there is some, else unlabelled texts."""
+    examples, where = _eval_examples(options, source)
+    if examples is not None:
+        if options.eval_samples and len(examples) > options.eval_samples:
+            logger.info("scoring on a stratified sample of %d of the %d eval rows (--eval-samples)",
+                        options.eval_samples, len(examples))
+            examples = sample_examples(examples, options.eval_samples, SAMPLE_SEED)
+        return examples, where
+    texts, pairs, where = _unlabelled_texts(source)
+    rng = np.random.default_rng(SAMPLE_SEED)
+    if len(texts) > PARITY_TEXTS_WITHOUT_LABELS:
+        keep = sorted(rng.choice(len(texts), PARITY_TEXTS_WITHOUT_LABELS, replace=False))
+        texts, pairs = [texts[i] for i in keep], None if pairs is None else [pairs[i] for i in keep]
+    return Examples(Path(where), texts, [], pairs), where
+
+
+def _eval_examples(options: ExportOptions, source: _Source) -> tuple[Examples | None, str | None]:
+    columns = source.columns
+    if options.eval_file is not None:
+        examples = load_examples(options.eval_file, **columns)
+        check_known_labels(examples, source.labels)
+        return examples, str(options.eval_file)
+    data = (source.manifest or {}).get("data", {})
+    drop_empty = (source.manifest or {}).get("training", {}).get("drop_empty", False)
+    named = data.get("eval_file") or (data.get("train_file") if "val_split" in data else None)
+    if named is None:
+        return None, None
+    path = Path(named["path"])
+    if not path.is_file():
+        logger.warning("%s, named in the model's manifest, is gone; pass --eval-file to score the variants", path)
+        return None, None
+    if sha256_file(path) != named["sha256"]:
+        logger.warning("%s changed since training; scoring on it as it is now", path)
+    examples = load_examples(path, **columns, drop_empty=drop_empty)
+    check_known_labels(examples, source.labels)
+    if "val_split" in data:
+        split = data["val_split"]
+        _, examples = split_examples(examples, split["fraction"], split["seed"])
+        return examples, f"{path} (the validation split held out in training)"
+    return examples, f"{path} (the training run's eval file)"
+
+
+def _unlabelled_texts(source: _Source) -> tuple[list[str], list[str] | None, str]:
+    train = (source.manifest or {}).get("data", {}).get("train_file")
+    if train and Path(train["path"]).is_file():
+        texts, pairs = load_texts(train["path"], source.columns["text_column"], source.columns["pair_column"])
+        return texts, pairs, train["path"]
+    pairs = list(reversed(SAMPLE_TEXTS)) if source.columns["pair_column"] else None
+    return list(SAMPLE_TEXTS), pairs, "built-in sample texts"
+
+
+def _calibration_texts(options: ExportOptions, source: _Source) -> tuple[list[str], list[str] | None]:
+    if options.calibration_file is not None:
+        path = Path(options.calibration_file)
+    else:
+        train = (source.manifest or {}).get("data", {}).get("train_file")
+        if not train or not Path(train["path"]).is_file():
+            raise DataError("int8-static needs calibration texts and the model's training file is not at hand: "
+                            "pass --calibration-file with a few hundred typical texts")
+        path = Path(train["path"])
+    texts, pairs = load_texts(path, source.columns["text_column"], source.columns["pair_column"])
+    if len(texts) > options.calibration_samples:
+        keep = sorted(np.random.default_rng(SAMPLE_SEED).choice(len(texts), options.calibration_samples, replace=False))
+        texts, pairs = [texts[i] for i in keep], None if pairs is None else [pairs[i] for i in keep]
+    logger.info("calibrating on %d texts from %s", len(texts), path)
+    return texts, pairs
+
+
+# -- PyTorch, the export and the tokenizer -----------------------------------------------------
+
+def _pytorch_logits(source: _Source, examples: Examples, device: str, batch_size: int = 32) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.path)
+    model = AutoModelForSequenceClassification.from_pretrained(source.path).to(device).eval()
+    texts, pairs = examples.texts, examples.pairs
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = np.empty((len(texts), len(source.labels)), dtype=np.float32)
+    logger.info("running PyTorch on %d texts for reference", len(texts))
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            index = order[start:start + batch_size]
+            batch = tokenizer([texts[i] for i in index], None if pairs is None else [pairs[i] for i in index],
+                              padding=True, truncation=True, max_length=source.max_length, return_tensors="pt")
+            out[index] = model(**batch.to(device)).logits.float().cpu().numpy()
+    return out
+
+
+def _export_fp32(model_dir: Path, work: Path, options: ExportOptions) -> None:
+    from optimum.exporters.onnx import main_export
+
+    logger.info("exporting %s to ONNX", model_dir)
+    transformers_logger = logging.getLogger("transformers")
+    level = transformers_logger.level
+    transformers_logger.setLevel(logging.ERROR)  # tracing advice meant for model authors, not for users
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # Optimum's own validation only warns; our parity check fails loudly instead.
+            main_export(str(model_dir), work, task="text-classification", opset=options.opset,
+                        device=options.device, do_validation=False)
+    finally:
+        transformers_logger.setLevel(level)
+    if (work / "model.onnx_data").exists():
+        raise ModelError(f"{model_dir}: the model is over 2 GB and needs ONNX external data, which bertdeploy "
+                         "does not package yet")
+
+
+def _write_tokenizer(source: _Source, destination: Path):
+    """`tokenizer.json` that truncates at the max length and pads right, as the graphs expect."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(source.path, use_fast=True)
+    if hf.pad_token is None:
+        raise ModelError(f"{source.path}: the tokenizer has no padding token")
+    backend = hf.backend_tokenizer
+    backend.enable_truncation(source.max_length)
+    backend.enable_padding(direction="right", pad_id=hf.pad_token_id, pad_token=hf.pad_token,
+                           pad_type_id=hf.pad_token_type_id)
+    backend.save(str(destination))
+    return load_tokenizer(destination, source.max_length)
+
+
+def _file_name(variant: str) -> str:
+    return "model.onnx" if variant == "fp32" else f"model_{variant.replace('-', '_')}.onnx"
+
+
+def _builder(kind: str, graph: Path, destination: Path, options: ExportOptions, tokenizer,
+             calibration: tuple[list[str], list[str] | None] | None,
+             fused: str | None) -> Callable[[dict, list[str]], dict]:
+    """A function that builds `kind` from `graph` with given settings and describes what it did."""
+    return lambda settings, nodes: _build(kind, graph, destination, options, tokenizer, calibration, fused,
+                                          settings, nodes)
+
+
+def _build(kind: str, graph: Path, destination: Path, options: ExportOptions, tokenizer, calibration,
+           fused: str | None, settings: dict, nodes: list[str]) -> dict:
+    if kind == "fp16":
+        q.convert_fp16(graph, destination, keep_fp32_nodes=nodes)
+        return {"type": "fp16", "io": "float32", "fp32_ops": q.FP16_FRAGILE_OPS, "fp32_nodes": nodes}
+    described = {"type": kind, "preset": options.quant_preset, "per_channel": settings["per_channel"],
+                 "float_nodes": nodes, "source": f"{fused}-fused graph" if fused else "fp32 export (unfused)"}
+    if kind == "int8":
+        q.quantize_dynamic_int8(graph, destination, options.quant_preset, settings["per_channel"], exclude=nodes)
+        return described
+    texts, pairs = calibration
+    names = [i.name for i in create_session(graph, "cpu").get_inputs()]
+    feeds = (encode(tokenizer, [t], None if pairs is None else [pairs[i]], names) for i, t in enumerate(texts))
+    q.quantize_static_int8(graph, destination, options.quant_preset, feeds, len(texts), options.calibration_method,
+                           settings["per_channel"], exclude=nodes, progress=options.progress)
+    return {**described, "calibration_method": options.calibration_method, "calibration_texts": len(texts)}
+
+
+# -- the manifest ----------------------------------------------------------------------------
+
+def _write_manifest(out: Path, options: ExportOptions, source: _Source, variants: list[Variant], default: str,
+                    inputs: list[str], reference: dict, guard: str, eval_source: str | None, texts: int) -> None:
+    write_manifest(out, ARTIFACT_KIND, {
+        "source_model": str(source.path.absolute()),
+        "source_checkpoint": (source.manifest or {}).get("source_model"),
+        "task": "text-classification",
+        "problem_type": source.problem_type,
+        "labels": source.labels,
+        "max_length": source.max_length,
+        "inputs": inputs,
+        "outputs": ["logits"],
+        "tokenizer": "tokenizer.json",
+        "text_column": source.columns["text_column"],
+        "text_pair_column": source.columns["pair_column"],
+        "label_column": source.columns["label_column"],
+        "device": options.device,
+        "default_variant": default,
+        "evaluation": {
+            "source": eval_source,
+            "texts": texts,
+            "guard": guard,
+            "max_accuracy_drop": options.max_accuracy_drop,
+            "reference": {"framework": "pytorch", **reference},
+        },
+        "variants": {v.name: v.entry() for v in variants if v.shipped},
+        "rejected": {v.name: v.entry() for v in variants if not v.shipped},
+    })

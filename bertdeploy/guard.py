@@ -1,0 +1,193 @@
+"""Judge exported variants: parity with PyTorch, the accuracy guard, safer retries, speed.
+
+A variant runs on the same texts as PyTorch; it ships only if its logits are finite and it loses
+no more accuracy than allowed (with labels), or disagrees with PyTorch on no more texts than that
+(without). A refused quantization is rebuilt with safer settings before giving up. The shipped
+variants are timed side by side and the fastest becomes the default.
+This module knows nothing of how variants are built: export.py passes a builder in.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bertdeploy.artifacts import sha256_file
+from bertdeploy.data import Examples
+from bertdeploy.errors import BertdeployError
+from bertdeploy.metrics import classification_report
+from bertdeploy.runtime import create_session, encode, logits
+
+logger = logging.getLogger(__name__)
+
+# The fp32 export must match PyTorch to this many logit units (relative to the logits' scale);
+# real exports differ by ~1e-5. Other variants are judged by the accuracy guard instead.
+FP32_TOLERANCE = 1e-3
+
+
+@dataclass
+class Variant:
+    name: str
+    file: str
+    kind: str  # fp32, optimized, int8, int8-static, fp16
+    optimization: str | None
+    quantization: dict | None
+    size_bytes: int
+    sha256: str
+    opset: int
+    parity: dict  # texts, max_abs_diff, label_agreement
+    eval: dict | None  # accuracy, macro_f1, accuracy_drop
+    shipped: bool
+    reason: str | None = None  # why it was not shipped
+    attempts: list[dict] = field(default_factory=list)
+    latency_ms: dict | None = None  # batch_1, batch_8 medians
+
+    def entry(self) -> dict:
+        fields = {k: v for k, v in self.__dict__.items() if k not in ("name", "shipped")}
+        return fields if self.shipped else {k: v for k, v in fields.items() if k not in ("file", "sha256")}
+
+
+def _report(scores: np.ndarray, examples: Examples, labels: list[str]) -> dict:
+    truth = [labels.index(y) for y in examples.labels]
+    return classification_report(truth, np.argmax(scores, axis=-1), labels)
+
+
+class Judge:
+    """Runs a variant on the scoring texts and decides whether it may ship."""
+
+    def __init__(self, examples: Examples, labels: list[str], reference: np.ndarray, tokenizer, device: str,
+                 max_accuracy_drop: float) -> None:
+        self.examples, self.labels, self.reference, self.tokenizer = examples, labels, reference, tokenizer
+        self.device, self.max_drop = device, max_accuracy_drop
+        self.guard = "accuracy" if examples.labels else "agreement"
+        report = _report(reference, examples, labels) if examples.labels else {}
+        self.reference_accuracy, self.reference_macro_f1 = report.get("accuracy"), report.get("macro_f1")
+
+    def run(self, path: Path) -> np.ndarray:
+        session = create_session(path, self.device)
+        return logits(session, self.tokenizer, self.examples.texts, self.examples.pairs)
+
+    def check_fp32(self, path: Path) -> Variant:
+        variant = self.score("fp32", path, "fp32")
+        scale = max(1.0, float(np.abs(self.reference).max()))
+        if not variant.parity["max_abs_diff"] <= FP32_TOLERANCE * scale:
+            raise BertdeployError(
+                f"the ONNX export disagrees with PyTorch: max |logit difference| {variant.parity['max_abs_diff']:.2g} "
+                f"over {len(self.examples)} texts, tolerance {FP32_TOLERANCE * scale:.2g}; nothing was written. "
+                "Try another --opset, and report the model's config.json if it persists"
+            )
+        return variant
+
+    def score(self, name: str, path: Path, kind: str, optimization: str | None = None,
+              quantization: dict | None = None) -> Variant:
+        started = time.perf_counter()
+        scores = self.run(path)
+        finite = bool(np.isfinite(scores).all())
+        diff = float(np.abs(scores - self.reference).max()) if finite else float("inf")
+        agreement = float(np.mean(scores.argmax(-1) == self.reference.argmax(-1)))
+        parity = {"texts": len(self.examples), "max_abs_diff": diff, "label_agreement": agreement}
+        evaluation, reason = None, None
+        if self.guard == "accuracy":
+            report = _report(scores, self.examples, self.labels)
+            drop = (self.reference_accuracy - report["accuracy"]) * 100
+            evaluation = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "accuracy_drop": drop}
+            if drop > self.max_drop:
+                reason = (f"accuracy {report['accuracy']:.4f} is {drop:.2f} points below PyTorch's "
+                          f"{self.reference_accuracy:.4f} (allowed: {self.max_drop:g})")
+        elif (1 - agreement) * 100 > self.max_drop:
+            reason = (f"disagrees with PyTorch on {(1 - agreement) * 100:.2f}% of {len(self.examples)} texts, so it "
+                      f"may lose that much accuracy (allowed: {self.max_drop:g} points)")
+        if not finite:
+            reason = "produces NaN or infinite logits"
+        logger.info("%s: %s in %.1fs", name, reason or "passed", time.perf_counter() - started)
+        return Variant(name, path.name, kind, optimization, quantization, path.stat().st_size, sha256_file(path),
+                       _opset(path), parity, evaluation, reason is None, reason)
+
+
+def _opset(path: Path) -> int:
+    import onnx
+
+    imports = onnx.load(str(path), load_external_data=False).opset_import
+    return next(o.version for o in imports if o.domain in ("", "ai.onnx"))
+
+
+def attempt_ladder(kind: str, per_channel: bool) -> list[dict]:
+    """The settings to try in turn: as asked, then safer (per-channel, fragile nodes kept in float)."""
+    if kind == "fp16":
+        return [{"keep_float": []}, {"keep_float": ["head", "ffn_output"]}]
+    ladder = [{"per_channel": per_channel, "keep_float": []}]
+    if not per_channel:
+        ladder.append({"per_channel": True, "keep_float": []})
+    return ladder + [{"per_channel": True, "keep_float": ["head"]},
+                     {"per_channel": True, "keep_float": ["head", "ffn_output"]}]
+
+
+def build_with_retries(name: str, kind: str, destination: Path, judge: Judge, per_channel: bool,
+                       fragile: Callable[[list[str]], list[str]], build: Callable[[dict, list[str]], dict],
+                       optimization: str | None = None) -> Variant:
+    """Build variant `name` with `build(settings, float_nodes)` and judge it; if refused, retry with safer settings.
+
+    `fragile(groups)` names the graph's nodes in those groups; a refused file is deleted.
+    """
+    ladder, seen = [], set()
+    for settings in attempt_ladder(kind, per_channel):
+        nodes = fragile(settings["keep_float"])
+        key = (settings.get("per_channel"), tuple(nodes))
+        if key not in seen:  # an architecture without such nodes would give the same model again
+            seen.add(key)
+            ladder.append((settings, nodes))
+    tried: list[dict] = []
+    for step, (settings, nodes) in enumerate(ladder, start=1):
+        logger.info("building %s (attempt %d of %d: %s)", name, step, len(ladder), settings)
+        described = build(settings, nodes)
+        variant = judge.score(name, destination, kind, optimization=optimization, quantization=described)
+        tried.append({"settings": settings, "nodes_kept_float": len(nodes), "passed": variant.shipped,
+                      "reason": variant.reason, "eval": variant.eval, "parity": variant.parity})
+        if variant.shipped:
+            break
+        logger.warning("%s: %s%s", name, variant.reason, "; retrying with safer settings" if step < len(ladder) else "")
+    variant.attempts = tried
+    if not variant.shipped:
+        destination.unlink()
+        variant.reason = f"{variant.reason}, after {len(tried)} attempt{'s' if len(tried) > 1 else ''}"
+    return variant
+
+
+def time_and_pick(variants: list[Variant], directory: Path, tokenizer, examples: Examples, device: str,
+                  rounds: int = 7) -> str:
+    """Median latency of each shipped variant at batch 1 and 8, interleaved; the fastest per text is the default.
+
+    INT8 is never the default on CUDA, which has no fast integer kernels.
+    """
+    shipped = [v for v in variants if v.shipped]
+    sessions = {v.name: create_session(directory / v.file, device) for v in shipped}
+    names = [i.name for i in next(iter(sessions.values())).get_inputs()]
+    picks = np.linspace(0, len(examples) - 1, num=min(8, len(examples))).astype(int)
+    pair = (lambda i: None) if examples.pairs is None else (lambda i: [examples.pairs[i]])
+    singles = [encode(tokenizer, [examples.texts[i]], pair(i), names) for i in picks]
+    eight = encode(tokenizer, [examples.texts[i] for i in picks],
+                   None if examples.pairs is None else [examples.pairs[i] for i in picks], names)
+    times: dict[str, dict[str, list[float]]] = {n: {"batch_1": [], "batch_8": []} for n in sessions}
+    for session in sessions.values():  # warm-up
+        session.run(None, eight)
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            for feed in singles:
+                started = time.perf_counter()
+                session.run(None, feed)
+                times[name]["batch_1"].append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            session.run(None, eight)
+            times[name]["batch_8"].append((time.perf_counter() - started) * 1000)
+    for v in shipped:
+        v.latency_ms = {k: float(np.median(t)) for k, t in times[v.name].items()}
+    candidates = [v for v in shipped if not (device == "cuda" and v.kind.startswith("int8"))] or shipped
+    best = min(candidates, key=lambda v: v.latency_ms["batch_1"] + v.latency_ms["batch_8"] / len(picks))
+    return best.name
+
+

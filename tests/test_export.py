@@ -1,0 +1,213 @@
+"""`bertdeploy export` on the tiny fine-tuned BERT: real Optimum exports and ONNX Runtime sessions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from conftest import make_rows, write_csv
+
+from bertdeploy import quantize
+from bertdeploy.artifacts import read_manifest, sha256_file
+from bertdeploy.cli import cli
+from bertdeploy.errors import BertdeployError
+from bertdeploy.export import ExportOptions, export
+from bertdeploy.runtime import create_session, load_tokenizer, logits
+
+# How close each variant's logits must be to PyTorch's on the tiny model (logits of size ~3).
+TOLERANCE = {"fp32": 1e-4, "O2": 1e-3, "fp16": 2e-2, "int8": 0.25, "O2-int8": 0.25, "int8-static": 0.25}
+
+
+def _pytorch_logits(model_dir, texts):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        return model(**batch).logits.numpy()
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_classifier, tmp_path_factory):
+    """Every variant, built once through the CLI."""
+    model = tiny_classifier[0]
+    out = tmp_path_factory.mktemp("export") / "onnx"
+    variants = ["--optimize", "O2", "--quantize", "int8", "--quantize", "int8-static", "--quantize", "fp16"]
+    result = CliRunner().invoke(cli, ["export", str(model), "--output-dir", str(out), *variants, "--json"])
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)
+
+
+def test_every_variant_loads_and_matches_pytorch(exported, tiny_classifier):
+    out, payload = exported
+    model = tiny_classifier[0]
+    manifest = read_manifest(out, "onnx")
+    assert set(manifest["variants"]) == set(TOLERANCE) and not manifest["rejected"]  # int8 in both orders
+    assert manifest["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert payload["default_variant"] == manifest["default_variant"]
+    assert manifest["default_variant"] in manifest["variants"]
+    texts = [r["text"] for r in make_rows(40, seed=2)] + ["很" * 200]  # and one text cut at max length
+    reference = _pytorch_logits(model, texts)
+    tokenizer = load_tokenizer(out / "tokenizer.json", manifest["max_length"])
+    for name, entry in manifest["variants"].items():
+        path = out / entry["file"]
+        assert sha256_file(path) == entry["sha256"] and path.stat().st_size == entry["size_bytes"]
+        session = create_session(path)
+        axes = session.get_inputs()[0].shape
+        assert isinstance(axes[0], str) and isinstance(axes[1], str), f"{name}: batch and sequence axes are dynamic"
+        ours = logits(session, tokenizer, texts, batch_size=8)
+        assert np.abs(ours - reference).max() <= TOLERANCE[name], name
+        assert np.mean(ours.argmax(-1) == reference.argmax(-1)) >= 0.95, name
+        assert entry["parity"]["max_abs_diff"] <= TOLERANCE[name] and entry["eval"]["accuracy_drop"] <= 1.0
+        assert entry["latency_ms"]["batch_1"] > 0 and entry["opset"] >= 14
+    assert manifest["variants"]["O2-int8"]["quantization"]["source"] == "O2-fused graph"
+    sizes = {name: entry["size_bytes"] for name, entry in manifest["variants"].items()}
+    assert sizes["int8"] < sizes["fp32"] and sizes["fp16"] < sizes["fp32"]
+    fp16 = onnx.load(str(out / manifest["variants"]["fp16"]["file"]))
+    assert {i.type.tensor_type.elem_type for i in fp16.graph.output} == {onnx.TensorProto.FLOAT}
+
+
+def test_manifest_records_the_evaluation_and_round_trips(exported, tiny_classifier):
+    out, _ = exported
+    manifest = read_manifest(out)
+    assert manifest["labels"] == ["negative", "positive"] and manifest["max_length"] == 32
+    assert manifest["evaluation"]["guard"] == "accuracy" and manifest["evaluation"]["texts"] == 40
+    assert manifest["evaluation"]["reference"]["accuracy"] >= 0.9
+    assert manifest["variants"]["int8"]["quantization"]["per_channel"] is True
+    assert manifest["variants"]["int8-static"]["quantization"]["calibration_texts"] == 160
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["manifest.json", "tokenizer.json", *(v["file"] for v in manifest["variants"].values())])
+    tokenizer = load_tokenizer(out / "tokenizer.json", 32)
+    assert len(tokenizer.encode("很" * 200).ids) == 32
+    copy = out.parent / "copy"
+    shutil.copytree(out, copy)
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 99}))
+    with pytest.raises(BertdeployError, match="schema version 99"):
+        read_manifest(copy)
+
+
+def _negate_logits(path):
+    """Make a graph wrong on purpose: its logits come out negated, so every argmax flips."""
+    model = onnx.load(str(path))
+    output = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{o}_raw" if o == output else o for o in node.output]
+    model.graph.node.append(onnx.helper.make_node("Neg", [f"{output}_raw"], [output]))
+    onnx.save(model, str(path))
+
+
+def test_guard_refuses_a_bad_variant_after_safer_retries(tiny_classifier, tmp_path, monkeypatch):
+    model, _, _ = tiny_classifier
+    real = quantize.quantize_dynamic_int8
+    calls = []
+
+    def broken(source, destination, *args, **kwargs):
+        calls.append(kwargs.get("exclude"))
+        real(source, destination, *args, **kwargs)
+        _negate_logits(destination)
+        return destination
+
+    monkeypatch.setattr(quantize, "quantize_dynamic_int8", broken)
+    result = export(ExportOptions(model, tmp_path / "out", quantize=["int8"], per_channel=False))
+    int8 = next(v for v in result.variants if v.name == "int8")
+    assert not int8.shipped and "points below PyTorch" in int8.reason
+    assert len(calls) == len(int8.attempts) == 3  # as asked, per-channel, FFN outputs kept in float
+    assert [a["settings"]["per_channel"] for a in int8.attempts] == [False, True, True]
+    assert result.default_variant == "fp32"
+    manifest = read_manifest(tmp_path / "out")
+    assert "int8" not in manifest["variants"] and "file" not in manifest["rejected"]["int8"]
+    assert not (tmp_path / "out" / "model_int8.onnx").exists()
+
+
+def test_fp32_disagreeing_with_pytorch_fails_loudly_and_writes_nothing(tiny_classifier, tmp_path, monkeypatch):
+    from bertdeploy import export as export_module
+
+    model, _, _ = tiny_classifier
+    real = export_module._pytorch_logits
+    monkeypatch.setattr(export_module, "_pytorch_logits", lambda *a, **k: real(*a, **k) + 0.5)
+    with pytest.raises(BertdeployError, match="disagrees with PyTorch"):
+        export(ExportOptions(model, tmp_path / "out"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_export_leaves_nothing(tiny_classifier, tmp_path, monkeypatch):
+    from bertdeploy import export as export_module
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "time_and_pick", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        export(ExportOptions(tiny_classifier[0], tmp_path / "out", quantize=["int8"]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_labelled_data_variants_are_judged_by_agreement(tiny_classifier, tmp_path):
+    model = tmp_path / "plain"
+    shutil.copytree(tiny_classifier[0], model)
+    (model / "manifest.json").unlink()  # a model fine-tuned elsewhere: no training data to score on
+    result = export(ExportOptions(model, tmp_path / "out", quantize=["int8"]))
+    assert result.guard == "agreement" and result.reference["accuracy"] is None
+    assert result.eval_source == "built-in sample texts"
+    assert all(v.shipped and v.eval is None and v.parity["label_agreement"] >= 0.9 for v in result.variants)
+
+
+def _bad_exports(tmp_path, tiny_model_dir, tiny_classifier) -> dict[str, tuple[list[str], str]]:
+    model = str(tiny_classifier[0])
+    (tmp_path / "empty").mkdir()
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(model, no_tokenizer)
+    (no_tokenizer / "tokenizer.json").unlink()
+    no_labels = tmp_path / "no-labels"
+    shutil.copytree(model, no_labels)
+    (no_labels / "manifest.json").unlink()
+    config = json.loads((no_labels / "config.json").read_text())
+    del config["id2label"], config["label2id"]
+    (no_labels / "config.json").write_text(json.dumps(config))
+    no_data = tmp_path / "no-data"
+    shutil.copytree(model, no_data)
+    (no_data / "manifest.json").unlink()
+    write_csv(tmp_path / "unseen.csv", [{"text": "好", "label": "positive"}, {"text": "差", "label": "neutral"}])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    return {
+        "no such directory": (["nope"], "nope: no such directory"),
+        "not a model directory": ([str(tmp_path / "empty")], "not a model directory (no config.json)"),
+        "no tokenizer": ([str(no_tokenizer)], "no tokenizer.json"),
+        "not a classifier": ([str(tiny_model_dir)], "not a text classifier (architectures: BertForMaskedLM)"),
+        "no labels": ([str(no_labels)], "no labels"),
+        "O4 on CPU": ([model, "--optimize", "O4"], "O4 makes an fp16 graph"),
+        "unknown preset": ([model, "--quant-preset", "sse4"], "Invalid value for '--quant-preset'"),
+        "unknown eval label": ([model, "--eval-file", str(tmp_path / "unseen.csv")],
+                               "label 'neutral' on line 3 is unknown to the model"),
+        "no calibration texts": ([str(no_data), "--quantize", "int8-static"], "pass --calibration-file"),
+        "CUDA missing": ([model, "--device", "cuda"], "device cuda"),
+        "output not empty": ([model, "--output-dir", str(tmp_path / "full")], "not empty; pass --overwrite"),
+    }
+
+
+@pytest.mark.parametrize("case", ["no such directory", "not a model directory", "no tokenizer", "not a classifier",
+                                  "no labels", "O4 on CPU", "unknown preset", "unknown eval label",
+                                  "no calibration texts", "CUDA missing", "output not empty"])
+def test_bad_input_is_one_clear_line_and_writes_nothing(case, tmp_path, tiny_model_dir, tiny_classifier,
+                                                        monkeypatch):
+    import onnxruntime
+
+    if case == "CUDA missing" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.chdir(tmp_path)
+    args, message = _bad_exports(tmp_path, tiny_model_dir, tiny_classifier)[case]
+    if "--output-dir" not in args:
+        args = [*args, "--output-dir", str(tmp_path / "out")]
+    result = CliRunner().invoke(cli, ["export", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() and (case != "output not empty" or
+                                                 [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging directory left behind"
