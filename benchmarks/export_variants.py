@@ -31,6 +31,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from bertdeploy.artifacts import read_manifest
 from bertdeploy.data import load_examples
 from bertdeploy.export import ExportOptions, _export_fp32, _pytorch_logits, _write_tokenizer, export, read_model_dir
+from bertdeploy.guard import interleaved_latency
 from bertdeploy.optimize import optimize_graph
 from bertdeploy.quantize import detect_preset, quantize_dynamic_int8
 from bertdeploy.runtime import create_session, encode, logits
@@ -61,20 +62,8 @@ def time_interleaved(sessions: dict, tokenizer, texts: list[str], rounds: int) -
     names = [i.name for i in next(iter(sessions.values())).get_inputs()]
     singles = [encode(tokenizer, [texts[i]], None, names) for i in np.linspace(0, len(texts) - 1, 40).astype(int)]
     eights = [encode(tokenizer, texts[i:i + 8], None, names) for i in range(0, 64, 8)]
-    times = {n: {"batch_1": [], "batch_8": []} for n in sessions}
-    for session in sessions.values():
-        session.run(None, eights[0])
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            for feed in singles:
-                started = time.perf_counter()
-                session.run(None, feed)
-                times[name]["batch_1"].append((time.perf_counter() - started) * 1000)
-            for feed in eights:
-                started = time.perf_counter()
-                session.run(None, feed)
-                times[name]["batch_8"].append((time.perf_counter() - started) * 1000)
-    return {n: {k: round(float(np.median(v)), 2) for k, v in t.items()} for n, t in times.items()}
+    latency = interleaved_latency(sessions, {"batch_1": singles, "batch_8": eights}, rounds)
+    return {n: {k: round(v, 2) for k, v in groups.items()} for n, groups in latency.items()}
 
 
 def main() -> None:

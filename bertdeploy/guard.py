@@ -172,22 +172,27 @@ def time_and_pick(variants: list[Variant], directory: Path, tokenizer, examples:
     singles = [encode(tokenizer, [examples.texts[i]], pair(i), names) for i in picks]
     eight = encode(tokenizer, [examples.texts[i] for i in picks],
                    None if examples.pairs is None else [examples.pairs[i] for i in picks], names)
-    times: dict[str, dict[str, list[float]]] = {n: {"batch_1": [], "batch_8": []} for n in sessions}
-    for session in sessions.values():  # warm-up
-        session.run(None, eight)
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            for feed in singles:
-                started = time.perf_counter()
-                session.run(None, feed)
-                times[name]["batch_1"].append((time.perf_counter() - started) * 1000)
-            started = time.perf_counter()
-            session.run(None, eight)
-            times[name]["batch_8"].append((time.perf_counter() - started) * 1000)
+    latency = interleaved_latency(sessions, {"batch_1": singles, "batch_8": [eight]}, rounds)
     for v in shipped:
-        v.latency_ms = {k: float(np.median(t)) for k, t in times[v.name].items()}
+        v.latency_ms = latency[v.name]
     candidates = [v for v in shipped if not (device == "cuda" and v.kind.startswith("int8"))] or shipped
     best = min(candidates, key=lambda v: v.latency_ms["batch_1"] + v.latency_ms["batch_8"] / len(picks))
     return best.name
 
 
+
+
+def interleaved_latency(sessions: dict, feeds: dict[str, list[dict]], rounds: int) -> dict[str, dict[str, float]]:
+    """Median ms per call of each session on each group of feeds; sessions take turns every round,
+    so a slow moment of a shared machine hits them all alike. One warm-up call each first."""
+    times = {name: {group: [] for group in feeds} for name in sessions}
+    for session in sessions.values():
+        session.run(None, next(iter(feeds.values()))[0])
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            for group, batch in feeds.items():
+                for feed in batch:
+                    started = time.perf_counter()
+                    session.run(None, feed)
+                    times[name][group].append((time.perf_counter() - started) * 1000)
+    return {name: {group: float(np.median(t)) for group, t in groups.items()} for name, groups in times.items()}

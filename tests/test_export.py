@@ -211,3 +211,14 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(case, tmp_path, tiny_mod
     assert not (tmp_path / "out").exists() and (case != "output not empty" or
                                                  [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging directory left behind"
+
+
+def test_scores_on_the_validation_split_the_training_run_held_out(tiny_model_dir, tiny_data, tmp_path):
+    from bertdeploy.train import FinetuneOptions, finetune
+
+    train, _ = tiny_data
+    trained = finetune(FinetuneOptions(model=str(tiny_model_dir), train_file=train, output_dir=tmp_path / "m",
+                                       val_split=0.2, epochs=1, max_length=32))
+    result = export(ExportOptions(tmp_path / "m", tmp_path / "out"))
+    assert "validation split" in result.eval_source and result.texts == trained.eval_samples == 32
+    assert result.reference["accuracy"] == pytest.approx(trained.accuracy)
