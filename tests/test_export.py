@@ -222,3 +222,21 @@ def test_scores_on_the_validation_split_the_training_run_held_out(tiny_model_dir
     result = export(ExportOptions(tmp_path / "m", tmp_path / "out"))
     assert "validation split" in result.eval_source and result.texts == trained.eval_samples == 32
     assert result.reference["accuracy"] == pytest.approx(trained.accuracy)
+
+
+def _has_cuda() -> bool:
+    import onnxruntime
+    import torch
+
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU, CUDA torch and onnxruntime-gpu")
+def test_cuda_export_with_o4_and_fp16(tiny_classifier, tmp_path):
+    result = export(ExportOptions(tiny_classifier[0], tmp_path / "out", optimize="O4", quantize=["fp16", "int8"],
+                                  device="cuda"))
+    shipped = {v.name: v for v in result.variants if v.shipped}
+    assert {"fp32", "O4", "fp16"} <= set(shipped) and all(v.parity["label_agreement"] >= 0.95 for v in shipped.values())
+    assert not result.default_variant.endswith("int8")  # INT8 is never the default on CUDA
+    assert create_session(tmp_path / "out" / shipped["O4"].file, "cuda").get_providers()[0] == "CUDAExecutionProvider"
