@@ -11,6 +11,7 @@ The predictor, bench and server read it; this module does not serve or benchmark
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -152,7 +153,7 @@ def export(options: ExportOptions) -> ExportResult:
             op_types = ("MatMul", "Gemm") if kind == "fp16" else ("MatMul",)  # what each kind converts
             variants.append(build_with_retries(
                 name, kind, destination, judge, options.per_channel,
-                fragile=lambda groups, g=graph, types=op_types: q.fragile_nodes(g, groups, types),
+                fragile=functools.partial(q.fragile_nodes, q.graph_nodes(graph), op_types=op_types),
                 build=_builder(kind, graph, destination, options, tokenizer, calibration, fused),
                 optimization=fused,
             ))
@@ -231,11 +232,16 @@ def _scoring_texts(options: ExportOptions, source: _Source) -> tuple[Examples, s
             examples = sample_examples(examples, options.eval_samples, SAMPLE_SEED)
         return examples, where
     texts, pairs, where = _unlabelled_texts(source)
-    rng = np.random.default_rng(SAMPLE_SEED)
-    if len(texts) > PARITY_TEXTS_WITHOUT_LABELS:
-        keep = sorted(rng.choice(len(texts), PARITY_TEXTS_WITHOUT_LABELS, replace=False))
-        texts, pairs = [texts[i] for i in keep], None if pairs is None else [pairs[i] for i in keep]
+    texts, pairs = _sample_texts(texts, pairs, PARITY_TEXTS_WITHOUT_LABELS)
     return Examples(Path(where), texts, [], pairs), where
+
+
+def _sample_texts(texts: list[str], pairs: list[str] | None, n: int) -> tuple[list[str], list[str] | None]:
+    """A seeded sample of `n` texts (all of them if fewer), in file order."""
+    if len(texts) <= n:
+        return texts, pairs
+    keep = sorted(np.random.default_rng(SAMPLE_SEED).choice(len(texts), n, replace=False))
+    return [texts[i] for i in keep], None if pairs is None else [pairs[i] for i in keep]
 
 
 def _eval_examples(options: ExportOptions, source: _Source) -> tuple[Examples | None, str | None]:
@@ -283,9 +289,7 @@ def _calibration_texts(options: ExportOptions, source: _Source) -> tuple[list[st
                             "pass --calibration-file with a few hundred typical texts")
         path = Path(train["path"])
     texts, pairs = load_texts(path, source.columns["text_column"], source.columns["pair_column"])
-    if len(texts) > options.calibration_samples:
-        keep = sorted(np.random.default_rng(SAMPLE_SEED).choice(len(texts), options.calibration_samples, replace=False))
-        texts, pairs = [texts[i] for i in keep], None if pairs is None else [pairs[i] for i in keep]
+    texts, pairs = _sample_texts(texts, pairs, options.calibration_samples)
     logger.info("calibrating on %d texts from %s", len(texts), path)
     return texts, pairs
 

@@ -168,18 +168,16 @@ def time_and_pick(variants: list[Variant], directory: Path, tokenizer, examples:
     sessions = {v.name: create_session(directory / v.file, device) for v in shipped}
     names = [i.name for i in next(iter(sessions.values())).get_inputs()]
     picks = np.linspace(0, len(examples) - 1, num=min(8, len(examples))).astype(int)
-    pair = (lambda i: None) if examples.pairs is None else (lambda i: [examples.pairs[i]])
-    singles = [encode(tokenizer, [examples.texts[i]], pair(i), names) for i in picks]
-    eight = encode(tokenizer, [examples.texts[i] for i in picks],
-                   None if examples.pairs is None else [examples.pairs[i] for i in picks], names)
+    texts = [examples.texts[i] for i in picks]
+    pairs = None if examples.pairs is None else [examples.pairs[i] for i in picks]
+    singles = [encode(tokenizer, texts[i:i + 1], pairs and pairs[i:i + 1], names) for i in range(len(texts))]
+    eight = encode(tokenizer, texts, pairs, names)
     latency = interleaved_latency(sessions, {"batch_1": singles, "batch_8": [eight]}, rounds)
     for v in shipped:
         v.latency_ms = latency[v.name]
     candidates = [v for v in shipped if not (device == "cuda" and v.kind.startswith("int8"))] or shipped
-    best = min(candidates, key=lambda v: v.latency_ms["batch_1"] + v.latency_ms["batch_8"] / len(picks))
+    best = min(candidates, key=lambda v: v.latency_ms["batch_1"] + v.latency_ms["batch_8"] / len(texts))
     return best.name
-
-
 
 
 def interleaved_latency(sessions: dict, feeds: dict[str, list[dict]], rounds: int) -> dict[str, dict[str, float]]:

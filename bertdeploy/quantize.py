@@ -84,14 +84,18 @@ def _preset_settings(preset: str, is_static: bool, per_channel: bool) -> dict:
     }
 
 
-def fragile_nodes(model_path: Path, groups: Iterable[str], op_types: Iterable[str]) -> list[str]:
-    """Names of the nodes of `op_types` in `groups` (`head`, `ffn_output`) of this graph."""
+def graph_nodes(model_path: Path) -> list[tuple[str, str]]:
+    """(name, op type) of every node of a graph, read once for `fragile_nodes`."""
     import onnx
 
-    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return [(n.name, n.op_type) for n in onnx.load(str(model_path), load_external_data=False).graph.node]
+
+
+def fragile_nodes(nodes: list[tuple[str, str]], groups: Iterable[str], op_types: Iterable[str]) -> list[str]:
+    """Names of the `nodes` of `op_types` in `groups` (`head`, `ffn_output`)."""
     patterns = [_FRAGILE_PATTERNS[g] for g in groups]
     types = set(op_types)
-    return [n.name for n in graph.node if n.op_type in types and any(p.search(n.name) for p in patterns)]
+    return [name for name, op in nodes if op in types and any(p.search(name) for p in patterns)]
 
 
 @contextlib.contextmanager

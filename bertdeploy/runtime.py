@@ -17,7 +17,6 @@ import numpy as np
 from bertdeploy.errors import BertdeployError
 
 DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def usable_cpus() -> int:
