@@ -105,3 +105,21 @@ def staging_dir(destination: str | Path) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(destination: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `destination`; it becomes `destination` only if the block succeeds,
+    so a failure part-way never leaves a partial file posing as complete."""
+    destination = Path(destination).absolute()
+    handle, name = tempfile.mkstemp(prefix=f".{destination.name}.tmp-", dir=destination.parent)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        umask = os.umask(0o022)
+        os.umask(umask)
+        temporary.chmod(0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
+        os.replace(temporary, destination)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ import click
 
 from bertdeploy import __version__
 from bertdeploy.errors import BertdeployError
+from bertdeploy.runtime import MAX_BATCH_TOKENS
 
 
 class UserError(click.ClickException):
@@ -172,6 +173,62 @@ def render_export(result) -> str:
         lines.append(f"no labelled eval data: judged by agreement with PyTorch on {result.texts} texts "
                      f"from {result.eval_source}")
     lines.append(f"saved {result.output_dir} (default variant: {result.default_variant})")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("artifact_dir", type=click.Path(path_type=Path))
+@click.argument("input", metavar="INPUT")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write here (default: stdout).")
+@click.option("--variant", help="Which exported variant (default: the one export picked).")
+@click.option("--text-column", help="Column holding the text (default: the one the model was trained on).")
+@click.option("--text-pair-column", help="Column holding the second text, for models trained on pairs.")
+@click.option("--label-column", help="Score the predictions against this column (default: the training one, "
+                                     "when the input has it).")
+@click.option("--all-scores", is_flag=True, help="Add every class's score, not only the best one's.")
+@click.option("--max-batch-tokens", default=MAX_BATCH_TOKENS, show_default=True,
+              help="Texts per batch x padded length.")
+@click.option("--threads", type=int, help="Intra-op threads (default: the CPUs this process may use).")
+@click.option("--providers", default="cpu", show_default=True,
+              help="cpu, cuda or tensorrt (comma-separated, first choice first).")
+@click.option("--allow-fallback", is_flag=True, help="Run on the CPU when the providers asked for cannot load.")
+@click.option("--long-text", default="truncate", show_default=True, type=click.Choice(["truncate", "chunk"]),
+              help="Texts over the max length: cut, or split into overlapping windows and average.")
+@click.option("--input-format", type=click.Choice(["csv", "tsv", "jsonl", "text"]),
+              help="Default: from the extension; text (one per line) for - and .txt.")
+@click.option("--format", "output_format", type=click.Choice(["csv", "tsv", "jsonl"]),
+              help="Output format (default: from --output's extension, else the input's).")
+def predict(artifact_dir: Path, input: str, **options: object) -> None:
+    """Label every text of a CSV, TSV, JSONL or text file (INPUT, or - for stdin)."""
+    from bertdeploy.bulk import PredictFileOptions, predict_file
+
+    stdin, stdout = click.get_binary_stream("stdin"), click.get_text_stream("stdout")
+    progress = logging.getLogger("bertdeploy").level <= logging.INFO
+    with user_errors():
+        result = predict_file(PredictFileOptions(artifact_dir, input, progress=progress, **options), stdin, stdout)
+    report = render_predict(result)
+    click.echo(report, err=result.output == "<stdout>")
+
+
+def render_predict(result) -> str:
+    """The summary line, and the scores when the input had labels."""
+    lines = []
+    if result.report is not None:
+        report = result.report
+        width = max(len(label) for label in report["per_class"])
+        lines += [f"{'class':<{width}}  precision  recall      f1  support"]
+        for label, figures in report["per_class"].items():
+            lines.append(f"{label:<{width}}  {figures['precision']:>9.4f}  {figures['recall']:>6.4f}  "
+                         f"{figures['f1']:>6.4f}  {figures['support']:>7}")
+        lines += [f"accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} over {result.scored} "
+                  f"rows labelled in {result.label_column!r}"]
+        if result.unknown_labels:
+            unknown = ", ".join(f"{label!r} x{n}" for label, n in result.unknown_labels.items())
+            lines.append(f"not scored: {unknown} (labels the model does not have)")
+        if result.unlabelled:
+            lines.append(f"not scored: {result.unlabelled} rows with an empty label")
+    lines.append(f"predicted {result.rows} texts with variant {result.variant} in {result.seconds:.1f}s "
+                 f"({result.texts_per_second:.0f} texts/s) -> {result.output}")
     return "\n".join(lines)
 
 

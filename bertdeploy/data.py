@@ -8,6 +8,7 @@ This module knows nothing of tokenizers or models.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -16,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -49,17 +51,22 @@ class Examples:
         )
 
 
-def file_format(path: Path) -> str:
-    """The format a file's extension names, or a DataError listing the ones we read."""
-    fmt = FORMATS.get(path.suffix.lower())
+def file_format(path: Path, text: bool = False) -> str:
+    """The format a file's extension names, or a DataError listing the ones we read.
+
+    With `text`, a `.txt` file or one without an extension is plain text: one text per line.
+    """
+    suffix = path.suffix.lower()
+    fmt = FORMATS.get(suffix) or ("text" if text and suffix in ("", ".txt") else None)
     if fmt is None:
-        raise DataError(f"{path}: unknown file type '{path.suffix}'; use one of {', '.join(FORMATS)}")
+        known = [*FORMATS, ".txt"] if text else list(FORMATS)
+        raise DataError(f"{path}: unknown file type '{path.suffix}'; use one of {', '.join(known)}")
     return fmt
 
 
-def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
+def _decoded_lines(path: Path, stream: BinaryIO | None = None) -> Iterator[tuple[int, str]]:
     """Yield (line number, text) with strict UTF-8 decoding that names the bad line."""
-    with path.open("rb") as f:
+    with contextlib.nullcontext(stream) if stream is not None else path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
@@ -72,25 +79,35 @@ def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
                 ) from None
 
 
-def iter_rows(path: str | Path) -> tuple[list[str] | None, Iterator[tuple[int, dict]]]:
+def iter_rows(path: str | Path, fmt: str | None = None,
+              stream: BinaryIO | None = None) -> tuple[list[str] | None, Iterator[tuple[int, dict]]]:
     """Open a data file: its columns (None for JSONL, whose keys vary) and (line, row) pairs.
 
-    Blank lines are skipped. A CSV/TSV row with a different number of fields than the header
-    is an error, since that is almost always an unquoted delimiter inside a text.
+    `fmt` overrides the extension ("text": one text per line, in a column "text"); with `stream`
+    (an open binary file, e.g. stdin) rows come from it and `path` only names it in messages.
+    Blank lines are skipped except in text. A CSV/TSV row with a different number of fields than
+    the header is an error, since that is almost always an unquoted delimiter inside a text.
     """
     path = Path(path)
-    fmt = file_format(path)
+    fmt = fmt or file_format(path)
+    if stream is None:
+        check_file(path)
+    if fmt == "jsonl":
+        return None, _jsonl_rows(path, stream)
+    if fmt == "text":
+        return ["text"], ((n, {"text": line.rstrip("\r\n")}) for n, line in _decoded_lines(path, stream))
+    return _delimited_rows(path, fmt, stream)
+
+
+def check_file(path: Path) -> None:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
-    if fmt == "jsonl":
-        return None, _jsonl_rows(path)
-    return _delimited_rows(path, fmt)
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    for number, line in _decoded_lines(path):
+def _jsonl_rows(path: Path, stream: BinaryIO | None) -> Iterator[tuple[int, dict]]:
+    for number, line in _decoded_lines(path, stream):
         if not line.strip():
             continue
         try:
@@ -102,8 +119,8 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
         yield number, row
 
 
-def _delimited_rows(path: Path, fmt: str) -> tuple[list[str], Iterator[tuple[int, dict]]]:
-    lines = _decoded_lines(path)
+def _delimited_rows(path: Path, fmt: str, stream: BinaryIO | None) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    lines = _decoded_lines(path, stream)
     current = [0]
 
     def text_lines() -> Iterator[str]:
@@ -180,7 +197,7 @@ def load_examples(
     header, rows = iter_rows(path)
     wanted = [c for c in (text_column, pair_column, label_column) if c is not None]
     if header is not None:
-        _check_columns(path, wanted, header)
+        check_columns(path, wanted, header)
     texts: list[str] = []
     pairs: list[str] = []
     labels: list[str] = []
@@ -203,7 +220,7 @@ def load_examples(
     if header is None:
         if not seen_keys:
             raise DataError(f"{path}: no records, only blank lines")
-        _check_columns(path, wanted, list(seen_keys))
+        check_columns(path, wanted, list(seen_keys))
     if empty and not drop_empty:
         fields = " / ".join(repr(c) for c in wanted)
         raise DataError(
@@ -223,12 +240,12 @@ def load_texts(
     header, rows = iter_rows(path)
     wanted = [c for c in (text_column, pair_column) if c is not None]
     if header is not None:
-        _check_columns(path, wanted, header)
+        check_columns(path, wanted, header)
     texts: list[str] = []
     pairs: list[str] = []
     for number, row in rows:
         if header is None and any(c not in row for c in wanted):
-            _check_columns(path, wanted, list(row))
+            check_columns(path, wanted, list(row))
         text = _as_text(path, number, text_column, row.get(text_column))
         pair = _as_text(path, number, pair_column, row.get(pair_column)) if pair_column else None
         if _blank(text) or (pair_column and _blank(pair)):
@@ -240,7 +257,7 @@ def load_texts(
     return texts, pairs if pair_column else None
 
 
-def _check_columns(path: Path, wanted: list[str], found: list[str]) -> None:
+def check_columns(path: Path, wanted: list[str], found: list[str]) -> None:
     missing = [c for c in wanted if c not in found]
     if missing:
         raise DataError(

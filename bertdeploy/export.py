@@ -35,7 +35,7 @@ from bertdeploy.data import Examples, check_known_labels, load_examples, load_te
 from bertdeploy.errors import BertdeployError, DataError, ModelError
 from bertdeploy.guard import Judge, Variant, build_with_retries, time_and_pick
 from bertdeploy.optimize import check_level, optimize_graph
-from bertdeploy.runtime import DEVICES, check_device, create_session, encode, load_tokenizer
+from bertdeploy.runtime import DEVICES, check_device, create_session, encode, load_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def _write_tokenizer(source: _Source, destination: Path):
     backend.enable_padding(direction="right", pad_id=hf.pad_token_id, pad_token=hf.pad_token,
                            pad_type_id=hf.pad_token_type_id)
     backend.save(str(destination))
-    return load_tokenizer(destination, source.max_length)
+    return load_encoder(destination, source.max_length)
 
 
 def _file_name(variant: str) -> str:

@@ -16,9 +16,15 @@ def classification_report(y_true: Sequence[int], y_pred: Sequence[int], labels: 
     pred = np.asarray(y_pred, dtype=np.int64)
     if true.shape != pred.shape:
         raise ValueError(f"{len(true)} true labels but {len(pred)} predictions")
-    n = len(labels)
-    confusion = np.zeros((n, n), dtype=np.int64)
+    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
     np.add.at(confusion, (true, pred), 1)
+    return report_from_confusion(confusion, labels)
+
+
+def report_from_confusion(confusion: np.ndarray, labels: Sequence[str]) -> dict:
+    """The same report from a confusion matrix (rows: true class, columns: predicted), e.g. summed in a stream."""
+    confusion = np.asarray(confusion, dtype=np.int64)
+    n = len(labels)
     tp = np.diag(confusion).astype(float)
     support = confusion.sum(axis=1)
     predicted = confusion.sum(axis=0)
@@ -28,7 +34,7 @@ def classification_report(y_true: Sequence[int], y_pred: Sequence[int], labels: 
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros(n), where=denom > 0)
     present = (support > 0) | (predicted > 0)  # the classes that occur, as scikit-learn does
     return {
-        "accuracy": float(tp.sum() / max(len(true), 1)),
+        "accuracy": float(tp.sum() / max(int(confusion.sum()), 1)),
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "per_class": {
             label: {

@@ -1,109 +1,228 @@
-"""ONNX Runtime sessions and tokenization for exported classifiers: onnxruntime, tokenizers, numpy.
+"""ONNX Runtime sessions, tokenization and batching for exported classifiers: onnxruntime, tokenizers, numpy.
 
-`create_session` puts a graph on the device asked for and fails instead of silently falling
-back to the CPU; `encode` turns texts into exactly the inputs a graph declares, right-padded;
-`logits` runs many texts in length-sorted batches and returns them in the caller's order.
+`create_session` puts a graph on the providers asked for and fails instead of silently falling
+back to the CPU; `TextEncoder` turns texts into exactly the inputs a graph declares;
+`plan_batches` groups texts of similar length under a token budget; `logits` runs many texts
+that way and returns them in the caller's order.
 It never imports torch, transformers or optimum: the predictor and the server stand on it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from bertdeploy.errors import BertdeployError
 
-DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+logger = logging.getLogger(__name__)
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+DEVICES = {"cpu": PROVIDERS["cpu"], "cuda": PROVIDERS["cuda"]}
+GPU_PROVIDERS = {PROVIDERS["cuda"], PROVIDERS["tensorrt"]}
+PAD_MULTIPLE = 8
+MAX_BATCH_TOKENS = 8192
+MAX_BATCH_SIZE = 128
 
 
 def usable_cpus() -> int:
-    """The CPUs this process may run on (a container's share, not the host's count)."""
+    """The CPUs this process may use: its affinity mask and the cgroup CPU quota, not the host's count."""
     try:
-        return len(os.sched_getaffinity(0))
+        count = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+        count = os.cpu_count() or 1
+    try:  # cgroup v2: "max 100000" or "150000 100000"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            count = min(count, max(1, int(int(quota) / int(period) + 0.5)))
+    except (OSError, ValueError):
+        pass
+    return count
+
+
+def resolve_providers(providers: str | Sequence | None) -> list:
+    """ONNX Runtime provider names from our short names ('cpu', 'cuda', 'tensorrt') or its own,
+    each optionally as (name, options); checked against what this onnxruntime build has."""
+    import onnxruntime as ort
+
+    if providers is None:
+        providers = ["cpu"]
+    elif isinstance(providers, str):
+        providers = [p.strip() for p in providers.split(",") if p.strip()]
+    available = ort.get_available_providers()
+    resolved = []
+    for provider in providers:
+        name, options = provider if isinstance(provider, tuple) else (provider, None)
+        name = PROVIDERS.get(name.lower(), name)
+        if name not in available:
+            hint = ("; install the GPU build: `pip uninstall -y onnxruntime && pip install 'bertdeploy[gpu]'`"
+                    if name in GPU_PROVIDERS else "")
+            raise BertdeployError(f"provider {name} is not in this ONNX Runtime (it has {', '.join(available)}){hint}")
+        resolved.append((name, options) if options else name)
+    if not resolved:
+        raise BertdeployError("no providers given; use cpu, cuda or tensorrt")
+    return resolved
+
+
+def provider_name(provider: str | tuple) -> str:
+    return provider[0] if isinstance(provider, tuple) else provider
 
 
 def check_device(device: str) -> None:
     """Fail early, with what is installed, when ONNX Runtime cannot run on `device`."""
-    import onnxruntime as ort
-
     if device not in DEVICES:
         raise BertdeployError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
-    available = ort.get_available_providers()
-    if DEVICES[device] not in available:
-        raise BertdeployError(
-            f"device {device}: this ONNX Runtime has no {DEVICES[device]} (it has {', '.join(available)}); "
-            "install the GPU build with `pip uninstall -y onnxruntime && pip install 'bertdeploy[gpu]'`"
-        )
+    resolve_providers([device])
 
 
-def create_session(path: str | Path, device: str = "cpu", threads: int | None = None, spinning: bool = False):
-    """An InferenceSession on `device` only, `threads` intra-op threads (default: the usable CPUs).
-
-    Idle spinning is off by default: it burns CPU between requests for a small latency gain.
-    """
+def create_session(path: str | Path, providers: str | Sequence | None = "cpu", threads: int | None = None,
+                   spinning: bool = False, allow_fallback: bool = False):
+    """An InferenceSession on `providers` (first choice first), `threads` intra-op threads (default: the
+    usable CPUs). If ONNX Runtime drops the first choice for the CPU, that is an error, or with
+    `allow_fallback` a logged warning. Idle spinning is off by default: it burns CPU between calls."""
     import onnxruntime as ort
 
-    check_device(device)
+    wanted = resolve_providers(providers)
+    if provider_name(wanted[-1]) != PROVIDERS["cpu"]:
+        wanted.append(PROVIDERS["cpu"])  # for the nodes a GPU provider does not cover
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or usable_cpus()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    providers = [DEVICES[device]] + (["CPUExecutionProvider"] if device != "cpu" else [])
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        session = ort.InferenceSession(str(path), options, providers=wanted)
     except Exception as e:  # onnxruntime raises its own exception types
         raise BertdeployError(f"{path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
-    if session.get_providers()[0] != DEVICES[device]:
-        raise BertdeployError(f"{path}: ONNX Runtime fell back to {session.get_providers()[0]} instead of {device}")
+    first, active = provider_name(wanted[0]), session.get_providers()
+    if first not in active:
+        message = f"{path}: ONNX Runtime fell back to {active[0]} instead of {first} (check the CUDA/cuDNN libraries)"
+        if not allow_fallback:
+            raise BertdeployError(message + "; allow the fall-back explicitly to run anyway")
+        logger.warning("%s", message)
     return session
 
 
-def load_tokenizer(path: str | Path, max_length: int):
-    """The fast tokenizer saved as `tokenizer.json`, truncating at `max_length` and padding right."""
+@dataclass
+class TextEncoder:
+    """The model's fast tokenizer (`tokenizer.json`), truncating at `max_length`; padding is done per batch.
+
+    With `stride`, a second copy splits long texts into overlapping windows instead (`windows`).
+    Both tokenizers are configured once and only read afterwards, so one encoder serves many threads.
+    """
+
+    tokenizer: object
+    pad_id: int
+    pad_type_id: int
+    max_length: int
+    windowed: object | None = None
+
+    def tokenize(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list:
+        batch = list(zip(texts, pairs, strict=True)) if pairs is not None else list(texts)
+        return self.tokenizer.encode_batch(batch)
+
+    def windows(self, texts: Sequence[str]) -> tuple[list, np.ndarray]:
+        """Every window of every text, and for each window the index of its text."""
+        if self.windowed is None:
+            raise ValueError("this encoder was loaded without a stride for windows")
+        encodings, owners = [], []
+        for i, encoding in enumerate(self.windowed.encode_batch(list(texts))):
+            parts = [encoding, *encoding.overflowing]
+            encodings += parts
+            owners += [i] * len(parts)
+        return encodings, np.asarray(owners, dtype=np.int64)
+
+    def pad(self, encodings: Sequence, input_names: Sequence[str]) -> dict:
+        """int64 arrays padded on the right to the longest encoding, rounded up to a multiple of 8
+        (fewer distinct shapes, better kernels); only the inputs the graph declares."""
+        lengths = [len(e.ids) for e in encodings]
+        width = padded_length(max(lengths, default=1))
+        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
+        types = np.full((len(encodings), width), self.pad_type_id, dtype=np.int64)
+        for row, (e, n) in enumerate(zip(encodings, lengths, strict=True)):
+            ids[row, :n] = e.ids
+            types[row, :n] = e.type_ids
+        arrays = {
+            "input_ids": ids,
+            "attention_mask": (np.arange(width) < np.asarray(lengths)[:, None]).astype(np.int64),
+            "token_type_ids": types,
+        }
+        unknown = [name for name in input_names if name not in arrays]
+        if unknown:
+            raise BertdeployError(f"the graph wants inputs {unknown} that a text classifier does not have")
+        return {name: arrays[name] for name in input_names}
+
+
+def load_encoder(path: str | Path, max_length: int, stride: int | None = None) -> TextEncoder:
+    """The encoder for `tokenizer.json` (as export writes it: with a padding token)."""
     from tokenizers import Tokenizer
 
     if not Path(path).is_file():
         raise BertdeployError(f"{path}: no such file; the artifact directory needs its tokenizer.json")
-    tokenizer = Tokenizer.from_file(str(path))
-    tokenizer.enable_truncation(max_length)
-    if tokenizer.padding is None:
+
+    def configured(window_stride: int):
+        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer.enable_truncation(max_length, stride=window_stride)
+        return tokenizer
+
+    tokenizer = configured(0)
+    padding = tokenizer.padding
+    if padding is None:
         raise BertdeployError(f"{path}: the tokenizer has no padding settings; re-export the model")
-    return tokenizer
+    tokenizer.no_padding()
+    windowed = None
+    if stride is not None:
+        windowed = configured(stride)
+        windowed.no_padding()
+    return TextEncoder(tokenizer, padding["pad_id"], padding["pad_type_id"], max_length, windowed)
 
 
-def encode(tokenizer, texts: Sequence[str], pairs: Sequence[str] | None, input_names: Sequence[str]) -> dict:
-    """Token ids, attention mask and token types as int64 arrays: only the inputs the graph declares."""
-    batch = tokenizer.encode_batch(list(zip(texts, pairs, strict=True)) if pairs is not None else list(texts))
-    arrays = {
-        "input_ids": np.array([e.ids for e in batch], dtype=np.int64),
-        "attention_mask": np.array([e.attention_mask for e in batch], dtype=np.int64),
-        "token_type_ids": np.array([e.type_ids for e in batch], dtype=np.int64),
-    }
-    unknown = [name for name in input_names if name not in arrays]
-    if unknown:
-        raise BertdeployError(f"the graph wants inputs {unknown} that a text classifier does not have")
-    return {name: arrays[name] for name in input_names}
+def encode(encoder: TextEncoder, texts: Sequence[str], pairs: Sequence[str] | None, input_names: Sequence[str]) -> dict:
+    """One padded batch of `texts` (and `pairs`) as the graph's inputs."""
+    return encoder.pad(encoder.tokenize(texts, pairs), input_names)
 
 
-def logits(session, tokenizer, texts: Sequence[str], pairs: Sequence[str] | None = None,
-           batch_size: int = 32) -> np.ndarray:
-    """Logits for every text, computed in batches of similar length (less padding), in input order."""
+def padded_length(n: int) -> int:
+    return -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+def plan_batches(lengths: Sequence[int], max_batch_tokens: int = MAX_BATCH_TOKENS,
+                 max_batch_size: int = MAX_BATCH_SIZE) -> list[np.ndarray]:
+    """Indices grouped into batches: sorted by token length, each batch's padded size (count x longest,
+    rounded up to a multiple of 8) within `max_batch_tokens` and at most `max_batch_size` texts.
+    A single text longer than the budget still gets a batch of its own."""
+    order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
+    batches, start = [], 0
+    for end in range(1, len(order) + 1):
+        full = end - start > max_batch_size
+        over = (end - start) * padded_length(lengths[order[end - 1]]) > max_batch_tokens
+        if (full or over) and end - 1 > start:
+            batches.append(order[start:end - 1])
+            start = end - 1
+    if start < len(order):
+        batches.append(order[start:])
+    return batches
+
+
+def run_batches(run, encoder: TextEncoder, encodings: Sequence, input_names: Sequence[str], width: int,
+                max_batch_tokens: int = MAX_BATCH_TOKENS, max_batch_size: int = MAX_BATCH_SIZE) -> np.ndarray:
+    """`run(feed) -> (batch, width) array` over length-grouped batches of `encodings`, in input order."""
+    out = np.empty((len(encodings), width), dtype=np.float32)
+    for index in plan_batches([len(e.ids) for e in encodings], max_batch_tokens, max_batch_size):
+        out[index] = run(encoder.pad([encodings[i] for i in index], input_names))
+    return out
+
+
+def logits(session, encoder: TextEncoder, texts: Sequence[str], pairs: Sequence[str] | None = None,
+           max_batch_tokens: int = MAX_BATCH_TOKENS) -> np.ndarray:
+    """Logits for every text, computed in length-grouped batches, in input order."""
     names = [i.name for i in session.get_inputs()]
-    order = np.argsort([len(t) + (len(pairs[i]) if pairs is not None else 0) for i, t in enumerate(texts)],
-                       kind="stable")
-    out: np.ndarray | None = None
-    for start in range(0, len(texts), batch_size):
-        index = order[start:start + batch_size]
-        feed = encode(tokenizer, [texts[i] for i in index], None if pairs is None else [pairs[i] for i in index],
-                      names)
-        result = session.run(None, feed)[0]
-        if out is None:
-            out = np.empty((len(texts), result.shape[1]), dtype=np.float32)
-        out[index] = result
-    return out if out is not None else np.empty((0, 0), dtype=np.float32)
+    width = session.get_outputs()[0].shape[-1]
+    if not isinstance(width, int):
+        raise BertdeployError("the graph's output has no fixed number of classes")
+    return run_batches(lambda feed: session.run(None, feed)[0], encoder, encoder.tokenize(texts, pairs), names,
+                       width, max_batch_tokens)

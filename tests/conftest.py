@@ -80,3 +80,30 @@ def tiny_classifier(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path, Path]
     finetune(FinetuneOptions(model=str(tiny_model_dir), train_file=train, eval_file=test, output_dir=folder / "model",
                              epochs=8, learning_rate=3e-3, max_length=32, warmup_ratio=0.0, seed=0))
     return folder / "model", train, test
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tiny_classifier, tmp_path_factory) -> Path:
+    """The tiny classifier exported to fp32 and dynamic INT8: an artifact directory for the predictor."""
+    from bertdeploy.export import ExportOptions, export
+
+    out = tmp_path_factory.mktemp("artifacts") / "onnx"
+    export(ExportOptions(model_dir=tiny_classifier[0], output_dir=out, quantize=["int8"]))
+    return out
+
+
+def pytorch_logits(model_dir: Path, texts: list[str], pairs: list[str] | None = None,
+                   max_length: int = 32):
+    """Logits straight from transformers, one text at a time (no padding at all): the reference."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    rows = []
+    with torch.no_grad():
+        for i, text in enumerate(texts):
+            batch = tokenizer(text, None if pairs is None else pairs[i], truncation=True, max_length=max_length,
+                              return_tensors="pt")
+            rows.append(model(**batch).logits[0].numpy())
+    return rows

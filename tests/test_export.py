@@ -16,7 +16,7 @@ from bertdeploy.artifacts import read_manifest, sha256_file
 from bertdeploy.cli import cli
 from bertdeploy.errors import BertdeployError
 from bertdeploy.export import ExportOptions, export
-from bertdeploy.runtime import create_session, load_tokenizer, logits
+from bertdeploy.runtime import create_session, load_encoder, logits
 
 # How close each variant's logits must be to PyTorch's on the tiny model (logits of size ~3).
 TOLERANCE = {"fp32": 1e-4, "O2": 1e-3, "fp16": 2e-2, "int8": 0.25, "O2-int8": 0.25, "int8-static": 0.25}
@@ -54,14 +54,14 @@ def test_every_variant_loads_and_matches_pytorch(exported, tiny_classifier):
     assert manifest["default_variant"] in manifest["variants"]
     texts = [r["text"] for r in make_rows(40, seed=2)] + ["很" * 200]  # and one text cut at max length
     reference = _pytorch_logits(model, texts)
-    tokenizer = load_tokenizer(out / "tokenizer.json", manifest["max_length"])
+    tokenizer = load_encoder(out / "tokenizer.json", manifest["max_length"])
     for name, entry in manifest["variants"].items():
         path = out / entry["file"]
         assert sha256_file(path) == entry["sha256"] and path.stat().st_size == entry["size_bytes"]
         session = create_session(path)
         axes = session.get_inputs()[0].shape
         assert isinstance(axes[0], str) and isinstance(axes[1], str), f"{name}: batch and sequence axes are dynamic"
-        ours = logits(session, tokenizer, texts, batch_size=8)
+        ours = logits(session, tokenizer, texts, max_batch_tokens=256)
         assert np.abs(ours - reference).max() <= TOLERANCE[name], name
         assert np.mean(ours.argmax(-1) == reference.argmax(-1)) >= 0.95, name
         assert entry["parity"]["max_abs_diff"] <= TOLERANCE[name] and entry["eval"]["accuracy_drop"] <= 1.0
@@ -83,8 +83,8 @@ def test_manifest_records_the_evaluation_and_round_trips(exported, tiny_classifi
     assert manifest["variants"]["int8-static"]["quantization"]["calibration_texts"] == 160
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["manifest.json", "tokenizer.json", *(v["file"] for v in manifest["variants"].values())])
-    tokenizer = load_tokenizer(out / "tokenizer.json", 32)
-    assert len(tokenizer.encode("很" * 200).ids) == 32
+    tokenizer = load_encoder(out / "tokenizer.json", 32)
+    assert len(tokenizer.tokenize(["很" * 200])[0].ids) == 32
     copy = out.parent / "copy"
     shutil.copytree(out, copy)
     (copy / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 99}))
@@ -187,7 +187,7 @@ def _bad_exports(tmp_path, tiny_model_dir, tiny_classifier) -> dict[str, tuple[l
         "unknown eval label": ([model, "--eval-file", str(tmp_path / "unseen.csv")],
                                "label 'neutral' on line 3 is unknown to the model"),
         "no calibration texts": ([str(no_data), "--quantize", "int8-static"], "pass --calibration-file"),
-        "CUDA missing": ([model, "--device", "cuda"], "device cuda"),
+        "CUDA missing": ([model, "--device", "cuda"], "CUDAExecutionProvider is not in this ONNX Runtime"),
         "output not empty": ([model, "--output-dir", str(tmp_path / "full")], "not empty; pass --overwrite"),
     }
 

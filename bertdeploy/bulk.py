@@ -1,0 +1,289 @@
+"""`bertdeploy predict`: stream a file of texts through a `Predictor` and write it back with labels.
+
+Rows are read, predicted and written a chunk at a time, so memory stays flat however long the
+file. Every input column is kept and `label` and `score` are added (every class's score with
+`all_scores`). An output file is written beside its destination and moved into place only when
+complete. When the input also holds the label column, the predictions are scored as they go.
+Like the predictor, this never imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+import numpy as np
+
+from bertdeploy.artifacts import atomic_file
+from bertdeploy.data import FORMATS, check_columns, check_file, file_format, iter_rows
+from bertdeploy.errors import BertdeployError, DataError
+from bertdeploy.metrics import report_from_confusion
+from bertdeploy.predictor import LONG_TEXT, Predictor
+from bertdeploy.runtime import MAX_BATCH_TOKENS
+
+logger = logging.getLogger(__name__)
+
+INPUT_FORMATS = ("csv", "tsv", "jsonl", "text")
+OUTPUT_FORMATS = ("csv", "tsv", "jsonl")
+STDIO = "-"
+
+
+@dataclass
+class PredictFileOptions:
+    artifact_dir: Path
+    input: str  # a path, or "-" for stdin
+    output: Path | None = None  # None: stdout
+    variant: str | None = None
+    text_column: str | None = None  # default: the column the model was trained on
+    text_pair_column: str | None = None
+    label_column: str | None = None  # scored when present; default: the training label column
+    all_scores: bool = False
+    max_batch_tokens: int = MAX_BATCH_TOKENS
+    threads: int | None = None
+    providers: str | None = None
+    allow_fallback: bool = False
+    long_text: str = "truncate"
+    input_format: str | None = None  # default: from the extension; "text" for stdin
+    output_format: str | None = None  # default: from the output's extension, else the input's
+    chunk_rows: int = 2048
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        self.artifact_dir = Path(self.artifact_dir)
+        self.input = str(self.input)
+        self.output = Path(self.output) if self.output is not None else None
+        for ok, message in [
+            (self.input_format in (None, *INPUT_FORMATS), f"input format must be one of {', '.join(INPUT_FORMATS)}"),
+            (self.output_format in (None, *OUTPUT_FORMATS),
+             f"output format must be one of {', '.join(OUTPUT_FORMATS)}"),
+            (self.long_text in LONG_TEXT, f"long text handling must be one of {', '.join(LONG_TEXT)}"),
+            (self.max_batch_tokens >= 8, "--max-batch-tokens must be at least 8"),
+            (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
+            (self.chunk_rows >= 1, "chunk_rows must be at least 1"),
+        ]:
+            if not ok:
+                raise BertdeployError(message)
+
+
+@dataclass
+class PredictFileResult:
+    rows: int
+    output: str
+    variant: str
+    seconds: float
+    texts_per_second: float
+    label_column: str | None = None
+    report: dict | None = None  # accuracy, macro_f1, per_class, confusion_matrix over the scored rows
+    scored: int = 0
+    unlabelled: int = 0  # rows whose label cell is empty
+    unknown_labels: dict[str, int] = field(default_factory=dict)  # labels the model does not have
+
+
+def predict_file(options: PredictFileOptions, stdin: BinaryIO | None = None,
+                 stdout: TextIO | None = None) -> PredictFileResult:
+    """Predict every row of `options.input` and write the rows with their labels to the output."""
+    started = time.perf_counter()
+    source = Path("<stdin>") if options.input == STDIO else Path(options.input)
+    in_format = options.input_format or ("text" if options.input == STDIO else file_format(source, text=True))
+    out_format = _output_format(options, in_format)
+    if in_format == "jsonl" and out_format != "jsonl":
+        raise BertdeployError(f"{source}: JSONL input is written as JSONL (its keys may differ from row to row); "
+                              "choose an output ending in .jsonl")
+    if options.input != STDIO:
+        check_file(source)
+    if options.output is not None:
+        _check_output(options.output, source)
+    predictor = Predictor.load(options.artifact_dir, options.variant, options.providers, options.threads,
+                               options.long_text, options.max_batch_tokens, allow_fallback=options.allow_fallback)
+    manifest = predictor.manifest
+    text_column = "text" if in_format == "text" else options.text_column or manifest.get("text_column") or "text"
+    pair_column = options.text_pair_column or manifest.get("text_pair_column")
+    label_column = options.label_column or manifest.get("label_column")
+
+    with contextlib.ExitStack() as stack:
+        if options.input == STDIO:
+            stream = stdin or sys.stdin.buffer
+        else:
+            stream = stack.enter_context(source.open("rb"))
+        header, rows = iter_rows(source, in_format, stream)
+        first = next(rows, None)
+        if first is None:
+            raise DataError(f"{source}: no rows to predict")
+        columns = header if header is not None else list(first[1])
+        check_columns(source, [c for c in (text_column, pair_column) if c], columns)
+        if options.label_column and options.label_column not in columns:
+            check_columns(source, [options.label_column], columns)
+        scoring = label_column if label_column in columns else None
+        names = _added_columns(columns, predictor.labels, options.all_scores)
+        if options.output is None:
+            out = stdout or sys.stdout
+        else:
+            temporary = stack.enter_context(atomic_file(options.output))
+            out = stack.enter_context(temporary.open("w", encoding="utf-8", newline=""))
+        write = _writer(out, out_format, [*columns, *names.values()] if header is not None else None, names,
+                        predictor.labels, options.all_scores)
+        bar = stack.enter_context(_progress(options.progress, None if options.input == STDIO else source))
+        tally = _Tally(predictor.labels, scoring)
+        count = 0
+        for chunk in _chunks(_prepend(first, rows), options.chunk_rows):
+            texts = [_cell(source, number, text_column, row) for number, row in chunk]
+            pairs = [_cell(source, number, pair_column, row) for number, row in chunk] if pair_column else None
+            probabilities = predictor.predict_proba(texts, pairs)
+            for (number, row), scores in zip(chunk, probabilities, strict=True):
+                write(row, scores)
+                tally.add(number, row, int(scores.argmax()))
+            count += len(chunk)
+            bar(count, stream)
+        out.flush()
+    seconds = time.perf_counter() - started
+    return PredictFileResult(
+        rows=count, output=str(options.output) if options.output else "<stdout>", variant=predictor.variant,
+        seconds=seconds, texts_per_second=count / seconds if seconds else 0.0, label_column=scoring,
+        report=tally.report(), scored=tally.scored, unlabelled=tally.unlabelled, unknown_labels=dict(tally.unknown),
+    )
+
+
+def _output_format(options: PredictFileOptions, in_format: str) -> str:
+    if options.output_format:
+        return options.output_format
+    if options.output is not None and options.output.suffix.lower() in FORMATS:
+        return FORMATS[options.output.suffix.lower()]
+    return in_format if in_format in OUTPUT_FORMATS else "csv"
+
+
+def _check_output(output: Path, source: Path) -> None:
+    if output.is_dir():
+        raise BertdeployError(f"{output}: is a directory; --output takes a file name")
+    if not output.absolute().parent.is_dir():
+        raise BertdeployError(f"{output}: the directory {output.absolute().parent} does not exist")
+    if output.exists() and source.exists() and output.samefile(source):
+        raise BertdeployError(f"{output}: is the input file; write the predictions to another file")
+
+
+def _added_columns(columns: list[str], labels: list[str], all_scores: bool) -> dict[str, str]:
+    """What `label`, `score` (and each class's score) are called in the output: with a `predicted_`
+    prefix when the input already has a column of that name, e.g. the true `label`."""
+    names = {"label": "label", "score": "score"}
+    if all_scores:
+        names.update({f"score_{label}": f"score_{label}" for label in labels})
+    if any(name in columns for name in names.values()):
+        names = {key: f"predicted_{name}" for key, name in names.items()}
+        logger.info("the input has a column named like ours: the predictions go in %s", ", ".join(names.values()))
+    return names
+
+
+def _writer(out: TextIO, fmt: str, header: list[str] | None, names: dict[str, str], labels: list[str],
+            all_scores: bool):
+    """A function writing one input row with its scores."""
+
+    def added(scores: np.ndarray) -> dict:
+        best = int(scores.argmax())
+        values = {names["label"]: labels[best], names["score"]: round(float(scores[best]), 6)}
+        if all_scores:
+            values.update({names[f"score_{label}"]: round(float(s), 6)
+                           for label, s in zip(labels, scores, strict=True)})
+        return values
+
+    if fmt == "jsonl":
+        def write_json(row: dict, scores: np.ndarray) -> None:
+            out.write(json.dumps({**row, **added(scores)}, ensure_ascii=False) + "\n")
+        return write_json
+    if fmt == "tsv":
+        writer = csv.DictWriter(out, header, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None,
+                                lineterminator="\n", extrasaction="ignore")
+    else:
+        writer = csv.DictWriter(out, header, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+
+    def write_delimited(row: dict, scores: np.ndarray) -> None:
+        try:
+            writer.writerow({**row, **added(scores)})
+        except csv.Error:
+            raise BertdeployError("a text holds a tab or line break, which TSV cannot carry; write CSV or JSONL "
+                                  "(--format csv)") from None
+    return write_delimited
+
+
+def _cell(source: Path, number: int, column: str, row: dict) -> str:
+    value = row.get(column)
+    if isinstance(value, str):
+        return value
+    if value is None:
+        raise DataError(f"{source} line {number}: no {column!r}")
+    kind = {"int": "number", "float": "number", "bool": "boolean", "dict": "object", "list": "array"}
+    raise DataError(f"{source} line {number}: {column!r} is a {kind.get(type(value).__name__, 'value')}, "
+                    "expected a string")
+
+
+class _Tally:
+    """A confusion matrix summed as rows stream past, for rows whose label the model knows."""
+
+    def __init__(self, labels: list[str], column: str | None) -> None:
+        self.labels, self.column = labels, column
+        self.index = {label: i for i, label in enumerate(labels)}
+        self.confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
+        self.scored = self.unlabelled = 0
+        self.unknown: Counter[str] = Counter()
+
+    def add(self, number: int, row: dict, predicted: int) -> None:
+        if self.column is None:
+            return
+        value = row.get(self.column)
+        truth = "" if value is None else str(value).strip()
+        if not truth:
+            self.unlabelled += 1
+        elif truth not in self.index:
+            self.unknown[truth] += 1
+        else:
+            self.confusion[self.index[truth], predicted] += 1
+            self.scored += 1
+
+    def report(self) -> dict | None:
+        if self.column is None or not self.scored:
+            return None
+        return report_from_confusion(self.confusion, self.labels)
+
+
+def _prepend(first, rows: Iterator) -> Iterator:
+    yield first
+    yield from rows
+
+
+def _chunks(rows: Iterator, size: int) -> Iterator[list]:
+    chunk = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@contextlib.contextmanager
+def _progress(show: bool, path: Path | None):
+    """A progress bar on stderr, by bytes read when the input is a file, else by texts."""
+    if not show:
+        yield lambda count, stream: None
+        return
+    from tqdm.auto import tqdm
+
+    total = path.stat().st_size if path is not None else None
+    with tqdm(total=total, unit="B" if total else " texts", unit_scale=bool(total), desc="predicting",
+              file=sys.stderr, disable=None) as bar:
+        def update(count: int, stream) -> None:
+            if total:
+                bar.update(stream.tell() - bar.n)
+                bar.set_postfix_str(f"{count:,} texts", refresh=False)
+            else:
+                bar.update(count - bar.n)
+        yield update
