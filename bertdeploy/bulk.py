@@ -28,7 +28,6 @@ from bertdeploy.data import FORMATS, check_columns, check_file, file_format, ite
 from bertdeploy.errors import BertdeployError, DataError
 from bertdeploy.metrics import report_from_confusion
 from bertdeploy.predictor import LONG_TEXT, Predictor
-from bertdeploy.runtime import MAX_BATCH_TOKENS
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ class PredictFileOptions:
     text_pair_column: str | None = None
     label_column: str | None = None  # scored when present; default: the training label column
     all_scores: bool = False
-    max_batch_tokens: int = MAX_BATCH_TOKENS
+    max_batch_tokens: int | None = None  # default: the predictor's for the provider
     threads: int | None = None
     providers: str | None = None
     allow_fallback: bool = False
@@ -66,7 +65,7 @@ class PredictFileOptions:
             (self.output_format in (None, *OUTPUT_FORMATS),
              f"output format must be one of {', '.join(OUTPUT_FORMATS)}"),
             (self.long_text in LONG_TEXT, f"long text handling must be one of {', '.join(LONG_TEXT)}"),
-            (self.max_batch_tokens >= 8, "--max-batch-tokens must be at least 8"),
+            (self.max_batch_tokens is None or self.max_batch_tokens >= 8, "--max-batch-tokens must be at least 8"),
             (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
             (self.chunk_rows >= 1, "chunk_rows must be at least 1"),
         ]:

@@ -25,6 +25,10 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "te
 DEVICES = {"cpu": PROVIDERS["cpu"], "cuda": PROVIDERS["cuda"]}
 GPU_PROVIDERS = {PROVIDERS["cuda"], PROVIDERS["tensorrt"]}
 PAD_MULTIPLE = 8
+CPU_BATCH_TOKENS = 1024  # the fastest budget from 1k to 16k on 2 CPU cores (benchmarks/predictor_speed.py)
+GPU_BATCH_TOKENS = 16384
+# Export scores variants with larger batches: dynamic INT8's scores depend on a text's batch-mates
+# (benchmarks/batch_invariance.py), and these are the batches the accuracy guard was tuned on.
 MAX_BATCH_TOKENS = 8192
 MAX_BATCH_SIZE = 128
 
@@ -87,7 +91,10 @@ def create_session(path: str | Path, providers: str | Sequence | None = "cpu", t
     import onnxruntime as ort
 
     wanted = resolve_providers(providers)
-    if provider_name(wanted[-1]) != PROVIDERS["cpu"]:
+    names = [provider_name(p) for p in wanted]
+    if names[0] == PROVIDERS["tensorrt"] and PROVIDERS["cuda"] not in names:
+        wanted.insert(1, PROVIDERS["cuda"])  # for the subgraphs TensorRT does not take
+    if PROVIDERS["cpu"] not in names:
         wanted.append(PROVIDERS["cpu"])  # for the nodes a GPU provider does not cover
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or usable_cpus()

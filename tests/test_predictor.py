@@ -182,6 +182,7 @@ def test_providers_and_threads(tiny_artifacts):
     options = p.session.get_session_options()
     assert options.intra_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert Predictor.load(tiny_artifacts).max_batch_tokens == 1024  # the CPU default
     default = Predictor.load(tiny_artifacts).session.get_session_options()
     assert default.intra_op_num_threads == usable_cpus()
 
@@ -211,3 +212,22 @@ def test_sentence_pairs(tiny_model_dir, tmp_path):
         p.predict(texts)
     with pytest.raises(ValueError, match="20 texts but 2 pairs"):
         p.predict(texts, pairs[:2])
+
+
+def _ort_has_cuda() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _ort_has_cuda(), reason="needs onnxruntime-gpu and a CUDA GPU")
+def test_cuda_with_io_binding_matches_the_cpu(tiny_artifacts):
+    texts = _texts(60, seed=12)
+    cpu = Predictor.load(tiny_artifacts, variant="fp32")
+    gpu = Predictor.load(tiny_artifacts, variant="fp32", providers="cuda")
+    assert gpu.providers[0] == "CUDAExecutionProvider" and gpu._bind
+    assert np.abs(gpu.predict_proba(texts) - cpu.predict_proba(texts)).max() < 1e-4
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        serial = gpu.predict_proba(texts[:9])
+        assert all(np.array_equal(a, serial) for a in pool.map(gpu.predict_proba, [texts[:9]] * 8))

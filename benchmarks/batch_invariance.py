@@ -1,0 +1,52 @@
+"""How much a text's score depends on the texts batched with it, per variant.
+
+Dynamic INT8 computes each activation's quantization range over the whole batch, so a text's
+score moves a little with its batch-mates; fp32 should not move beyond rounding. On the demo
+export and the 1,000 held-out reviews, each variant predicts every text alone and then all of them
+in the predictor's length-grouped batches (default token budget); we record the largest score
+difference, the labels that flip and the accuracy both ways.
+Writes benchmarks/results/batch_invariance.json.
+
+    python benchmarks/batch_invariance.py [--artifacts runs/demo/onnx] [--eval-file runs/demo/data/test.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bertdeploy.data import load_examples
+from bertdeploy.predictor import Predictor
+
+RESULTS = Path(__file__).parent / "results" / "batch_invariance.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--artifacts", type=Path, default=Path("runs/demo/onnx"))
+    parser.add_argument("--eval-file", type=Path, default=Path("runs/demo/data/test.csv"))
+    args = parser.parse_args()
+    examples = load_examples(args.eval_file)
+    results = {}
+    for variant in json.loads((args.artifacts / "manifest.json").read_text())["variants"]:
+        p = Predictor.load(args.artifacts, variant=variant)
+        alone = np.concatenate([p.predict_proba([t]) for t in examples.texts])
+        batched = p.predict_proba(examples.texts)
+        truth = np.array([p.labels.index(y) for y in examples.labels])
+        results[variant] = {
+            "max_abs_score_diff": float(np.abs(alone - batched).max()),
+            "mean_abs_score_diff": float(np.abs(alone - batched).mean()),
+            "labels_flipped": int((alone.argmax(-1) != batched.argmax(-1)).sum()),
+            "accuracy_alone": float((alone.argmax(-1) == truth).mean()),
+            "accuracy_batched": float((batched.argmax(-1) == truth).mean()),
+        }
+        print(variant, results[variant])
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps({"texts": len(examples), "variants": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Our predictor against the transformers pipeline (PyTorch fp32) and Optimum's ORT pipeline, on real reviews.
+
+The demo model (MiniLM fine-tuned on the Chinese reviews by scripts/demo.sh) and its export:
+  1. single-text latency, text in -> label out, tokenization included: our Predictor (the export's
+     default variant, INT8), the same with ONNX Runtime's idle spinning on (Optimum's default), the
+     transformers `pipeline("text-classification")` in PyTorch fp32, and Optimum's
+     `ORTModelForSequenceClassification` in the same pipeline on the same INT8 file. 600 reviews;
+     the four take turns in blocks of 25 texts, so drift hits all alike (and one's spinning
+     threads only touch the first call of the next block); 20 warm-up calls each.
+  2. bulk, 10,000 reviews: `bertdeploy predict` as a whole process (start-up, reading and writing
+     the CSV included) against both pipelines with batch_size=32 in this process (model already
+     loaded), and our Predictor in this process.
+  3. cold start, process start to the first label printed, and the process's peak RSS: five
+     alternating runs of each, medians.
+  4. the Predictor's texts/s on 2,000 reviews for token budgets per batch from 1,024 to 16,384,
+     interleaved, three rounds (for the default of --max-batch-tokens).
+Every run uses 2 threads (this machine's CPUs), truncation at the model's 128 tokens.
+Writes benchmarks/results/predictor_speed.json.
+
+    python benchmarks/predictor_speed.py [--model runs/demo/model] [--artifacts runs/demo/onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bertdeploy.demo import review_texts
+from bertdeploy.predictor import Predictor
+
+RESULTS = Path(__file__).parent / "results" / "predictor_speed.json"
+BIN = Path(sys.executable).parent
+MAX_LENGTH = 128
+
+
+def reviews(n: int, seed: int = 0) -> list[str]:
+    texts = [t for group in review_texts().values() for t in group]
+    return [texts[i] for i in np.random.default_rng(seed).permutation(len(texts))[:n]]
+
+
+def optimum_dir(model: Path, artifacts: Path, variant_file: str, work: Path) -> Path:
+    """Optimum wants config.json and the tokenizer beside the ONNX file: the same INT8 file, copied."""
+    folder = work / "optimum"
+    shutil.copytree(model, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "checkpoint-*"))
+    shutil.copy(artifacts / variant_file, folder / variant_file)
+    return folder
+
+
+def pipelines(model: Path, optimum_model: Path, variant_file: str) -> dict:
+    import torch
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer, pipeline
+
+    torch.set_num_threads(2)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    ort_model = ORTModelForSequenceClassification.from_pretrained(optimum_model, file_name=variant_file)
+    return {
+        "transformers pipeline, PyTorch fp32": pipeline("text-classification", model=str(model), device=-1),
+        "Optimum ORT pipeline, same INT8 file": pipeline("text-classification", model=ort_model, tokenizer=tokenizer),
+    }
+
+
+def single_latency(candidates: dict, texts: list[str], block: int = 25) -> dict:
+    times = {name: [] for name in candidates}
+    for label_of in candidates.values():
+        for text in texts[:20]:
+            label_of(text)
+    for start in range(0, len(texts), block):
+        for name, label_of in candidates.items():
+            for text in texts[start:start + block]:
+                started = time.perf_counter()
+                label_of(text)
+                times[name].append((time.perf_counter() - started) * 1000)
+    return {name: {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
+                   "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(np.mean(t)), "calls": len(t)}
+            for name, t in times.items()}
+
+
+def budget_sweep(artifacts: Path, texts: list[str], rounds: int = 3) -> dict:
+    """Texts per second of Predictor.predict for several token budgets per batch, interleaved."""
+    budgets = (1024, 2048, 4096, 8192, 16384)
+    predictors = {b: Predictor.load(artifacts, max_batch_tokens=b) for b in budgets}
+    predictors[budgets[0]].predict(texts[:64])
+    seconds = {b: [] for b in budgets}
+    for _ in range(rounds):
+        for budget, predictor in predictors.items():
+            started = time.perf_counter()
+            predictor.predict_proba(texts)
+            seconds[budget].append(time.perf_counter() - started)
+    return {str(b): {"texts_per_second": len(texts) / float(np.median(s)), "rounds": rounds}
+            for b, s in seconds.items()}
+
+
+def run_cli(artifacts: Path, source: Path, output: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run([str(BIN / "bertdeploy"), "-q", "predict", str(artifacts), str(source), "-o", str(output)],
+                   check=True)
+    return time.perf_counter() - started
+
+
+def bulk(artifacts: Path, hf: dict, texts: list[str], work: Path) -> dict:
+    source = work / "reviews.csv"
+    with source.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text"])
+        writer.writerows([t] for t in texts)
+    results, labels = {}, {}
+    seconds = run_cli(artifacts, source, work / "out.csv")
+    with (work / "out.csv").open(encoding="utf-8") as f:
+        labels["bertdeploy predict (whole process)"] = [r["label"] for r in csv.DictReader(f)]
+    results["bertdeploy predict (whole process)"] = seconds
+    for name, pipe in hf.items():
+        started = time.perf_counter()
+        out = pipe(texts, batch_size=32, truncation=True, max_length=MAX_LENGTH)
+        results[f"{name}, batch_size=32"] = time.perf_counter() - started
+        labels[f"{name}, batch_size=32"] = [o["label"] for o in out]
+    predictor = Predictor.load(artifacts)
+    started = time.perf_counter()
+    labels["Predictor.predict (in process)"] = [p.label for p in predictor.predict(texts)]
+    results["Predictor.predict (in process)"] = time.perf_counter() - started
+    results["bertdeploy predict (whole process), again"] = run_cli(artifacts, source, work / "out2.csv")
+    reference = labels["transformers pipeline, PyTorch fp32, batch_size=32"]
+    return {name: {"seconds": s, "texts_per_second": len(texts) / s,
+                   "label_agreement_with_pytorch": (float(np.mean([a == b for a, b in zip(labels[name], reference,
+                                                                                          strict=True)]))
+                                                    if name in labels else None)}
+            for name, s in results.items()}
+
+
+# Each child prints the first label, then its own peak RSS (VmHWM, which starts afresh at exec; the
+# rusage figure would carry the forking parent's size).
+PEAK = "\nprint([x for x in open('/proc/self/status') if x.startswith('VmHWM')][0].split()[1], flush=True)"
+COLD = {
+    "bertdeploy Predictor": "from bertdeploy.predictor import Predictor\n"
+                            "p = Predictor.load({artifacts!r})\nprint(p.predict([{text!r}])[0].label, flush=True)"
+                            + PEAK,
+    "transformers pipeline": "from transformers import pipeline\n"
+                             "p = pipeline('text-classification', model={model!r}, device=-1)\n"
+                             "print(p({text!r})[0]['label'], flush=True)" + PEAK,
+    "Optimum ORT pipeline": "from optimum.onnxruntime import ORTModelForSequenceClassification\n"
+                            "from transformers import AutoTokenizer, pipeline\n"
+                            "m = ORTModelForSequenceClassification.from_pretrained({optimum!r}, file_name={file!r})\n"
+                            "p = pipeline('text-classification', model=m, tokenizer=AutoTokenizer.from_pretrained("
+                            "{model!r}))\nprint(p({text!r})[0]['label'], flush=True)" + PEAK,
+}
+
+
+def cold_start(values: dict, repeats: int = 5) -> dict:
+    """Spawn to the first label on stdout, and the child's peak RSS up to then, medians over runs."""
+    figures = {name: {"seconds": [], "peak_rss_mb": []} for name in COLD}
+    for _ in range(repeats):
+        for name, template in COLD.items():
+            started = time.perf_counter()
+            with tempfile.TemporaryFile("w+") as errors:
+                child = subprocess.Popen([sys.executable, "-c", template.format(**values)], stdout=subprocess.PIPE,
+                                         stderr=errors, text=True)
+                label = child.stdout.readline().strip()
+                figures[name]["seconds"].append(time.perf_counter() - started)
+                peak_kb = child.stdout.read()
+                if child.wait() != 0 or not label:
+                    errors.seek(0)
+                    raise SystemExit(f"{name} failed: {errors.read()}")
+            figures[name]["peak_rss_mb"].append(int(peak_kb) / 1024)
+    return {name: {"median_seconds": float(np.median(f["seconds"])),
+                   "median_peak_rss_mb": float(np.median(f["peak_rss_mb"])), **f} for name, f in figures.items()}
+
+
+def machine() -> dict:
+    import onnxruntime
+    import tokenizers
+    import torch
+    import transformers
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", type=Path, default=Path("runs/demo/model"))
+    parser.add_argument("--artifacts", type=Path, default=Path("runs/demo/onnx"))
+    parser.add_argument("--bulk-texts", type=int, default=10_000)
+    parser.add_argument("--single-texts", type=int, default=600)
+    args = parser.parse_args()
+    manifest = json.loads((args.artifacts / "manifest.json").read_text())
+    variant = manifest["default_variant"]
+    variant_file = manifest["variants"][variant]["file"]
+    texts = reviews(args.bulk_texts)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        optimum_model = optimum_dir(args.model, args.artifacts, variant_file, work)
+        hf = pipelines(args.model, optimum_model, variant_file)
+        ours = Predictor.load(args.artifacts)
+        spinning = Predictor.load(args.artifacts, spinning=True)
+        candidates = {
+            f"bertdeploy Predictor ({variant})": lambda t: ours.predict([t])[0].label,
+            f"bertdeploy Predictor ({variant}), spinning on": lambda t: spinning.predict([t])[0].label,
+            **{name: (lambda t, p=pipe: p(t, truncation=True, max_length=MAX_LENGTH)[0]["label"])
+               for name, pipe in hf.items()},
+        }
+        print("single-text latency ...", file=sys.stderr)
+        single = single_latency(candidates, reviews(args.single_texts, seed=1))
+        print("bulk ...", file=sys.stderr)
+        bulk_figures = bulk(args.artifacts, hf, texts, work)
+        print("batch budgets ...", file=sys.stderr)
+        sweep = budget_sweep(args.artifacts, reviews(2000, seed=2))
+        print("cold start ...", file=sys.stderr)
+        cold = cold_start({"artifacts": str(args.artifacts), "model": str(args.model), "optimum": str(optimum_model),
+                           "file": variant_file, "text": "这个手机真的很好用！"})
+    ours_name = f"bertdeploy Predictor ({variant})"
+    pipe_single = single["transformers pipeline, PyTorch fp32"]["median_ms"]
+    opt_single = single["Optimum ORT pipeline, same INT8 file"]["median_ms"]
+    cli_bulk = bulk_figures["bertdeploy predict (whole process)"]["seconds"]
+    ratios = {
+        "single: pipeline / ours (target >= 3)": pipe_single / single[ours_name]["median_ms"],
+        "single: optimum / ours (target >= 1)": opt_single / single[ours_name]["median_ms"],
+        "single: optimum / ours with spinning (same thread settings as Optimum)":
+            opt_single / single[f"{ours_name}, spinning on"]["median_ms"],
+        "bulk: pipeline / bertdeploy predict (target >= 4)":
+            bulk_figures["transformers pipeline, PyTorch fp32, batch_size=32"]["seconds"] / cli_bulk,
+        "bulk: optimum / bertdeploy predict (target > 1)":
+            bulk_figures["Optimum ORT pipeline, same INT8 file, batch_size=32"]["seconds"] / cli_bulk,
+        "cold start: pipeline / ours (target >= 5)":
+            cold["transformers pipeline"]["median_seconds"] / cold["bertdeploy Predictor"]["median_seconds"],
+        "peak RSS: ours / pipeline (target <= 0.33)":
+            cold["bertdeploy Predictor"]["median_peak_rss_mb"] / cold["transformers pipeline"]["median_peak_rss_mb"],
+    }
+    result = {"machine": machine(), "model": str(args.model), "artifacts": str(args.artifacts), "variant": variant,
+              "threads": 2, "single_text": single, "bulk": {"texts": len(texts), **bulk_figures},
+              "cold_start": cold, "max_batch_tokens_sweep": sweep, "ratios": ratios}
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print(json.dumps(ratios, indent=2))
+
+
+if __name__ == "__main__":
+    main()
