@@ -90,15 +90,20 @@ def move_into_place(source: Path, destination: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _ordinary_permissions(path: Path, mode: int) -> None:
+    """Give `path` the permissions a plain open()/mkdir() would: `mode` less the process's umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path.chmod(mode & ~umask)
+
+
 @contextmanager
 def staging_dir(destination: str | Path) -> Iterator[Path]:
     """Yield an empty directory beside `destination`; move it there on success, delete it on failure."""
     destination = Path(destination).absolute()
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp-", dir=destination.parent))
-    umask = os.umask(0o022)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
+    _ordinary_permissions(staging, 0o777)  # mkdtemp makes it private; the result is an ordinary directory
     try:
         yield staging
         move_into_place(staging, destination)
@@ -117,9 +122,7 @@ def atomic_file(destination: str | Path) -> Iterator[Path]:
     temporary = Path(name)
     try:
         yield temporary
-        umask = os.umask(0o022)
-        os.umask(umask)
-        temporary.chmod(0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
+        _ordinary_permissions(temporary, 0o666)  # mkstemp makes it private; the result is an ordinary file
         os.replace(temporary, destination)
     finally:
         temporary.unlink(missing_ok=True)

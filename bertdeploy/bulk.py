@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import json
 import logging
 import sys
@@ -25,7 +26,7 @@ import numpy as np
 
 from bertdeploy.artifacts import atomic_file
 from bertdeploy.data import FORMATS, check_columns, check_file, file_format, iter_rows
-from bertdeploy.errors import BertdeployError, DataError
+from bertdeploy.errors import BertdeployError, DataError, check_options
 from bertdeploy.metrics import report_from_confusion
 from bertdeploy.predictor import LONG_TEXT, Predictor
 
@@ -60,7 +61,7 @@ class PredictFileOptions:
         self.artifact_dir = Path(self.artifact_dir)
         self.input = str(self.input)
         self.output = Path(self.output) if self.output is not None else None
-        for ok, message in [
+        check_options([
             (self.input_format in (None, *INPUT_FORMATS), f"input format must be one of {', '.join(INPUT_FORMATS)}"),
             (self.output_format in (None, *OUTPUT_FORMATS),
              f"output format must be one of {', '.join(OUTPUT_FORMATS)}"),
@@ -68,9 +69,7 @@ class PredictFileOptions:
             (self.max_batch_tokens is None or self.max_batch_tokens >= 8, "--max-batch-tokens must be at least 8"),
             (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
             (self.chunk_rows >= 1, "chunk_rows must be at least 1"),
-        ]:
-            if not ok:
-                raise BertdeployError(message)
+        ])
 
 
 @dataclass
@@ -133,7 +132,7 @@ def predict_file(options: PredictFileOptions, stdin: BinaryIO | None = None,
         bar = stack.enter_context(_progress(options.progress, None if options.input == STDIO else source))
         tally = _Tally(predictor.labels, scoring)
         count = 0
-        for chunk in _chunks(_prepend(first, rows), options.chunk_rows):
+        for chunk in _chunks(itertools.chain([first], rows), options.chunk_rows):
             texts = [_cell(source, number, text_column, row) for number, row in chunk]
             pairs = [_cell(source, number, pair_column, row) for number, row in chunk] if pair_column else None
             probabilities = predictor.predict_proba(texts, pairs)
@@ -250,11 +249,6 @@ class _Tally:
         if self.column is None or not self.scored:
             return None
         return report_from_confusion(self.confusion, self.labels)
-
-
-def _prepend(first, rows: Iterator) -> Iterator:
-    yield first
-    yield from rows
 
 
 def _chunks(rows: Iterator, size: int) -> Iterator[list]:

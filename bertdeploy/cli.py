@@ -97,11 +97,7 @@ def render_finetune(result) -> str:
         train_loss = f"{row['train_loss']:.4f}" if row["train_loss"] is not None else "-"
         lines.append(f"{row['epoch']:>6g}  {train_loss:>10}  {row['eval_loss']:>9.4f}  "
                      f"{row['accuracy']:>8.4f}  {row['macro_f1']:>8.4f}{mark}")
-    width = max(len(label) for label in result.labels)
-    lines += ["", f"{'class':<{width}}  precision  recall      f1  support"]
-    for label, figures in result.per_class.items():
-        lines.append(f"{label:<{width}}  {figures['precision']:>9.4f}  {figures['recall']:>6.4f}  "
-                     f"{figures['f1']:>6.4f}  {figures['support']:>7}")
+    lines += ["", *_per_class_table(result.per_class)]
     lines += [
         "",
         f"{result.train_samples} training texts, {result.eval_samples} held out, "
@@ -110,6 +106,15 @@ def render_finetune(result) -> str:
         f"epoch {result.best_epoch:g})",
     ]
     return "\n".join(lines)
+
+
+def _per_class_table(per_class: dict) -> list[str]:
+    width = max(len(label) for label in per_class)
+    lines = [f"{'class':<{width}}  precision  recall      f1  support"]
+    for label, figures in per_class.items():
+        lines.append(f"{label:<{width}}  {figures['precision']:>9.4f}  {figures['recall']:>6.4f}  "
+                     f"{figures['f1']:>6.4f}  {figures['support']:>7}")
+    return lines
 
 
 @cli.command()
@@ -214,11 +219,7 @@ def render_predict(result) -> str:
     lines = []
     if result.report is not None:
         report = result.report
-        width = max(len(label) for label in report["per_class"])
-        lines += [f"{'class':<{width}}  precision  recall      f1  support"]
-        for label, figures in report["per_class"].items():
-            lines.append(f"{label:<{width}}  {figures['precision']:>9.4f}  {figures['recall']:>6.4f}  "
-                         f"{figures['f1']:>6.4f}  {figures['support']:>7}")
+        lines += _per_class_table(report["per_class"])
         lines += [f"accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} over {result.scored} "
                   f"rows labelled in {result.label_column!r}"]
         if result.unknown_labels:

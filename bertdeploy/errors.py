@@ -8,6 +8,13 @@ class BertdeployError(Exception):
     """A problem the user can fix: bad input, a wrong path, a refused output directory."""
 
 
+def check_options(checks: list[tuple[bool, str]]) -> None:
+    """Raise a BertdeployError with the message of the first (condition, message) check that fails."""
+    for ok, message in checks:
+        if not ok:
+            raise BertdeployError(message)
+
+
 class DataError(BertdeployError):
     """A data file is missing, unreadable or inconsistent."""
 

@@ -32,7 +32,7 @@ from bertdeploy.artifacts import (
     write_manifest,
 )
 from bertdeploy.data import Examples, check_known_labels, load_examples, load_texts, sample_examples, split_examples
-from bertdeploy.errors import BertdeployError, DataError, ModelError
+from bertdeploy.errors import BertdeployError, DataError, ModelError, check_options
 from bertdeploy.guard import Judge, Variant, build_with_retries, time_and_pick
 from bertdeploy.optimize import check_level, optimize_graph
 from bertdeploy.runtime import DEVICES, check_device, create_session, encode, load_encoder
@@ -87,15 +87,12 @@ class ExportOptions:
         if self.calibration_method not in q.CALIBRATION_METHODS:
             raise BertdeployError(f"unknown calibration method {self.calibration_method!r}; "
                                   f"use one of {', '.join(q.CALIBRATION_METHODS)}")
-        checks = [
+        check_options([
             (self.calibration_samples > 0, "calibration_samples must be positive"),
             (self.eval_samples >= 0, "eval_samples must be 0 (all rows) or positive"),
             (0 <= self.max_accuracy_drop <= 100, "max_accuracy_drop is in points, between 0 and 100"),
             (self.opset is None or 14 <= self.opset <= 23, "opset must be between 14 and 23"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise BertdeployError(message)
+        ])
 
 
 @dataclass

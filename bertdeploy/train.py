@@ -33,7 +33,7 @@ from bertdeploy.data import (
     sample_examples,
     split_examples,
 )
-from bertdeploy.errors import BertdeployError, ModelError, OutputDirError
+from bertdeploy.errors import BertdeployError, ModelError, OutputDirError, check_options
 from bertdeploy.metrics import classification_report
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class FinetuneOptions:
             raise BertdeployError("give either an eval file or a validation split, not both")
         if self.eval_file is None and self.val_split is None:
             self.val_split = 0.1
-        checks = [
+        check_options([
             (self.val_split is None or 0 < self.val_split < 1, "val_split must be between 0 and 1"),
             (self.epochs > 0, "epochs must be positive"),
             (self.batch_size > 0, "batch_size must be positive"),
@@ -90,10 +90,7 @@ class FinetuneOptions:
              "early_stopping_patience must be positive"),
             (self.max_train_samples is None or self.max_train_samples > 1, "max_train_samples must be at least 2"),
             (not (self.resume and self.overwrite), "resume and overwrite exclude each other"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise BertdeployError(message)
+        ])
 
 
 @dataclass

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from conftest import make_rows, write_csv
+from conftest import make_rows, pytorch_logits, write_csv
 
 from bertdeploy import quantize
 from bertdeploy.artifacts import read_manifest, sha256_file
@@ -20,17 +20,6 @@ from bertdeploy.runtime import create_session, load_encoder, logits
 
 # How close each variant's logits must be to PyTorch's on the tiny model (logits of size ~3).
 TOLERANCE = {"fp32": 1e-4, "O2": 1e-3, "fp16": 2e-2, "int8": 0.25, "O2-int8": 0.25, "int8-static": 0.25}
-
-
-def _pytorch_logits(model_dir, texts):
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    with torch.no_grad():
-        batch = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
-        return model(**batch).logits.numpy()
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +42,7 @@ def test_every_variant_loads_and_matches_pytorch(exported, tiny_classifier):
     assert payload["default_variant"] == manifest["default_variant"]
     assert manifest["default_variant"] in manifest["variants"]
     texts = [r["text"] for r in make_rows(40, seed=2)] + ["很" * 200]  # and one text cut at max length
-    reference = _pytorch_logits(model, texts)
+    reference = np.array(pytorch_logits(model, texts))
     tokenizer = load_encoder(out / "tokenizer.json", manifest["max_length"])
     for name, entry in manifest["variants"].items():
         path = out / entry["file"]
