@@ -23,6 +23,7 @@ def _vocab() -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer, hidden-32 random BERT saved with save_pretrained, and its fast tokenizer."""
+    import torch
     from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
     folder = tmp_path_factory.mktemp("tiny-bert")
@@ -31,6 +32,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, tokenize_chinese_chars=True)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)  # the same random weights every run
     BertForMaskedLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -94,7 +96,10 @@ def tiny_artifacts(tiny_classifier, tmp_path_factory) -> Path:
 
 def pytorch_logits(model_dir: Path, texts: list[str], pairs: list[str] | None = None,
                    max_length: int = 32):
-    """Logits straight from transformers, one text at a time (no padding at all): the reference."""
+    """Logits straight from transformers, one text at a time (no padding at all): the reference.
+
+    Tokenized as a batch of one, as training does: transformers' single-text call drops an empty pair
+    ("a", "") to "[CLS] a [SEP]", while its batch call, training and the predictor keep "[CLS] a [SEP] [SEP]"."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -103,7 +108,7 @@ def pytorch_logits(model_dir: Path, texts: list[str], pairs: list[str] | None = 
     rows = []
     with torch.no_grad():
         for i, text in enumerate(texts):
-            batch = tokenizer(text, None if pairs is None else pairs[i], truncation=True, max_length=max_length,
+            batch = tokenizer([text], None if pairs is None else [pairs[i]], truncation=True, max_length=max_length,
                               return_tensors="pt")
             rows.append(model(**batch).logits[0].numpy())
     return rows

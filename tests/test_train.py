@@ -167,12 +167,13 @@ def slow_run_args(tiny_model_dir, run_dir) -> list[str]:
 
 def test_ctrl_c_leaves_nothing(slow_run_args, run_dir):
     process = _start_cli(slow_run_args, run_dir)
-    _wait_for(lambda: (run_dir / "out.partial").exists(), process)
-    time.sleep(1.0)  # inside the first epoch, before any checkpoint
+    # in the Trainer's first epoch, before any checkpoint (under load, loading alone can take seconds)
+    _wait_for(lambda: "training on" in _log_tail(process), process)
+    time.sleep(1.0)
     assert not list((run_dir / "out.partial").glob("checkpoints/checkpoint-*"))
     process.send_signal(signal.SIGINT)
     process.wait(timeout=60)
-    assert process.returncode != 0
+    assert process.returncode != 0, _log_tail(process)
     assert sorted(p.name for p in run_dir.iterdir()) == ["big.csv", "dev.csv"]
 
 
