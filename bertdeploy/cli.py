@@ -233,5 +233,97 @@ def render_predict(result) -> str:
     return "\n".join(lines)
 
 
+def _numbers(value: str, name: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{name}: {value!r} is not a comma-separated list of whole numbers") from None
+
+
+@cli.command()
+@click.argument("artifact_dir", type=click.Path(path_type=Path))
+@click.option("--pytorch-model", type=click.Path(path_type=Path),
+              help="The PyTorch model to compare with (default: the one the manifest names).")
+@click.option("--eval-file", type=click.Path(path_type=Path),
+              help="Real texts for natural-length timings, and labels for accuracy.")
+@click.option("--variants", help="Comma-separated variants (default: all; on CUDA all but INT8).")
+@click.option("--batch-sizes", default="1,8,32", show_default=True)
+@click.option("--seq-lengths", default="32,128", show_default=True, help="Fixed lengths, in tokens.")
+@click.option("--runs", default=100, show_default=True, help="Timed calls per engine and cell.")
+@click.option("--warmup", default=10, show_default=True, help="Untimed calls first.")
+@click.option("--threads", type=int, help="Threads for every engine (default: the CPUs this process may use).")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--eval-samples", default=2000, show_default=True, help="Score at most this many eval texts.")
+@click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write every figure here as JSON.")
+@click.option("--plot", "plot_file", type=click.Path(path_type=Path), help="Write charts here (PNG).")
+def bench(variants: str | None, batch_sizes: str, seq_lengths: str, json_file: Path | None, plot_file: Path | None,
+          **options: object) -> None:
+    """Time PyTorch and every exported variant on the same inputs."""
+    from bertdeploy import bench as b
+
+    progress = logging.getLogger("bertdeploy").level <= logging.INFO
+    with user_errors():
+        for path in (json_file, plot_file):
+            if path is not None and not path.absolute().parent.is_dir():
+                raise BertdeployError(f"{path}: its directory does not exist")
+        if plot_file is not None:
+            b.check_plotting()
+        result = b.bench(b.BenchOptions(
+            variants=variants.split(",") if variants else None, batch_sizes=_numbers(batch_sizes, "--batch-sizes"),
+            seq_lengths=_numbers(seq_lengths, "--seq-lengths"), progress=progress, **options))
+        if json_file is not None:
+            b.write_json(result, json_file)
+        if plot_file is not None:
+            b.plot(result, plot_file)
+    click.echo(render_bench(result))
+
+
+def _marked(values: list[float | None], spec: str, width: int, lower: bool) -> list[str]:
+    """Each value formatted to `width`, the best one followed by '*'."""
+    present = [v for v in values if v is not None]
+    best = (min if lower else max)(present) if present else None
+    return [f"{'-' if v is None else format(v, spec)}{'*' if v is not None and v == best else ' '}".rjust(width + 1)
+            for v in values]
+
+
+def render_bench(result) -> str:
+    """Latency and throughput per input kind and batch size; then size, load time, memory and accuracy."""
+    m, engines = result.machine, result.engines
+    flags = f" ({', '.join(m['cpu_flags'])})" if m.get("cpu_flags") else ""
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if k in ("onnxruntime", "onnxruntime-gpu",
+                                                                                "torch", "openvino"))
+    width = max(len(e.name) for e in result.engines)
+    columns = [(f"{stat} ms", f"{stat}_ms", ".2f", True) for stat in ("mean", "p50", "p90", "p95", "p99")]
+    columns += [("seq/s", "sequences_per_s", ".1f", False), ("tok/s", "tokens_per_s", ",.0f", False),
+                ("speed-up", "speedup", ".2f", False)]  # (heading, field, format, lower is better)
+    lines = [f"{result.device} {m.get('gpu', m['cpu'])}{flags}, {result.threads} threads; {versions}",
+             f"{result.runs} timed calls per cell after {result.warmup} warm-up, engines taking turns; "
+             f"* = best in its group; speed-up = {engines[0].name}'s p50 / p50", "",
+             f"{'inputs':<12} {'batch':>5}  {'engine':<{width}} " + " ".join(f"{c[0]:>10}" for c in columns)]
+    groups = list(dict.fromkeys((t.inputs, t.batch_size) for t in result.timings))
+    for inputs, batch in groups:
+        rows = [t for t in result.timings if (t.inputs, t.batch_size) == (inputs, batch)]
+        cells = [_marked([getattr(t, attr) for t in rows], spec, 9, lower) for _, attr, spec, lower in columns]
+        for i, t in enumerate(rows):
+            head = f"{inputs:<12} {batch:>5}" if i == 0 else " " * 18
+            lines.append(f"{head}  {t.engine:<{width}} " + " ".join(c[i] for c in cells))
+    lines += ["", f"{'engine':<{width}}  {'kind':<11} {'size MB':>9} {'load s':>9} {'peak RSS MB':>12} "
+                  f"{'accuracy':>9} {'macro-F1':>9} {'agreement':>10}"]
+    others = [None, *(e.agreement for e in engines[1:])]  # the first engine is the reference
+    cells = [_marked([e.size_bytes / 1e6 for e in engines], ".1f", 8, True),
+             _marked([e.load_s for e in engines], ".2f", 8, True),
+             _marked([e.peak_rss_mb for e in engines], ".0f", 11, True),
+             _marked([e.accuracy for e in engines], ".4f", 8, False),
+             _marked([e.macro_f1 for e in engines], ".4f", 8, False),
+             _marked(others, ".4f", 9, False)]
+    for i, e in enumerate(engines):
+        agreement = cells[5][i] if i else f"{'(reference)':>10}"
+        lines.append(f"{e.name:<{width}}  {e.kind:<11} " + " ".join(c[i] for c in cells[:5]) + " " + agreement)
+    if result.eval_file:
+        lines.append(f"\naccuracy and natural lengths: {result.eval_texts} texts from {result.eval_file}; "
+                     "load s and peak RSS: a fresh process per engine")
+    return "\n".join(lines)
+
+
 def main() -> None:
     cli(prog_name="bertdeploy")

@@ -257,6 +257,15 @@ def load_texts(
     return texts, pairs if pair_column else None
 
 
+def has_column(path: str | Path, column: str) -> bool:
+    """Whether the file's header (or, for JSONL, its first record) has `column`."""
+    header, rows = iter_rows(Path(path))
+    if header is None:
+        first = next(rows, None)
+        return first is not None and column in first[1]
+    return column in header
+
+
 def check_columns(path: Path, wanted: list[str], found: list[str]) -> None:
     missing = [c for c in wanted if c not in found]
     if missing:

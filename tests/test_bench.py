@@ -1,0 +1,181 @@
+"""`bertdeploy bench`: the same inputs for every engine, honest figures, memory per process, clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import make_rows, pytorch_logits, write_csv
+
+from bertdeploy.bench import BenchOptions, bench, fixed_length_cases, natural_cases
+from bertdeploy.cli import cli
+from bertdeploy.data import load_examples
+from bertdeploy.errors import BertdeployError
+from bertdeploy.metrics import classification_report
+from bertdeploy.predictor import Predictor
+from bertdeploy.runtime import load_encoder
+
+RUNS = 5
+
+
+@pytest.fixture(scope="module")
+def result(tiny_artifacts, tiny_classifier):
+    return bench(BenchOptions(tiny_artifacts, eval_file=tiny_classifier[2], batch_sizes=[4, 1], seq_lengths=[16, 64],
+                              runs=RUNS, warmup=1, threads=1))
+
+
+def test_every_engine_runs_every_cell(result):
+    assert [e.name for e in result.engines] == ["pytorch", "fp32", "int8"]
+    cells = list(dict.fromkeys((t.inputs, t.batch_size) for t in result.timings))
+    assert cells == [("16 tokens", 1), ("16 tokens", 4), ("natural", 1), ("natural", 4)]  # 64 > max length 32
+    assert len(result.timings) == len(cells) * 3 and result.threads == 1
+    for t in result.timings:
+        samples = np.asarray(t.samples_ms)
+        assert len(samples) == RUNS and np.all(samples > 0)
+        assert t.mean_ms == pytest.approx(samples.mean(), rel=1e-3)
+        assert t.p50_ms <= t.p90_ms <= t.p95_ms <= t.p99_ms <= samples.max() + 1e-3
+        assert t.sequences_per_s == pytest.approx(t.batch_size / t.mean_ms * 1000)
+        if t.inputs == "16 tokens":
+            assert t.tokens_per_s == pytest.approx(t.batch_size * 16 / t.mean_ms * 1000, rel=1e-3)
+        reference = next(r for r in result.timings if r.engine == "pytorch" and
+                         (r.inputs, r.batch_size) == (t.inputs, t.batch_size))
+        assert t.speedup == pytest.approx(reference.p50_ms / t.p50_ms)
+
+
+def test_accuracy_is_what_each_engine_predicts(result, tiny_artifacts, tiny_classifier):
+    examples = load_examples(tiny_classifier[2])
+    labels = Predictor.load(tiny_artifacts).labels
+    truth = [labels.index(y) for y in examples.labels]
+    engines = {e.name: e for e in result.engines}
+    expected = {
+        "pytorch": np.argmax(pytorch_logits(tiny_classifier[0], examples.texts), axis=-1),
+        **{v: np.argmax(Predictor.load(tiny_artifacts, variant=v).predict_proba(examples.texts), axis=-1)
+           for v in ("fp32", "int8")},
+    }
+    for name, predicted in expected.items():
+        report = classification_report(truth, predicted, labels)
+        assert engines[name].accuracy == pytest.approx(report["accuracy"]), name
+        assert engines[name].macro_f1 == pytest.approx(report["macro_f1"]), name
+        assert engines[name].agreement == pytest.approx(np.mean(predicted == expected["pytorch"])), name
+    assert result.eval_texts == len(examples)
+
+
+def test_memory_and_load_time_come_from_a_process_per_engine(result, tiny_artifacts, tiny_classifier):
+    engines = {e.name: e for e in result.engines}
+    # the PyTorch process holds torch and transformers; the ONNX Runtime ones must not
+    assert engines["pytorch"].peak_rss_mb > engines["fp32"].peak_rss_mb + 100
+    assert all(50 < e.peak_rss_mb < 4000 and 0 < e.load_s < 60 for e in result.engines)
+    assert engines["pytorch"].size_bytes == (tiny_classifier[0] / "model.safetensors").stat().st_size
+    assert engines["int8"].size_bytes == (tiny_artifacts / "model_int8.onnx").stat().st_size
+    assert result.machine["usable_cpus"] >= 1 and "onnxruntime" in result.machine["versions"]
+
+
+def test_fixed_lengths_are_real_tokens_between_cls_and_sep(tiny_artifacts):
+    encoder = load_encoder(tiny_artifacts / "tokenizer.json", 32)
+    texts = [r["text"] for r in make_rows(30, seed=3)]
+    cases = fixed_length_cases(encoder, texts, [1, 3], [10], ["input_ids", "attention_mask"])
+    assert [(c.inputs, c.batch_size) for c in cases] == [("10 tokens", 1), ("10 tokens", 3)]
+    feed = cases[1].feeds[0]
+    assert set(feed) == {"input_ids", "attention_mask"}  # only what the graph declares
+    ids = feed["input_ids"]
+    cls, sep = encoder.tokenizer.token_to_id("[CLS]"), encoder.tokenizer.token_to_id("[SEP]")
+    assert ids.shape == (3, 10) and (ids[:, 0] == cls).all() and (ids[:, -1] == sep).all()
+    assert (feed["attention_mask"] == 1).all() and len({tuple(row) for row in ids}) == 3
+    pool = {i for e in encoder.tokenizer.encode_batch(texts, add_special_tokens=False) for i in e.ids}
+    assert set(ids[:, 1:-1].ravel()) <= pool
+
+
+def test_natural_lengths_keep_file_order_and_pad_like_the_predictor(tiny_artifacts, tiny_classifier):
+    encoder = load_encoder(tiny_artifacts / "tokenizer.json", 32)
+    examples = load_examples(tiny_classifier[2])
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    (case,) = natural_cases(encoder, examples, [8], runs=3, names=names)
+    assert len(case.feeds) == 3  # no more batches than runs
+    for i, feed in enumerate(case.feeds):
+        expected = encoder.pad(encoder.tokenize(examples.texts[i * 8:(i + 1) * 8]), names)
+        assert all(np.array_equal(feed[k], expected[k]) for k in names)
+        assert feed["input_ids"].shape[1] % 8 == 0 and case.tokens[i] == feed["attention_mask"].sum()
+    assert natural_cases(encoder, examples, [len(examples) + 1], runs=3, names=names) == []
+
+
+def test_cli_prints_the_table_and_writes_json_and_plot(tiny_artifacts, tiny_classifier, tmp_path):
+    result = CliRunner().invoke(cli, ["bench", str(tiny_artifacts), "--eval-file", str(tiny_classifier[2]),
+                                      "--variants", "int8", "--runs", "3", "--warmup", "0", "--batch-sizes", "1,2",
+                                      "--seq-lengths", "16", "--threads", "1", "--json", str(tmp_path / "b.json"),
+                                      "--plot", str(tmp_path / "b.png")])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "speed-up" in lines[3] and "(reference)" in result.stdout and "INFO" not in result.stdout
+    timing_rows, engine_rows = lines[4:12], lines[14:16]  # 2 x 2 cells x 2 engines; then one row per engine
+    assert [line.split()[0] for line in timing_rows[::2]] == ["16", "16", "natural", "natural"]
+    assert [line.split()[0] for line in timing_rows[1::2]] == ["int8"] * 4
+    assert all(line.count("*") == 8 for line in timing_rows[1::2])  # on this tiny model int8 wins every column
+    assert [line.split()[0] for line in engine_rows] == ["pytorch", "int8"] and lines[16] == ""
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert [e["name"] for e in saved["engines"]] == ["pytorch", "int8"]
+    assert saved["machine"]["cpu"] and saved["threads"] == 1 and len(saved["timings"][0]["samples_ms"]) == 3
+    png = (tmp_path / "b.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
+
+
+def _bad(tmp_path, artifacts, model) -> dict:
+    moved = tmp_path / "moved"
+    shutil.copytree(artifacts, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["source_model"] = str(tmp_path / "gone")
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    unknown = write_csv(tmp_path / "odd.csv", [{"text": "好", "label": "neutral"}])
+    return {
+        "no artifacts": ([str(tmp_path / "nothing")], "nothing: no such directory"),
+        "unknown variant": ([str(artifacts), "--variants", "fp32,O3"], "no variant 'O3'; it has fp32, int8"),
+        "model moved": ([str(moved)], "no PyTorch model to compare with"),
+        "not a model": ([str(artifacts), "--pytorch-model", str(tmp_path)], "pass --pytorch-model"),
+        "bad batch sizes": ([str(artifacts), "--batch-sizes", "1,x"], "--batch-sizes: '1,x' is not"),
+        "zero runs": ([str(artifacts), "--runs", "0"], "runs must be at least 1"),
+        "plot dir missing": ([str(artifacts), "--plot", str(tmp_path / "no" / "b.png")], "does not exist"),
+        "unknown label": ([str(artifacts), "--eval-file", str(unknown)], "neutral"),
+        "cuda missing": ([str(artifacts), "--device", "cuda"], "--device cuda"),
+    }
+
+
+@pytest.mark.parametrize("case", ["no artifacts", "unknown variant", "model moved", "not a model", "bad batch sizes",
+                                  "zero runs", "plot dir missing", "unknown label", "cuda missing"])
+def test_bad_input_is_one_clear_line(case, tmp_path, tiny_artifacts, tiny_classifier):
+    import torch
+
+    if case == "cuda missing" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    args, message = _bad(tmp_path, tiny_artifacts, tiny_classifier[0])[case]
+    result = CliRunner().invoke(cli, ["bench", *args, "--json", str(tmp_path / "b.json")])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("Error:")
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_options_are_checked():
+    with pytest.raises(BertdeployError, match="batch sizes must be at least 1"):
+        BenchOptions("x", batch_sizes=[0, 8])
+    with pytest.raises(BertdeployError, match="unknown device 'tpu'"):
+        BenchOptions("x", device="tpu")
+
+
+def _cuda() -> bool:
+    import onnxruntime
+    import torch
+
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU, CUDA torch and onnxruntime-gpu")
+def test_cuda_compares_pytorch_fp32_fp16_with_onnx_runtime(tiny_artifacts, tiny_classifier):
+    result = bench(BenchOptions(tiny_artifacts, eval_file=tiny_classifier[2], batch_sizes=[1, 8], seq_lengths=[32],
+                                runs=5, warmup=2, device="cuda"))
+    assert [e.name for e in result.engines] == ["pytorch", "pytorch-fp16", "fp32"]  # INT8 left out on CUDA
+    engines = {e.name: e for e in result.engines}
+    assert engines["fp32"].agreement == 1.0 and engines["pytorch-fp16"].agreement > 0.9
+    assert result.machine["gpu"] and all(t.p50_ms > 0 for t in result.timings)
