@@ -101,6 +101,15 @@ def test_natural_lengths_keep_file_order_and_pad_like_the_predictor(tiny_artifac
     assert natural_cases(encoder, examples, [len(examples) + 1], runs=3, names=names) == []
 
 
+def test_without_labels_it_reports_agreement_only(tiny_artifacts, tmp_path):
+    texts = write_csv(tmp_path / "texts.csv", [{"text": r["text"]} for r in make_rows(12, seed=4)])
+    result = bench(BenchOptions(tiny_artifacts, eval_file=texts, variants=["int8"], batch_sizes=[4], seq_lengths=[8],
+                                runs=2, warmup=0, threads=1))
+    assert [(t.inputs, t.batch_size) for t in result.timings[::2]] == [("8 tokens", 4), ("natural", 4)]
+    assert all(e.accuracy is None and e.macro_f1 is None for e in result.engines)
+    assert result.engines[0].agreement == 1.0 and 0 <= result.engines[1].agreement <= 1 and result.eval_texts == 12
+
+
 def test_cli_prints_the_table_and_writes_json_and_plot(tiny_artifacts, tiny_classifier, tmp_path):
     result = CliRunner().invoke(cli, ["bench", str(tiny_artifacts), "--eval-file", str(tiny_classifier[2]),
                                       "--variants", "int8", "--runs", "3", "--warmup", "0", "--batch-sizes", "1,2",
