@@ -325,5 +325,34 @@ def render_bench(result) -> str:
     return "\n".join(lines)
 
 
+@cli.command()
+@click.argument("artifact_dir", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to accept other machines.")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--variant", help="Which exported variant (default: the one export picked).")
+@click.option("--max-batch-tokens", type=int,
+              help="Texts per model run x padded length [1024 on the CPU, 16384 on a GPU].")
+@click.option("--max-batch-size", default=64, show_default=True,
+              help="Texts of concurrent requests batched together; 1 turns batching off.")
+@click.option("--max-wait-ms", default=5.0, show_default=True, help="How long a batch waits for more texts.")
+@click.option("--max-queue", default=1024, show_default=True, help="Texts waiting before requests get 429.")
+@click.option("--max-texts-per-request", default=256, show_default=True)
+@click.option("--max-body-bytes", default=1_000_000, show_default=True)
+@click.option("--api-key-env", metavar="NAME",
+              help="Require 'Authorization: Bearer <key>', the key read from this environment variable.")
+@click.option("--threads", type=int, help="Intra-op threads (default: the CPUs this process may use).")
+@click.option("--providers", default="cpu", show_default=True,
+              help="cpu, cuda or tensorrt (comma-separated, first choice first).")
+@click.option("--allow-fallback", is_flag=True, help="Run on the CPU when the providers asked for cannot load.")
+@click.option("--model-name", help="The model's name in the v2 protocol (default: the directory's name).")
+def serve(**options: object) -> None:
+    """Serve an exported model over HTTP with dynamic batching (Ctrl-C or SIGTERM to stop)."""
+    from bertdeploy.server import ServeOptions
+    from bertdeploy.server import serve as run
+
+    with user_errors():
+        run(ServeOptions(**options))
+
+
 def main() -> None:
     cli(prog_name="bertdeploy")

@@ -13,7 +13,7 @@ shared by many threads.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,8 +140,19 @@ class Predictor:
             raise ValueError("long_text='chunk' splits single texts; pairs are truncated, use long_text='truncate'")
         return texts, pairs
 
-    def _logits(self, encodings: list) -> np.ndarray:
-        return run_batches(self._run, self.encoder, encodings, self.input_names, len(self.labels),
+    def predict_encoded(self, encodings: list, on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """`predict_proba` for texts already tokenized with `self.encoder.tokenize` (the server tokenizes the
+        texts of many requests together); `on_batch(texts, padded_length)` is called for each model run."""
+        return self._activate(self._logits(encodings, on_batch)) if encodings else \
+            np.empty((0, len(self.labels)), dtype=np.float32)
+
+    def _logits(self, encodings: list, on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+        run = self._run
+        if on_batch is not None:
+            def run(feed: dict) -> np.ndarray:
+                on_batch(*feed["input_ids"].shape)
+                return self._run(feed)
+        return run_batches(run, self.encoder, encodings, self.input_names, len(self.labels),
                            self.max_batch_tokens, self.max_batch_size)
 
     def _run(self, feed: dict) -> np.ndarray:

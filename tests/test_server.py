@@ -1,0 +1,311 @@
+"""`bertdeploy serve`: a real uvicorn server on a loopback port, real clients, the tiny classifier's export."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import hypothesis
+import numpy as np
+import pytest
+import schemathesis
+from click.testing import CliRunner
+from conftest import make_rows
+from schemathesis.checks import not_a_server_error
+
+from bertdeploy.batcher import Batcher, Overloaded
+from bertdeploy.cli import cli
+from bertdeploy.predictor import Predictor
+from bertdeploy.server import ServeOptions, create_app
+
+TEXTS = [r["text"] for r in make_rows(40, seed=11)]
+
+
+def _free_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.contextmanager
+def running(predictor, wait_ready: bool = True, api_key: str | None = None, **settings):
+    """`create_app` served by uvicorn in a thread on a free loopback port; yields its base URL."""
+    import uvicorn
+
+    options = ServeOptions("tiny", **settings)
+    sock = _free_socket()
+    server = uvicorn.Server(uvicorn.Config(create_app(predictor, options, api_key), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    deadline = time.monotonic() + 30
+    while not server.started or (wait_ready and httpx.get(f"{url}/v2/health/ready").status_code != 200):
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def fp32(tiny_artifacts) -> Predictor:
+    return Predictor.load(tiny_artifacts, variant="fp32", threads=1)
+
+
+@pytest.fixture(scope="module")
+def url(fp32):
+    with running(fp32, max_wait_ms=30) as base:
+        yield base
+
+
+def _batch_sizes(url: str) -> tuple[float, float]:
+    """(model runs, runs of one text) from /metrics."""
+    text = httpx.get(f"{url}/metrics").text
+    count = float(re.search(r"^bertdeploy_batch_size_count (\S+)", text, re.M).group(1))
+    single = float(re.search(r'^bertdeploy_batch_size_bucket\{le="1.0"\} (\S+)', text, re.M).group(1))
+    return count, single
+
+
+def test_predict_gives_the_predictors_results(url, fp32):
+    response = httpx.post(f"{url}/predict", json={"texts": TEXTS[:10], "all_scores": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = fp32.predict_proba(TEXTS[:10])
+    assert body["model"] == "tiny" and body["variant"] == "fp32" and len(body["predictions"]) == 10
+    for prediction, row in zip(body["predictions"], expected, strict=True):
+        assert prediction["label"] == fp32.labels[row.argmax()]
+        assert np.allclose([prediction["scores"][label] for label in fp32.labels], row, atol=1e-5)
+    one = httpx.post(f"{url}/predict", json={"text": TEXTS[0]}).json()["predictions"]
+    assert len(one) == 1 and "scores" not in one[0] and one[0]["label"] == body["predictions"][0]["label"]
+    assert httpx.post(f"{url}/predict", json={"texts": []}).json()["predictions"] == []
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_result(url, fp32):
+    runs_before, singles_before = _batch_sizes(url)
+    expected = fp32.predict_proba(TEXTS)
+    barrier = threading.Barrier(len(TEXTS))
+
+    def ask(i: int) -> list[float]:
+        barrier.wait()
+        response = httpx.post(f"{url}/predict", json={"text": TEXTS[i], "all_scores": True}, timeout=30)
+        assert response.status_code == 200, response.text
+        return [response.json()["predictions"][0]["scores"][label] for label in fp32.labels]
+
+    with ThreadPoolExecutor(len(TEXTS)) as pool:
+        got = np.array(list(pool.map(ask, range(len(TEXTS)))))
+    assert np.allclose(got, expected, atol=1e-5)
+    runs, singles = _batch_sizes(url)
+    assert runs - runs_before < len(TEXTS)  # fewer model runs than requests
+    assert (runs - runs_before) - (singles - singles_before) >= 1  # at least one run held several requests' texts
+
+
+def test_the_v2_protocol_works_with_tritonclient(url, fp32):
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny")
+    metadata = client.get_model_metadata("tiny")
+    assert [o["name"] for o in metadata["outputs"]] == ["label", "probabilities"]
+    assert client.get_model_repository_index() == [{"name": "tiny", "version": "1", "state": "READY"}]
+    for binary in (True, False):  # Triton's binary tensors (the client's default) and plain JSON
+        text = triton.InferInput("text", [5], "BYTES")
+        text.set_data_from_numpy(np.array(TEXTS[:5], dtype=object), binary_data=binary)
+        outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("label", "probabilities")]
+        result = client.infer("tiny", [text], outputs=outputs)
+        expected = fp32.predict_proba(TEXTS[:5])
+        assert np.allclose(result.as_numpy("probabilities"), expected, atol=1e-5)
+        labels = [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label")]  # JSON gives str
+        assert labels == [fp32.labels[i] for i in expected.argmax(-1)]
+    with pytest.raises(InferenceServerException, match="no model 'other'"):
+        client.infer("other", [text])
+    bad = triton.InferInput("words", [1], "BYTES")
+    bad.set_data_from_numpy(np.array(["x"], dtype=object))
+    with pytest.raises(InferenceServerException, match="inputs must be text, got words"):
+        client.infer("tiny", [bad])
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({"texts": ["a", 3]}, 422, "texts.1: Input should be a valid string"),
+    ({"text": "a", "texts": ["b"]}, 422, "give either 'text' or 'texts'"),
+    ({"txt": "a"}, 422, "txt: Extra inputs are not permitted"),
+    ({"texts": ["a"] * 257}, 422, "at most 256 items"),
+    ({"text": "a", "pair": "b"}, 422, "this model takes no 'pair'/'pairs'"),
+    (b'{"texts": ["a"', 400, "the body is not valid JSON"),
+    (b"x" * 1_000_001, 413, "the body is over 1000000 bytes"),
+])
+def test_bad_requests_get_a_clear_json_error(url, body, status, message):
+    if isinstance(body, bytes):
+        response = httpx.post(f"{url}/predict", content=body, headers={"content-type": "application/json"})
+    else:
+        response = httpx.post(f"{url}/predict", json=body)
+    assert response.status_code == status and message in response.json()["error"], response.text
+    assert "Traceback" not in response.text
+
+
+def test_a_chunked_body_over_the_limit_is_refused(url):
+    def chunks():
+        for _ in range(20):
+            yield b"x" * 100_000
+
+    response = httpx.post(f"{url}/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "over 1000000 bytes" in response.json()["error"]
+
+
+def test_the_api_key_guards_every_route_but_health(fp32):
+    with running(fp32, api_key="s3cret") as base:
+        assert httpx.get(f"{base}/v2/health/live").status_code == 200
+        assert httpx.get(f"{base}/v2/health/ready").status_code == 200
+        for path in ("/predict", "/v2/models/tiny/infer", "/metrics", "/openapi.json", "/v2/models/tiny"):
+            method = httpx.post if path in ("/predict", "/v2/models/tiny/infer") else httpx.get
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+                response = method(f"{base}{path}", headers=headers)
+                assert response.status_code == 401, (path, headers)
+                assert response.headers["www-authenticate"] == "Bearer" and "API key" in response.json()["error"]
+        good = {"Authorization": "Bearer s3cret"}
+        assert httpx.post(f"{base}/predict", json={"text": "好"}, headers=good).status_code == 200
+        assert httpx.get(f"{base}/metrics", headers=good).status_code == 200
+
+
+def test_a_full_queue_answers_429_at_once(fp32):
+    with running(fp32, max_queue=8, max_texts_per_request=8, max_wait_ms=400) as base:
+        barrier = threading.Barrier(10)
+
+        def ask(i: int) -> httpx.Response:
+            barrier.wait()
+            return httpx.post(f"{base}/predict", json={"texts": TEXTS[i * 4:i * 4 + 4]}, timeout=30)
+
+        with ThreadPoolExecutor(10) as pool:
+            responses = list(pool.map(ask, range(10)))
+        refused = [r for r in responses if r.status_code == 429]
+        served = [(i, r) for i, r in enumerate(responses) if r.status_code == 200]
+        assert refused and served and len(refused) + len(served) == 10
+        assert refused[0].headers["retry-after"] == "1" and "queue is full" in refused[0].json()["error"]
+        for i, r in served:
+            expected = fp32.predict(TEXTS[i * 4:i * 4 + 4])
+            assert [p["label"] for p in r.json()["predictions"]] == [p.label for p in expected]
+        assert 'bertdeploy_requests_total{route="/predict",status="429"}' in httpx.get(f"{base}/metrics").text
+
+
+class _HeldWarmUp:
+    """The real predictor, except that its first call (the warm-up) waits for `release`."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self._predictor, self.release = predictor, threading.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self._predictor, name)
+
+    def predict_proba(self, texts, pairs=None):
+        assert self.release.wait(30)
+        return self._predictor.predict_proba(texts, pairs)
+
+
+def test_live_at_once_ready_only_after_the_warm_up(fp32):
+    held = _HeldWarmUp(fp32)
+    with running(held, wait_ready=False) as base:
+        assert httpx.get(f"{base}/v2/health/live").status_code == 200
+        assert httpx.get(f"{base}/v2/health/ready").status_code == 503
+        assert httpx.get(f"{base}/v2/models/tiny/ready").status_code == 503
+        response = httpx.post(f"{base}/predict", json={"text": "好"})
+        assert response.status_code == 503 and "warming up" in response.json()["error"]
+        held.release.set()
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{base}/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert httpx.post(f"{base}/predict", json={"text": "好"}).status_code == 200
+
+
+def test_no_generated_request_gets_a_5xx(url):
+    """Schemathesis generates requests from the OpenAPI schema, valid and not, for every operation."""
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 9
+    for operation in operations:
+        @hypothesis.given(operation.as_strategy())
+        @hypothesis.settings(max_examples=25, deadline=None, database=None,
+                             suppress_health_check=list(hypothesis.HealthCheck))
+        def check(case) -> None:
+            case.call_and_validate(checks=[not_a_server_error])
+
+        check()
+
+
+def test_sigterm_finishes_the_requests_in_flight(tiny_artifacts):
+    sock = _free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    process = subprocess.Popen([sys.executable, "-m", "bertdeploy", "serve", str(tiny_artifacts), "--port", str(port),
+                                "--max-wait-ms", "1500", "--variant", "fp32"], stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/v2/health/ready").status_code == 200:
+                    break
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+            time.sleep(0.05)
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(httpx.post, f"{base}/predict", json={"texts": TEXTS[:3]}, timeout=30)
+            time.sleep(0.5)  # the request now waits in the batcher (1.5 s)
+            process.send_signal(signal.SIGTERM)
+            response = pending.result()
+        assert response.status_code == 200 and len(response.json()["predictions"]) == 3
+        # uvicorn re-raises the signal once it has shut down, so the exit status says SIGTERM
+        assert process.wait(30) in (0, -signal.SIGTERM)
+        assert "Traceback" not in process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["nowhere"], "nowhere: no such directory"),
+    (["{artifacts}", "--api-key-env", "BERTDEPLOY_TEST_UNSET_KEY"], "BERTDEPLOY_TEST_UNSET_KEY: that environment"),
+    (["{artifacts}", "--max-queue", "10"], "max_queue (10) must hold at least one full request (256 texts)"),
+    (["{artifacts}", "--variant", "O9"], "no variant 'O9'"),
+])
+def test_serve_refuses_bad_settings_before_listening(tiny_artifacts, args, message):
+    os.environ.pop("BERTDEPLOY_TEST_UNSET_KEY", None)
+    result = CliRunner().invoke(cli, ["serve", *[a.format(artifacts=tiny_artifacts) for a in args]])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_the_batcher_keeps_requests_apart_and_bounds_batches(tiny_artifacts, fp32):
+    sizes = []
+    predictor = Predictor.load(tiny_artifacts, variant="fp32", max_batch_size=8)
+    batcher = Batcher(predictor, max_batch_size=8, max_wait_ms=50, max_queue=64,
+                      on_batch=lambda texts, length: sizes.append(texts))
+    batcher.start()
+
+    async def main():
+        groups = [TEXTS[:1], TEXTS[1:4], TEXTS[4:16], TEXTS[16:18], []]  # 12 texts: more than one batch
+        results = await asyncio.gather(*(batcher.predict(g) for g in groups))
+        with pytest.raises(Overloaded, match="queue is full"):
+            await asyncio.gather(*(batcher.predict(TEXTS) for _ in range(3)))
+        return groups, results
+
+    groups, results = asyncio.run(main())
+    batcher.stop()
+    for group, result in zip(groups, results, strict=True):
+        assert result.shape == (len(group), 2)
+        if group:
+            assert np.allclose(result, fp32.predict_proba(group), atol=1e-5)
+    assert max(sizes) <= 8 and any(s > 1 for s in sizes)
+    with pytest.raises(Overloaded, match="shutting down"):
+        asyncio.run(batcher.predict(["a"]))
