@@ -1,10 +1,12 @@
 """Dynamic batching: the texts of concurrent requests are run together, each request gets its own results.
 
 Requests wait in a queue; one worker thread takes the oldest request and those behind it, up to
-`max_batch_size` texts, waiting at most `max_wait_ms` after the oldest arrived for more to come;
-it tokenizes them together and lets the predictor run them in length-grouped batches under its
-token budget. The event loop only appends to the queue and awaits a future, so model inference
-never blocks it. A full queue is refused at once (`Overloaded`) rather than piling up latency.
+`max_batch_size` texts. Under concurrent load (its last batch held several requests) it waits at
+most `max_wait_ms` after the oldest arrived for more to come; a lone request after a quiet spell
+runs at once, so batching costs no latency at low load. It tokenizes the texts together and lets
+the predictor run them in length-grouped batches under its token budget. The event loop only
+appends to the queue and awaits a future, so model inference never blocks it. A full queue is
+refused at once (`Overloaded`) rather than piling up latency.
 No HTTP here: server.py puts this behind its routes.
 """
 
@@ -46,6 +48,7 @@ class Batcher:
         self._requests: deque[_Request] = deque()
         self._lock = threading.Condition()
         self._stopping = False
+        self._concurrent = False  # the last batch held several requests: more are likely on their way
         self._thread = threading.Thread(target=self._work, name="bertdeploy-batcher", daemon=True)
 
     def start(self) -> None:
@@ -80,13 +83,13 @@ class Batcher:
 
     def _next(self) -> list[_Request] | None:
         """The oldest requests, up to max_batch_size texts (at least one request), once the batch is full
-        or the oldest has waited max_wait; None when stopping with nothing left."""
+        or the oldest has waited max_wait (no wait at all after a batch of one); None when stopping."""
         with self._lock:
             while not self._requests:
                 if self._stopping:
                     return None
                 self._lock.wait()
-            deadline = self._requests[0].arrived + self.max_wait
+            deadline = self._requests[0].arrived + (self.max_wait if self._concurrent else 0)
             while self.queued < self.max_batch_size and not self._stopping:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -97,23 +100,30 @@ class Batcher:
                 taken.append(self._requests.popleft())
                 count += len(taken[-1].texts)
             self.queued -= count
+            self._concurrent = len(taken) > 1
             return taken
 
     def _run(self, requests: list[_Request]) -> None:
+        """Run the requests' texts together; answer each request as soon as all its texts are scored."""
         texts = [t for r in requests for t in r.texts]
         pairs = [p for r in requests for p in r.pairs] if requests[0].pairs is not None else None
+        owner = np.repeat(np.arange(len(requests)), [len(r.texts) for r in requests])
+        first = np.cumsum([0] + [len(r.texts) for r in requests])
+        scores = np.empty((len(texts), len(self.predictor.labels)), dtype=np.float32)
+        left = [len(r.texts) for r in requests]
         try:
             encodings = self.predictor.encoder.tokenize(texts, pairs)
-            scores = self.predictor.predict_encoded(encodings, self.on_batch)
+            for index, rows in self.predictor.iter_encoded(encodings, self.on_batch):
+                scores[index] = rows
+                for r in owner[index]:
+                    left[r] -= 1
+                    if left[r] == 0:
+                        _hand_over(requests[r], scores[first[r]:first[r + 1]], None)
         except Exception as e:  # noqa: BLE001 - handed to every waiting request, which reports it
             logger.exception("a batch of %d texts failed", len(texts))
-            for r in requests:
-                _hand_over(r, None, e)
-            return
-        start = 0
-        for r in requests:
-            _hand_over(r, scores[start:start + len(r.texts)], None)
-            start += len(r.texts)
+            for r, request in enumerate(requests):
+                if left[r]:
+                    _hand_over(request, None, e)
 
 
 def _hand_over(request: _Request, result: np.ndarray | None, error: Exception | None) -> None:

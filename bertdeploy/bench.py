@@ -33,6 +33,7 @@ from bertdeploy.metrics import classification_report
 from bertdeploy.runtime import (
     CPU_BATCH_TOKENS,
     GPU_BATCH_TOKENS,
+    MAX_PADDING,
     PROVIDERS,
     TextEncoder,
     create_session,
@@ -451,7 +452,8 @@ def _score(runners: dict, reports: list[EngineReport], examples: Examples, encod
     predicted = {}
     for report in reports:
         logger.info("scoring %s on %d eval texts", report.name, len(examples))
-        scores = run_batches(runners[report.name].logits, encoder, encodings, names, len(labels), budget)
+        scores = run_batches(runners[report.name].logits, encoder, encodings, names, len(labels), budget,
+                             max_padding=MAX_PADDING)
         predicted[report.name] = scores.argmax(-1)
         if truth:
             scored = classification_report(truth, predicted[report.name], labels)

@@ -13,7 +13,7 @@ shared by many threads.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +26,10 @@ from bertdeploy.runtime import (
     GPU_BATCH_TOKENS,
     GPU_PROVIDERS,
     MAX_BATCH_SIZE,
+    MAX_PADDING,
     TextEncoder,
     create_session,
+    iter_batches,
     load_encoder,
     run_batches,
 )
@@ -140,20 +142,21 @@ class Predictor:
             raise ValueError("long_text='chunk' splits single texts; pairs are truncated, use long_text='truncate'")
         return texts, pairs
 
-    def predict_encoded(self, encodings: list, on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """`predict_proba` for texts already tokenized with `self.encoder.tokenize` (the server tokenizes the
-        texts of many requests together); `on_batch(texts, padded_length)` is called for each model run."""
-        return self._activate(self._logits(encodings, on_batch)) if encodings else \
-            np.empty((0, len(self.labels)), dtype=np.float32)
-
-    def _logits(self, encodings: list, on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
-        run = self._run
-        if on_batch is not None:
-            def run(feed: dict) -> np.ndarray:
+    def iter_encoded(self, encodings: list, on_batch: Callable[[int, int], None] | None = None,
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(indices, scores) of each model run over texts already tokenized with `self.encoder.tokenize`, as
+        soon as the run is done (the server answers each request once all its texts are); `on_batch(texts,
+        padded_length)` is called for each run."""
+        def run(feed: dict) -> np.ndarray:
+            if on_batch is not None:
                 on_batch(*feed["input_ids"].shape)
-                return self._run(feed)
-        return run_batches(run, self.encoder, encodings, self.input_names, len(self.labels),
-                           self.max_batch_tokens, self.max_batch_size)
+            return self._activate(self._run(feed))
+        return iter_batches(run, self.encoder, encodings, self.input_names, self.max_batch_tokens,
+                            self.max_batch_size, MAX_PADDING)
+
+    def _logits(self, encodings: list) -> np.ndarray:
+        return run_batches(self._run, self.encoder, encodings, self.input_names, len(self.labels),
+                           self.max_batch_tokens, self.max_batch_size, MAX_PADDING)
 
     def _run(self, feed: dict) -> np.ndarray:
         if not self._bind:

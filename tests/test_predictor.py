@@ -91,6 +91,14 @@ def test_batches_follow_the_token_budget():
     assert [len(lengths) - 1] in [b.tolist() for b in batches]  # longer than the budget: a batch of its own
     assert padded_length(1) == 8 and padded_length(8) == 8 and padded_length(9) == 16
     assert plan_batches([]) == []
+    capped = plan_batches(lengths, max_batch_tokens=1024, max_batch_size=16, max_padding=0.25)
+    assert sorted(np.concatenate(capped).tolist()) == list(range(len(lengths)))
+    for batch in capped:
+        own = sum(padded_length(lengths[i]) for i in batch)
+        assert len(batch) == 1 or len(batch) * padded_length(max(lengths[i] for i in batch)) <= 1.25 * own
+    assert len(capped) > len(batches)
+    # short texts of one padded width still share a batch; a long one after them starts its own
+    assert [b.tolist() for b in plan_batches([3, 5, 7, 60], 1024, 16, 0.25)] == [[0, 1, 2], [3]]
 
 
 def test_pad_to_a_multiple_of_eight(tiny_artifacts):

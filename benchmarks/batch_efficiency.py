@@ -1,0 +1,65 @@
+"""How much batching can add on this CPU, and what the padding cap is worth.
+
+The demo's INT8 MiniLM, real reviews from the test file, predictor code as shipped: texts one by
+one, and groups of 8, 32 and 64 consecutive reviews (what the server's batcher gathers), each
+group sorted by length and cut into batches under the 1,024-token budget, with and without the
+cap on padding (a batch never padded more than 25% over its texts' own lengths). Three rounds of
+256 reviews, the configurations interleaved in each; medians of texts/s.
+Writes benchmarks/results/batch_efficiency.json.
+
+    python benchmarks/batch_efficiency.py [--artifacts runs/demo/onnx] [--texts runs/demo/data/test.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bertdeploy.bench import machine
+from bertdeploy.data import load_texts
+from bertdeploy.predictor import Predictor
+from bertdeploy.runtime import MAX_PADDING, run_batches
+
+RESULTS = Path(__file__).parent / "results" / "batch_efficiency.json"
+ROUNDS, PER_ROUND = 3, 256
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, default=Path("runs/demo/onnx"))
+    parser.add_argument("--texts", type=Path, default=Path("runs/demo/data/test.csv"))
+    args = parser.parse_args()
+    texts, _ = load_texts(args.texts)
+    p = Predictor.load(args.artifacts)
+
+    def scores(group: list[str], cap: float | None) -> np.ndarray:
+        encodings = p.encoder.tokenize(group)
+        return run_batches(p._run, p.encoder, encodings, p.input_names, len(p.labels), p.max_batch_tokens,
+                           p.max_batch_size, cap)
+
+    configs = {"one by one": (1, None)}
+    for group in (8, 32, 64):
+        configs[f"groups of {group}, no padding cap"] = (group, None)
+        configs[f"groups of {group}, padding cap {MAX_PADDING}"] = (group, MAX_PADDING)
+    rates: dict[str, list[float]] = {name: [] for name in configs}
+    scores(texts[:64], None)  # warm-up
+    for r in range(ROUNDS):
+        chunk = texts[r * PER_ROUND:(r + 1) * PER_ROUND]
+        for name, (group, cap) in configs.items():
+            started = time.perf_counter()
+            for i in range(0, len(chunk), group):
+                scores(chunk[i:i + group], cap)
+            rates[name].append(len(chunk) / (time.perf_counter() - started))
+    results = {"variant": p.variant, "max_batch_tokens": p.max_batch_tokens, "machine": machine(),
+               "texts_per_s": {name: float(np.median(v)) for name, v in rates.items()}, "rounds": rates}
+    for name, rate in results["texts_per_s"].items():
+        print(f"{name:<36} {rate:6.0f} texts/s")
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
