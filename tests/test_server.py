@@ -245,6 +245,40 @@ def test_no_generated_request_gets_a_5xx(url):
         check()
 
 
+@pytest.fixture(scope="module")
+def pair_predictor(tiny_model_dir, tmp_path_factory) -> Predictor:
+    from conftest import write_jsonl
+
+    from bertdeploy.export import ExportOptions, export
+    from bertdeploy.train import FinetuneOptions, finetune
+
+    folder = tmp_path_factory.mktemp("pairs")
+    rows = [{"a": r["text"], "b": r["text"][::-1], "y": r["label"]} for r in make_rows(40, seed=12)]
+    finetune(FinetuneOptions(model=str(tiny_model_dir), train_file=write_jsonl(folder / "pairs.jsonl", rows),
+                             output_dir=folder / "model", text_column="a", text_pair_column="b", label_column="y",
+                             epochs=1, max_length=32))
+    export(ExportOptions(model_dir=folder / "model", output_dir=folder / "onnx"))
+    return Predictor.load(folder / "onnx", threads=1)
+
+
+def test_sentence_pair_models_take_pairs_on_both_apis(pair_predictor):
+    import tritonclient.http as triton
+
+    texts, pairs = TEXTS[:4], [t[::-1] for t in TEXTS[:4]]
+    expected = pair_predictor.predict_proba(texts, pairs)
+    with running(pair_predictor) as base:
+        body = httpx.post(f"{base}/predict", json={"texts": texts, "pairs": pairs, "all_scores": True}).json()
+        got = [[p["scores"][label] for label in pair_predictor.labels] for p in body["predictions"]]
+        assert np.allclose(got, expected, atol=1e-5)
+        missing = httpx.post(f"{base}/predict", json={"texts": texts})
+        assert missing.status_code == 422 and "needs 'pair'/'pairs'" in missing.json()["error"]
+        client = triton.InferenceServerClient(base.removeprefix("http://"))
+        inputs = [triton.InferInput(name, [4], "BYTES") for name in ("text", "text_pair")]
+        for tensor, values in zip(inputs, (texts, pairs), strict=True):
+            tensor.set_data_from_numpy(np.array(values, dtype=object))
+        assert np.allclose(client.infer("tiny", inputs).as_numpy("probabilities"), expected, atol=1e-5)
+
+
 def test_sigterm_finishes_the_requests_in_flight(tiny_artifacts):
     sock = _free_socket()
     port = sock.getsockname()[1]
