@@ -325,7 +325,10 @@ def measure(engines: list[Engine], cases: list[Case], options: BenchOptions,
     """Probe each engine in its own process, load them all, score them on `scoring` (examples, encoder,
     input names, labels), then time them on `cases`. The first engine is the reference for speed-up
     and agreement."""
-    reports = [_probe(engine, cases) for engine in engines]
+    with tempfile.TemporaryDirectory(prefix="bertdeploy-bench-") as work:
+        feeds = Path(work) / "feeds.npz"  # written once, read by every engine's probe
+        np.savez(feeds, **{f"{i}/{k}": v for i, case in enumerate(cases) for k, v in case.feeds[0].items()})
+        reports = [_probe(engine, feeds) for engine in engines]
     runners = {}
     for engine in engines:  # serially: creating sessions concurrently is not safe
         logger.info("loading %s", engine.name)
@@ -403,14 +406,12 @@ def load_eval(options: BenchOptions, manifest: dict) -> Examples | None:
     return Examples(path, texts[:n], [], None if pairs is None else pairs[:n])
 
 
-def _probe(engine: Engine, cases: list[Case]) -> EngineReport:
-    """Load time and peak RSS of `engine` alone, in a fresh Python process that loads it and runs each case once."""
+def _probe(engine: Engine, feeds: Path) -> EngineReport:
+    """Load time and peak RSS of `engine` alone, in a fresh Python process that loads it and runs each case's
+    first batch (saved in `feeds`) once."""
     logger.info("measuring load time and memory of %s in a separate process", engine.name)
-    with tempfile.TemporaryDirectory(prefix="bertdeploy-bench-") as work:
-        feeds = Path(work) / "feeds.npz"
-        np.savez(feeds, **{f"{i}/{k}": v for i, case in enumerate(cases) for k, v in case.feeds[0].items()})
-        done = subprocess.run([sys.executable, "-m", "bertdeploy.bench", json.dumps(asdict(engine)), str(feeds)],
-                              capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "bertdeploy.bench", json.dumps(asdict(engine)), str(feeds)],
+                          capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
         raise BertdeployError(f"{engine.name}: the memory probe failed:\n{tail}")

@@ -13,6 +13,7 @@ drains its queue.
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, some of them local classes.
 import asyncio
 import hmac
+import json
 import logging
 import os
 import re
@@ -382,8 +383,6 @@ class _Limits:
 
 
 async def _send_error(send, status: int, message: str, headers: list | None = None) -> None:
-    import json
-
     body = json.dumps({"error": message}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
