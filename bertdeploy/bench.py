@@ -2,8 +2,9 @@
 
 Every engine (PyTorch and each ONNX variant) runs exactly the same inputs: fixed lengths (batch x
 tokens, cut from real texts) for the classic table, and real eval texts at their natural lengths,
-padded per batch as the predictor pads them. Engines take turns call by call, in an order rotated
-every round, so a slow moment of a shared machine hits them all alike; warm-up calls are not timed;
+padded per batch as the predictor pads them. Engines take turns call by call, in an order shuffled
+every round, so a slow moment of a shared machine hits them all alike and no engine always runs
+right after the same other one (caches and woken threads favour the second); warm-up calls are not timed;
 every engine gets the same thread count. Load time and peak RSS come from a fresh process per
 engine, so one engine's memory never counts against another's. On CUDA, inputs are placed on the
 device before the clock starts (IO binding for ONNX Runtime) and every call is synchronised.
@@ -26,7 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.artifacts import atomic_file, read_manifest
+from bertdeploy.artifacts import MANIFEST_NAME, atomic_file, read_manifest
+from bertdeploy.backends import (
+    BACKENDS,
+    OPENVINO,
+    OpenVinoModel,
+    auto_section,
+    backend_of,
+    import_openvino,
+    openvino_installed,
+)
 from bertdeploy.data import Examples, check_known_labels, has_column, load_examples, load_texts, sample_examples
 from bertdeploy.errors import BertdeployError, check_options
 from bertdeploy.metrics import classification_report
@@ -46,13 +56,14 @@ from bertdeploy.runtime import (
 logger = logging.getLogger(__name__)
 
 PYTORCH = "pytorch"
+AUTO = "auto"
 NATURAL = "natural"
 SAMPLE_SEED = 0
 PERCENTILES = (50, 90, 95, 99)
 CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
              "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd")
 VERSIONS = ("bertdeploy", "onnxruntime", "onnxruntime-gpu", "torch", "transformers", "optimum", "optimum-onnx", "onnx",
-            "tokenizers", "numpy", "openvino")
+            "tokenizers", "numpy", "openvino", "nncf")
 
 
 @dataclass
@@ -69,6 +80,7 @@ class BenchOptions:
     device: str = "cpu"
     eval_samples: int = 2000  # accuracy on at most this many eval texts (a stratified sample)
     progress: bool = False
+    record: bool = True  # write the batch-size ranges for backend="auto" into the manifest (CPU only)
 
     def __post_init__(self) -> None:
         self.artifact_dir = Path(self.artifact_dir)
@@ -90,17 +102,24 @@ class BenchOptions:
 @dataclass(frozen=True)
 class Engine:
     name: str
-    backend: str  # pytorch, onnxruntime, openvino
-    path: str  # model directory (pytorch) or .onnx file
-    kind: str = "fp32"  # fp32, optimized, int8, int8-static, fp16
+    backend: str  # pytorch, onnxruntime, openvino, auto (the predictor's routing)
+    path: str  # model directory (pytorch), .onnx file, or artifact directory (auto)
+    kind: str = "fp32"  # fp32, optimized, int8, int8-static, fp16, int8-ov, auto
     device: str = "cpu"
     threads: int = 1
 
     def load(self):
-        return {"pytorch": _Torch, "onnxruntime": _OnnxRuntime, "openvino": _OpenVino}[self.backend](self)
+        runners = {"pytorch": _Torch, "onnxruntime": _OnnxRuntime, "openvino": _OpenVino, "auto": _Auto}
+        return runners[self.backend](self)
 
     def size_bytes(self) -> int:
         path = Path(self.path)
+        if self.backend == "auto":
+            from bertdeploy.predictor import choose_routes
+
+            manifest = read_manifest(path, "onnx")
+            files = {manifest["variants"][name]["file"] for _, name in choose_routes(path, manifest)}
+            return sum((path / f).stat().st_size for f in files)
         if path.is_file():
             return path.stat().st_size
         weights = [*path.glob("model*.safetensors"), *path.glob("pytorch_model*.bin")]  # not training_args.bin
@@ -175,26 +194,36 @@ class _Torch:
 
 
 class _OpenVino:
-    """The OpenVINO runtime on an ONNX file, at its defaults for the CPU (bf16 where the CPU has it)."""
+    """The OpenVINO runtime on an ONNX file, compiled exactly as the predictor compiles it."""
 
     def __init__(self, engine: Engine) -> None:
-        try:
-            import openvino as ov
-        except ImportError:
-            raise BertdeployError("OpenVINO is not installed: pip install openvino") from None
-        compiled = ov.Core().compile_model(engine.path, "CPU", {"INFERENCE_NUM_THREADS": engine.threads})
-        self.request = compiled.create_infer_request()
-        self.names = [i.get_any_name() for i in compiled.inputs]
+        self.model = OpenVinoModel(engine.path, engine.threads)
 
     def prepare(self, feed: dict) -> dict:
-        return {name: feed[name] for name in self.names}
+        return {name: feed[name] for name in self.model.input_names}
 
-    def run(self, prepared: dict) -> None:
-        self.request.infer(prepared)
+    def run(self, prepared: dict) -> np.ndarray:
+        return self.model.run(prepared)
 
-    def logits(self, feed: dict) -> np.ndarray:
-        self.request.infer(self.prepare(feed))
-        return self.request.get_output_tensor(0).data.copy()
+    logits = run
+
+
+class _Auto:
+    """The predictor's `backend="auto"`: each batch on the variant the manifest's ranges give for its size."""
+
+    def __init__(self, engine: Engine) -> None:
+        from bertdeploy.predictor import Predictor
+
+        self.predictor = Predictor.load(engine.path, threads=engine.threads)
+        logger.info("auto: %s", self.predictor.describe())
+
+    def prepare(self, feed: dict) -> dict:
+        return {name: feed[name] for name in self.predictor.input_names}
+
+    def run(self, prepared: dict) -> np.ndarray:
+        return self.predictor.run_batch(prepared)
+
+    logits = run
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -289,6 +318,7 @@ class BenchResult:
     machine: dict
     engines: list[EngineReport]
     timings: list[Timing]
+    auto: dict | None = None  # the ranges recorded in the manifest for backend="auto"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False)
@@ -314,9 +344,20 @@ def bench(options: BenchOptions) -> BenchResult:
 
     scoring = None if examples is None else (examples, encoder, names, manifest["labels"])
     reports, timings = measure(engines, cases, options, scoring)
+    measured = {e.name for e in engines}
+    auto = None
+    if options.record and options.device == "cpu" and all(n in measured for n in _runnable(manifest)):
+        auto = record_auto(options, manifest, reports, timings)
+    elif options.record and options.device == "cpu":
+        logger.info("not recording the auto ranges: only some variants were measured")
     return BenchResult(str(options.artifact_dir), options.device, options.threads, options.runs, options.warmup,
                        None if examples is None else str(examples.path), 0 if examples is None else len(examples),
-                       machine(options.device), reports, timings)
+                       machine(options.device), reports, timings, auto)
+
+
+def _runnable(manifest: dict) -> list[str]:
+    """The variants this machine can run: all but OpenVINO's when openvino is not installed."""
+    return [n for n, v in manifest["variants"].items() if backend_of(v) != OPENVINO or openvino_installed()]
 
 
 def measure(engines: list[Engine], cases: list[Case], options: BenchOptions,
@@ -357,20 +398,56 @@ def pick_engines(options: BenchOptions, manifest: dict) -> list[Engine]:
     shipped = manifest["variants"]
     wanted = options.variants
     for name in wanted or []:
-        if name not in shipped:
+        if name not in shipped and not (name == AUTO and "auto" in manifest):
             refused = " (it was refused at export)" if name in manifest.get("rejected", {}) else ""
             raise BertdeployError(f"{directory}: no variant {name!r}{refused}; it has {', '.join(shipped)}")
-    if wanted is None:  # ONNX Runtime's CUDA provider has no fast integer kernels
+        if name in shipped and backend_of(shipped[name]) == OPENVINO:
+            import_openvino()  # names the missing extra
+    if wanted is None:  # ONNX Runtime's CUDA provider has no fast integer kernels; OpenVINO runs on the CPU
         wanted = [n for n, v in shipped.items() if device == "cpu" or not v["kind"].startswith("int8")]
+        wanted = [n for n in wanted if device == "cpu" or backend_of(shipped[n]) != OPENVINO]
+        skipped = [n for n in wanted if backend_of(shipped[n]) == OPENVINO and not openvino_installed()]
+        if skipped:
+            logger.warning("skipping %s: openvino is not installed (pip install 'bertdeploy[openvino]')",
+                           ", ".join(skipped))
+        wanted = [n for n in wanted if n not in skipped]
+        if device == "cpu" and "auto" in manifest:
+            wanted.append(AUTO)
     engines = [Engine(PYTORCH, "pytorch", str(model), "fp32", device, threads)]
     if device == "cuda":
         engines.append(Engine(f"{PYTORCH}-fp16", "pytorch", str(model), "fp16", device, threads))
     for name in wanted:
+        if name == AUTO:
+            engines.append(Engine(AUTO, "auto", str(directory), "auto", device, threads))
+            continue
         path = directory / shipped[name]["file"]
         if not path.is_file():
             raise BertdeployError(f"{path}: missing; the manifest lists it as variant {name!r}")
-        engines.append(Engine(name, "onnxruntime", str(path), shipped[name]["kind"], device, threads))
+        engines.append(Engine(name, backend_of(shipped[name]), str(path), shipped[name]["kind"], device, threads))
     return engines
+
+
+def record_auto(options: BenchOptions, manifest: dict, reports: list[EngineReport], timings: list[Timing]) -> dict:
+    """Write the batch-size ranges for `backend="auto"` into the manifest, from this run's p50 latencies (the
+    geometric mean over the kinds of input at each batch size), among the variants within the accuracy bound."""
+    variants = [r for r in reports if r.backend in BACKENDS]
+    reference = reports[0].accuracy
+    bound = manifest.get("evaluation", {}).get("max_accuracy_drop", 1.0)
+    eligible = [r.name for r in variants
+                if r.accuracy is None or reference is None or (reference - r.accuracy) * 100 <= bound]
+    p50: dict[str, dict[int, float]] = {}
+    for r in variants:
+        for size in options.batch_sizes:
+            cells = [t.p50_ms for t in timings if t.engine == r.name and t.batch_size == size]
+            if cells:
+                p50.setdefault(r.name, {})[size] = float(np.exp(np.mean(np.log(cells))))
+    inputs = ", ".join(dict.fromkeys(t.inputs for t in timings))
+    auto = auto_section(p50, eligible, {r.name: r.backend for r in variants}, "bench", inputs, options.threads)
+    path = options.artifact_dir / MANIFEST_NAME
+    with atomic_file(path) as temporary:
+        temporary.write_text(json.dumps({**manifest, "auto": auto}, indent=2, ensure_ascii=False) + "\n",
+                             encoding="utf-8")
+    return auto
 
 
 def _check_cuda() -> None:
@@ -464,20 +541,27 @@ def _score(runners: dict, reports: list[EngineReport], examples: Examples, encod
 
 
 def _time(runners: dict, cases: list[Case], options: BenchOptions) -> dict[str, list[list[float]]]:
-    """ms per call, per engine and case: every round each engine makes one call, in a rotated order."""
+    """ms per call, per engine and case: every round each engine makes one call, in a shuffled order."""
     from tqdm.auto import tqdm
 
     names = list(runners)
     samples = {name: [[] for _ in cases] for name in names}
+    rng = np.random.default_rng(0)
     total = len(cases) * (options.warmup + options.runs) * len(names)
     with tqdm(total=total, desc="timing", unit=" calls", file=sys.stderr,
               disable=None if options.progress else True) as bar:  # None: only on a terminal
         for c, case in enumerate(cases):
             logger.info("timing %s x %d (%d of %d)", case.inputs, case.batch_size, c + 1, len(cases))
             prepared = {name: [runners[name].prepare(f) for f in case.feeds] for name in names}
+            # one untimed call per input shape first: OpenVINO compiles kernels for each new shape (about 3 ms
+            # once), a cost a warm service has paid; the timed rounds then see steady state on every engine
+            shapes = {tuple(f["input_ids"].shape): i for i, f in enumerate(case.feeds)}
+            for name in names:
+                for i in shapes.values():
+                    runners[name].run(prepared[name][i])
             for step in range(options.warmup + options.runs):
                 feed = step % len(case.feeds)
-                for name in names[step % len(names):] + names[:step % len(names)]:
+                for name in [names[i] for i in rng.permutation(len(names))]:
                     started = time.perf_counter()
                     runners[name].run(prepared[name][feed])
                     elapsed = (time.perf_counter() - started) * 1000

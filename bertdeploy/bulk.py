@@ -43,6 +43,7 @@ class PredictFileOptions:
     input: str  # a path, or "-" for stdin
     output: Path | None = None  # None: stdout
     variant: str | None = None
+    backend: str = "auto"  # auto, onnxruntime or openvino
     text_column: str | None = None  # default: the column the model was trained on
     text_pair_column: str | None = None
     label_column: str | None = None  # scored when present; default: the training label column
@@ -101,7 +102,8 @@ def predict_file(options: PredictFileOptions, stdin: BinaryIO | None = None,
     if options.output is not None:
         _check_output(options.output, source)
     predictor = Predictor.load(options.artifact_dir, options.variant, options.providers, options.threads,
-                               options.long_text, options.max_batch_tokens, allow_fallback=options.allow_fallback)
+                               options.long_text, options.max_batch_tokens, allow_fallback=options.allow_fallback,
+                               backend=options.backend)
     manifest = predictor.manifest
     text_column = "text" if in_format == "text" else options.text_column or manifest.get("text_column") or "text"
     pair_column = options.text_pair_column or manifest.get("text_pair_column")
@@ -144,7 +146,7 @@ def predict_file(options: PredictFileOptions, stdin: BinaryIO | None = None,
         out.flush()
     seconds = time.perf_counter() - started
     return PredictFileResult(
-        rows=count, output=str(options.output) if options.output else "<stdout>", variant=predictor.variant,
+        rows=count, output=str(options.output) if options.output else "<stdout>", variant=predictor.describe(),
         seconds=seconds, texts_per_second=count / seconds if seconds else 0.0, label_column=scoring,
         report=tally.report(), scored=tally.scored, unlabelled=tally.unlabelled, unknown_labels=dict(tally.unknown),
     )

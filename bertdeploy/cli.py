@@ -122,8 +122,10 @@ def _per_class_table(per_class: dict) -> list[str]:
 @click.option("--output-dir", required=True, type=click.Path(path_type=Path))
 @click.option("--optimize", type=click.Choice(["O1", "O2", "O3", "O4"]),
               help="Add a graph-optimized variant (O4: fp16, needs --device cuda).")
-@click.option("--quantize", multiple=True, type=click.Choice(["int8", "int8-static", "fp16"]),
-              help="Add a quantized variant; repeat for several.")
+@click.option("--quantize", multiple=True, type=click.Choice(["int8", "int8-static", "fp16", "int8-ov"]),
+              help="Add a quantized variant; repeat for several. int8-ov: INT8 for OpenVINO (NNCF).")
+@click.option("--openvino", is_flag=True, help="Also ship the fp32 graph on the OpenVINO runtime (fp32-ov; bf16 "
+                                               "compute where the CPU has it).")
 @click.option("--quant-preset", default="auto", show_default=True,
               type=click.Choice(["auto", "avx2", "avx512", "avx512_vnni", "arm64"]),
               help="The CPU the INT8 kernels target; auto reads this CPU's flags.")
@@ -156,16 +158,18 @@ def export(quantize: tuple[str, ...], as_json: bool, **options: object) -> None:
 def render_export(result) -> str:
     """One row per variant: size, parity with PyTorch, accuracy, speed; refused ones with the reason."""
     fp32_size = next(v.size_bytes for v in result.variants if v.name == "fp32")
-    lines = [f"{'variant':<12} {'size':>9} {'of fp32':>7} {'max|dlogit|':>11} {'agree':>7} {'accuracy':>8} "
-             f"{'drop':>6} {'batch1':>8} {'batch8':>8}"]
+    batches = ("batch_1", "batch_8", "batch_32")
+    lines = [f"{'variant':<12} {'runtime':<15} {'size':>9} {'of fp32':>7} {'max|dlogit|':>11} {'agree':>7} "
+             f"{'accuracy':>8} {'drop':>6} " + " ".join(f"{b.replace('_', ''):>8}" for b in batches)]
     if result.reference["accuracy"] is not None:
-        lines.append(f"{'pytorch':<12} {'':>9} {'':>7} {'':>11} {'':>7} {result.reference['accuracy']:>8.4f}")
+        lines.append(f"{'pytorch':<12} {'':<15} {'':>9} {'':>7} {'':>11} {'':>7} {result.reference['accuracy']:>8.4f}")
     for v in result.variants:
         accuracy = f"{v.eval['accuracy']:>8.4f} {v.eval['accuracy_drop']:>+6.2f}" if v.eval else f"{'-':>8} {'-':>6}"
-        speed = (f"{v.latency_ms['batch_1']:>6.1f}ms {v.latency_ms['batch_8']:>6.1f}ms" if v.latency_ms
-                 else f"{'-':>8} {'-':>8}")
+        speed = " ".join(f"{v.latency_ms[b]:>6.1f}ms" if v.latency_ms and b in v.latency_ms else f"{'-':>8}"
+                         for b in batches)
+        runtime = f"openvino {v.precision}" if v.precision else v.backend
         mark = "  <- default" if v.name == result.default_variant else "" if v.shipped else "  REFUSED"
-        lines.append(f"{v.name:<12} {v.size_bytes / 1e6:>7.1f}MB {v.size_bytes / fp32_size:>7.0%} "
+        lines.append(f"{v.name:<12} {runtime:<15} {v.size_bytes / 1e6:>7.1f}MB {v.size_bytes / fp32_size:>7.0%} "
                      f"{v.parity['max_abs_diff']:>11.2g} {v.parity['label_agreement']:>7.2%} {accuracy} {speed}{mark}")
     lines.append("")
     for v in result.variants:
@@ -176,15 +180,26 @@ def render_export(result) -> str:
     else:
         lines.append(f"no labelled eval data: judged by agreement with PyTorch on {result.texts} texts "
                      f"from {result.eval_source}")
+    if result.auto:
+        lines.append(f"auto: {_routes(result.auto)} (bench measures it again on the serving machine)")
     lines.append(f"saved {result.output_dir} (default variant: {result.default_variant})")
     return "\n".join(lines)
+
+
+def _routes(auto: dict) -> str:
+    """The manifest's auto ranges in words."""
+    from bertdeploy.backends import describe_routes
+
+    return describe_routes([(r["max_batch_size"], f"{r['variant']} ({r['backend']})") for r in auto["routes"]])
 
 
 @cli.command()
 @click.argument("artifact_dir", type=click.Path(path_type=Path))
 @click.argument("input", metavar="INPUT")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write here (default: stdout).")
-@click.option("--variant", help="Which exported variant (default: the one export picked).")
+@click.option("--variant", help="Run this exported variant only (default: see --backend).")
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "onnxruntime", "openvino"]),
+              help="auto: each batch on the variant measured fastest for its size (see `bench`).")
 @click.option("--text-column", help="Column holding the text (default: the one the model was trained on).")
 @click.option("--text-pair-column", help="Column holding the second text, for models trained on pairs.")
 @click.option("--label-column", help="Score the predictions against this column (default: the training one, "
@@ -227,7 +242,7 @@ def render_predict(result) -> str:
             lines.append(f"not scored: {unknown} (labels the model does not have)")
         if result.unlabelled:
             lines.append(f"not scored: {result.unlabelled} rows with an empty label")
-    lines.append(f"predicted {result.rows} text{'' if result.rows == 1 else 's'} with variant {result.variant} "
+    lines.append(f"predicted {result.rows} text{'' if result.rows == 1 else 's'} with {result.variant} "
                  f"in {result.seconds:.1f}s "
                  f"({result.texts_per_second:.0f} texts/s) -> {result.output}")
     return "\n".join(lines)
@@ -256,6 +271,8 @@ def _numbers(value: str, name: str) -> list[int]:
 @click.option("--eval-samples", default=2000, show_default=True, help="Score at most this many eval texts.")
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write every figure here as JSON.")
 @click.option("--plot", "plot_file", type=click.Path(path_type=Path), help="Write charts here (PNG).")
+@click.option("--record/--no-record", default=True, show_default=True,
+              help="Write the fastest variant per batch-size range into the manifest, for --backend auto.")
 def bench(variants: str | None, batch_sizes: str, seq_lengths: str, json_file: Path | None, plot_file: Path | None,
           **options: object) -> None:
     """Time PyTorch and every exported variant on the same inputs."""
@@ -307,7 +324,7 @@ def render_bench(result) -> str:
         for i, t in enumerate(rows):
             head = f"{inputs:<12} {batch:>5}" if i == 0 else " " * 18
             lines.append(f"{head}  {t.engine:<{width}} " + " ".join(c[i] for c in cells))
-    lines += ["", f"{'engine':<{width}}  {'kind':<11} {'size MB':>9} {'load s':>9} {'peak RSS MB':>12} "
+    lines += ["", f"{'engine':<{width}}  {'runtime':<11} {'kind':<11} {'size MB':>9} {'load s':>9} {'peak RSS MB':>12} "
                   f"{'accuracy':>9} {'macro-F1':>9} {'agreement':>10}"]
     others = [None, *(e.agreement for e in engines[1:])]  # the first engine is the reference
     cells = [_marked([e.size_bytes / 1e6 for e in engines], ".1f", 8, True),
@@ -318,10 +335,14 @@ def render_bench(result) -> str:
              _marked(others, ".4f", 9, False)]
     for i, e in enumerate(engines):
         agreement = cells[5][i] if i else f"{'(reference)':>10}"
-        lines.append(f"{e.name:<{width}}  {e.kind:<11} " + " ".join(c[i] for c in cells[:5]) + " " + agreement)
+        lines.append(f"{e.name:<{width}}  {e.backend:<11} {e.kind:<11} " + " ".join(c[i] for c in cells[:5]) + " "
+                     + agreement)
     if result.eval_file:
         lines.append(f"\naccuracy and natural lengths: {result.eval_texts} texts from {result.eval_file}; "
                      "load s and peak RSS: a fresh process per engine")
+    if result.auto:
+        lines.append(f"recorded for --backend auto in {Path(result.artifact_dir) / 'manifest.json'}: "
+                     f"{_routes(result.auto)}")
     return "\n".join(lines)
 
 
@@ -329,7 +350,9 @@ def render_bench(result) -> str:
 @click.argument("artifact_dir", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to accept other machines.")
 @click.option("--port", default=8000, show_default=True)
-@click.option("--variant", help="Which exported variant (default: the one export picked).")
+@click.option("--variant", help="Run this exported variant only (default: see --backend).")
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "onnxruntime", "openvino"]),
+              help="auto: each batch on the variant measured fastest for its size (see `bench`).")
 @click.option("--max-batch-tokens", type=int,
               help="Texts per model run x padded length [1024 on the CPU, 16384 on a GPU].")
 @click.option("--max-batch-size", default=64, show_default=True,

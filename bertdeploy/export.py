@@ -31,6 +31,7 @@ from bertdeploy.artifacts import (
     staging_dir,
     write_manifest,
 )
+from bertdeploy.backends import ONNXRUNTIME, OPENVINO, import_openvino
 from bertdeploy.data import Examples, check_known_labels, load_examples, load_texts, sample_examples, split_examples
 from bertdeploy.errors import BertdeployError, DataError, ModelError, check_options
 from bertdeploy.guard import Judge, Variant, build_with_retries, time_and_pick
@@ -40,7 +41,8 @@ from bertdeploy.runtime import DEVICES, check_device, create_session, encode, lo
 logger = logging.getLogger(__name__)
 
 ARTIFACT_KIND = "onnx"
-QUANTIZATIONS = ("int8", "int8-static", "fp16")
+QUANTIZATIONS = ("int8", "int8-static", "fp16", "int8-ov")
+CALIBRATED = ("int8-static", "int8-ov")
 SAMPLE_SEED = 0
 PARITY_TEXTS_WITHOUT_LABELS = 256
 SAMPLE_TEXTS = [  # parity texts of last resort: short and long, Chinese and English
@@ -61,6 +63,7 @@ class ExportOptions:
     output_dir: str | Path
     optimize: str | None = None
     quantize: list[str] = field(default_factory=list)
+    openvino: bool = False  # also ship the fp32 graph on the OpenVINO runtime (variant fp32-ov)
     quant_preset: str = "auto"
     per_channel: bool = True
     calibration_file: str | Path | None = None
@@ -83,6 +86,9 @@ class ExportOptions:
             raise BertdeployError(f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
         if self.optimize is not None:
             check_level(self.optimize, self.device)
+        if (self.openvino or "int8-ov" in self.quantize) and self.device != "cpu":
+            raise BertdeployError("OpenVINO variants (--openvino, int8-ov) are built and checked on the CPU; "
+                                  "export them with --device cpu")
         self.quant_preset = q.resolve_preset(self.quant_preset)
         if self.calibration_method not in q.CALIBRATION_METHODS:
             raise BertdeployError(f"unknown calibration method {self.calibration_method!r}; "
@@ -104,6 +110,7 @@ class ExportResult:
     eval_source: str | None
     texts: int
     variants: list[Variant]
+    auto: dict | None = None  # the manifest's auto section: timings per batch size, and the ranges they give
 
 
 @dataclass
@@ -121,8 +128,12 @@ def export(options: ExportOptions) -> ExportResult:
     check_output_dir(options.output_dir, options.overwrite)
     source = read_model_dir(options.model_dir)
     check_device(options.device)
+    if options.openvino or "int8-ov" in options.quantize:  # name a missing extra before any work
+        import_openvino()
+    if "int8-ov" in options.quantize:
+        q.import_nncf()
     scored, eval_source = _scoring_texts(options, source)
-    calibration = _calibration_texts(options, source) if "int8-static" in options.quantize else None
+    calibration = _calibration_texts(options, source) if set(CALIBRATED) & set(options.quantize) else None
     reference = _pytorch_logits(source, scored, options.device)
     if not scored.labels:
         logger.warning("no labelled eval data (give --eval-file): variants are judged by agreement with PyTorch on "
@@ -136,6 +147,8 @@ def export(options: ExportOptions) -> ExportResult:
         tokenizer = _write_tokenizer(source, out / "tokenizer.json")
         judge = Judge(scored, source.labels, reference, tokenizer, options.device, options.max_accuracy_drop)
         variants = [judge.check_fp32(fp32)]
+        if options.openvino:  # the same file on the other runtime: no second export
+            variants.append(judge.score("fp32-ov", fp32, "fp32", backend=OPENVINO))
         level = options.optimize
         if level:
             optimized = optimize_graph(work, level, options.device, out / _file_name(level))
@@ -152,16 +165,16 @@ def export(options: ExportOptions) -> ExportResult:
                 name, kind, destination, judge, options.per_channel,
                 fragile=functools.partial(q.fragile_nodes, q.graph_nodes(graph), op_types=op_types),
                 build=_builder(kind, graph, destination, options, tokenizer, calibration, fused),
-                optimization=fused,
+                optimization=fused, backend=OPENVINO if kind == "int8-ov" else ONNXRUNTIME,
             ))
         shutil.rmtree(work)
-        default = time_and_pick(variants, out, tokenizer, scored, options.device)
+        default, auto = time_and_pick(variants, out, tokenizer, scored, options.device)
         inputs = [i.name for i in create_session(fp32, options.device).get_inputs()]
         reference_figures = {"accuracy": judge.reference_accuracy, "macro_f1": judge.reference_macro_f1}
         _write_manifest(out, options, source, variants, default, inputs, reference_figures, judge.guard,
-                        eval_source, len(scored))
+                        eval_source, len(scored), auto)
     return ExportResult(Path(options.output_dir), default, reference_figures, judge.guard, eval_source,
-                        len(scored), variants)
+                        len(scored), variants, auto)
 
 
 # -- the model directory ---------------------------------------------------------------------
@@ -282,8 +295,9 @@ def _calibration_texts(options: ExportOptions, source: _Source) -> tuple[list[st
     else:
         train = (source.manifest or {}).get("data", {}).get("train_file")
         if not train or not Path(train["path"]).is_file():
-            raise DataError("int8-static needs calibration texts and the model's training file is not at hand: "
-                            "pass --calibration-file with a few hundred typical texts")
+            raise DataError(f"{' and '.join(k for k in CALIBRATED if k in options.quantize)} needs calibration "
+                            "texts and the model's training file is not at hand: pass --calibration-file with a "
+                            "few hundred typical texts")
         path = Path(train["path"])
     texts, pairs = load_texts(path, source.columns["text_column"], source.columns["pair_column"])
     texts, pairs = _sample_texts(texts, pairs, options.calibration_samples)
@@ -364,14 +378,19 @@ def _build(kind: str, graph: Path, destination: Path, options: ExportOptions, to
     if kind == "fp16":
         q.convert_fp16(graph, destination, keep_fp32_nodes=nodes)
         return {"type": "fp16", "io": "float32", "fp32_ops": q.FP16_FRAGILE_OPS, "fp32_nodes": nodes}
+    texts, pairs = calibration or ([], None)
+    names = [i.name for i in create_session(graph, "cpu").get_inputs()]
+    feeds = (encode(tokenizer, [t], None if pairs is None else [pairs[i]], names) for i, t in enumerate(texts))
+    if kind == "int8-ov":
+        q.quantize_openvino_int8(graph, destination, feeds, len(texts), settings["preset"], exclude=nodes,
+                                 progress=options.progress)
+        return {"type": kind, "tool": "nncf", "preset": settings["preset"], "per_channel": True,
+                "float_nodes": nodes, "calibration_texts": len(texts), "source": "fp32 export (unfused)"}
     described = {"type": kind, "preset": options.quant_preset, "per_channel": settings["per_channel"],
                  "float_nodes": nodes, "source": f"{fused}-fused graph" if fused else "fp32 export (unfused)"}
     if kind == "int8":
         q.quantize_dynamic_int8(graph, destination, options.quant_preset, settings["per_channel"], exclude=nodes)
         return described
-    texts, pairs = calibration
-    names = [i.name for i in create_session(graph, "cpu").get_inputs()]
-    feeds = (encode(tokenizer, [t], None if pairs is None else [pairs[i]], names) for i, t in enumerate(texts))
     q.quantize_static_int8(graph, destination, options.quant_preset, feeds, len(texts), options.calibration_method,
                            settings["per_channel"], exclude=nodes, progress=options.progress)
     return {**described, "calibration_method": options.calibration_method, "calibration_texts": len(texts)}
@@ -380,7 +399,8 @@ def _build(kind: str, graph: Path, destination: Path, options: ExportOptions, to
 # -- the manifest ----------------------------------------------------------------------------
 
 def _write_manifest(out: Path, options: ExportOptions, source: _Source, variants: list[Variant], default: str,
-                    inputs: list[str], reference: dict, guard: str, eval_source: str | None, texts: int) -> None:
+                    inputs: list[str], reference: dict, guard: str, eval_source: str | None, texts: int,
+                    auto: dict | None) -> None:
     write_manifest(out, ARTIFACT_KIND, {
         "source_model": str(source.path.absolute()),
         "source_checkpoint": (source.manifest or {}).get("source_model"),
@@ -405,4 +425,5 @@ def _write_manifest(out: Path, options: ExportOptions, source: _Source, variants
         },
         "variants": {v.name: v.entry() for v in variants if v.shipped},
         "rejected": {v.name: v.entry() for v in variants if not v.shipped},
+        **({"auto": auto} if auto else {}),
     })

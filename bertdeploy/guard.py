@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from bertdeploy.artifacts import sha256_file
+from bertdeploy.backends import ONNXRUNTIME, auto_section, open_model
 from bertdeploy.data import Examples
 from bertdeploy.errors import BertdeployError
 from bertdeploy.metrics import classification_report
-from bertdeploy.runtime import create_session, encode, logits
+from bertdeploy.runtime import MAX_BATCH_TOKENS, encode, run_batches, usable_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ FP32_TOLERANCE = 1e-3
 class Variant:
     name: str
     file: str
-    kind: str  # fp32, optimized, int8, int8-static, fp16
+    kind: str  # fp32, optimized, int8, int8-static, fp16, int8-ov
     optimization: str | None
     quantization: dict | None
     size_bytes: int
@@ -45,7 +46,9 @@ class Variant:
     shipped: bool
     reason: str | None = None  # why it was not shipped
     attempts: list[dict] = field(default_factory=list)
-    latency_ms: dict | None = None  # batch_1, batch_8 medians
+    latency_ms: dict | None = None  # batch_1, batch_8, batch_32 medians
+    backend: str = ONNXRUNTIME  # the runtime it was checked on and runs on
+    precision: str | None = None  # OpenVINO's inference precision when checked (bf16 or f32)
 
     def entry(self) -> dict:
         fields = {k: v for k, v in self.__dict__.items() if k not in ("name", "shipped")}
@@ -68,9 +71,12 @@ class Judge:
         report = _report(reference, examples, labels) if examples.labels else {}
         self.reference_accuracy, self.reference_macro_f1 = report.get("accuracy"), report.get("macro_f1")
 
-    def run(self, path: Path) -> np.ndarray:
-        session = create_session(path, self.device)
-        return logits(session, self.tokenizer, self.examples.texts, self.examples.pairs)
+    def run(self, path: Path, backend: str = ONNXRUNTIME) -> tuple[np.ndarray, object]:
+        """The logits of every scoring text, and the model that computed them."""
+        model = open_model(path, backend, self.device)
+        encodings = self.tokenizer.tokenize(self.examples.texts, self.examples.pairs)
+        return run_batches(model.run, self.tokenizer, encodings, model.input_names, len(self.labels),
+                           MAX_BATCH_TOKENS), model
 
     def check_fp32(self, path: Path) -> Variant:
         variant = self.score("fp32", path, "fp32")
@@ -84,9 +90,9 @@ class Judge:
         return variant
 
     def score(self, name: str, path: Path, kind: str, optimization: str | None = None,
-              quantization: dict | None = None) -> Variant:
+              quantization: dict | None = None, backend: str = ONNXRUNTIME) -> Variant:
         started = time.perf_counter()
-        scores = self.run(path)
+        scores, model = self.run(path, backend)
         finite = bool(np.isfinite(scores).all())
         diff = float(np.abs(scores - self.reference).max()) if finite else float("inf")
         agreement = float(np.mean(scores.argmax(-1) == self.reference.argmax(-1)))
@@ -106,7 +112,8 @@ class Judge:
             reason = "produces NaN or infinite logits"
         logger.info("%s: %s in %.1fs", name, reason or "passed", time.perf_counter() - started)
         return Variant(name, path.name, kind, optimization, quantization, path.stat().st_size, sha256_file(path),
-                       _opset(path), parity, evaluation, reason is None, reason)
+                       _opset(path), parity, evaluation, reason is None, reason, backend=backend,
+                       precision=getattr(model, "precision", None))
 
 
 def _opset(path: Path) -> int:
@@ -120,6 +127,9 @@ def attempt_ladder(kind: str, per_channel: bool) -> list[dict]:
     """The settings to try in turn: as asked, then safer (per-channel, fragile nodes kept in float)."""
     if kind == "fp16":
         return [{"keep_float": []}, {"keep_float": ["head", "ffn_output"]}]
+    if kind == "int8-ov":  # NNCF: always per-channel weights; asymmetric activations ("mixed") for transformers
+        return [{"preset": "mixed", "keep_float": []}, {"preset": "mixed", "keep_float": ["head"]},
+                {"preset": "mixed", "keep_float": ["head", "ffn_output"]}]
     ladder = [{"per_channel": per_channel, "keep_float": []}]
     if not per_channel:
         ladder.append({"per_channel": True, "keep_float": []})
@@ -129,7 +139,7 @@ def attempt_ladder(kind: str, per_channel: bool) -> list[dict]:
 
 def build_with_retries(name: str, kind: str, destination: Path, judge: Judge, per_channel: bool,
                        fragile: Callable[[list[str]], list[str]], build: Callable[[dict, list[str]], dict],
-                       optimization: str | None = None) -> Variant:
+                       optimization: str | None = None, backend: str = ONNXRUNTIME) -> Variant:
     """Build variant `name` with `build(settings, float_nodes)` and judge it; if refused, retry with safer settings.
 
     `fragile(groups)` names the graph's nodes in those groups; a refused file is deleted.
@@ -137,7 +147,7 @@ def build_with_retries(name: str, kind: str, destination: Path, judge: Judge, pe
     ladder, seen = [], set()
     for settings in attempt_ladder(kind, per_channel):
         nodes = fragile(settings["keep_float"])
-        key = (settings.get("per_channel"), tuple(nodes))
+        key = (tuple((k, v) for k, v in settings.items() if k != "keep_float"), tuple(nodes))
         if key not in seen:  # an architecture without such nodes would give the same model again
             seen.add(key)
             ladder.append((settings, nodes))
@@ -145,7 +155,8 @@ def build_with_retries(name: str, kind: str, destination: Path, judge: Judge, pe
     for step, (settings, nodes) in enumerate(ladder, start=1):
         logger.info("building %s (attempt %d of %d: %s)", name, step, len(ladder), settings)
         described = build(settings, nodes)
-        variant = judge.score(name, destination, kind, optimization=optimization, quantization=described)
+        variant = judge.score(name, destination, kind, optimization=optimization, quantization=described,
+                              backend=backend)
         tried.append({"settings": settings, "nodes_kept_float": len(nodes), "passed": variant.shipped,
                       "reason": variant.reason, "eval": variant.eval, "parity": variant.parity})
         if variant.shipped:
@@ -159,38 +170,52 @@ def build_with_retries(name: str, kind: str, destination: Path, judge: Judge, pe
 
 
 def time_and_pick(variants: list[Variant], directory: Path, tokenizer, examples: Examples, device: str,
-                  rounds: int = 7) -> str:
-    """Median latency of each shipped variant at batch 1 and 8, interleaved; the fastest per text is the default.
+                  rounds: int = 7) -> tuple[str, dict | None]:
+    """Median latency of each shipped variant, on its runtime, at batch 1, 8 and 32 of real texts, interleaved.
 
-    INT8 is never the default on CUDA, which has no fast integer kernels.
+    The fastest ONNX Runtime variant per text is the default (never INT8 on CUDA, which has no fast integer
+    kernels). On the CPU, also the manifest's `auto` section: the fastest variant of any runtime per
+    batch-size range (bench measures this at more length and replaces it).
     """
     shipped = [v for v in variants if v.shipped]
-    sessions = {v.name: create_session(directory / v.file, device) for v in shipped}
-    names = [i.name for i in next(iter(sessions.values())).get_inputs()]
-    picks = np.linspace(0, len(examples) - 1, num=min(8, len(examples))).astype(int)
+    models = {v.name: open_model(directory / v.file, v.backend, device) for v in shipped}
+    names = next(iter(models.values())).input_names
+    picks = np.linspace(0, len(examples) - 1, num=min(32, len(examples))).astype(int)
     texts = [examples.texts[i] for i in picks]
     pairs = None if examples.pairs is None else [examples.pairs[i] for i in picks]
-    singles = [encode(tokenizer, texts[i:i + 1], pairs and pairs[i:i + 1], names) for i in range(len(texts))]
-    eight = encode(tokenizer, texts, pairs, names)
-    latency = interleaved_latency(sessions, {"batch_1": singles, "batch_8": [eight]}, rounds)
+    groups = {"batch_1": [encode(tokenizer, texts[i:i + 1], pairs and pairs[i:i + 1], names)
+                          for i in range(0, len(texts), max(1, len(texts) // 8))][:8],
+              "batch_8": [encode(tokenizer, texts[::4][:8], pairs and pairs[::4][:8], names)]}
+    if len(texts) == 32:
+        groups["batch_32"] = [encode(tokenizer, texts, pairs, names)]
+    latency = interleaved_latency({name: model.run for name, model in models.items()}, groups, rounds)
     for v in shipped:
         v.latency_ms = latency[v.name]
-    candidates = [v for v in shipped if not (device == "cuda" and v.kind.startswith("int8"))] or shipped
-    best = min(candidates, key=lambda v: v.latency_ms["batch_1"] + v.latency_ms["batch_8"] / len(texts))
-    return best.name
+    runtime = [v for v in shipped if v.backend == ONNXRUNTIME]
+    candidates = [v for v in runtime if not (device == "cuda" and v.kind.startswith("int8"))] or runtime
+    best = min(candidates, key=lambda v: v.latency_ms["batch_1"] + v.latency_ms["batch_8"] / 8)
+    if device != "cpu":
+        return best.name, None
+    p50 = {v.name: {int(group.split("_")[1]): ms for group, ms in v.latency_ms.items()} for v in shipped}
+    return best.name, auto_section(p50, [v.name for v in shipped], {v.name: v.backend for v in shipped}, "export",
+                                   f"{len(texts)} texts of the scoring set", usable_cpus())
 
 
-def interleaved_latency(sessions: dict, feeds: dict[str, list[dict]], rounds: int) -> dict[str, dict[str, float]]:
-    """Median ms per call of each session on each group of feeds; sessions take turns every round,
-    so a slow moment of a shared machine hits them all alike. One warm-up call each first."""
-    times = {name: {group: [] for group in feeds} for name in sessions}
-    for session in sessions.values():
-        session.run(None, next(iter(feeds.values()))[0])
+def interleaved_latency(runs: dict[str, Callable[[dict], object]], feeds: dict[str, list[dict]],
+                        rounds: int) -> dict[str, dict[str, float]]:
+    """Median ms per call of each `run(feed)` on each group of feeds; they take turns every round, so a slow
+    moment of a shared machine hits them all alike. One untimed call per input shape and model first
+    (OpenVINO compiles kernels for each new shape)."""
+    times = {name: {group: [] for group in feeds} for name in runs}
+    for run in runs.values():
+        for batch in feeds.values():
+            for feed in {tuple(f["input_ids"].shape): f for f in batch}.values():
+                run(feed)
     for _ in range(rounds):
-        for name, session in sessions.items():
+        for name, run in runs.items():
             for group, batch in feeds.items():
                 for feed in batch:
                     started = time.perf_counter()
-                    session.run(None, feed)
+                    run(feed)
                     times[name][group].append((time.perf_counter() - started) * 1000)
     return {name: {group: float(np.median(t)) for group, t in groups.items()} for name, groups in times.items()}

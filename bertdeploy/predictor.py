@@ -1,10 +1,11 @@
 """The predictor apps embed: an exported artifact directory in, labels and scores out.
 
-Imports onnxruntime, tokenizers and numpy only (never torch, transformers, optimum or
-datasets), and reads only the artifact directory: `manifest.json`, `tokenizer.json` and the
-chosen variant's ONNX file. Texts are tokenized once, sorted by length, grouped under a token
-budget and padded per batch, then returned in the caller's order. One `Predictor` may be
-shared by many threads.
+Imports onnxruntime, tokenizers and numpy only, plus openvino for its variants (never torch,
+transformers, optimum or datasets), and reads only the artifact directory: `manifest.json`,
+`tokenizer.json` and the chosen variants' ONNX files. Texts are tokenized once, sorted by
+length, grouped under a token budget and padded per batch, then returned in the caller's order.
+With `backend="auto"` each batch runs on the variant (and runtime) measured fastest for its
+size. One `Predictor` may be shared by many threads.
 
     p = Predictor.load("artifacts/")
     p.predict(["这个手机真的很好用！"])  # [Prediction(label='positive', score=0.97, scores={...})]
@@ -20,6 +21,17 @@ from pathlib import Path
 import numpy as np
 
 from bertdeploy.artifacts import read_manifest
+from bertdeploy.backends import (
+    BACKENDS,
+    ONNXRUNTIME,
+    OPENVINO,
+    backend_of,
+    describe_routes,
+    import_openvino,
+    open_model,
+    openvino_installed,
+    plan_routes,
+)
 from bertdeploy.errors import BertdeployError
 from bertdeploy.runtime import (
     CPU_BATCH_TOKENS,
@@ -27,10 +39,13 @@ from bertdeploy.runtime import (
     GPU_PROVIDERS,
     MAX_BATCH_SIZE,
     MAX_PADDING,
+    PAD_MULTIPLE,
     TextEncoder,
-    create_session,
     iter_batches,
     load_encoder,
+    padded_length,
+    provider_name,
+    resolve_providers,
     run_batches,
 )
 
@@ -46,37 +61,104 @@ class Prediction:
     scores: dict[str, float]
 
 
-class Predictor:
-    """A loaded variant: call `predict` for labels or `predict_proba` for the score matrix."""
+def choose_routes(directory: Path, manifest: dict, variant: str | None = None, backend: str = "auto",
+                  gpu: bool = False) -> list[tuple[int | None, str]]:
+    """(largest batch size or None, variant) pairs to load, checked against the manifest and the files."""
+    if backend not in ("auto", *BACKENDS):
+        raise BertdeployError(f"unknown backend {backend!r}; use auto, {', '.join(BACKENDS)}")
+    variants = manifest["variants"]
+    if variant is not None:
+        _check_variant(directory, manifest, variant)
+        if backend != "auto" and backend_of(variants[variant]) != backend:
+            raise BertdeployError(f"variant {variant!r} runs on {backend_of(variants[variant])}, not {backend}; "
+                                  f"its {backend} variants are {', '.join(_on(variants, backend)) or 'none'}")
+        plan = [(None, variant)]
+    elif backend == ONNXRUNTIME or (backend == "auto" and gpu):  # the measured ranges are CPU timings
+        plan = [(None, manifest["default_variant"])]
+    else:
+        if backend == OPENVINO:
+            import_openvino()  # names the missing extra
+        runtimes = [backend] if backend == OPENVINO else [ONNXRUNTIME] + ([OPENVINO] if openvino_installed() else [])
+        candidates = [n for n in _on(variants, *runtimes) if n in manifest.get("auto", {}).get("eligible", variants)]
+        if backend == "auto" and OPENVINO not in runtimes and _on(variants, OPENVINO):
+            logger.info("%s has OpenVINO variants but openvino is not installed: choosing among ONNX Runtime's "
+                        "(pip install 'bertdeploy[openvino]' for all)", directory)
+        plan = plan_routes(manifest.get("auto", {}).get("p50_ms", {}), candidates)
+        if not plan and backend == OPENVINO:
+            fallback = _on(variants, OPENVINO)
+            if not fallback:
+                raise BertdeployError(f"{directory}: no OpenVINO variants; export with --openvino or "
+                                      "--quantize int8-ov")
+            plan = [(None, fallback[-1])]  # no timings: the last built (INT8 comes after fp32-ov)
+        plan = plan or [(None, manifest["default_variant"])]
+    for _, name in plan:
+        _check_variant(directory, manifest, name)
+        if gpu and backend_of(variants[name]) == OPENVINO:
+            raise BertdeployError(f"variant {name!r} runs on OpenVINO, which bertdeploy runs on the CPU only; "
+                                  "choose an ONNX Runtime variant for the GPU")
+    return plan
 
-    def __init__(self, directory: Path, manifest: dict, variant: str, session, encoder: TextEncoder,
+
+def _on(variants: dict, *runtimes: str) -> list[str]:
+    return [name for name, entry in variants.items() if backend_of(entry) in runtimes]
+
+
+def _check_variant(directory: Path, manifest: dict, variant: str) -> None:
+    if variant not in manifest["variants"]:
+        refused = " (it was refused at export)" if variant in manifest.get("rejected", {}) else ""
+        raise BertdeployError(f"{directory}: no variant {variant!r}{refused}; "
+                              f"it has {', '.join(manifest['variants'])}")
+    path = directory / manifest["variants"][variant]["file"]
+    if not path.is_file():
+        raise BertdeployError(f"{path}: missing; the manifest lists it as variant {variant!r}. "
+                              "Copy the whole artifact directory")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Batches of up to `max_batch_size` texts (None: any larger) run on `variant`."""
+
+    max_batch_size: int | None
+    variant: str
+    model: object  # backends.OrtModel or backends.OpenVinoModel
+
+
+class Predictor:
+    """A loaded model: call `predict` for labels or `predict_proba` for the score matrix."""
+
+    def __init__(self, directory: Path, manifest: dict, routes: list[Route], encoder: TextEncoder,
                  long_text: str = "truncate", max_batch_tokens: int | None = None,
                  max_batch_size: int = MAX_BATCH_SIZE) -> None:
-        self.directory, self.manifest, self.variant = directory, manifest, variant
-        self.session, self.encoder = session, encoder
+        self.directory, self.manifest, self.routes, self.encoder = directory, manifest, routes, encoder
         self.labels: list[str] = list(manifest["labels"])
         self.max_length: int = manifest["max_length"]
         self.pairs: bool = manifest.get("text_pair_column") is not None
         self.multi_label = manifest.get("problem_type") == "multi_label_classification"
-        self.input_names = [i.name for i in session.get_inputs()]
-        self.output_name = session.get_outputs()[0].name
-        self.providers: list[str] = session.get_providers()
-        self._bind = self.providers[0] in GPU_PROVIDERS  # IO binding: inputs copied once, output on the device
+        first = routes[0].model
+        self.input_names: list[str] = first.input_names
+        self.providers: list[str] = first.providers
+        single = len(routes) == 1
+        self.variant = routes[0].variant if single else "auto"
+        self.backend = first.backend if single else "auto"
         self.long_text, self.max_batch_size = long_text, max_batch_size
-        self.max_batch_tokens = max_batch_tokens or (GPU_BATCH_TOKENS if self._bind else CPU_BATCH_TOKENS)
-        self._device_id = int(session.get_provider_options().get(self.providers[0], {}).get("device_id", 0))
+        self.max_batch_tokens = max_batch_tokens or (GPU_BATCH_TOKENS if first.on_gpu else CPU_BATCH_TOKENS)
 
     @classmethod
     def load(cls, directory: str | Path, variant: str | None = None, providers: str | Sequence | None = None,
              threads: int | None = None, long_text: str = "truncate", max_batch_tokens: int | None = None,
-             max_batch_size: int = MAX_BATCH_SIZE, allow_fallback: bool = False, spinning: bool = False) -> Predictor:
-        """Load `variant` (default: the manifest's default) of the artifact directory `directory`.
+             max_batch_size: int = MAX_BATCH_SIZE, allow_fallback: bool = False, spinning: bool = False,
+             backend: str = "auto", hint: str = "latency") -> Predictor:
+        """Load the artifact directory `directory`.
 
-        providers: 'cpu' (default), 'cuda', 'tensorrt' or ONNX Runtime names, first choice first; a
-        silent fall-back to the CPU is an error unless `allow_fallback`. threads: intra-op threads
-        (default: the CPUs this process may use). long_text: 'truncate' at the model's max length, or
-        'chunk' into overlapping windows whose scores are averaged. max_batch_tokens: texts per batch
-        x padded length (default: 1,024 on the CPU, 16,384 on a GPU).
+        backend: 'auto' runs each batch on the variant measured fastest for its size (bench records the
+        ranges in the manifest; without them, export's default variant), among the runtimes installed;
+        'onnxruntime' the default variant, 'openvino' the fastest OpenVINO variant. variant: this variant
+        only, on its own runtime. providers (ONNX Runtime): 'cpu' (default), 'cuda', 'tensorrt' or ONNX
+        Runtime names, first choice first; a silent fall-back to the CPU is an error unless
+        `allow_fallback`. threads: per model (default: the CPUs this process may use). long_text:
+        'truncate' at the model's max length, or 'chunk' into overlapping windows whose scores are
+        averaged. max_batch_tokens: texts per batch x padded length (default: 1,024 on the CPU, 16,384 on
+        a GPU). hint (OpenVINO): 'latency' or 'throughput'.
         """
         directory = Path(directory)
         if long_text not in LONG_TEXT:
@@ -87,21 +169,40 @@ class Predictor:
         for key in ("labels", "max_length", "variants", "default_variant", "tokenizer"):
             if key not in manifest:
                 raise BertdeployError(f"{directory / 'manifest.json'}: no {key!r}; re-export the model")
-        variant = variant or manifest["default_variant"]
-        if variant not in manifest["variants"]:
-            refused = " (it was refused at export)" if variant in manifest.get("rejected", {}) else ""
-            raise BertdeployError(f"{directory}: no variant {variant!r}{refused}; "
-                                  f"it has {', '.join(manifest['variants'])}")
-        path = directory / manifest["variants"][variant]["file"]
-        if not path.is_file():
-            raise BertdeployError(f"{path}: missing; the manifest lists it as variant {variant!r}. "
-                                  "Copy the whole artifact directory")
+        gpu = any(provider_name(p) in GPU_PROVIDERS for p in resolve_providers(providers))
+        plan = choose_routes(directory, manifest, variant, backend, gpu)
         max_length = manifest["max_length"]
         stride = max(1, max_length // 4) if long_text == "chunk" else None
         encoder = load_encoder(directory / manifest["tokenizer"], max_length, stride)
-        session = create_session(path, providers, threads, spinning, allow_fallback)
-        logger.debug("loaded %s variant %s on %s", directory, variant, session.get_providers()[0])
-        return cls(directory, manifest, variant, session, encoder, long_text, max_batch_tokens, max_batch_size)
+        routes = []
+        for upper, name in plan:  # serially: creating sessions concurrently is not safe
+            entry = manifest["variants"][name]
+            model = open_model(directory / entry["file"], backend_of(entry), providers, threads, spinning,
+                               allow_fallback, hint)
+            logger.debug("loaded %s variant %s on %s", directory, name, model.providers[0])
+            routes.append(Route(upper, name, model))
+        return cls(directory, manifest, routes, encoder, long_text, max_batch_tokens, max_batch_size)
+
+    def describe(self) -> str:
+        """Which variant runs which batches, on what: for logs and summaries."""
+        routes = [(r.max_batch_size, f"{r.variant} on {r.model.providers[0]}") for r in self.routes]
+        return describe_routes(routes) if len(routes) > 1 else routes[0][1]
+
+    def warm_up(self) -> None:
+        """Run each model once on a batch of the longest texts it may get, so first requests find memory
+        allocated; OpenVINO models also once per padded length at their smallest batch, since OpenVINO
+        compiles kernels for each new input shape (a few ms, once)."""
+        budget_rows = max(1, self.max_batch_tokens // padded_length(self.max_length))
+        smallest = 1
+        for route in self.routes:
+            shapes = [(min(budget_rows, self.max_batch_size, route.max_batch_size or budget_rows), self.max_length)]
+            if route.model.backend == OPENVINO:
+                shapes += [(smallest, n) for n in range(PAD_MULTIPLE, self.max_length, PAD_MULTIPLE)]
+            for rows, length in shapes:
+                ids = np.full((rows, length), self.encoder.pad_id, dtype=np.int64)
+                feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+                route.model.run({name: feed[name] for name in self.input_names})
+            smallest = (route.max_batch_size or 0) + 1
 
     def predict(self, texts: Sequence[str] | str, pairs: Sequence[str] | str | None = None) -> list[Prediction]:
         """The most likely label, its score and every label's score, for each text in order."""
@@ -150,25 +251,19 @@ class Predictor:
         def run(feed: dict) -> np.ndarray:
             if on_batch is not None:
                 on_batch(*feed["input_ids"].shape)
-            return self._activate(self._run(feed))
+            return self._activate(self.run_batch(feed))
         return iter_batches(run, self.encoder, encodings, self.input_names, self.max_batch_tokens,
                             self.max_batch_size, MAX_PADDING)
 
     def _logits(self, encodings: list) -> np.ndarray:
-        return run_batches(self._run, self.encoder, encodings, self.input_names, len(self.labels),
+        return run_batches(self.run_batch, self.encoder, encodings, self.input_names, len(self.labels),
                            self.max_batch_tokens, self.max_batch_size, MAX_PADDING)
 
-    def _run(self, feed: dict) -> np.ndarray:
-        if not self._bind:
-            return self.session.run([self.output_name], feed)[0]
-        import onnxruntime as ort
-
-        binding = self.session.io_binding()
-        for name, array in feed.items():
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", self._device_id))
-        binding.bind_output(self.output_name, "cuda", self._device_id)
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+    def run_batch(self, feed: dict) -> np.ndarray:
+        """Logits of one padded batch (the graph's inputs), on the variant routed for its size."""
+        rows = len(feed["input_ids"])
+        route = next(r for r in self.routes if r.max_batch_size is None or rows <= r.max_batch_size)
+        return route.model.run(feed)
 
     def _activate(self, logits: np.ndarray) -> np.ndarray:
         logits = logits.astype(np.float32, copy=False)
@@ -178,4 +273,4 @@ class Predictor:
         return shifted / shifted.sum(axis=-1, keepdims=True)
 
     def __repr__(self) -> str:
-        return f"Predictor({str(self.directory)!r}, variant={self.variant!r}, providers={self.providers[0]!r})"
+        return f"Predictor({str(self.directory)!r}, {self.describe()})"

@@ -1,8 +1,9 @@
-"""INT8 (dynamic and static) and FP16 versions of an exported ONNX graph.
+"""INT8 (dynamic and static, and for OpenVINO) and FP16 versions of an exported ONNX graph.
 
 Dynamic INT8 stores the weights in 8 bits and quantizes activations on the fly; static INT8
-fixes the activation ranges from calibration texts; FP16 halves the weights and keeps fp32
-inputs, outputs and numerically fragile ops. INT8 presets name the CPU the kernels target and
+fixes the activation ranges from calibration texts; OpenVINO INT8 is NNCF's post-training
+quantization of the same ONNX graph, also calibrated, for the OpenVINO runtime; FP16 halves
+the weights and keeps fp32 inputs, outputs and numerically fragile ops. INT8 presets name the CPU the kernels target and
 come from Optimum's `AutoQuantizationConfig`; `auto` reads the CPU's flags.
 Any graph can be quantized: fused graphs need `DefaultTensorType`, which is always passed.
 This module builds files; export.py chooses what to build and decides what is good enough to ship.
@@ -11,9 +12,11 @@ This module builds files; export.py chooses what to build and decides what is go
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import platform
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -177,4 +180,31 @@ def convert_fp16(source: Path, destination: Path, keep_fp32_nodes: Iterable[str]
                                          op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_FRAGILE_OPS,
                                          node_block_list=list(keep_fp32_nodes))
     onnx.save(model, str(destination))
+    return destination
+
+
+def import_nncf():
+    try:
+        import nncf
+    except ImportError:
+        raise BertdeployError("int8-ov needs NNCF: pip install 'bertdeploy[openvino-int8]'") from None
+    return nncf
+
+
+def quantize_openvino_int8(source: Path, destination: Path, feeds: Iterable[dict], count: int,
+                           preset: str = "mixed", exclude: Iterable[str] = (), progress: bool = False) -> Path:
+    """INT8 for the OpenVINO runtime: NNCF's post-training quantization of the ONNX graph (QDQ nodes that
+    OpenVINO runs as int8 kernels), activation ranges from `feeds` (one input dict per text), with NNCF's
+    transformer recipe (SmoothQuant, bias correction). Still one ONNX file."""
+    import onnx
+
+    nncf = import_nncf()
+    nncf.set_log_level(logging.ERROR)
+    model = onnx.load(str(source))
+    # NNCF draws its progress bars on stdout, where the CLI prints results: send them to stderr, or nowhere.
+    with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
+        quantized = nncf.quantize(model, nncf.Dataset(list(feeds)), preset=nncf.QuantizationPreset(preset),
+                                  model_type=nncf.ModelType.TRANSFORMER, subset_size=count,
+                                  ignored_scope=nncf.IgnoredScope(names=list(exclude), validate=False))
+    onnx.save(quantized, str(destination))
     return destination

@@ -38,6 +38,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     variant: str | None = None
+    backend: str = "auto"  # auto, onnxruntime or openvino
     max_batch_tokens: int | None = None  # default: the predictor's (1,024 on the CPU, 16,384 on a GPU)
     max_batch_size: int = 64
     max_wait_ms: float = 5.0
@@ -84,10 +85,10 @@ def serve(options: ServeOptions) -> None:
     key = options.api_key()
     predictor = Predictor.load(options.artifact_dir, options.variant, options.providers, options.threads,
                                max_batch_tokens=options.max_batch_tokens, max_batch_size=options.max_batch_size,
-                               allow_fallback=options.allow_fallback)
+                               allow_fallback=options.allow_fallback, backend=options.backend)
     app = create_app(predictor, options, key)
-    logger.info("serving %s (variant %s on %s) as model %r on http://%s:%d", options.artifact_dir,
-                predictor.variant, predictor.providers[0], options.model_name, options.host, options.port)
+    logger.info("serving %s (%s) as model %r on http://%s:%d", options.artifact_dir, predictor.describe(),
+                options.model_name, options.host, options.port)
     uvicorn.run(app, host=options.host, port=options.port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=30)
 
@@ -109,12 +110,9 @@ def create_app(predictor, options: ServeOptions, api_key: str | None = None):
     inputs = ["text", "text_pair"] if predictor.pairs else ["text"]
 
     async def warm_up() -> None:
-        """A short text and a batch at the longest length, so the first requests find memory allocated."""
-        long = "warm up " * predictor.max_length
-        texts = ["warm up"] + [long] * min(8, options.max_batch_size)
-        pairs = [long] * len(texts) if predictor.pairs else None
+        """Each model once at the longest length, so the first requests find memory allocated."""
         try:
-            await asyncio.to_thread(predictor.predict_proba, texts, pairs)
+            await asyncio.to_thread(predictor.warm_up)
         except Exception:
             logger.exception("warm-up failed; the server stays not ready")
             return

@@ -24,14 +24,14 @@ RUNS = 5
 @pytest.fixture(scope="module")
 def result(tiny_artifacts, tiny_classifier):
     return bench(BenchOptions(tiny_artifacts, eval_file=tiny_classifier[2], batch_sizes=[4, 1], seq_lengths=[16, 64],
-                              runs=RUNS, warmup=1, threads=1))
+                              runs=RUNS, warmup=1, threads=1, record=False))  # the fixture is shared: no writes
 
 
 def test_every_engine_runs_every_cell(result):
-    assert [e.name for e in result.engines] == ["pytorch", "fp32", "int8"]
+    assert [e.name for e in result.engines] == ["pytorch", "fp32", "int8", "auto"]  # auto: export's ranges
     cells = list(dict.fromkeys((t.inputs, t.batch_size) for t in result.timings))
     assert cells == [("16 tokens", 1), ("16 tokens", 4), ("natural", 1), ("natural", 4)]  # 64 > max length 32
-    assert len(result.timings) == len(cells) * 3 and result.threads == 1
+    assert len(result.timings) == len(cells) * 4 and result.threads == 1 and result.auto is None
     for t in result.timings:
         samples = np.asarray(t.samples_ms)
         assert len(samples) == RUNS and np.all(samples > 0)
@@ -54,6 +54,7 @@ def test_accuracy_is_what_each_engine_predicts(result, tiny_artifacts, tiny_clas
         "pytorch": np.argmax(pytorch_logits(tiny_classifier[0], examples.texts), axis=-1),
         **{v: np.argmax(Predictor.load(tiny_artifacts, variant=v).predict_proba(examples.texts), axis=-1)
            for v in ("fp32", "int8")},
+        "auto": np.argmax(Predictor.load(tiny_artifacts).predict_proba(examples.texts), axis=-1),
     }
     for name, predicted in expected.items():
         report = classification_report(truth, predicted, labels)

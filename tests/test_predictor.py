@@ -53,8 +53,10 @@ def test_scores_match_pytorch_in_the_callers_order(tiny_artifacts, tiny_classifi
 
 def test_default_variant_is_the_manifests_and_int8_agrees(tiny_artifacts):
     manifest = json.loads((tiny_artifacts / "manifest.json").read_text())
-    p = Predictor.load(tiny_artifacts)
-    assert p.variant == manifest["default_variant"]
+    assert Predictor.load(tiny_artifacts, backend="onnxruntime").variant == manifest["default_variant"]
+    auto = Predictor.load(tiny_artifacts)  # the ranges export measured
+    assert [(r.max_batch_size, r.variant) for r in auto.routes] == \
+        [(r["max_batch_size"], r["variant"]) for r in manifest["auto"]["routes"]]
     texts = _texts(40, seed=4)
     fp32 = Predictor.load(tiny_artifacts, variant="fp32").predict_proba(texts)
     int8 = Predictor.load(tiny_artifacts, variant="int8").predict_proba(texts)
@@ -119,7 +121,7 @@ def test_long_texts_chunked_into_windows_and_averaged(tiny_artifacts):
     windows, owners = p.encoder.windows([long])
     assert len(windows) >= 3 and (owners == 0).all()
     assert all(len(w.ids) <= 32 and w.ids[0] == windows[0].ids[0] for w in windows)  # each starts with [CLS]
-    each = np.array([truncating.session.run(None, p.encoder.pad([w], p.input_names))[0][0] for w in windows])
+    each = np.array([truncating.run_batch(p.encoder.pad([w], p.input_names))[0] for w in windows])
     assert np.abs(p.predict_proba([long])[0] - _softmax(each).mean(0)).max() < 1e-5
     assert np.abs(p.predict_proba([long]) - truncating.predict_proba([long])).max() > 1e-3  # the tail counts
 
@@ -187,11 +189,11 @@ def test_providers_and_threads(tiny_artifacts):
     with pytest.raises(BertdeployError, match="provider NPUExecutionProvider is not in this ONNX Runtime"):
         Predictor.load(tiny_artifacts, providers=["NPUExecutionProvider"])
     p = Predictor.load(tiny_artifacts, threads=1)
-    options = p.session.get_session_options()
+    options = p.routes[0].model.session.get_session_options()
     assert options.intra_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert Predictor.load(tiny_artifacts).max_batch_tokens == 1024  # the CPU default
-    default = Predictor.load(tiny_artifacts).session.get_session_options()
+    default = Predictor.load(tiny_artifacts).routes[0].model.session.get_session_options()
     assert default.intra_op_num_threads == usable_cpus()
 
 
@@ -235,7 +237,7 @@ def test_cuda_with_io_binding_matches_the_cpu(tiny_artifacts):
     texts = _texts(60, seed=12)
     cpu = Predictor.load(tiny_artifacts, variant="fp32")
     gpu = Predictor.load(tiny_artifacts, variant="fp32", providers="cuda")
-    assert gpu.providers[0] == "CUDAExecutionProvider" and gpu._bind
+    assert gpu.providers[0] == "CUDAExecutionProvider" and gpu.routes[0].model.on_gpu
     assert np.abs(gpu.predict_proba(texts) - cpu.predict_proba(texts)).max() < 1e-4
     with ThreadPoolExecutor(max_workers=4) as pool:
         serial = gpu.predict_proba(texts[:9])

@@ -201,7 +201,7 @@ def test_a_full_queue_answers_429_at_once(fp32):
 
 
 class _HeldWarmUp:
-    """The real predictor, except that its first call (the warm-up) waits for `release`."""
+    """The real predictor, except that its warm-up waits for `release`."""
 
     def __init__(self, predictor: Predictor) -> None:
         self._predictor, self.release = predictor, threading.Event()
@@ -209,9 +209,9 @@ class _HeldWarmUp:
     def __getattr__(self, name: str):
         return getattr(self._predictor, name)
 
-    def predict_proba(self, texts, pairs=None):
+    def warm_up(self) -> None:
         assert self.release.wait(30)
-        return self._predictor.predict_proba(texts, pairs)
+        self._predictor.warm_up()
 
 
 def test_live_at_once_ready_only_after_the_warm_up(fp32):

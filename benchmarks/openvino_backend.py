@@ -1,0 +1,118 @@
+"""OpenVINO beside ONNX Runtime on the demo model, and `--backend auto` against the better of the two.
+
+On a copy of the demo's artifact directory (scripts/demo.sh exports it with --openvino and
+--quantize int8-ov), with bertdeploy.bench (same inputs, same 2 threads, engines taking turns):
+1. every variant on its runtime at 1/8/32 x 128 tokens and on the 1,000 held-out reviews at their
+   natural lengths, with accuracy; this run records auto's batch-size ranges in the copy's manifest;
+2. a second run of the two best variants of each runtime and `auto` at batch 1, 2, 4, 8, 16 and 32
+   (sizes between the measured ones too), without recording.
+For every cell of run 2: auto's p50 against the faster of the best ONNX Runtime variant and the
+best OpenVINO variant in that cell. Noise, two ways: how far the same engine's p50 moved between
+run 1 and run 2 in the cells both ran, and in run 2 how far auto's p50 sat from the p50 of the
+variant it routes that batch to, timed beside it (the same model twice: any gap is measurement).
+Writes benchmarks/results/openvino_backend.json.
+
+    python benchmarks/openvino_backend.py [--artifacts runs/demo/onnx] [--eval-file runs/demo/data/test.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from bertdeploy.backends import OPENVINO, backend_of
+from bertdeploy.bench import BenchOptions, bench
+
+RESULTS = Path(__file__).parent / "results"
+THREADS = 2
+
+
+def p50(result, engine: str, inputs: str, batch: int) -> float | None:
+    return next((t.p50_ms for t in result.timings if (t.engine, t.inputs, t.batch_size) == (engine, inputs, batch)),
+                None)
+
+
+def route_for(routes: list[dict], batch: int) -> str:
+    return next(r["variant"] for r in routes if r["max_batch_size"] is None or batch <= r["max_batch_size"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--artifacts", type=Path, default=Path("runs/demo/onnx"))
+    parser.add_argument("--eval-file", type=Path, default=Path("runs/demo/data/test.csv"))
+    parser.add_argument("--runs", type=int, default=40)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    with tempfile.TemporaryDirectory() as work:
+        copy = Path(work) / "onnx"
+        shutil.copytree(args.artifacts, copy)
+        first = bench(BenchOptions(copy, eval_file=args.eval_file, batch_sizes=[1, 8, 32], seq_lengths=[128],
+                                   runs=args.runs, warmup=3, threads=THREADS))
+        variants = json.loads((copy / "manifest.json").read_text())["variants"]
+        runtime = {name: backend_of(entry) for name, entry in variants.items()}
+        speed = {name: float(np.mean([t.p50_ms / min(u.p50_ms for u in first.timings if (u.inputs, u.batch_size) ==
+                                                     (t.inputs, t.batch_size) and u.engine in runtime)
+                                      for t in first.timings if t.engine == name]))
+                 for name in runtime}  # mean p50 relative to the fastest variant of each cell
+        best = {side: sorted((n for n in runtime if (runtime[n] == OPENVINO) == (side == OPENVINO)), key=speed.get)[:2]
+                for side in ("onnxruntime", OPENVINO)}
+        routes = first.auto["routes"]
+        second = bench(BenchOptions(copy, eval_file=args.eval_file, variants=[*best["onnxruntime"], *best[OPENVINO],
+                                                                              "auto"],
+                                    batch_sizes=[1, 2, 4, 8, 16, 32], seq_lengths=[128], runs=args.runs, warmup=3,
+                                    threads=THREADS, record=False))
+
+    cells, rows = list(dict.fromkeys((t.inputs, t.batch_size) for t in second.timings)), []
+    for inputs, batch in cells:
+        sides = {side: min((p50(second, n, inputs, batch), n) for n in best[side]) for side in best}
+        better = min(sides.values())
+        auto = p50(second, "auto", inputs, batch)
+        rows.append({"inputs": inputs, "batch_size": batch, "onnxruntime": sides["onnxruntime"],
+                     "openvino": sides[OPENVINO], "auto_ms": auto, "auto_over_better": auto / better[0]})
+    moves = [abs(np.log(p50(second, t.engine, t.inputs, t.batch_size) / t.p50_ms)) for t in first.timings
+             if p50(second, t.engine, t.inputs, t.batch_size) is not None]
+    noise = {"median": float(np.exp(np.median(moves)) - 1), "max": float(np.exp(np.max(moves)) - 1),
+             "cells": len(moves)}
+    routed = [(r["auto_ms"], p50(second, route_for(routes, r["batch_size"]), r["inputs"], r["batch_size"]))
+              for r in rows]
+    twins = [abs(np.log(a / b)) for a, b in routed if b is not None]
+    if twins:
+        noise["same_model_median"] = float(np.exp(np.median(twins)) - 1)
+        noise["same_model_max"] = float(np.exp(np.max(twins)) - 1)
+
+    print("\nrun 1: p50 ms of every variant (accuracy on the held-out reviews)")
+    names = [e.name for e in first.engines]
+    print(f"{'inputs':<11} {'batch':>5} " + " ".join(f"{n:>9}" for n in names))
+    for inputs, batch in dict.fromkeys((t.inputs, t.batch_size) for t in first.timings):
+        print(f"{inputs:<11} {batch:>5} " + " ".join(f"{p50(first, n, inputs, batch):>9.2f}" for n in names))
+    print(f"{'accuracy':<17} " + " ".join(f"{e.accuracy:>9.4f}" for e in first.engines))
+    print(f"\nrecorded auto ranges: {first.auto['routes']}")
+    print("\nrun 2: auto against the better runtime in each cell")
+    print(f"{'inputs':<11} {'batch':>5} {'best onnxruntime':>24} {'best openvino':>22} {'auto':>8} {'auto/better':>11}")
+    for r in rows:
+        ort, ov = r["onnxruntime"], r["openvino"]
+        print(f"{r['inputs']:<11} {r['batch_size']:>5} {ort[1]:>14} {ort[0]:>8.2f}ms {ov[1]:>12} {ov[0]:>8.2f}ms "
+              f"{r['auto_ms']:>6.2f}ms {r['auto_over_better']:>10.3f}x")
+    print(f"\nnoise: the same engine's p50 moved by {noise['median']:.1%} (median) and up to {noise['max']:.1%} "
+          f"between the two runs ({noise['cells']} cells)")
+    if twins:
+        print(f"noise: auto's p50 and that of the variant it routes to, timed side by side, differed by "
+              f"{noise['same_model_median']:.1%} (median) and up to {noise['same_model_max']:.1%} ({len(twins)} cells)")
+    print(f"auto accuracy {next(e.accuracy for e in second.engines if e.name == 'auto'):.4f}")
+
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "openvino_backend.json").write_text(json.dumps({
+        "run_1": asdict(first), "run_2": asdict(second), "best": best, "auto_vs_better": rows, "noise": noise,
+    }, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

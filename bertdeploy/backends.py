@@ -1,0 +1,201 @@
+"""Where a graph runs: ONNX Runtime or the OpenVINO runtime, behind one small interface, and which to use when.
+
+`open_model` gives an object with `input_names`, `providers` and `run(feed) -> logits` for an
+ONNX file on either runtime. OpenVINO reads the same ONNX files (no second export), compiled for
+the CPU with its settings made explicit: inference precision bf16 where the CPU has it (f32
+otherwise), the thread count, and the latency or throughput hint. `plan_routes` turns latencies
+measured per variant and batch size into batch-size ranges, each run by its fastest variant.
+Imports only onnxruntime, numpy and (when asked for) openvino: the predictor stands on it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import queue
+from pathlib import Path
+
+import numpy as np
+
+from bertdeploy.errors import BertdeployError
+from bertdeploy.runtime import GPU_PROVIDERS, create_session, usable_cpus
+
+logger = logging.getLogger(__name__)
+
+ONNXRUNTIME, OPENVINO = "onnxruntime", "openvino"
+BACKENDS = (ONNXRUNTIME, OPENVINO)
+HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+# Latencies within this share of the fastest count as equal when routing: a shared machine's noise
+# is about this size, and one model fewer saves memory and load time.
+ROUTE_NOISE = 0.05
+
+
+def backend_of(entry: dict) -> str:
+    """The runtime a manifest variant was checked on (manifests before OpenVINO have no field: ONNX Runtime)."""
+    return entry.get("backend", ONNXRUNTIME)
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise BertdeployError("the OpenVINO backend needs the openvino package: pip install 'bertdeploy[openvino]'") \
+            from None
+    return openvino
+
+
+@functools.cache
+def openvino_installed() -> bool:
+    try:
+        import_openvino()
+    except BertdeployError:
+        return False
+    return True
+
+
+def cpu_precision(core) -> str:
+    """bf16 where this CPU computes it natively (AVX512-BF16, AMX), else f32."""
+    return "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+
+
+class OrtModel:
+    """An ONNX Runtime session; on CUDA, inputs are copied to the device once and the output bound there."""
+
+    backend = ONNXRUNTIME
+
+    def __init__(self, path: str | Path, providers=None, threads: int | None = None, spinning: bool = False,
+                 allow_fallback: bool = False) -> None:
+        self.session = create_session(path, providers, threads, spinning, allow_fallback)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_name = self.session.get_outputs()[0].name
+        self.providers: list[str] = self.session.get_providers()
+        self.on_gpu = self.providers[0] in GPU_PROVIDERS
+        self._device_id = int(self.session.get_provider_options().get(self.providers[0], {}).get("device_id", 0))
+
+    def run(self, feed: dict) -> np.ndarray:
+        if not self.on_gpu:
+            return self.session.run([self.output_name], feed)[0]
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        for name, array in feed.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", self._device_id))
+        binding.bind_output(self.output_name, "cuda", self._device_id)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+
+class OpenVinoModel:
+    """A graph compiled by OpenVINO for the CPU. Safe to share between threads: each concurrent call
+    takes an inference request of its own from a pool."""
+
+    backend = OPENVINO
+    on_gpu = False
+
+    def __init__(self, path: str | Path, threads: int | None = None, hint: str = "latency",
+                 precision: str | None = None) -> None:
+        if hint not in HINTS:
+            raise BertdeployError(f"unknown OpenVINO hint {hint!r}; use {' or '.join(HINTS)}")
+        ov = import_openvino()
+        core = ov.Core()
+        self.precision = precision or cpu_precision(core)
+        self.threads, self.hint = threads or usable_cpus(), hint
+        config = {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": self.threads,
+                  "PERFORMANCE_HINT": HINTS[hint]}
+        try:
+            self.compiled = core.compile_model(str(path), "CPU", config)
+        except RuntimeError as e:
+            raise BertdeployError(f"{path}: OpenVINO cannot load it: {_first_line(e)}") from None
+        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
+        self.providers = [f"OpenVINO CPU ({self.precision}, {self.threads} threads, {hint})"]
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+
+    def run(self, feed: dict) -> np.ndarray:
+        try:
+            request = self._idle.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            request.infer({name: feed[name] for name in self.input_names}, share_inputs=True)
+            return request.get_output_tensor(0).data.copy()
+        finally:
+            self._idle.put(request)
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip() and not line.startswith("Exception from")]
+    return lines[0] if lines else type(error).__name__
+
+
+def open_model(path: str | Path, backend: str = ONNXRUNTIME, providers=None, threads: int | None = None,
+               spinning: bool = False, allow_fallback: bool = False, hint: str = "latency"):
+    """`path` ready to run on `backend`: ONNX Runtime on `providers`, or OpenVINO on the CPU."""
+    if backend == OPENVINO:
+        return OpenVinoModel(path, threads, hint)
+    if backend != ONNXRUNTIME:
+        raise BertdeployError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
+    return OrtModel(path, providers, threads, spinning, allow_fallback)
+
+
+def plan_routes(p50_ms: dict[str, dict], candidates: list[str], noise: float = ROUTE_NOISE,
+                ) -> list[tuple[int | None, str]]:
+    """(largest batch size, variant) ranges in increasing order, the last one open (None).
+
+    p50_ms: variant -> {batch size: median ms}, measured side by side. At each batch size measured for
+    every candidate, the variants within `noise` of the fastest are equally good; among them the one good
+    at the most sizes wins, so few models are loaded. A batch between two measured sizes goes to the
+    nearer one (by ratio).
+    """
+    tables = {name: {int(size): float(ms) for size, ms in p50_ms[name].items()} for name in candidates
+              if name in p50_ms}
+    if not tables:
+        return []
+    sizes = sorted(set.intersection(*(set(t) for t in tables.values())))
+    if not sizes:
+        return []
+    fastest = {s: min(t[s] for t in tables.values()) for s in sizes}
+    good = {s: {name for name, t in tables.items() if t[s] <= (1 + noise) * fastest[s]} for s in sizes}
+    relative = {name: sum(t[s] / fastest[s] for s in sizes) for name, t in tables.items()}
+    pick: dict[int, str] = {}
+    left = set(sizes)
+    while left:
+        best = min(tables, key=lambda name: (-sum(name in good[s] for s in left), relative[name], name))
+        for s in [s for s in left if best in good[s]]:
+            pick[s] = best
+            left.discard(s)
+    routes: list[tuple[int | None, str]] = []
+    for i, size in enumerate(sizes):
+        upper = None if i == len(sizes) - 1 else math.isqrt(size * sizes[i + 1])
+        if routes and routes[-1][1] == pick[size]:
+            routes[-1] = (upper, pick[size])
+        else:
+            routes.append((upper, pick[size]))
+    return routes
+
+
+def auto_section(p50_ms: dict[str, dict[int, float]], eligible: list[str], backends: dict[str, str],
+                 measured_by: str, inputs: str, threads: int) -> dict:
+    """The manifest's `auto` entry: what was measured, and the batch-size ranges it gives with every runtime
+    installed (the predictor re-plans among the runtimes it finds)."""
+    routes = plan_routes(p50_ms, eligible)
+    return {
+        "measured_by": measured_by,
+        "threads": threads,
+        "inputs": inputs,
+        "p50_ms": {name: {str(size): round(ms, 4) for size, ms in sorted(table.items())}
+                   for name, table in p50_ms.items()},
+        "eligible": eligible,
+        "routes": [{"max_batch_size": upper, "variant": name, "backend": backends[name]} for upper, name in routes],
+    }
+
+
+def describe_routes(routes: list[tuple[int | None, str]]) -> str:
+    """'1-2 texts: A; 3+ texts: B' for (largest batch size, what runs) pairs; one pair: 'A, any batch size'."""
+    if len(routes) == 1:
+        return f"{routes[0][1]}, any batch size"
+    parts, low = [], 1
+    for upper, what in routes:
+        parts.append(f"{low}+ texts: {what}" if upper is None else f"{low}-{upper} texts: {what}")
+        low = (upper or 0) + 1
+    return "; ".join(parts)

@@ -1,0 +1,281 @@
+"""The OpenVINO backend: fp32-ov and NNCF int8-ov variants, the same predictor API, and `auto` routing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from conftest import make_rows, pytorch_logits, write_csv
+from test_export import _negate_logits
+from test_predictor import BLOCKER, _softmax, _texts
+
+from bertdeploy import quantize
+from bertdeploy.artifacts import read_manifest
+from bertdeploy.backends import OpenVinoModel, plan_routes
+from bertdeploy.bench import BenchOptions, bench
+from bertdeploy.cli import cli
+from bertdeploy.errors import BertdeployError
+from bertdeploy.export import ExportOptions, export
+from bertdeploy.predictor import Predictor
+
+
+def _cpu_precision() -> str:
+    import openvino
+
+    return "bf16" if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+
+
+@pytest.fixture(scope="module")
+def ov_artifacts(tiny_classifier, tmp_path_factory):
+    """The tiny classifier exported with ONNX Runtime INT8 and both OpenVINO variants."""
+    out = tmp_path_factory.mktemp("ov") / "onnx"
+    export(ExportOptions(model_dir=tiny_classifier[0], output_dir=out, quantize=["int8", "int8-ov"], openvino=True))
+    return out
+
+
+def _copy(artifacts, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(artifacts, copy)
+    return copy
+
+
+def _set_auto(directory, p50: dict) -> None:
+    """Give the manifest these timings (variant -> {batch size: ms}), as bench would record them."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["auto"] = {**manifest["auto"], "p50_ms": p50, "eligible": list(p50)}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_export_ships_both_openvino_variants(ov_artifacts, tiny_classifier):
+    manifest = read_manifest(ov_artifacts)
+    variants = manifest["variants"]
+    assert list(variants) == ["fp32", "fp32-ov", "int8", "int8-ov"] and manifest["default_variant"] in ("fp32", "int8")
+    fp32_ov, int8_ov = variants["fp32-ov"], variants["int8-ov"]
+    assert fp32_ov["file"] == "model.onnx" and fp32_ov["sha256"] == variants["fp32"]["sha256"]  # no second export
+    assert fp32_ov["backend"] == int8_ov["backend"] == "openvino" and variants["int8"]["backend"] == "onnxruntime"
+    assert fp32_ov["precision"] == int8_ov["precision"] == _cpu_precision()
+    assert int8_ov["file"] == "model_int8_ov.onnx" and int8_ov["quantization"]["tool"] == "nncf"
+    assert int8_ov["quantization"]["calibration_texts"] == 160  # the whole (small) training file
+    graph = onnx.load(str(ov_artifacts / int8_ov["file"]))
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.graph.node) >= 8  # really quantized: QDQ around MatMuls
+    assert int8_ov["size_bytes"] == (ov_artifacts / int8_ov["file"]).stat().st_size
+    for entry in variants.values():
+        assert entry["eval"]["accuracy_drop"] <= 1.0 and set(entry["latency_ms"]) == {"batch_1", "batch_8",
+                                                                                        "batch_32"}
+    auto = manifest["auto"]
+    assert auto["measured_by"] == "export" and set(auto["p50_ms"]) == set(variants) == set(auto["eligible"])
+    assert auto["routes"][-1]["max_batch_size"] is None
+    assert all(r["backend"] == variants[r["variant"]]["backend"] for r in auto["routes"])
+
+
+def test_openvino_predictions_match_pytorch_and_onnx_runtime(ov_artifacts, tiny_classifier):
+    texts = _texts(60, seed=21)
+    expected = _softmax(pytorch_logits(tiny_classifier[0], texts))
+    fp32_ov = Predictor.load(ov_artifacts, variant="fp32-ov", threads=1)
+    assert fp32_ov.backend == "openvino" and fp32_ov.providers[0].startswith(f"OpenVINO CPU ({_cpu_precision()}")
+    model = fp32_ov.routes[0].model
+    assert model.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert str(model.compiled.get_property("PERFORMANCE_HINT")).endswith("LATENCY")
+    scores = fp32_ov.predict_proba(texts)
+    assert scores.shape == (len(texts), 2) and scores.dtype == np.float32
+    assert np.abs(scores - expected).max() < (0.02 if _cpu_precision() == "bf16" else 1e-4)
+    assert np.mean(scores.argmax(-1) == expected.argmax(-1)) >= 0.95
+    int8_ov = Predictor.load(ov_artifacts, backend="openvino", variant="int8-ov")
+    assert np.mean(int8_ov.predict_proba(texts).argmax(-1) == expected.argmax(-1)) >= 0.9
+    assert int8_ov.predict([]) == [] and int8_ov.predict([""])[0].label in int8_ov.labels
+    throughput = Predictor.load(ov_artifacts, variant="int8-ov", hint="throughput")
+    assert str(throughput.routes[0].model.compiled.get_property("PERFORMANCE_HINT")).endswith("THROUGHPUT")
+    assert np.allclose(throughput.predict_proba(texts), int8_ov.predict_proba(texts), atol=1e-3)
+
+
+def test_one_openvino_predictor_shared_by_threads(ov_artifacts):
+    p = Predictor.load(ov_artifacts, variant="int8-ov")
+    texts = _texts(120, seed=22)
+    calls = [texts[i:i + n] for i, n in zip(range(0, 120, 6), [1, 3, 6, 2] * 5, strict=False)]
+    serial = [p.predict_proba(c) for c in calls]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(3):
+            assert all(np.array_equal(a, b) for a, b in zip(serial, pool.map(p.predict_proba, calls), strict=True))
+
+
+def test_backend_and_variant_must_fit(ov_artifacts, tiny_artifacts):
+    with pytest.raises(BertdeployError, match="variant 'int8-ov' runs on openvino, not onnxruntime; its onnxruntime "
+                                              "variants are fp32, int8"):
+        Predictor.load(ov_artifacts, variant="int8-ov", backend="onnxruntime")
+    with pytest.raises(BertdeployError, match="no OpenVINO variants; export with --openvino"):
+        Predictor.load(tiny_artifacts, backend="openvino")
+    with pytest.raises(BertdeployError, match="unknown backend 'tensorflow'"):
+        Predictor.load(ov_artifacts, backend="tensorflow")
+    assert Predictor.load(ov_artifacts, backend="openvino").backend == "openvino"  # the fastest OpenVINO variant
+    assert Predictor.load(ov_artifacts, backend="onnxruntime").variant == read_manifest(ov_artifacts)["default_variant"]
+    with pytest.raises(BertdeployError, match="OpenVINO cannot load it"):
+        bad = ov_artifacts.parent / "bad.onnx"
+        bad.write_bytes(b"not a graph")
+        OpenVinoModel(bad)
+
+
+def test_auto_runs_each_batch_on_the_variant_fastest_at_its_size(ov_artifacts, tmp_path):
+    copy = _copy(ov_artifacts, tmp_path)
+    _set_auto(copy, {"int8": {"1": 1.0, "8": 9.0, "32": 40.0}, "int8-ov": {"1": 1.5, "8": 6.0, "32": 25.0},
+                     "fp32": {"1": 3.0, "8": 20.0, "32": 80.0}})
+    auto = Predictor.load(copy)
+    assert auto.variant == auto.backend == "auto"
+    assert [(r.max_batch_size, r.variant, r.model.backend) for r in auto.routes] == \
+        [(2, "int8", "onnxruntime"), (None, "int8-ov", "openvino")]
+    assert "1-2 texts: int8 on CPUExecutionProvider; 3+ texts: int8-ov on OpenVINO CPU" in auto.describe()
+    int8, int8_ov = (Predictor.load(copy, variant=v) for v in ("int8", "int8-ov"))
+    one, eight = ["这个手机很好用"], ["这个手机很好用"] * 8
+    assert np.array_equal(auto.predict_proba(one), int8.predict_proba(one))
+    assert np.array_equal(auto.predict_proba(eight), int8_ov.predict_proba(eight))
+    assert not np.array_equal(int8.predict_proba(eight), int8_ov.predict_proba(eight))  # the check can fail
+    auto.warm_up()
+    # only OpenVINO asked for: its variants only
+    assert [r.variant for r in Predictor.load(copy, backend="openvino").routes] == ["int8-ov"]
+
+
+def test_plan_routes():
+    p50 = {"a": {1: 1.0, 8: 9.0, 32: 40.0}, "b": {1: 1.5, 8: 6.0, 32: 25.0}, "c": {1: 1.02, 8: 6.1, 32: 25.5}}
+    assert plan_routes(p50, ["a", "b"]) == [(2, "a"), (None, "b")]
+    # c is within noise of the best everywhere: one model instead of two
+    assert plan_routes(p50, ["a", "b", "c"]) == [(None, "c")]
+    assert plan_routes(p50, ["a"]) == [(None, "a")] and plan_routes(p50, []) == [] and plan_routes({}, ["a"]) == []
+    # a batch between two measured sizes goes to the nearer by ratio: 1..2 -> 1, 3..16 -> 8, 17+ -> 32
+    assert plan_routes({"a": {1: 1, 8: 9, 32: 30}, "b": {1: 2, 8: 6, 32: 40}}, ["a", "b"]) == \
+        [(2, "a"), (16, "b"), (None, "a")]
+    assert plan_routes({"a": {"1": 1.0, "4": 2.0}, "b": {"4": 1.0}}, ["a", "b"]) == [(None, "b")]  # sizes both have
+
+
+def test_bench_measures_openvino_and_records_the_ranges(ov_artifacts, tiny_classifier, tmp_path):
+    copy = _copy(ov_artifacts, tmp_path)
+    result = bench(BenchOptions(copy, eval_file=tiny_classifier[2], batch_sizes=[1, 8], seq_lengths=[16], runs=5,
+                                warmup=1, threads=1))
+    engines = {e.name: e for e in result.engines}
+    assert list(engines) == ["pytorch", "fp32", "fp32-ov", "int8", "int8-ov", "auto"]
+    assert engines["int8-ov"].backend == "openvino" and engines["fp32-ov"].size_bytes == engines["fp32"].size_bytes
+    examples = tiny_classifier[2]
+    from bertdeploy.data import load_examples
+
+    data = load_examples(examples)
+    truth = np.array([["negative", "positive"].index(y) for y in data.labels])
+    predicted = Predictor.load(copy, variant="int8-ov").predict_proba(data.texts).argmax(-1)
+    assert engines["int8-ov"].accuracy == pytest.approx(np.mean(predicted == truth))
+    manifest = read_manifest(copy)
+    assert manifest["auto"] == result.auto and result.auto["measured_by"] == "bench"
+    for name in ("fp32", "fp32-ov", "int8", "int8-ov"):
+        for size in (1, 8):
+            cells = [t.p50_ms for t in result.timings if t.engine == name and t.batch_size == size]
+            assert result.auto["p50_ms"][name][str(size)] == pytest.approx(np.exp(np.mean(np.log(cells))), rel=1e-3)
+    expected = plan_routes(result.auto["p50_ms"], result.auto["eligible"])
+    assert [(r.max_batch_size, r.variant) for r in Predictor.load(copy).routes] == expected
+    before = (copy / "manifest.json").read_bytes()
+    bench(BenchOptions(copy, batch_sizes=[1], seq_lengths=[16], runs=2, warmup=0, threads=1, record=False))
+    bench(BenchOptions(copy, variants=["int8"], batch_sizes=[1], seq_lengths=[16], runs=2, warmup=0, threads=1))
+    assert (copy / "manifest.json").read_bytes() == before  # --no-record, and a partial run, leave it alone
+
+
+def test_the_guard_refuses_a_bad_int8_ov_after_safer_retries(tiny_classifier, tmp_path, monkeypatch):
+    real, calls = quantize.quantize_openvino_int8, []
+
+    def broken(source, destination, *args, **kwargs):
+        calls.append(kwargs.get("exclude"))
+        real(source, destination, *args, **kwargs)
+        _negate_logits(destination)
+        return destination
+
+    monkeypatch.setattr(quantize, "quantize_openvino_int8", broken)
+    result = export(ExportOptions(tiny_classifier[0], tmp_path / "out", quantize=["int8-ov"]))
+    refused = next(v for v in result.variants if v.name == "int8-ov")
+    assert not refused.shipped and "points below PyTorch" in refused.reason and refused.backend == "openvino"
+    assert len(calls) == len(refused.attempts) >= 2 and calls[0] == [] and calls[-1]  # then fragile nodes in float
+    assert not (tmp_path / "out" / "model_int8_ov.onnx").exists()
+    assert "int8-ov" in read_manifest(tmp_path / "out")["rejected"]
+
+
+def test_cli_export_predict_and_errors(tiny_classifier, ov_artifacts, tmp_path):
+    runner = CliRunner()
+    done = runner.invoke(cli, ["export", str(tiny_classifier[0]), "--output-dir", str(tmp_path / "onnx"),
+                               "--openvino", "--quantize", "int8-ov"])
+    assert done.exit_code == 0, done.output
+    assert f"fp32-ov      openvino {_cpu_precision()}" in done.stdout and "\nauto: " in done.stdout
+    rows = make_rows(12, seed=23)
+    source = write_csv(tmp_path / "in.csv", rows)
+    done = runner.invoke(cli, ["predict", str(ov_artifacts), str(source), "--backend", "openvino"])
+    assert done.exit_code == 0, done.output
+    assert "with int8-ov on OpenVINO CPU" in done.stderr or "with fp32-ov on OpenVINO CPU" in done.stderr
+    done = runner.invoke(cli, ["predict", str(ov_artifacts), str(source), "--backend", "openvino", "--variant", "int8"])
+    assert done.exit_code == 2 and "Error: variant 'int8' runs on onnxruntime, not openvino" in done.output
+    done = runner.invoke(cli, ["export", str(tiny_classifier[0]), "--output-dir", str(tmp_path / "gpu"), "--openvino",
+                               "--device", "cuda"])
+    assert done.exit_code == 2 and "built and checked on the CPU" in done.output
+    assert not (tmp_path / "gpu").exists()
+
+
+OPENVINO_BLOCKER = BLOCKER.replace('{"torch", "transformers", "optimum", "datasets"}',
+                                   '{"torch", "transformers", "optimum", "datasets", "openvino"}')
+
+
+def test_torch_free_with_openvino_and_a_clear_message_without_it(ov_artifacts, tiny_classifier, tmp_path):
+    heavy = '{"torch", "transformers", "optimum", "datasets"}'
+    script = BLOCKER + textwrap.dedent(f"""
+        from bertdeploy.predictor import Predictor
+        p = Predictor.load({str(ov_artifacts)!r}, variant="int8-ov")
+        print(p.backend, p.predict(["好", "差"])[0].label in p.labels)
+        print(sorted(m for m in sys.modules if m.split(".")[0] in {heavy}))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[:2] == ["openvino True", "[]"]
+
+    script = OPENVINO_BLOCKER + textwrap.dedent(f"""
+        from bertdeploy.errors import BertdeployError
+        from bertdeploy.predictor import Predictor
+        p = Predictor.load({str(ov_artifacts)!r})  # auto: ONNX Runtime's variants only
+        print(sorted({{r.model.backend for r in p.routes}}))
+        try:
+            Predictor.load({str(ov_artifacts)!r}, backend="openvino")
+        except BertdeployError as e:
+            print(e)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[:2] == [
+        "['onnxruntime']", "the OpenVINO backend needs the openvino package: pip install 'bertdeploy[openvino]'"]
+
+    script = BLOCKER.replace('{"torch", "transformers", "optimum", "datasets"}', '{"nncf"}') + textwrap.dedent(f"""
+        from bertdeploy.cli import main
+        sys.argv = ["bertdeploy", "export", {str(tiny_classifier[0])!r}, "--output-dir", "out", "--quantize", "int8-ov"]
+        main()
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 2 and "Error: int8-ov needs NNCF: pip install 'bertdeploy[openvino-int8]'" in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_server_with_auto_over_both_runtimes(ov_artifacts, tmp_path):
+    import httpx
+    from test_server import TEXTS, running
+
+    copy = _copy(ov_artifacts, tmp_path)
+    _set_auto(copy, {"int8": {"1": 1.0, "8": 9.0}, "int8-ov": {"1": 1.5, "8": 6.0}})
+    auto = Predictor.load(copy, threads=1)
+    assert [r.variant for r in auto.routes] == ["int8", "int8-ov"]
+    int8, int8_ov = (Predictor.load(copy, variant=v, threads=1) for v in ("int8", "int8-ov"))
+    with running(auto, max_wait_ms=20) as url:  # ready only after every model's warm-up
+        one = httpx.post(f"{url}/predict", json={"text": TEXTS[0], "all_scores": True}).json()
+        assert one["variant"] == "auto"
+        assert np.allclose(list(one["predictions"][0]["scores"].values()), int8.predict_proba(TEXTS[:1])[0], atol=1e-6)
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(pool.map(lambda t: httpx.post(f"{url}/predict", json={"text": t, "all_scores": True},
+                                                         timeout=30).json(), TEXTS))
+    # whichever model each batch ran on, every answer is one of the two models' scores for that text
+    for text, answer in zip(TEXTS, answers, strict=True):
+        scores = np.array(list(answer["predictions"][0]["scores"].values()))
+        assert min(np.abs(scores - m.predict_proba([text])[0]).max() for m in (int8, int8_ov)) < 0.02
