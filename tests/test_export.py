@@ -91,10 +91,9 @@ def _negate_logits(path):
     onnx.save(model, str(path))
 
 
-def test_guard_refuses_a_bad_variant_after_safer_retries(tiny_classifier, tmp_path, monkeypatch):
-    model, _, _ = tiny_classifier
-    real = quantize.quantize_dynamic_int8
-    calls = []
+def break_quantizer(monkeypatch, name: str) -> list:
+    """Make `quantize.<name>` build real files with negated logits; returns the `exclude` of each call."""
+    real, calls = getattr(quantize, name), []
 
     def broken(source, destination, *args, **kwargs):
         calls.append(kwargs.get("exclude"))
@@ -102,7 +101,13 @@ def test_guard_refuses_a_bad_variant_after_safer_retries(tiny_classifier, tmp_pa
         _negate_logits(destination)
         return destination
 
-    monkeypatch.setattr(quantize, "quantize_dynamic_int8", broken)
+    monkeypatch.setattr(quantize, name, broken)
+    return calls
+
+
+def test_guard_refuses_a_bad_variant_after_safer_retries(tiny_classifier, tmp_path, monkeypatch):
+    model, _, _ = tiny_classifier
+    calls = break_quantizer(monkeypatch, "quantize_dynamic_int8")
     result = export(ExportOptions(model, tmp_path / "out", quantize=["int8"], per_channel=False))
     int8 = next(v for v in result.variants if v.name == "int8")
     assert not int8.shipped and "points below PyTorch" in int8.reason

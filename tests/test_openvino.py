@@ -14,10 +14,9 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from conftest import make_rows, pytorch_logits, write_csv
-from test_export import _negate_logits
-from test_predictor import BLOCKER, _softmax, _texts
+from test_export import break_quantizer
+from test_predictor import BLOCKER, _softmax, _texts, assert_thread_safe
 
-from bertdeploy import quantize
 from bertdeploy.artifacts import read_manifest
 from bertdeploy.backends import OpenVinoModel, plan_routes
 from bertdeploy.bench import BenchOptions, bench
@@ -97,13 +96,7 @@ def test_openvino_predictions_match_pytorch_and_onnx_runtime(ov_artifacts, tiny_
 
 
 def test_one_openvino_predictor_shared_by_threads(ov_artifacts):
-    p = Predictor.load(ov_artifacts, variant="int8-ov")
-    texts = _texts(120, seed=22)
-    calls = [texts[i:i + n] for i, n in zip(range(0, 120, 6), [1, 3, 6, 2] * 5, strict=False)]
-    serial = [p.predict_proba(c) for c in calls]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for _ in range(3):
-            assert all(np.array_equal(a, b) for a, b in zip(serial, pool.map(p.predict_proba, calls), strict=True))
+    assert_thread_safe(Predictor.load(ov_artifacts, variant="int8-ov"), _texts(120, seed=22), [1, 3, 6, 2] * 5)
 
 
 def test_backend_and_variant_must_fit(ov_artifacts, tiny_artifacts):
@@ -182,15 +175,7 @@ def test_bench_measures_openvino_and_records_the_ranges(ov_artifacts, tiny_class
 
 
 def test_the_guard_refuses_a_bad_int8_ov_after_safer_retries(tiny_classifier, tmp_path, monkeypatch):
-    real, calls = quantize.quantize_openvino_int8, []
-
-    def broken(source, destination, *args, **kwargs):
-        calls.append(kwargs.get("exclude"))
-        real(source, destination, *args, **kwargs)
-        _negate_logits(destination)
-        return destination
-
-    monkeypatch.setattr(quantize, "quantize_openvino_int8", broken)
+    calls = break_quantizer(monkeypatch, "quantize_openvino_int8")
     result = export(ExportOptions(tiny_classifier[0], tmp_path / "out", quantize=["int8-ov"]))
     refused = next(v for v in result.variants if v.name == "int8-ov")
     assert not refused.shipped and "points below PyTorch" in refused.reason and refused.backend == "openvino"
