@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 INPUT_FORMATS = ("csv", "tsv", "jsonl", "text")
 OUTPUT_FORMATS = ("csv", "tsv", "jsonl")
+ENGINES = ("local", "ray")
 STDIO = "-"
 
 
@@ -57,6 +58,9 @@ class PredictFileOptions:
     output_format: str | None = None  # default: from the output's extension, else the input's
     chunk_rows: int = 2048
     progress: bool = False
+    engine: str = "local"  # local: this process; ray: Ray Data actors (raybulk.py)
+    workers: int | None = None  # ray: actors (default: the cluster's CPUs / threads)
+    ray_address: str | None = None  # ray: a running cluster (default: $RAY_ADDRESS, else a local one)
 
     def __post_init__(self) -> None:
         self.artifact_dir = Path(self.artifact_dir)
@@ -70,6 +74,8 @@ class PredictFileOptions:
             (self.max_batch_tokens is None or self.max_batch_tokens >= 8, "--max-batch-tokens must be at least 8"),
             (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
             (self.chunk_rows >= 1, "chunk_rows must be at least 1"),
+            (self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}"),
+            (self.workers is None or self.workers >= 1, "--workers must be at least 1"),
         ])
 
 
@@ -90,24 +96,15 @@ class PredictFileResult:
 def predict_file(options: PredictFileOptions, stdin: BinaryIO | None = None,
                  stdout: TextIO | None = None) -> PredictFileResult:
     """Predict every row of `options.input` and write the rows with their labels to the output."""
+    if options.engine == "ray":
+        from bertdeploy.raybulk import predict_file_ray
+
+        return predict_file_ray(options, stdout)
     started = time.perf_counter()
-    source = Path("<stdin>") if options.input == STDIO else Path(options.input)
-    in_format = options.input_format or ("text" if options.input == STDIO else file_format(source, text=True))
-    out_format = _output_format(options, in_format)
-    if in_format == "jsonl" and out_format != "jsonl":
-        raise BertdeployError(f"{source}: JSONL input is written as JSONL (its keys may differ from row to row); "
-                              "choose an output ending in .jsonl")
-    if options.input != STDIO:
-        check_file(source)
-    if options.output is not None:
-        _check_output(options.output, source)
+    source, in_format, out_format = _check_files(options)
     predictor = Predictor.load(options.artifact_dir, options.variant, options.providers, options.threads,
                                options.long_text, options.max_batch_tokens, allow_fallback=options.allow_fallback,
                                backend=options.backend)
-    manifest = predictor.manifest
-    text_column = "text" if in_format == "text" else options.text_column or manifest.get("text_column") or "text"
-    pair_column = options.text_pair_column or manifest.get("text_pair_column")
-    label_column = options.label_column or manifest.get("label_column")
 
     with contextlib.ExitStack() as stack:
         if options.input == STDIO:
@@ -116,14 +113,8 @@ def predict_file(options: PredictFileOptions, stdin: BinaryIO | None = None,
             stream = stack.enter_context(source.open("rb"))
         header, rows = iter_rows(source, in_format, stream)
         first = next(rows, None)
-        if first is None:
-            raise DataError(f"{source}: no rows to predict")
-        columns = header if header is not None else list(first[1])
-        check_columns(source, [c for c in (text_column, pair_column) if c], columns)
-        if options.label_column and options.label_column not in columns:
-            check_columns(source, [options.label_column], columns)
-        scoring = label_column if label_column in columns else None
-        names = _added_columns(columns, predictor.labels, options.all_scores)
+        text_column, pair_column, scoring, columns, names = _columns(options, source, in_format, predictor.manifest,
+                                                                     header, first)
         if options.output is None:
             out = stdout or sys.stdout
         else:
@@ -150,6 +141,39 @@ def predict_file(options: PredictFileOptions, stdin: BinaryIO | None = None,
         seconds=seconds, texts_per_second=count / seconds if seconds else 0.0, label_column=scoring,
         report=tally.report(), scored=tally.scored, unlabelled=tally.unlabelled, unknown_labels=dict(tally.unknown),
     )
+
+
+def _check_files(options: PredictFileOptions) -> tuple[Path, str, str]:
+    """The input (named), its format and the output's, once both files are checked."""
+    source = Path("<stdin>") if options.input == STDIO else Path(options.input)
+    in_format = options.input_format or ("text" if options.input == STDIO else file_format(source, text=True))
+    out_format = _output_format(options, in_format)
+    if in_format == "jsonl" and out_format != "jsonl":
+        raise BertdeployError(f"{source}: JSONL input is written as JSONL (its keys may differ from row to row); "
+                              "choose an output ending in .jsonl")
+    if options.input != STDIO:
+        check_file(source)
+    if options.output is not None:
+        _check_output(options.output, source)
+    return source, in_format, out_format
+
+
+def _columns(options: PredictFileOptions, source: Path, in_format: str, manifest: dict, header: list[str] | None,
+             first: tuple[int, dict] | None) -> tuple[str, str | None, str | None, list[str], dict[str, str]]:
+    """The text, pair and scored label columns, checked against the file's (header, or the first row's keys),
+    the file's columns, and the names of the columns added."""
+    if first is None:
+        raise DataError(f"{source}: no rows to predict")
+    text_column = "text" if in_format == "text" else options.text_column or manifest.get("text_column") or "text"
+    pair_column = options.text_pair_column or manifest.get("text_pair_column")
+    label_column = options.label_column or manifest.get("label_column")
+    columns = header if header is not None else list(first[1])
+    check_columns(source, [c for c in (text_column, pair_column) if c], columns)
+    if options.label_column and options.label_column not in columns:
+        check_columns(source, [options.label_column], columns)
+    scoring = label_column if label_column in columns else None
+    return text_column, pair_column, scoring, columns, _added_columns(columns, list(manifest["labels"]),
+                                                                      options.all_scores)
 
 
 def _output_format(options: PredictFileOptions, in_format: str) -> str:
@@ -182,8 +206,8 @@ def _added_columns(columns: list[str], labels: list[str], all_scores: bool) -> d
 
 
 def _writer(out: TextIO, fmt: str, header: list[str] | None, names: dict[str, str], labels: list[str],
-            all_scores: bool):
-    """A function writing one input row with its scores."""
+            all_scores: bool, write_header: bool = True):
+    """A function writing one input row with its scores (after the header line, when `write_header`)."""
 
     def added(scores: np.ndarray) -> dict:
         best = int(scores.argmax())
@@ -202,7 +226,8 @@ def _writer(out: TextIO, fmt: str, header: list[str] | None, names: dict[str, st
                                 lineterminator="\n", extrasaction="ignore")
     else:
         writer = csv.DictWriter(out, header, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
+    if write_header:
+        writer.writeheader()
 
     def write_delimited(row: dict, scores: np.ndarray) -> None:
         try:
@@ -213,15 +238,17 @@ def _writer(out: TextIO, fmt: str, header: list[str] | None, names: dict[str, st
     return write_delimited
 
 
-def _cell(source: Path, number: int, column: str, row: dict) -> str:
+def _cell(source: Path, number: int | None, column: str, row: dict) -> str:
+    """The text in `column`; a row without it is named by its line, or (number None) by its start."""
     value = row.get(column)
     if isinstance(value, str):
         return value
+    where = f"{source} line {number}" if number is not None else \
+        f"{source}, the row {json.dumps(row, ensure_ascii=False)[:60]}"
     if value is None:
-        raise DataError(f"{source} line {number}: no {column!r}")
+        raise DataError(f"{where}: no {column!r}")
     kind = {"int": "number", "float": "number", "bool": "boolean", "dict": "object", "list": "array"}
-    raise DataError(f"{source} line {number}: {column!r} is a {kind.get(type(value).__name__, 'value')}, "
-                    "expected a string")
+    raise DataError(f"{where}: {column!r} is a {kind.get(type(value).__name__, 'value')}, expected a string")
 
 
 class _Tally:

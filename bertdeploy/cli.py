@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -51,7 +52,12 @@ def cli(verbose: bool, quiet: bool) -> None:
     logger = logging.getLogger("bertdeploy")
     logger.handlers[:] = [handler]
     logger.propagate = False
+    quiet = quiet or _rank() > 0  # under torchrun the main process speaks for all
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
 
 
 @cli.command()
@@ -87,7 +93,8 @@ def finetune(labels: str | None, as_json: bool, **options: object) -> None:
 
     with user_errors():
         result = run(FinetuneOptions(labels=labels.split(",") if labels else None, **options))
-    click.echo(_to_json(result) if as_json else render_finetune(result))
+    if _rank() == 0:
+        click.echo(_to_json(result) if as_json else render_finetune(result))
 
 
 def render_finetune(result) -> str:
@@ -217,6 +224,11 @@ def _routes(auto: dict) -> str:
               help="Default: from the extension; text (one per line) for - and .txt.")
 @click.option("--format", "output_format", type=click.Choice(["csv", "tsv", "jsonl"]),
               help="Output format (default: from --output's extension, else the input's).")
+@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="ray: read and predict with Ray Data actors, on this machine or a cluster (the ray extra).")
+@click.option("--workers", type=int, help="Ray Data actors, each with --threads threads [the cluster's CPUs / "
+                                          "threads].")
+@click.option("--ray-address", help="A running Ray cluster (default: $RAY_ADDRESS, else a local one for this run).")
 def predict(artifact_dir: Path, input: str, **options: object) -> None:
     """Label every text of a CSV, TSV, JSONL or text file (INPUT, or - for stdin)."""
     from bertdeploy.bulk import PredictFileOptions, predict_file
@@ -368,6 +380,16 @@ def render_bench(result) -> str:
               help="cpu, cuda or tensorrt (comma-separated, first choice first).")
 @click.option("--allow-fallback", is_flag=True, help="Run on the CPU when the providers asked for cannot load.")
 @click.option("--model-name", help="The model's name in the v2 protocol (default: the directory's name).")
+@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="ray: a Ray Serve deployment, on this machine or a cluster (the ray extra).")
+@click.option("--replicas", default=1, show_default=True, help="ray: replicas, each a model with --threads threads.")
+@click.option("--min-replicas", default=1, show_default=True, help="ray: with --max-replicas, autoscale from here.")
+@click.option("--max-replicas", type=int, help="ray: autoscale up to this many replicas on ongoing requests.")
+@click.option("--target-ongoing-requests", default=2.0, show_default=True,
+              help="ray: the ongoing requests per replica autoscaling aims at.")
+@click.option("--max-ongoing-requests", default=32, show_default=True,
+              help="ray: requests one replica holds at once; Serve batches among them.")
+@click.option("--ray-address", help="ray: a running cluster (default: $RAY_ADDRESS, else a local one).")
 def serve(**options: object) -> None:
     """Serve an exported model over HTTP with dynamic batching (Ctrl-C or SIGTERM to stop)."""
     from bertdeploy.server import ServeOptions

@@ -50,6 +50,13 @@ class ServeOptions:
     providers: str = "cpu"
     model_name: str | None = None  # default: the artifact directory's name
     allow_fallback: bool = False
+    engine: str = "local"  # local: this process (uvicorn); ray: a Ray Serve deployment (rayserve.py)
+    replicas: int = 1  # ray: a fixed number of replicas...
+    min_replicas: int = 1  # ...or, with max_replicas, autoscaled between these on ongoing requests
+    max_replicas: int | None = None
+    target_ongoing_requests: float = 2.0
+    max_ongoing_requests: int = 32  # ray: requests one replica holds at once (what Serve can batch)
+    ray_address: str | None = None  # ray: a running cluster (default: $RAY_ADDRESS, else a local one)
 
     def __post_init__(self) -> None:
         self.artifact_dir = Path(self.artifact_dir)
@@ -63,6 +70,12 @@ class ServeOptions:
             (self.max_queue >= self.max_texts_per_request,
              f"max_queue ({self.max_queue}) must hold at least one full request ({self.max_texts_per_request} texts)"),
             (self.max_body_bytes >= 1, "max_body_bytes must be at least 1"),
+            (self.engine in ("local", "ray"), "engine must be local or ray"),
+            (self.replicas >= 1 and self.min_replicas >= 0, "replicas must be at least 1 (min_replicas 0)"),
+            (self.max_replicas is None or self.max_replicas >= max(1, self.min_replicas),
+             "max_replicas must be at least min_replicas and 1"),
+            (self.target_ongoing_requests > 0 and self.max_ongoing_requests >= 1,
+             "target_ongoing_requests must be above 0 and max_ongoing_requests at least 1"),
             (re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name) is not None,
              f"model name {self.model_name!r}: use letters, digits, '_', '.' and '-' only (--model-name)"),
         ])
@@ -78,6 +91,13 @@ class ServeOptions:
 
 def serve(options: ServeOptions) -> None:
     """Load the model, then serve until SIGTERM or Ctrl-C."""
+    if options.engine == "ray":
+        from bertdeploy.raybulk import import_ray
+
+        import_ray()  # names the extra when Ray is missing
+        from bertdeploy.rayserve import serve_ray
+
+        return serve_ray(options)
     import uvicorn
 
     from bertdeploy.predictor import Predictor
@@ -137,12 +157,7 @@ def create_app(predictor, options: ServeOptions, api_key: str | None = None):
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = exc.errors()
-        if any(p.get("type") == "json_invalid" for p in problems):
-            return error(400, "the body is not valid JSON")
-        first = problems[0]
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
-        return error(422, f"{where}: {first.get('msg')}")
+        return error(*invalid_body(exc.errors()))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -166,24 +181,11 @@ def create_app(predictor, options: ServeOptions, api_key: str | None = None):
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
               summary="Labels and scores for one text or many")
     async def predict(body: PredictRequest) -> dict:
-        texts = [body.text] if body.text is not None else body.texts
-        pairs = [body.pair] if body.pair is not None else body.pairs
-        if (body.text is None) == (body.texts is None):
-            raise HTTPException(422, "give either 'text' or 'texts'")
-        if predictor.pairs != (pairs is not None):
-            needed = "needs 'pair'/'pairs'" if predictor.pairs else "takes no 'pair'/'pairs'"
-            raise HTTPException(422, f"this model {needed}")
-        if pairs is not None and len(pairs) != len(texts):
-            raise HTTPException(422, f"{len(texts)} texts but {len(pairs)} pairs")
-        probabilities = await scores(texts, pairs)
-        predictions = []
-        for row in probabilities:
-            best = int(row.argmax())
-            entry = {"label": labels[best], "score": float(row[best])}
-            if body.all_scores:
-                entry["scores"] = dict(zip(labels, row.tolist(), strict=True))
-            predictions.append(entry)
-        return {"model": name, "variant": predictor.variant, "predictions": predictions}
+        try:
+            texts, pairs = request_texts(body, predictor.pairs)
+        except BadRequest as e:
+            raise HTTPException(422, str(e)) from None
+        return predict_response(name, predictor.variant, labels, await scores(texts, pairs), body.all_scores)
 
     @app.get("/v2/health/live", summary="Liveness: the process serves requests")
     async def live() -> dict:
@@ -251,6 +253,44 @@ def create_app(predictor, options: ServeOptions, api_key: str | None = None):
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class BadRequest(ValueError):
+    """A /predict body that parses but asks for something this model cannot do (answered with 422)."""
+
+
+def invalid_body(problems: list[dict]) -> tuple[int, str]:
+    """Status and message for a body pydantic refused: 400 when it is not JSON, else 422 naming the field."""
+    if any(p.get("type") == "json_invalid" for p in problems):
+        return 400, "the body is not valid JSON"
+    first = problems[0]
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
+    return 422, f"{where}: {first.get('msg')}"
+
+
+def request_texts(body, pairs_model: bool) -> tuple[list[str], list[str] | None]:
+    """The texts (and pairs) of a /predict body; BadRequest when they do not fit the model."""
+    texts = [body.text] if body.text is not None else body.texts
+    pairs = [body.pair] if body.pair is not None else body.pairs
+    if (body.text is None) == (body.texts is None):
+        raise BadRequest("give either 'text' or 'texts'")
+    if pairs_model != (pairs is not None):
+        raise BadRequest(f"this model {'needs' if pairs_model else 'takes no'} 'pair'/'pairs'")
+    if pairs is not None and len(pairs) != len(texts):
+        raise BadRequest(f"{len(texts)} texts but {len(pairs)} pairs")
+    return texts, pairs
+
+
+def predict_response(model: str, variant: str, labels: list[str], probabilities, all_scores: bool) -> dict:
+    """The /predict answer: the best label and its score per text (every label's with `all_scores`)."""
+    predictions = []
+    for row in probabilities:
+        best = int(row.argmax())
+        entry = {"label": labels[best], "score": float(row[best])}
+        if all_scores:
+            entry["scores"] = dict(zip(labels, row.tolist(), strict=True))
+        predictions.append(entry)
+    return {"model": model, "variant": variant, "predictions": predictions}
 
 
 def _predict_models(max_texts: int):

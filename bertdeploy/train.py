@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -310,6 +311,7 @@ def _training_arguments(options: FinetuneOptions, checkpoints: Path):
 
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
+    cpu_processes = not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun on CPUs: DDP over gloo
     settings: dict[str, Any] = dict(
         output_dir=str(checkpoints),
         num_train_epochs=options.epochs,
@@ -332,7 +334,10 @@ def _training_arguments(options: FinetuneOptions, checkpoints: Path):
         fp16=cuda and not bf16,
         report_to="none",
         dataloader_pin_memory=cuda,
+        ddp_find_unused_parameters=False,  # every trained weight is used; True costs a graph walk per step
     )
+    if cpu_processes:
+        settings.update(use_cpu=True, ddp_backend="gloo")
     settings.update(options.training_args)
     args = TrainingArguments(**settings)
     _ = args.device  # joins the process group under torchrun before any rank writes
@@ -431,6 +436,7 @@ def _write_output(trainer, tokenizer, options, data_info, args, result: Finetune
             "drop_empty": options.drop_empty,
             "precision": precision,
             "world_size": args.world_size,
+            "optimizer_steps": trainer.state.global_step,
             "resumed_from": result.resumed_from,
             "training_args": options.training_args,
         },

@@ -1,0 +1,164 @@
+"""`bertdeploy serve --engine ray`: the predictor as a Ray Serve deployment, on one machine or a cluster.
+
+Each replica loads the torch-free predictor with `threads` threads and answers the same
+`POST /predict` as the single-process server (same body, answer and error messages, API key and
+body limit), plus `/v2/health/live` and `/v2/health/ready`. Requests are batched by Serve's own
+`@serve.batch` (up to `max_batch_size` texts, waiting at most `max_wait_ms`); replicas are a fixed
+number or autoscaled by Serve between `min_replicas` and `max_replicas` on ongoing requests per
+replica; `max_queue` becomes Serve's `max_queued_requests`. Each answer names its replica in the
+`x-bertdeploy-replica` header. For your own Serve apps, `application(ServeOptions(...))` returns the
+bound application, and `app_builder` serves `serve run bertdeploy.rayserve:app_builder artifact_dir=DIR`.
+Needs the `ray` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import signal
+import threading
+
+import numpy as np
+from ray import serve
+
+from bertdeploy.errors import BertdeployError
+from bertdeploy.raybulk import ray_cluster
+from bertdeploy.server import (
+    HEALTH,
+    BadRequest,
+    ServeOptions,
+    _predict_models,
+    invalid_body,
+    predict_response,
+    request_texts,
+)
+
+logger = logging.getLogger(__name__)
+
+REPLICA_HEADER = "x-bertdeploy-replica"
+
+
+class PredictorReplica:
+    """One Serve replica: a Predictor, with requests batched by `@serve.batch` (counted in texts)."""
+
+    def __init__(self, options: ServeOptions, threads: int, api_key: str | None) -> None:
+        from bertdeploy.predictor import Predictor
+
+        self.options, self.api_key = options, api_key
+        self.predictor = Predictor.load(options.artifact_dir, options.variant, options.providers, threads,
+                                        max_batch_tokens=options.max_batch_tokens,
+                                        max_batch_size=options.max_batch_size, allow_fallback=options.allow_fallback,
+                                        backend=options.backend)
+        self.predictor.warm_up()  # before Serve marks the replica healthy and routes to it
+        self.request_model = _predict_models(options.max_texts_per_request)[0]
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self._score.set_max_batch_size(options.max_batch_size)
+        self._score.set_batch_wait_timeout_s(options.max_wait_ms / 1000)
+        logger.info("replica %s: %s", self.replica, self.predictor.describe())
+
+    async def __call__(self, request):
+        from pydantic import ValidationError
+        from starlette.responses import JSONResponse
+
+        def answer(status: int, body: dict) -> JSONResponse:
+            return JSONResponse(body, status_code=status, headers={REPLICA_HEADER: self.replica})
+
+        path = request.url.path.rstrip("/") or "/"
+        if path in HEALTH:
+            return answer(200, {path.rsplit("/", 1)[1]: True})
+        if self.api_key is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+                return answer(401, {"error": "missing or wrong API key (Authorization: Bearer <key>)"})
+        if path != "/predict" or request.method != "POST":
+            return answer(404, {"error": f"no route {request.method} {path}; use POST /predict"})
+        raw = await request.body()
+        if len(raw) > self.options.max_body_bytes:
+            return answer(413, {"error": f"the body is over {self.options.max_body_bytes} bytes"})
+        try:
+            body = self.request_model.model_validate_json(raw)
+            texts, pairs = request_texts(body, self.predictor.pairs)
+        except ValidationError as e:
+            status, message = invalid_body(e.errors())
+            return answer(status, {"error": message})
+        except BadRequest as e:
+            return answer(422, {"error": str(e)})
+        probabilities = await self._score((texts, pairs))
+        return answer(200, predict_response(self.options.model_name, self.predictor.variant, self.predictor.labels,
+                                            probabilities, body.all_scores))
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=lambda items: sum(
+        len(texts) for texts, _ in items))  # the options' values are set per replica in __init__
+    async def _score(self, requests: list[tuple[list[str], list[str] | None]]) -> list[np.ndarray]:
+        """One model pass over the texts of every request Serve batched, split back per request."""
+        texts = [text for batch_texts, _ in requests for text in batch_texts]
+        pairs = None if requests[0][1] is None else [pair for _, batch_pairs in requests for pair in batch_pairs]
+        scores = await asyncio.to_thread(self.predictor.predict_proba, texts, pairs)
+        bounds = np.cumsum([0] + [len(t) for t, _ in requests])
+        return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def application(options: ServeOptions, cpus: int | None = None):
+    """The bound Serve application for `options`: fixed replicas, or autoscaling when max_replicas is set.
+
+    Threads per replica default to the cluster's CPUs (`cpus`, else this machine's) over the most replicas.
+    """
+    from bertdeploy.runtime import usable_cpus
+
+    most = options.max_replicas or options.replicas
+    threads = options.threads or max(1, (cpus or usable_cpus()) // most)
+    scaling = {"num_replicas": options.replicas} if options.max_replicas is None else {
+        "num_replicas": "auto",
+        "autoscaling_config": {"min_replicas": options.min_replicas, "max_replicas": options.max_replicas,
+                               "target_ongoing_requests": options.target_ongoing_requests}}
+    deployment = serve.deployment(
+        PredictorReplica, name=options.model_name, ray_actor_options={"num_cpus": threads},
+        max_ongoing_requests=options.max_ongoing_requests, max_queued_requests=options.max_queue, **scaling)
+    return deployment.bind(options, threads, options.api_key())
+
+
+def app_builder(args: dict):
+    """For `serve run bertdeploy.rayserve:app_builder artifact_dir=DIR replicas=2 ...` and Serve config files."""
+    numbers = {"port": int, "replicas": int, "min_replicas": int, "max_replicas": int, "threads": int,
+               "max_batch_size": int, "max_batch_tokens": int, "max_queue": int, "max_texts_per_request": int,
+               "max_body_bytes": int, "max_ongoing_requests": int, "max_wait_ms": float,
+               "target_ongoing_requests": float}
+    return application(ServeOptions(**{k: numbers[k](v) if k in numbers else v for k, v in args.items()},
+                                    engine="ray"))
+
+
+def serve_ray(options: ServeOptions) -> None:
+    """Start (or join) a Ray cluster, run the deployment behind Serve's HTTP proxy, and wait for SIGTERM/Ctrl-C.
+
+    On the way out, a cluster started here goes down whole (quick); on a cluster joined, only this application
+    is deleted, and Serve keeps serving the others."""
+    import ray
+
+    options.api_key()  # a missing key variable is the user's mistake: say so before starting anything
+    joined = ray.is_initialized() or bool(options.ray_address or os.environ.get("RAY_ADDRESS"))
+    with ray_cluster(options.ray_address):
+        stop = _stop_on_signals()  # after ray.init, which installs handlers of its own
+        serve.start(http_options={"host": options.host, "port": options.port})
+        try:
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            serve.run(application(options, cpus), name=options.model_name, route_prefix="/")
+        except RuntimeError as e:
+            raise BertdeployError(f"Ray Serve could not start the deployment: {str(e).splitlines()[0]}") from None
+        described = (f"{options.replicas} replicas" if options.max_replicas is None else
+                     f"{options.min_replicas}-{options.max_replicas} replicas (autoscaled)")
+        logger.info("serving %s as model %r with Ray Serve, %s, on http://%s:%d", options.artifact_dir,
+                    options.model_name, described, options.host, options.port)
+        logger.info("ready")
+        stop.wait()
+        logger.info("stopping")
+        if joined:
+            serve.delete(options.model_name)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop.set())
+    return stop

@@ -1,0 +1,211 @@
+"""Scaling out on existing engines: torchrun for training, Ray Data for bulk inference, Ray Serve for serving.
+
+The Ray tests run a real local cluster (in this process, or started by `bertdeploy serve --engine ray`), on 2
+CPUs, with its files under pytest's temp dirs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import make_rows, write_csv, write_jsonl
+from test_predictor import _texts
+
+from bertdeploy.bulk import PredictFileOptions, predict_file
+from bertdeploy.cli import cli
+from bertdeploy.predictor import Predictor
+from bertdeploy.server import ServeOptions
+
+
+def test_finetune_under_torchrun_trains_in_two_processes_and_writes_once(tiny_model_dir, tmp_path):
+    train = write_csv(tmp_path / "train.csv", make_rows(160, seed=1))
+    test = write_csv(tmp_path / "test.csv", make_rows(40, seed=2))
+    out = tmp_path / "model"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "bertdeploy",
+         "finetune", "--model", str(tiny_model_dir), "--train-file", str(train), "--eval-file", str(test),
+         "--output-dir", str(out), "--epochs", "2", "--max-length", "32", "--batch-size", "8", "--json"],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)  # one JSON document: only the main process printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["world_size"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "test.csv", "train.csv"]  # no .partial left
+    assert result["accuracy"] == manifest["metrics"]["accuracy"]
+    # 160 texts, 8 per process and step, 2 processes: 10 optimizer steps an epoch (one process: 20)
+    assert manifest["training"]["optimizer_steps"] == 2 * 10
+
+
+@pytest.fixture
+def short_tmp():
+    """A temp dir with a short path: Ray puts Unix sockets in it (at most 107 bytes)."""
+    path = tempfile.mkdtemp(prefix="bd-ray-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(url: str, process: subprocess.Popen | None = None, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the server exited: {process.stderr.read()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise AssertionError("not ready in time")
+
+
+def _concurrent_predictions(url: str, calls: list[list[str]], headers: dict | None = None) -> list[httpx.Response]:
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(lambda texts: httpx.post(url + "/predict", json={"texts": texts, "all_scores": True},
+                                                      headers=headers, timeout=60), calls))
+
+
+def _scores(response: httpx.Response, labels: list[str]) -> np.ndarray:
+    return np.array([[p["scores"][label] for label in labels] for p in response.json()["predictions"]])
+
+
+def test_serve_engine_ray_two_replicas_answer_concurrently_and_stop_on_sigterm(tiny_artifacts, short_tmp):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "RAY_TMPDIR": short_tmp}
+    env.pop("RAY_ADDRESS", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bertdeploy", "serve", str(tiny_artifacts), "--engine", "ray", "--replicas", "2",
+         "--threads", "1", "--variant", "fp32", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _wait_ready(url, server)
+        reference = Predictor.load(tiny_artifacts, variant="fp32")
+        calls = [_texts(n, seed=n) for n in [1, 4, 9, 2, 6, 3] * 6]
+        responses = _concurrent_predictions(url, calls)
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+        for texts, response in zip(calls, responses, strict=True):
+            assert np.allclose(_scores(response, reference.labels), reference.predict_proba(texts), atol=1e-5)
+            assert response.json()["model"] == "onnx" and response.json()["variant"] == "fp32"
+        assert len({r.headers["x-bertdeploy-replica"] for r in responses}) == 2  # both replicas answered
+        # the single-process server's errors, word for word
+        assert httpx.post(url + "/predict", content=b"{", timeout=30).json() == {"error": "the body is not valid JSON"}
+        wrong = httpx.post(url + "/predict", json={"texts": ["a", 3]}, timeout=30)
+        assert wrong.status_code == 422 and wrong.json() == {"error": "texts.1: Input should be a valid string"}
+        both = httpx.post(url + "/predict", json={"text": "a", "texts": ["b"]}, timeout=30)
+        assert both.status_code == 422 and both.json() == {"error": "give either 'text' or 'texts'"}
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            code = server.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise
+    assert code == 0, server.stderr.read()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray cluster in this process, on 2 CPUs, its files under a short temp dir."""
+    import ray
+
+    path = tempfile.mkdtemp(prefix="bd-ray-")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=path, logging_level=logging.WARNING,
+             log_to_driver=False)
+    yield ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_ray_serve_python_entry_point_with_autoscaling_and_an_api_key(ray_local, tiny_artifacts, monkeypatch):
+    from ray import serve
+
+    from bertdeploy.rayserve import application
+
+    monkeypatch.setenv("TEST_KEY", "s3cret")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    options = ServeOptions(tiny_artifacts, variant="fp32", min_replicas=1, max_replicas=2, threads=1,
+                           api_key_env="TEST_KEY", max_body_bytes=2000, model_name="tiny")
+    serve.run(application(options), name="tiny", route_prefix="/")
+    try:
+        _wait_ready(url)
+        config = serve.status().applications["tiny"].deployments["tiny"]
+        assert config.status == "HEALTHY"
+        assert httpx.post(url + "/predict", json={"text": "好"}, timeout=30).status_code == 401
+        key = {"Authorization": "Bearer s3cret"}
+        reference = Predictor.load(tiny_artifacts, variant="fp32")
+        calls = [_texts(3, seed=n) for n in range(20)]
+        responses = _concurrent_predictions(url, calls, key)
+        for texts, response in zip(calls, responses, strict=True):
+            assert response.status_code == 200 and response.json()["model"] == "tiny"
+            assert np.allclose(_scores(response, reference.labels), reference.predict_proba(texts), atol=1e-5)
+        big = httpx.post(url + "/predict", json={"texts": ["好" * 3000]}, headers=key, timeout=30)
+        assert big.status_code == 413
+    finally:
+        serve.delete("tiny")
+
+
+@pytest.fixture
+def review_file(tmp_path) -> Path:
+    """A CSV with what breaks naive readers: quoted commas and line breaks, an empty text, extra columns."""
+    rows = [{"id": str(i), "text": r["text"], "label": r["label"], "note": "x,y" if i % 3 else ""}
+            for i, r in enumerate(make_rows(300, seed=7))]
+    rows[5]["text"] = "第一行\n第二行，好"
+    rows[8]["text"] = ""
+    rows[13]["text"] = '他说"好"'
+    return write_csv(tmp_path / "reviews.csv", rows)
+
+
+def test_predict_engine_ray_writes_what_the_local_engine_writes(ray_local, tiny_artifacts, review_file, tmp_path):
+    runner = CliRunner()
+    local = runner.invoke(cli, ["predict", str(tiny_artifacts), str(review_file), "--variant", "fp32", "--all-scores",
+                                "-o", str(tmp_path / "local.csv")])
+    assert local.exit_code == 0, local.output
+    # many small batches over 2 actors, so order has to be kept on purpose
+    result = predict_file(PredictFileOptions(tiny_artifacts, str(review_file), tmp_path / "ray.csv", variant="fp32",
+                                             all_scores=True, engine="ray", chunk_rows=16, workers=2))
+    assert (tmp_path / "ray.csv").read_text(encoding="utf-8") == (tmp_path / "local.csv").read_text(encoding="utf-8")
+    assert result.rows == 300 and "2 Ray Data workers of 1 thread" in result.variant
+    assert result.report is not None and result.scored == 300
+
+    jsonl = write_jsonl(tmp_path / "rows.jsonl", [{"text": "好", "label": "positive", "n": 1}, {"text": "坏", "x": {}}])
+    for engine in ("local", "ray"):
+        done = runner.invoke(cli, ["predict", str(tiny_artifacts), str(jsonl), "--variant", "fp32", "--engine",
+                                   engine, "-o", str(tmp_path / f"{engine}.jsonl")])
+        assert done.exit_code == 0, done.output
+    assert (tmp_path / "ray.jsonl").read_text(encoding="utf-8") == (tmp_path / "local.jsonl").read_text("utf-8")
+
+
+def test_predict_engine_ray_user_errors(ray_local, tiny_artifacts, tmp_path):
+    runner = CliRunner()
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "好"}] * 5 + [{"text": 3}])
+    done = runner.invoke(cli, ["predict", str(tiny_artifacts), str(bad), "--engine", "ray", "-o",
+                               str(tmp_path / "out.jsonl")])
+    assert done.exit_code == 2 and "'text' is a number, expected a string" in done.output
+    assert not (tmp_path / "out.jsonl").exists()  # nothing half-written
+    done = runner.invoke(cli, ["predict", str(tiny_artifacts), "-", "--engine", "ray"], input="好\n")
+    assert done.exit_code == 2 and "reads files, not stdin" in done.output
