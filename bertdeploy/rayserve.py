@@ -150,7 +150,8 @@ def serve_ray(options: ServeOptions) -> None:
                      f"{options.min_replicas}-{options.max_replicas} replicas (autoscaled)")
         logger.info("serving %s as model %r with Ray Serve, %s, on http://%s:%d", options.artifact_dir,
                     options.model_name, described, options.host, options.port)
-        logger.info("ready")
+        if not stop.is_set():
+            logger.info("ready")
         stop.wait()
         logger.info("stopping")
         if joined:

@@ -142,8 +142,10 @@ def ray_local():
 def test_ray_serve_python_entry_point_with_autoscaling_and_an_api_key(ray_local, tiny_artifacts, monkeypatch):
     from ray import serve
 
-    from bertdeploy.rayserve import application
+    from bertdeploy.rayserve import app_builder, application
 
+    built = app_builder({"artifact_dir": str(tiny_artifacts), "replicas": "2", "max_wait_ms": "2"})  # serve run's args
+    assert isinstance(built, serve.Application)
     monkeypatch.setenv("TEST_KEY", "s3cret")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
