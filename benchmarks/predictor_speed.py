@@ -1,19 +1,21 @@
 """Our predictor against the transformers pipeline (PyTorch fp32) and Optimum's ORT pipeline, on real reviews.
 
 The demo model (MiniLM fine-tuned on the Chinese reviews by scripts/demo.sh) and its export:
-  1. single-text latency, text in -> label out, tokenization included: our Predictor (the export's
-     default variant, INT8), the same with ONNX Runtime's idle spinning on (Optimum's default), the
-     transformers `pipeline("text-classification")` in PyTorch fp32, and Optimum's
-     `ORTModelForSequenceClassification` in the same pipeline on the same INT8 file. 600 reviews;
-     the four take turns in blocks of 25 texts, so drift hits all alike (and one's spinning
-     threads only touch the first call of the next block); 20 warm-up calls each.
-  2. bulk, 10,000 reviews: `bertdeploy predict` as a whole process (start-up, reading and writing
-     the CSV included) against both pipelines with batch_size=32 in this process (model already
-     loaded), and our Predictor in this process.
+  1. single-text latency, text in -> label out, tokenization included: our Predictor as loaded by
+     default (`--backend auto`: the variant bench recorded fastest, OpenVINO's int8-ov on this
+     CPU), our Predictor on ONNX Runtime's default variant (INT8), the same with ONNX Runtime's idle
+     spinning on (Optimum's default), the transformers `pipeline("text-classification")` in PyTorch
+     fp32, and Optimum's `ORTModelForSequenceClassification` in the same pipeline on that same
+     ONNX Runtime INT8 file. 600 reviews; they take turns in blocks of 25 texts, so drift hits all
+     alike (and one's spinning threads only touch the first call of the next block); 20 warm-up
+     calls each.
+  2. bulk, 10,000 reviews: `bertdeploy predict` (default backend) as a whole process (start-up,
+     reading and writing the CSV included) against both pipelines with batch_size=32 in this
+     process (model already loaded), and our Predictor in this process.
   3. cold start, process start to the first label printed, and the process's peak RSS: five
-     alternating runs of each, medians.
-  4. the Predictor's texts/s on 2,000 reviews for token budgets per batch from 1,024 to 16,384,
-     interleaved, three rounds (for the default of --max-batch-tokens).
+     alternating runs of each, medians; ours loads as by default, and with backend="onnxruntime".
+  4. the default Predictor's texts/s on 2,000 reviews for token budgets per batch from 1,024 to
+     16,384, interleaved, three rounds (for the default of --max-batch-tokens).
 Every run uses 2 threads (this machine's CPUs), truncation at the model's 128 tokens.
 Writes benchmarks/results/predictor_speed.json.
 
@@ -87,6 +89,9 @@ def single_latency(candidates: dict, texts: list[str], block: int = 25) -> dict:
             for name, t in times.items()}
 
 
+DEFAULT = "bertdeploy Predictor as loaded by default (--backend auto)"
+
+
 def budget_sweep(artifacts: Path, texts: list[str], rounds: int = 3) -> dict:
     """Texts per second of Predictor.predict for several token budgets per batch, interleaved."""
     budgets = (1024, 2048, 4096, 8192, 16384)
@@ -145,6 +150,9 @@ COLD = {
     "bertdeploy Predictor": "from bertdeploy.predictor import Predictor\n"
                             "p = Predictor.load({artifacts!r})\nprint(p.predict([{text!r}])[0].label, flush=True)"
                             + PEAK,
+    "bertdeploy Predictor, backend onnxruntime": "from bertdeploy.predictor import Predictor\n"
+                                                 "p = Predictor.load({artifacts!r}, backend='onnxruntime')\n"
+                                                 "print(p.predict([{text!r}])[0].label, flush=True)" + PEAK,
     "transformers pipeline": "from transformers import pipeline\n"
                              "p = pipeline('text-classification', model={model!r}, device=-1)\n"
                              "print(p({text!r})[0]['label'], flush=True)" + PEAK,
@@ -204,9 +212,11 @@ def main() -> None:
         work = Path(tmp)
         optimum_model = optimum_dir(args.model, args.artifacts, variant_file, work)
         hf = pipelines(args.model, optimum_model, variant_file)
-        ours = Predictor.load(args.artifacts)
-        spinning = Predictor.load(args.artifacts, spinning=True)
+        default = Predictor.load(args.artifacts)
+        ours = Predictor.load(args.artifacts, backend="onnxruntime")
+        spinning = Predictor.load(args.artifacts, backend="onnxruntime", spinning=True)
         candidates = {
+            DEFAULT: lambda t: default.predict([t])[0].label,
             f"bertdeploy Predictor ({variant})": lambda t: ours.predict([t])[0].label,
             f"bertdeploy Predictor ({variant}), spinning on": lambda t: spinning.predict([t])[0].label,
             **{name: (lambda t, p=pipe: p(t, truncation=True, max_length=MAX_LENGTH)[0]["label"])
@@ -226,6 +236,8 @@ def main() -> None:
     opt_single = single["Optimum ORT pipeline, same INT8 file"]["median_ms"]
     cli_bulk = bulk_figures["bertdeploy predict (whole process)"]["seconds"]
     ratios = {
+        "single: pipeline / ours as loaded by default (target >= 3)": pipe_single / single[DEFAULT]["median_ms"],
+        "single: optimum / ours as loaded by default (target >= 1)": opt_single / single[DEFAULT]["median_ms"],
         "single: pipeline / ours (target >= 3)": pipe_single / single[ours_name]["median_ms"],
         "single: optimum / ours (target >= 1)": opt_single / single[ours_name]["median_ms"],
         "single: optimum / ours with spinning (same thread settings as Optimum)":
@@ -238,8 +250,15 @@ def main() -> None:
             cold["transformers pipeline"]["median_seconds"] / cold["bertdeploy Predictor"]["median_seconds"],
         "peak RSS: ours / pipeline (target <= 0.33)":
             cold["bertdeploy Predictor"]["median_peak_rss_mb"] / cold["transformers pipeline"]["median_peak_rss_mb"],
+        "cold start: pipeline / ours on onnxruntime":
+            cold["transformers pipeline"]["median_seconds"]
+            / cold["bertdeploy Predictor, backend onnxruntime"]["median_seconds"],
+        "peak RSS: ours on onnxruntime / pipeline":
+            cold["bertdeploy Predictor, backend onnxruntime"]["median_peak_rss_mb"]
+            / cold["transformers pipeline"]["median_peak_rss_mb"],
     }
     result = {"machine": machine(), "model": str(args.model), "artifacts": str(args.artifacts), "variant": variant,
+              "default_load": default.describe(),
               "threads": 2, "single_text": single, "bulk": {"texts": len(texts), **bulk_figures},
               "cold_start": cold, "max_batch_tokens_sweep": sweep, "ratios": ratios}
     RESULTS.parent.mkdir(exist_ok=True)
