@@ -14,7 +14,6 @@ Needs the `ray` extra.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import signal
@@ -27,10 +26,14 @@ from bertdeploy.errors import BertdeployError
 from bertdeploy.raybulk import ray_cluster
 from bertdeploy.server import (
     HEALTH,
+    KEY_CHALLENGE,
+    KEY_REFUSED,
     BadRequest,
     ServeOptions,
     _predict_models,
+    body_too_large,
     invalid_body,
+    key_matches,
     predict_response,
     request_texts,
 )
@@ -62,21 +65,20 @@ class PredictorReplica:
         from pydantic import ValidationError
         from starlette.responses import JSONResponse
 
-        def answer(status: int, body: dict) -> JSONResponse:
-            return JSONResponse(body, status_code=status, headers={REPLICA_HEADER: self.replica})
+        def answer(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
+            return JSONResponse(body, status_code=status, headers={REPLICA_HEADER: self.replica, **(headers or {})})
 
         path = request.url.path.rstrip("/") or "/"
         if path in HEALTH:
             return answer(200, {path.rsplit("/", 1)[1]: True})
-        if self.api_key is not None:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
-                return answer(401, {"error": "missing or wrong API key (Authorization: Bearer <key>)"})
+        if self.api_key is not None and not key_matches(request.headers.get("authorization", "").encode(),
+                                                        self.api_key.encode()):
+            return answer(401, {"error": KEY_REFUSED}, dict([KEY_CHALLENGE]))
         if path != "/predict" or request.method != "POST":
             return answer(404, {"error": f"no route {request.method} {path}; use POST /predict"})
         raw = await request.body()
         if len(raw) > self.options.max_body_bytes:
-            return answer(413, {"error": f"the body is over {self.options.max_body_bytes} bytes"})
+            return answer(413, {"error": body_too_large(self.options.max_body_bytes)})
         try:
             body = self.request_model.model_validate_json(raw)
             texts, pairs = request_texts(body, self.predictor.pairs)

@@ -390,11 +390,9 @@ class _Limits:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         if self.api_key is not None and scope["path"] not in HEALTH:
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, b"Bearer " + self.api_key):
-                return await _send_error(send, 401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                                         [(b"www-authenticate", b"Bearer")])
-        too_large = f"the body is over {self.max_body_bytes} bytes"
+            if not key_matches(headers.get(b"authorization", b""), self.api_key):
+                return await _send_error(send, 401, KEY_REFUSED, [tuple(x.encode() for x in KEY_CHALLENGE)])
+        too_large = body_too_large(self.max_body_bytes)
         length = headers.get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_body_bytes:
             return await _send_error(send, 413, too_large)
@@ -418,6 +416,19 @@ class _Limits:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+KEY_REFUSED = "missing or wrong API key: send 'Authorization: Bearer <key>'"
+KEY_CHALLENGE = ("www-authenticate", "Bearer")  # the header a 401 carries
+
+
+def key_matches(authorization: bytes, api_key: bytes) -> bool:
+    """Whether an Authorization header carries the key, compared in constant time."""
+    return hmac.compare_digest(authorization, b"Bearer " + api_key)
+
+
+def body_too_large(limit: int) -> str:
+    return f"the body is over {limit} bytes"
 
 
 async def _send_error(send, status: int, message: str, headers: list | None = None) -> None:

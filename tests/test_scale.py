@@ -30,7 +30,7 @@ from test_predictor import _texts
 from bertdeploy.bulk import PredictFileOptions, predict_file
 from bertdeploy.cli import cli
 from bertdeploy.predictor import Predictor
-from bertdeploy.server import ServeOptions
+from bertdeploy.server import KEY_REFUSED, ServeOptions
 
 
 def test_finetune_under_torchrun_trains_in_two_processes_and_writes_once(tiny_model_dir, tmp_path):
@@ -157,7 +157,9 @@ def test_ray_serve_python_entry_point_with_autoscaling_and_an_api_key(ray_local,
         _wait_ready(url)
         config = serve.status().applications["tiny"].deployments["tiny"]
         assert config.status == "HEALTHY"
-        assert httpx.post(url + "/predict", json={"text": "好"}, timeout=30).status_code == 401
+        refused = httpx.post(url + "/predict", json={"text": "好"}, timeout=30)
+        assert refused.status_code == 401 and refused.json() == {"error": KEY_REFUSED}  # the local server's words
+        assert refused.headers["www-authenticate"] == "Bearer"
         key = {"Authorization": "Bearer s3cret"}
         reference = Predictor.load(tiny_artifacts, variant="fp32")
         calls = [_texts(3, seed=n) for n in range(20)]
