@@ -13,16 +13,17 @@ Writes benchmarks/results/batch_efficiency.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.bench import machine
+from bertdeploy.bench_report import machine
 from bertdeploy.data import load_texts
 from bertdeploy.predictor import Predictor
 from bertdeploy.runtime import MAX_PADDING, run_batches
+from bertdeploy.timing import interleave
 
 RESULTS = Path(__file__).parent / "results" / "batch_efficiency.json"
 ROUNDS, PER_ROUND = 3, 256
@@ -38,22 +39,21 @@ def main() -> None:
 
     def scores(group: list[str], cap: float | None) -> np.ndarray:
         encodings = p.encoder.tokenize(group)
-        return run_batches(p._run, p.encoder, encodings, p.input_names, len(p.labels), p.max_batch_tokens,
+        return run_batches(p.run_batch, p.encoder, encodings, p.input_names, len(p.labels), p.max_batch_tokens,
                            p.max_batch_size, cap)
+
+    def one_round(group: int, cap: float | None, step: int) -> None:
+        chunk = texts[step * PER_ROUND:(step + 1) * PER_ROUND]
+        for i in range(0, len(chunk), group):
+            scores(chunk[i:i + group], cap)
 
     configs = {"one by one": (1, None)}
     for group in (8, 32, 64):
         configs[f"groups of {group}, no padding cap"] = (group, None)
         configs[f"groups of {group}, padding cap {MAX_PADDING}"] = (group, MAX_PADDING)
-    rates: dict[str, list[float]] = {name: [] for name in configs}
     scores(texts[:64], None)  # warm-up
-    for r in range(ROUNDS):
-        chunk = texts[r * PER_ROUND:(r + 1) * PER_ROUND]
-        for name, (group, cap) in configs.items():
-            started = time.perf_counter()
-            for i in range(0, len(chunk), group):
-                scores(chunk[i:i + group], cap)
-            rates[name].append(len(chunk) / (time.perf_counter() - started))
+    samples = interleave({name: functools.partial(one_round, *config) for name, config in configs.items()}, ROUNDS)
+    rates = {name: [PER_ROUND / (ms / 1000) for ms in values] for name, values in samples.items()}
     results = {"variant": p.variant, "max_batch_tokens": p.max_batch_tokens, "machine": machine(),
                "texts_per_s": {name: float(np.median(v)) for name, v in rates.items()}, "rounds": rates}
     for name, rate in results["texts_per_s"].items():

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertdeploy.bench_report import machine
 from bertdeploy.data import load_examples
 from bertdeploy.predictor import Predictor
 
@@ -45,7 +46,7 @@ def main() -> None:
         }
         print(variant, results[variant])
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"texts": len(examples), "variants": results}, indent=2) + "\n")
+    RESULTS.write_text(json.dumps({"texts": len(examples), "machine": machine(), "variants": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -33,18 +33,10 @@ from pathlib import Path
 from onnx import TensorProto
 
 from bertdeploy.artifacts import read_manifest
-from bertdeploy.bench import (
-    BenchOptions,
-    BenchResult,
-    Engine,
-    fixed_length_cases,
-    load_eval,
-    machine,
-    measure,
-    natural_cases,
-    pick_engines,
-    plot,
-)
+from bertdeploy.bench import BenchOptions, load_eval, measure, pick_engines
+from bertdeploy.bench_cases import fixed_length_cases, natural_cases
+from bertdeploy.bench_engines import Engine
+from bertdeploy.bench_report import BenchResult, machine, plot
 from bertdeploy.runtime import load_encoder
 
 RESULTS = Path(__file__).parent / "results"

@@ -18,23 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from bertdeploy.artifacts import read_manifest
+from bertdeploy.bench_report import machine
 from bertdeploy.data import load_examples
 from bertdeploy.export import ExportOptions, _export_fp32, _pytorch_logits, _write_tokenizer, export, read_model_dir
 from bertdeploy.guard import interleaved_latency
 from bertdeploy.optimize import optimize_graph
 from bertdeploy.quantize import detect_preset, quantize_dynamic_int8
 from bertdeploy.runtime import create_session, encode, logits
+from bertdeploy.timing import stopwatch
 
 RESULTS = Path(__file__).parent / "results" / "export_variants.json"
 THREADS = 2
@@ -102,16 +101,14 @@ def main() -> None:
             recipes[name]["latency_ms"] = latency
 
         out = work / "artifact"
-        started = time.perf_counter()
-        result = export(ExportOptions(args.model, out, optimize="O2", quantize=["int8", "int8-static", "fp16"],
-                                      eval_file=args.eval_file))
-        export_seconds = time.perf_counter() - started
+        result, export_seconds = stopwatch(export, ExportOptions(args.model, out, optimize="O2",
+                                                                 quantize=["int8", "int8-static", "fp16"],
+                                                                 eval_file=args.eval_file))
         manifest = read_manifest(out)
         shutil.rmtree(out)
 
     summary = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": THREADS, "preset": preset,
-                    "onnxruntime": onnxruntime.__version__},
+        "machine": {**machine(threads=THREADS), "preset": preset},
         "model": str(args.model), "eval_texts": len(examples),
         "pytorch_accuracy": float(np.mean(reference.argmax(-1) == truth)),
         "int8_recipes": recipes,

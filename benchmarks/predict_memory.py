@@ -18,10 +18,11 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from bertdeploy.bench_report import machine
 from bertdeploy.demo import minilm_path, review_texts
+from bertdeploy.timing import stopwatch
 
 RESULTS = Path(__file__).parent / "results" / "predict_memory.json"
 SIZES = (10_000, 100_000, 1_000_000)
@@ -67,10 +68,8 @@ def main() -> None:
                 writer.writerow(["id", "text"])
                 writer.writerows([i, t] for i, t in zip(range(size), itertools.cycle(texts), strict=False))
             output = work / "out.csv"
-            started = time.perf_counter()
-            subprocess.run([sys.executable, "-c", RUN, "-q", "predict", str(work / "onnx"), str(source),
-                            "-o", str(output)], check=True)
-            seconds = time.perf_counter() - started
+            _, seconds = stopwatch(subprocess.run, [sys.executable, "-c", RUN, "-q", "predict", str(work / "onnx"),
+                                                     str(source), "-o", str(output)], check=True)
             peak_mb = int(Path(f"{output}.peak").read_text()) / 1024
             with output.open(encoding="utf-8") as f:
                 rows = sum(1 for _ in f) - 1
@@ -81,7 +80,8 @@ def main() -> None:
     growth = results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"]
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"model": "random BERT, 2 layers, hidden 64, MiniLM tokenizer, max length 128",
-                                   "runs": results, "peak_rss_1m_over_10k": growth}, indent=2) + "\n")
+                                   "machine": machine(), "runs": results, "peak_rss_1m_over_10k": growth},
+                                  indent=2) + "\n")
     print(f"peak RSS, 1M lines / 10k lines: {growth:.3f}")
 
 

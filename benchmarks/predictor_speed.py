@@ -26,20 +26,20 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from bertdeploy.bench_report import machine
 from bertdeploy.demo import review_texts
 from bertdeploy.predictor import Predictor
+from bertdeploy.timing import interleave, stopwatch
 
 RESULTS = Path(__file__).parent / "results" / "predictor_speed.json"
 BIN = Path(sys.executable).parent
@@ -73,20 +73,20 @@ def pipelines(model: Path, optimum_model: Path, variant_file: str) -> dict:
     }
 
 
-def single_latency(candidates: dict, texts: list[str], block: int = 25) -> dict:
-    times = {name: [] for name in candidates}
+def single_latency(candidates: dict, texts: list[str]) -> dict:
+    """ms from text to label, one text per call; the candidates take turns text by text (timing.interleave)."""
     for label_of in candidates.values():
         for text in texts[:20]:
             label_of(text)
-    for start in range(0, len(texts), block):
-        for name, label_of in candidates.items():
-            for text in texts[start:start + block]:
-                started = time.perf_counter()
-                label_of(text)
-                times[name].append((time.perf_counter() - started) * 1000)
+    times = interleave({name: functools.partial(_on_text, label_of, texts) for name, label_of in candidates.items()},
+                       len(texts))
     return {name: {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
                    "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(np.mean(t)), "calls": len(t)}
             for name, t in times.items()}
+
+
+def _on_text(label_of, texts: list[str], step: int):
+    return label_of(texts[step])
 
 
 DEFAULT = "bertdeploy Predictor as loaded by default (--backend auto)"
@@ -97,21 +97,14 @@ def budget_sweep(artifacts: Path, texts: list[str], rounds: int = 3) -> dict:
     budgets = (1024, 2048, 4096, 8192, 16384)
     predictors = {b: Predictor.load(artifacts, max_batch_tokens=b) for b in budgets}
     predictors[budgets[0]].predict(texts[:64])
-    seconds = {b: [] for b in budgets}
-    for _ in range(rounds):
-        for budget, predictor in predictors.items():
-            started = time.perf_counter()
-            predictor.predict_proba(texts)
-            seconds[budget].append(time.perf_counter() - started)
-    return {str(b): {"texts_per_second": len(texts) / float(np.median(s)), "rounds": rounds}
-            for b, s in seconds.items()}
+    ms = interleave({b: lambda step, p=p: p.predict_proba(texts) for b, p in predictors.items()}, rounds)
+    return {str(b): {"texts_per_second": len(texts) / (float(np.median(m)) / 1000), "rounds": rounds}
+            for b, m in ms.items()}
 
 
 def run_cli(artifacts: Path, source: Path, output: Path) -> float:
-    started = time.perf_counter()
-    subprocess.run([str(BIN / "bertdeploy"), "-q", "predict", str(artifacts), str(source), "-o", str(output)],
-                   check=True)
-    return time.perf_counter() - started
+    return stopwatch(subprocess.run, [str(BIN / "bertdeploy"), "-q", "predict", str(artifacts), str(source), "-o",
+                                      str(output)], check=True)[1]
 
 
 def bulk(artifacts: Path, hf: dict, texts: list[str], work: Path) -> dict:
@@ -126,14 +119,12 @@ def bulk(artifacts: Path, hf: dict, texts: list[str], work: Path) -> dict:
         labels["bertdeploy predict (whole process)"] = [r["label"] for r in csv.DictReader(f)]
     results["bertdeploy predict (whole process)"] = seconds
     for name, pipe in hf.items():
-        started = time.perf_counter()
-        out = pipe(texts, batch_size=32, truncation=True, max_length=MAX_LENGTH)
-        results[f"{name}, batch_size=32"] = time.perf_counter() - started
+        out, results[f"{name}, batch_size=32"] = stopwatch(pipe, texts, batch_size=32, truncation=True,
+                                                            max_length=MAX_LENGTH)
         labels[f"{name}, batch_size=32"] = [o["label"] for o in out]
     predictor = Predictor.load(artifacts)
-    started = time.perf_counter()
-    labels["Predictor.predict (in process)"] = [p.label for p in predictor.predict(texts)]
-    results["Predictor.predict (in process)"] = time.perf_counter() - started
+    predicted, results["Predictor.predict (in process)"] = stopwatch(predictor.predict, texts)
+    labels["Predictor.predict (in process)"] = [p.label for p in predicted]
     results["bertdeploy predict (whole process), again"] = run_cli(artifacts, source, work / "out2.csv")
     reference = labels["transformers pipeline, PyTorch fp32, batch_size=32"]
     return {name: {"seconds": s, "texts_per_second": len(texts) / s,
@@ -165,36 +156,28 @@ COLD = {
 
 
 def cold_start(values: dict, repeats: int = 5) -> dict:
-    """Spawn to the first label on stdout, and the child's peak RSS up to then, medians over runs."""
+    """Spawn to the first label on stdout, and the child's peak RSS up to then, medians over runs; the
+    candidates take turns in a shuffled order (timing.interleave), each figure from spawn to that label."""
     figures = {name: {"seconds": [], "peak_rss_mb": []} for name in COLD}
-    for _ in range(repeats):
-        for name, template in COLD.items():
-            started = time.perf_counter()
-            with tempfile.TemporaryFile("w+") as errors:
-                child = subprocess.Popen([sys.executable, "-c", template.format(**values)], stdout=subprocess.PIPE,
-                                         stderr=errors, text=True)
-                label = child.stdout.readline().strip()
-                figures[name]["seconds"].append(time.perf_counter() - started)
-                peak_kb = child.stdout.read()
-                if child.wait() != 0 or not label:
-                    errors.seek(0)
-                    raise SystemExit(f"{name} failed: {errors.read()}")
-            figures[name]["peak_rss_mb"].append(int(peak_kb) / 1024)
+
+    def start(name: str, step: int) -> None:
+        with tempfile.TemporaryFile("w+") as errors:
+            (child, label), seconds = stopwatch(_first_line, COLD[name].format(**values), errors)
+            peak_kb = child.stdout.read()
+            if child.wait() != 0 or not label:
+                errors.seek(0)
+                raise SystemExit(f"{name} failed: {errors.read()}")
+        figures[name]["seconds"].append(seconds)
+        figures[name]["peak_rss_mb"].append(int(peak_kb) / 1024)
+
+    interleave({name: functools.partial(start, name) for name in COLD}, repeats)
     return {name: {"median_seconds": float(np.median(f["seconds"])),
                    "median_peak_rss_mb": float(np.median(f["peak_rss_mb"])), **f} for name, f in figures.items()}
 
 
-def machine() -> dict:
-    import onnxruntime
-    import tokenizers
-    import torch
-    import transformers
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
+def _first_line(script: str, errors) -> tuple[subprocess.Popen, str]:
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=errors, text=True)
+    return child, child.stdout.readline().strip()
 
 
 def main() -> None:
@@ -257,7 +240,8 @@ def main() -> None:
             cold["bertdeploy Predictor, backend onnxruntime"]["median_peak_rss_mb"]
             / cold["transformers pipeline"]["median_peak_rss_mb"],
     }
-    result = {"machine": machine(), "model": str(args.model), "artifacts": str(args.artifacts), "variant": variant,
+    result = {"machine": machine(threads=2), "model": str(args.model), "artifacts": str(args.artifacts),
+              "variant": variant,
               "default_load": default.describe(),
               "threads": 2, "single_text": single, "bulk": {"texts": len(texts), **bulk_figures},
               "cold_start": cold, "max_batch_tokens_sweep": sweep, "ratios": ratios}

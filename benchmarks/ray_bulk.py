@@ -19,8 +19,10 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from bertdeploy.bench_report import machine
+from bertdeploy.timing import stopwatch
 
 RESULTS = Path(__file__).parent / "results" / "ray_bulk.json"
 RUNS = {"local, 2 threads": [], "ray, 2 workers x 1 thread": ["--engine", "ray"],
@@ -37,12 +39,11 @@ def write_reviews(data: Path, path: Path, rows: int) -> None:
 
 
 def timed_predict(artifacts: Path, source: Path, output: Path, extra: list[str]) -> float:
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "bertdeploy", "-q", "predict", str(artifacts), str(source), "-o",
-                           str(output), *extra], capture_output=True, text=True)
+    done, seconds = stopwatch(subprocess.run, [sys.executable, "-m", "bertdeploy", "-q", "predict", str(artifacts),
+                                               str(source), "-o", str(output), *extra], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(done.stderr[-2000:])
-    return time.perf_counter() - started
+    return seconds
 
 
 def labels(path: Path) -> list[str]:
@@ -78,7 +79,8 @@ def main() -> None:
         result["vs_local"] = result["rows_per_second"] / local["rows_per_second"]
         result["vs_local_after_start"] = result["rows_per_second_after_start"] / local["rows_per_second_after_start"]
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"rows": args.rows, "artifacts": str(args.artifacts), "runs": results},
+    RESULTS.write_text(json.dumps({"rows": args.rows, "artifacts": str(args.artifacts), "machine": machine(),
+                                   "runs": results},
                                   indent=1) + "\n")
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bertdeploy.bench import machine
+from bertdeploy.bench_report import machine
 from bertdeploy.data import load_texts
 
 RESULTS = Path(__file__).parent / "results" / "serve_load.json"

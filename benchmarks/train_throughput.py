@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 from transformers import Trainer, default_data_collator
 
+from bertdeploy.bench_report import machine
 from bertdeploy.data import load_examples
 from bertdeploy.demo import minilm_path, write_review_splits
 from bertdeploy.metrics import classification_report
@@ -53,13 +52,6 @@ def pad_to_max(options: FinetuneOptions, labels: list[str]) -> dict:
             "accuracy": report["accuracy"]}
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-size", type=int, default=1500)
@@ -84,8 +76,7 @@ def main() -> None:
     plain = figures["pad-to-max"]["samples_per_second"]
     report = {
         "what": "fine-tuning throughput, MiniLM-L6 on Chinese reviews, max_length 128, batch 16, one run each",
-        "machine": {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "transformers": transformers.__version__},
+        "machine": machine(threads=torch.get_num_threads()),
         "settings": vars(args),
         "recipes": figures,
         "speedup_vs_pad_to_max": {k: v["samples_per_second"] / plain for k, v in figures.items()},

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.errors import BertdeployError
+from bertdeploy.errors import BertdeployError, import_extra
 from bertdeploy.runtime import GPU_PROVIDERS, create_session, usable_cpus
 
 logger = logging.getLogger(__name__)
@@ -37,12 +37,7 @@ def backend_of(entry: dict) -> str:
 
 
 def import_openvino():
-    try:
-        import openvino
-    except ImportError:
-        raise BertdeployError("the OpenVINO backend needs the openvino package: pip install 'bertdeploy[openvino]'") \
-            from None
-    return openvino
+    return import_extra("openvino", "openvino", "the OpenVINO backend", "the openvino package")
 
 
 @functools.cache
@@ -60,7 +55,10 @@ def cpu_precision(core) -> str:
 
 
 class OrtModel:
-    """An ONNX Runtime session; on CUDA, inputs are copied to the device once and the output bound there."""
+    """An ONNX Runtime session; on CUDA, inputs are copied to the device and the output is bound there.
+
+    `run(feed)` gives the logits. `prepare` and `run_prepared` split it for timing: `prepare` puts a feed
+    where the session reads it (on CUDA: device copies, bound once), `run_prepared` only computes."""
 
     backend = ONNXRUNTIME
 
@@ -73,17 +71,31 @@ class OrtModel:
         self.on_gpu = self.providers[0] in GPU_PROVIDERS
         self._device_id = int(self.session.get_provider_options().get(self.providers[0], {}).get("device_id", 0))
 
-    def run(self, feed: dict) -> np.ndarray:
+    def prepare(self, feed: dict):
+        feed = {name: feed[name] for name in self.input_names}
         if not self.on_gpu:
-            return self.session.run([self.output_name], feed)[0]
+            return feed
         import onnxruntime as ort
 
+        values = {n: ort.OrtValue.ortvalue_from_numpy(array, "cuda", self._device_id) for n, array in feed.items()}
         binding = self.session.io_binding()
-        for name, array in feed.items():
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", self._device_id))
+        for name, value in values.items():
+            binding.bind_ortvalue_input(name, value)
         binding.bind_output(self.output_name, "cuda", self._device_id)
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        return binding, values  # the device copies live as long as the binding
+
+    def run_prepared(self, prepared) -> np.ndarray | None:
+        """The logits on the CPU; on CUDA they stay on the device (None), the call synchronised."""
+        if not self.on_gpu:
+            return self.session.run([self.output_name], prepared)[0]
+        self.session.run_with_iobinding(prepared[0])
+        prepared[0].synchronize_outputs()
+        return None
+
+    def run(self, feed: dict) -> np.ndarray:
+        prepared = self.prepare(feed)
+        logits = self.run_prepared(prepared)
+        return prepared[0].copy_outputs_to_cpu()[0] if self.on_gpu else logits
 
 
 class OpenVinoModel:
@@ -110,6 +122,12 @@ class OpenVinoModel:
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
         self.providers = [f"OpenVINO CPU ({self.precision}, {self.threads} threads, {hint})"]
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
+
+    def prepare(self, feed: dict) -> dict:
+        return {name: feed[name] for name in self.input_names}
+
+    def run_prepared(self, prepared: dict) -> np.ndarray:
+        return self.run(prepared)
 
     def run(self, feed: dict) -> np.ndarray:
         try:

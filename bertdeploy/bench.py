@@ -2,43 +2,36 @@
 
 Every engine (PyTorch and each ONNX variant) runs exactly the same inputs: fixed lengths (batch x
 tokens, cut from real texts) for the classic table, and real eval texts at their natural lengths,
-padded per batch as the predictor pads them. Engines take turns call by call, in an order shuffled
-every round, so a slow moment of a shared machine hits them all alike and no engine always runs
-right after the same other one (caches and woken threads favour the second); warm-up calls are not timed;
+padded per batch as the predictor pads them (bench_cases.py). Engines take turns call by call, in
+an order shuffled every round (timing.py, the project's one harness); warm-up calls are not timed;
 every engine gets the same thread count. Load time and peak RSS come from a fresh process per
 engine, so one engine's memory never counts against another's. On CUDA, inputs are placed on the
 device before the clock starts (IO binding for ONNX Runtime) and every call is synchronised.
-This module measures and reports; it does not pick the default variant (export does).
+This module runs the measurement; the engines, inputs, memory probe and report have modules of their
+own (bench_*.py). It does not pick the default variant (export does).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
+import functools
 import json
 import logging
-import os
-import platform
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from bertdeploy.artifacts import MANIFEST_NAME, atomic_file, read_manifest
-from bertdeploy.backends import (
-    BACKENDS,
-    OPENVINO,
-    OpenVinoModel,
-    auto_section,
-    backend_of,
-    import_openvino,
-    openvino_installed,
-)
+from bertdeploy.backends import BACKENDS, OPENVINO, auto_section, backend_of, import_openvino, openvino_installed
+from bertdeploy.bench_cases import Case, fixed_length_cases, natural_cases
+from bertdeploy.bench_engines import AUTO, PYTORCH, Engine
+from bertdeploy.bench_probe import probe
+from bertdeploy.bench_report import BenchResult, EngineReport, Timing, machine
 from bertdeploy.data import Examples, check_known_labels, has_column, load_examples, load_texts, sample_examples
 from bertdeploy.errors import BertdeployError, check_options
+from bertdeploy.export import SAMPLE_TEXTS
 from bertdeploy.metrics import classification_report
 from bertdeploy.runtime import (
     CPU_BATCH_TOKENS,
@@ -46,24 +39,17 @@ from bertdeploy.runtime import (
     MAX_PADDING,
     PROVIDERS,
     TextEncoder,
-    create_session,
     load_encoder,
     resolve_providers,
     run_batches,
     usable_cpus,
 )
+from bertdeploy.timing import distinct_shapes, interleave
 
 logger = logging.getLogger(__name__)
 
-PYTORCH = "pytorch"
-AUTO = "auto"
-NATURAL = "natural"
 SAMPLE_SEED = 0
 PERCENTILES = (50, 90, 95, 99)
-CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
-             "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd")
-VERSIONS = ("bertdeploy", "onnxruntime", "onnxruntime-gpu", "torch", "transformers", "optimum", "optimum-onnx", "onnx",
-            "tokenizers", "numpy", "openvino", "nncf")
 
 
 @dataclass
@@ -97,233 +83,6 @@ class BenchOptions:
         self.threads = self.threads or usable_cpus()
 
 
-# -- engines: what runs, rebuilt the same way in the main process and in each memory probe ----------
-
-@dataclass(frozen=True)
-class Engine:
-    name: str
-    backend: str  # pytorch, onnxruntime, openvino, auto (the predictor's routing)
-    path: str  # model directory (pytorch), .onnx file, or artifact directory (auto)
-    kind: str = "fp32"  # fp32, optimized, int8, int8-static, fp16, int8-ov, auto
-    device: str = "cpu"
-    threads: int = 1
-
-    def load(self):
-        runners = {"pytorch": _Torch, "onnxruntime": _OnnxRuntime, "openvino": _OpenVino, "auto": _Auto}
-        return runners[self.backend](self)
-
-    def size_bytes(self) -> int:
-        path = Path(self.path)
-        if self.backend == "auto":
-            from bertdeploy.predictor import choose_routes
-
-            manifest = read_manifest(path, "onnx")
-            files = {manifest["variants"][name]["file"] for _, name in choose_routes(path, manifest)}
-            return sum((path / f).stat().st_size for f in files)
-        if path.is_file():
-            return path.stat().st_size
-        weights = [*path.glob("model*.safetensors"), *path.glob("pytorch_model*.bin")]  # not training_args.bin
-        return sum(p.stat().st_size for p in weights)
-
-
-class _OnnxRuntime:
-    """`prepare` puts a feed where the session reads it (on CUDA: device copies, bound once); `run` is timed."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.session = create_session(engine.path, engine.device, engine.threads)
-        self.names = [i.name for i in self.session.get_inputs()]
-        self.output = self.session.get_outputs()[0].name
-        self.gpu = engine.device == "cuda"
-
-    def prepare(self, feed: dict):
-        feed = {name: feed[name] for name in self.names}
-        if not self.gpu:
-            return feed
-        import onnxruntime as ort
-
-        values = {name: ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0) for name, array in feed.items()}
-        binding = self.session.io_binding()
-        for name, value in values.items():
-            binding.bind_ortvalue_input(name, value)
-        binding.bind_output(self.output, "cuda", 0)
-        return binding, values  # the device copies live as long as the binding
-
-    def run(self, prepared) -> None:
-        if self.gpu:
-            self.session.run_with_iobinding(prepared[0])
-            prepared[0].synchronize_outputs()
-        else:
-            self.session.run([self.output], prepared)
-
-    def logits(self, feed: dict) -> np.ndarray:
-        prepared = self.prepare(feed)
-        if not self.gpu:
-            return self.session.run([self.output], prepared)[0]
-        self.run(prepared)
-        return prepared[0].copy_outputs_to_cpu()[0]
-
-
-class _Torch:
-    """Eager PyTorch as users run it: `from_pretrained`, eval mode, inference mode; fp16 as `<name>-fp16` on CUDA."""
-
-    def __init__(self, engine: Engine) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification
-
-        self.torch = torch
-        torch.set_num_threads(engine.threads)
-        model = AutoModelForSequenceClassification.from_pretrained(engine.path)
-        if engine.kind == "fp16":
-            model = model.half()
-        self.model = model.to(engine.device).eval()
-        self.device = engine.device
-        self.names = ("input_ids", "attention_mask", "token_type_ids")
-
-    def prepare(self, feed: dict) -> dict:
-        return {k: self.torch.from_numpy(v).to(self.device) for k, v in feed.items() if k in self.names}
-
-    def run(self, prepared: dict):
-        with self.torch.inference_mode():
-            out = self.model(**prepared).logits
-        if self.device == "cuda":
-            self.torch.cuda.synchronize()
-        return out
-
-    def logits(self, feed: dict) -> np.ndarray:
-        return self.run(self.prepare(feed)).float().cpu().numpy()
-
-
-class _OpenVino:
-    """The OpenVINO runtime on an ONNX file, compiled exactly as the predictor compiles it."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.model = OpenVinoModel(engine.path, engine.threads)
-
-    def prepare(self, feed: dict) -> dict:
-        return {name: feed[name] for name in self.model.input_names}
-
-    def run(self, prepared: dict) -> np.ndarray:
-        return self.model.run(prepared)
-
-    logits = run
-
-
-class _Auto:
-    """The predictor's `backend="auto"`: each batch on the variant the manifest's ranges give for its size."""
-
-    def __init__(self, engine: Engine) -> None:
-        from bertdeploy.predictor import Predictor
-
-        self.predictor = Predictor.load(engine.path, threads=engine.threads)
-        logger.info("auto: %s", self.predictor.describe())
-
-    def prepare(self, feed: dict) -> dict:
-        return {name: feed[name] for name in self.predictor.input_names}
-
-    def run(self, prepared: dict) -> np.ndarray:
-        return self.predictor.run_batch(prepared)
-
-    logits = run
-
-
-# -- inputs ----------------------------------------------------------------------------------------
-
-@dataclass
-class Case:
-    """One cell of the table: `feeds` are the batches timed in turn, `tokens` the real tokens in each."""
-
-    inputs: str  # "128 tokens" or "natural"
-    batch_size: int
-    feeds: list[dict]
-    tokens: list[int]
-
-
-def fixed_length_cases(encoder, texts: list[str], batch_sizes: list[int], seq_lengths: list[int],
-                       names: list[str]) -> list[Case]:
-    """batch x length inputs of real tokens: each row a different stretch of the texts, between [CLS] and [SEP]."""
-    bare = encoder.tokenizer.encode_batch(list(texts), add_special_tokens=False)
-    pool = np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in bare])
-    ends = encoder.tokenizer.encode("").ids  # [CLS], [SEP] for BERT
-    cases = []
-    for length in seq_lengths:
-        for batch in batch_sizes:
-            body = length - len(ends)
-            starts = (np.arange(batch) * 7919) % max(1, len(pool) - body)
-            rows = [np.resize(np.roll(pool, -s), body) for s in starts]
-            ids = np.stack([np.concatenate([[ends[0]], row, ends[1:]]) for row in rows]).astype(np.int64)
-            feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-            cases.append(Case(f"{length} tokens", batch, [{k: v for k, v in feed.items() if k in names}],
-                              [ids.size]))
-    return cases
-
-
-def natural_cases(encoder, examples: Examples, batch_sizes: list[int], runs: int, names: list[str]) -> list[Case]:
-    """Consecutive eval texts, `batch` at a time in file order, padded as the predictor pads them."""
-    encodings = encoder.tokenize(examples.texts, examples.pairs)
-    cases = []
-    for batch in batch_sizes:
-        count = min(runs, len(encodings) // batch)
-        if count == 0:
-            logger.warning("natural lengths at batch %d skipped: the eval file has only %d texts", batch,
-                           len(encodings))
-            continue
-        groups = [encodings[i * batch:(i + 1) * batch] for i in range(count)]
-        cases.append(Case(NATURAL, batch, [encoder.pad(g, names) for g in groups],
-                          [sum(len(e.ids) for e in g) for g in groups]))
-    return cases
-
-
-# -- results ---------------------------------------------------------------------------------------
-
-@dataclass
-class Timing:
-    engine: str
-    inputs: str
-    batch_size: int
-    mean_ms: float
-    p50_ms: float
-    p90_ms: float
-    p95_ms: float
-    p99_ms: float
-    sequences_per_s: float
-    tokens_per_s: float
-    speedup: float | None  # PyTorch's p50 / this p50, same inputs
-    samples_ms: list[float]
-
-
-@dataclass
-class EngineReport:
-    name: str
-    backend: str
-    kind: str
-    device: str
-    path: str
-    size_bytes: int
-    load_s: float  # a fresh process: imports + loading, until ready to run
-    peak_rss_mb: float  # that process's peak resident memory after running every case once
-    accuracy: float | None = None
-    macro_f1: float | None = None
-    agreement: float | None = None  # share of eval texts given PyTorch's label
-
-
-@dataclass
-class BenchResult:
-    artifact_dir: str
-    device: str
-    threads: int
-    runs: int
-    warmup: int
-    eval_file: str | None
-    eval_texts: int
-    machine: dict
-    engines: list[EngineReport]
-    timings: list[Timing]
-    auto: dict | None = None  # the ranges recorded in the manifest for backend="auto"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, ensure_ascii=False)
-
-
 # -- the run ---------------------------------------------------------------------------------------
 
 def bench(options: BenchOptions) -> BenchResult:
@@ -337,7 +96,7 @@ def bench(options: BenchOptions) -> BenchResult:
         logger.warning("sequence lengths over the model's max length %d skipped", manifest["max_length"])
     check_options([(lengths or examples is not None,
                     f"every sequence length is over the model's max length {manifest['max_length']}")])
-    cases = fixed_length_cases(encoder, examples.texts if examples else _sample_texts(), options.batch_sizes,
+    cases = fixed_length_cases(encoder, examples.texts if examples else SAMPLE_TEXTS, options.batch_sizes,
                                lengths, names)
     if examples is not None:
         cases += natural_cases(encoder, examples, options.batch_sizes, options.runs, names)
@@ -369,7 +128,7 @@ def measure(engines: list[Engine], cases: list[Case], options: BenchOptions,
     with tempfile.TemporaryDirectory(prefix="bertdeploy-bench-") as work:
         feeds = Path(work) / "feeds.npz"  # written once, read by every engine's probe
         np.savez(feeds, **{f"{i}/{k}": v for i, case in enumerate(cases) for k, v in case.feeds[0].items()})
-        reports = [_probe(engine, feeds) for engine in engines]
+        reports = [probe(engine, feeds) for engine in engines]
     runners = {}
     for engine in engines:  # serially: creating sessions concurrently is not safe
         logger.info("loading %s", engine.name)
@@ -458,12 +217,6 @@ def _check_cuda() -> None:
     resolve_providers([PROVIDERS["cuda"]])  # names the missing onnxruntime-gpu
 
 
-def _sample_texts() -> list[str]:
-    from bertdeploy.export import SAMPLE_TEXTS
-
-    return SAMPLE_TEXTS
-
-
 def load_eval(options: BenchOptions, manifest: dict) -> Examples | None:
     if options.eval_file is None:
         logger.info("no eval file: fixed lengths only; pass --eval-file for accuracy and real text lengths")
@@ -483,44 +236,6 @@ def load_eval(options: BenchOptions, manifest: dict) -> Examples | None:
     return Examples(path, texts[:n], [], None if pairs is None else pairs[:n])
 
 
-def _probe(engine: Engine, feeds: Path) -> EngineReport:
-    """Load time and peak RSS of `engine` alone, in a fresh Python process that loads it and runs each case's
-    first batch (saved in `feeds`) once."""
-    logger.info("measuring load time and memory of %s in a separate process", engine.name)
-    done = subprocess.run([sys.executable, "-m", "bertdeploy.bench", json.dumps(asdict(engine)), str(feeds)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-        raise BertdeployError(f"{engine.name}: the memory probe failed:\n{tail}")
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
-    return EngineReport(engine.name, engine.backend, engine.kind, engine.device, engine.path, engine.size_bytes(),
-                        figures["load_s"], figures["peak_rss_mb"])
-
-
-def _probe_main(engine_json: str, feeds_path: str) -> None:
-    started = time.perf_counter()
-    runner = Engine(**json.loads(engine_json)).load()
-    load_s = time.perf_counter() - started
-    arrays = np.load(feeds_path)
-    feeds: dict[str, dict] = {}
-    for key in arrays.files:
-        case, name = key.split("/")
-        feeds.setdefault(case, {})[name] = arrays[key]
-    for feed in feeds.values():
-        runner.run(runner.prepare(feed))
-    print(json.dumps({"load_s": load_s, "peak_rss_mb": _peak_rss_mb()}))
-
-
-def _peak_rss_mb() -> float:
-    """This process's own high-water mark (ru_maxrss of a child would carry its parent's RSS from the fork)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-
-
 def _score(runners: dict, reports: list[EngineReport], examples: Examples, encoder, names: list[str],
            labels: list[str], device: str) -> None:
     """Accuracy, macro-F1 and agreement with PyTorch on the eval texts, batched as the predictor batches."""
@@ -530,7 +245,7 @@ def _score(runners: dict, reports: list[EngineReport], examples: Examples, encod
     predicted = {}
     for report in reports:
         logger.info("scoring %s on %d eval texts", report.name, len(examples))
-        scores = run_batches(runners[report.name].logits, encoder, encodings, names, len(labels), budget,
+        scores = run_batches(runners[report.name].run, encoder, encodings, names, len(labels), budget,
                              max_padding=MAX_PADDING)
         predicted[report.name] = scores.argmax(-1)
         if truth:
@@ -541,35 +256,31 @@ def _score(runners: dict, reports: list[EngineReport], examples: Examples, encod
 
 
 def _time(runners: dict, cases: list[Case], options: BenchOptions) -> dict[str, list[list[float]]]:
-    """ms per call, per engine and case: every round each engine makes one call, in a shuffled order."""
+    """ms per call, per engine and case, every engine taking its turn each round (timing.interleave), after one
+    untimed call per input shape."""
     from tqdm.auto import tqdm
 
-    names = list(runners)
-    samples = {name: [[] for _ in cases] for name in names}
-    rng = np.random.default_rng(0)
-    total = len(cases) * (options.warmup + options.runs) * len(names)
+    samples: dict[str, list[list[float]]] = {name: [] for name in runners}
+    total = len(cases) * (options.warmup + options.runs) * len(runners)
     with tqdm(total=total, desc="timing", unit=" calls", file=sys.stderr,
               disable=None if options.progress else True) as bar:  # None: only on a terminal
         for c, case in enumerate(cases):
             logger.info("timing %s x %d (%d of %d)", case.inputs, case.batch_size, c + 1, len(cases))
-            prepared = {name: [runners[name].prepare(f) for f in case.feeds] for name in names}
-            # one untimed call per input shape first: OpenVINO compiles kernels for each new shape (about 3 ms
-            # once), a cost a warm service has paid; the timed rounds then see steady state on every engine
-            shapes = {tuple(f["input_ids"].shape): i for i, f in enumerate(case.feeds)}
-            for name in names:
-                for i in shapes.values():
-                    runners[name].run(prepared[name][i])
-            for step in range(options.warmup + options.runs):
-                feed = step % len(case.feeds)
-                for name in [names[i] for i in rng.permutation(len(names))]:
-                    started = time.perf_counter()
-                    runners[name].run(prepared[name][feed])
-                    elapsed = (time.perf_counter() - started) * 1000
-                    if step >= options.warmup:
-                        samples[name][c].append(elapsed)
-                    bar.update(1)
+            prepared = {name: [runner.prepare(f) for f in case.feeds] for name, runner in runners.items()}
+            for name, runner in runners.items():
+                for i in distinct_shapes(case.feeds):
+                    runner.run_prepared(prepared[name][i])
+            calls = {name: functools.partial(_turn, runner.run_prepared, prepared[name]) for name, runner in
+                     runners.items()}
+            for name, values in interleave(calls, options.runs, options.warmup, seed=c, tick=bar.update).items():
+                samples[name].append(values)
             del prepared
     return samples
+
+
+def _turn(run, prepared: list, step: int) -> object:
+    """The call of round `step`: the feeds of a case in turn."""
+    return run(prepared[step % len(prepared)])
 
 
 def _timing(name: str, case: Case, samples: list[float], warmup: int) -> Timing:
@@ -581,137 +292,3 @@ def _timing(name: str, case: Case, samples: list[float], warmup: int) -> Timing:
                   tokens / ms.sum() * 1000, None, [round(v, 4) for v in samples])
 
 
-# -- the machine -----------------------------------------------------------------------------------
-
-def machine(device: str = "cpu") -> dict:
-    """What the figures were measured on: CPU model and flags, cores, memory, GPU, library versions."""
-    info = {"cpu": platform.processor() or platform.machine(), "cpu_flags": [], "logical_cpus": os.cpu_count(),
-            "usable_cpus": usable_cpus(), "memory_gb": None, "os": platform.platform(),
-            "python": platform.python_version()}
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                      if line.startswith("model name")), None)
-        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
-                      if line.startswith(("flags", "Features"))), [])
-        info["cpu"] = model or info["cpu"]
-        info["cpu_flags"] = [f for f in CPU_FLAGS if f in flags]
-        total_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                        if line.startswith("MemTotal:"))
-        info["memory_gb"] = round(total_kb / 1024 ** 2, 1)
-    except (OSError, StopIteration):
-        pass
-    info["versions"] = {}
-    for package in VERSIONS:
-        try:
-            info["versions"][package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    if device == "cuda":
-        import torch
-
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-    return info
-
-
-# -- files -----------------------------------------------------------------------------------------
-
-def check_plotting() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise BertdeployError("--plot needs matplotlib: pip install 'bertdeploy[plot]'") from None
-
-
-def plot(result: BenchResult, path: str | Path) -> None:
-    """PNG: p50 latency against batch size, one panel per kind of input, and accuracy against latency."""
-    check_plotting()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import ticker
-
-    settings = list(dict.fromkeys(t.inputs for t in result.timings))
-    scored = [e for e in result.engines if e.accuracy is not None]
-    panels = len(settings) + bool(scored)
-    figure, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 4.4), squeeze=False)
-    colours = {e.name: ("black" if e.backend == "pytorch" and e.kind == "fp32" else f"C{i}")
-               for i, e in enumerate(result.engines)}
-    for ax, setting in zip(axes[0], settings, strict=False):
-        for engine in result.engines:
-            rows = [t for t in result.timings if t.engine == engine.name and t.inputs == setting]
-            sizes = [t.batch_size for t in rows]
-            ax.plot(sizes, [t.p50_ms for t in rows], marker="o", color=colours[engine.name], label=engine.name)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
-        sizes = sorted({t.batch_size for t in result.timings if t.inputs == setting})
-        ax.set_xticks(sizes, [str(b) for b in sizes])
-        ax.set_title(f"{'real texts, natural lengths' if setting == NATURAL else setting}")
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("p50 latency per batch, ms")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    if scored:
-        ax = axes[0][-1]
-        setting = NATURAL if NATURAL in settings else settings[-1]
-        batch = min(t.batch_size for t in result.timings if t.inputs == setting)
-        points = sorted((next(t.p50_ms for t in result.timings if t.engine == e.name and
-                                (t.inputs, t.batch_size) == (setting, batch)), e.accuracy * 100, e.name)
-                         for e in scored)
-        for x, y, name in points:
-            ax.scatter(x, y, color=colours[name], s=50)
-        reference = next((e.accuracy * 100 for e in scored if e.name == PYTORCH), None)
-        if reference is not None:
-            ax.axhline(reference, color="black", linestyle="--", linewidth=0.8, alpha=0.6)
-        low, high = min(p[1] for p in points), max(p[1] for p in points)
-        middle, half = (low + high) / 2, max(1.0, (high - low) / 2 + 0.3)  # at least 2 points tall: no false drama
-        ax.set_ylim(middle - half, middle + half)
-        _label_points(ax, points)
-        ax.set_title(f"accuracy vs latency ({'natural lengths' if setting == NATURAL else setting}, batch {batch})")
-        ax.set_xlabel("p50 latency, ms (left is faster)")
-        ax.set_ylabel(f"accuracy on {result.eval_texts} eval texts, %")
-        ax.grid(True, alpha=0.3)
-    m = result.machine
-    figure.suptitle(f"{result.artifact_dir}: {m.get('gpu', m['cpu'])}, {result.threads} threads; "
-                    f"{result.runs} runs per point", fontsize=10)
-    figure.tight_layout()
-    with atomic_file(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=110)
-    plt.close(figure)
-
-
-def _label_points(ax, points: list[tuple[float, float, str]]) -> None:
-    """Name each point, beside it where the name overlaps no other name or point (points often share a y)."""
-    ax.autoscale_view()
-    to_axes = (ax.transData + ax.transAxes.inverted()).transform
-    size = ax.get_window_extent().width, ax.get_window_extent().height  # in points at 72 dpi
-    dots = [to_axes((x, y)) for x, y, _ in points]
-    placed: list[tuple[float, float, float, float]] = []
-
-    def free(box) -> bool:
-        clear_of_labels = all(box[2] < b[0] or box[0] > b[2] or box[3] < b[1] or box[1] > b[3] for b in placed)
-        return clear_of_labels and not any(box[0] < d[0] < box[2] and box[1] < d[1] < box[3] for d in dots)
-
-    for (x, y, name), (u, v) in zip(points, dots, strict=True):
-        width, height = len(name) * 5.6 / size[0], 11 / size[1]
-        for dx, dy in ((5, 4), (5, -14), (-5, 4), (-5, -14), (5, 15), (5, -25), (-5, 15), (-5, -25)):
-            left = u + dx / size[0] - (width if dx < 0 else 0)
-            box = (left, v + dy / size[1], left + width, v + dy / size[1] + height)
-            if free(box):
-                break
-        placed.append(box)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=9,
-                    ha="left" if dx > 0 else "right")
-
-
-def write_json(result: BenchResult, path: str | Path) -> None:
-    with atomic_file(path) as temporary:
-        temporary.write_text(result.to_json() + "\n", encoding="utf-8")
-
-
-if __name__ == "__main__":  # the memory probe: python -m bertdeploy.bench ENGINE_JSON FEEDS_NPZ
-    _probe_main(sys.argv[1], sys.argv[2])

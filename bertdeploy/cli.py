@@ -231,12 +231,20 @@ def _routes(auto: dict) -> str:
 @click.option("--ray-address", help="A running Ray cluster (default: $RAY_ADDRESS, else a local one for this run).")
 def predict(artifact_dir: Path, input: str, **options: object) -> None:
     """Label every text of a CSV, TSV, JSONL or text file (INPUT, or - for stdin)."""
-    from bertdeploy.bulk import PredictFileOptions, predict_file
+    from bertdeploy.rows import PredictFileOptions
 
     stdin, stdout = click.get_binary_stream("stdin"), click.get_text_stream("stdout")
     progress = logging.getLogger("bertdeploy").level <= logging.INFO
     with user_errors():
-        result = predict_file(PredictFileOptions(artifact_dir, input, progress=progress, **options), stdin, stdout)
+        settings = PredictFileOptions(artifact_dir, input, progress=progress, **options)
+        if settings.engine == "ray":
+            from bertdeploy.raybulk import predict_file_ray
+
+            result = predict_file_ray(settings, stdout)
+        else:
+            from bertdeploy.bulk import predict_file
+
+            result = predict_file(settings, stdin, stdout)
     report = render_predict(result)
     click.echo(report, err=result.output == "<stdout>")
 
@@ -288,7 +296,9 @@ def _numbers(value: str, name: str) -> list[int]:
 def bench(variants: str | None, batch_sizes: str, seq_lengths: str, json_file: Path | None, plot_file: Path | None,
           **options: object) -> None:
     """Time PyTorch and every exported variant on the same inputs."""
-    from bertdeploy import bench as b
+    from bertdeploy import bench_report as report
+    from bertdeploy.bench import BenchOptions
+    from bertdeploy.bench import bench as run
 
     progress = logging.getLogger("bertdeploy").level <= logging.INFO
     with user_errors():
@@ -296,14 +306,14 @@ def bench(variants: str | None, batch_sizes: str, seq_lengths: str, json_file: P
             if path is not None and not path.absolute().parent.is_dir():
                 raise BertdeployError(f"{path}: its directory does not exist")
         if plot_file is not None:
-            b.check_plotting()
-        result = b.bench(b.BenchOptions(
+            report.check_plotting()
+        result = run(BenchOptions(
             variants=variants.split(",") if variants else None, batch_sizes=_numbers(batch_sizes, "--batch-sizes"),
             seq_lengths=_numbers(seq_lengths, "--seq-lengths"), progress=progress, **options))
         if json_file is not None:
-            b.write_json(result, json_file)
+            report.write_json(result, json_file)
         if plot_file is not None:
-            b.plot(result, plot_file)
+            report.plot(result, plot_file)
     click.echo(render_bench(result))
 
 
@@ -361,7 +371,7 @@ def render_bench(result) -> str:
 @cli.command()
 @click.argument("artifact_dir", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to accept other machines.")
-@click.option("--port", default=8000, show_default=True)
+@click.option("--port", default=8000, show_default=True, help="0 takes a free port, named in the log (local engine).")
 @click.option("--variant", help="Run this exported variant only (default: see --backend).")
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "onnxruntime", "openvino"]),
               help="auto: each batch on the variant measured fastest for its size (see `bench`).")
@@ -370,7 +380,8 @@ def render_bench(result) -> str:
 @click.option("--max-batch-size", default=64, show_default=True,
               help="Texts of concurrent requests batched together; 1 turns batching off.")
 @click.option("--max-wait-ms", default=5.0, show_default=True, help="How long a batch waits for more texts.")
-@click.option("--max-queue", default=1024, show_default=True, help="Texts waiting before requests get 429.")
+@click.option("--max-queue", default=1024, show_default=True,
+              help="Texts waiting to be batched before requests get 429 (the local engine).")
 @click.option("--max-texts-per-request", default=256, show_default=True)
 @click.option("--max-body-bytes", default=1_000_000, show_default=True)
 @click.option("--api-key-env", metavar="NAME",
@@ -389,14 +400,23 @@ def render_bench(result) -> str:
               help="ray: the ongoing requests per replica autoscaling aims at.")
 @click.option("--max-ongoing-requests", default=32, show_default=True,
               help="ray: requests one replica holds at once; Serve batches among them.")
+@click.option("--max-queued-requests", default=1024, show_default=True,
+              help="ray: requests waiting for a replica before Serve refuses more (-1: no limit).")
 @click.option("--ray-address", help="ray: a running cluster (default: $RAY_ADDRESS, else a local one).")
 def serve(**options: object) -> None:
     """Serve an exported model over HTTP with dynamic batching (Ctrl-C or SIGTERM to stop)."""
-    from bertdeploy.server import ServeOptions
-    from bertdeploy.server import serve as run
+    from bertdeploy.httpapi import ServeOptions
 
     with user_errors():
-        run(ServeOptions(**options))
+        settings = ServeOptions(**options)
+        if settings.engine == "ray":
+            from bertdeploy.raycluster import import_ray
+
+            import_ray()  # names the extra when Ray is missing
+            from bertdeploy.rayserve import serve_ray as run
+        else:
+            from bertdeploy.server import serve as run
+        run(settings)
 
 
 def main() -> None:

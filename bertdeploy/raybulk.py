@@ -14,101 +14,79 @@ import contextlib
 import io
 import json
 import logging
-import sys
-import time
 from pathlib import Path
 from typing import TextIO
 
-from bertdeploy.artifacts import atomic_file, read_manifest
+from bertdeploy import rows
+from bertdeploy.artifacts import read_manifest
 from bertdeploy.backends import describe_routes
-from bertdeploy.bulk import (
-    STDIO,
-    PredictFileOptions,
-    PredictFileResult,
-    _cell,
-    _check_files,
-    _columns,
-    _Tally,
-    _writer,
-)
 from bertdeploy.data import iter_rows
 from bertdeploy.errors import BertdeployError, DataError
 from bertdeploy.predictor import Predictor, choose_routes
+from bertdeploy.raycluster import ray_cluster
+from bertdeploy.rows import PredictFileOptions
+from bertdeploy.runtime import resolve_providers
+from bertdeploy.timing import stopwatch
 
 logger = logging.getLogger(__name__)
 
 PREDICTED, TRUTH, LINES, FAILED = "__predicted", "__truth", "__lines", "__failed"
 
 
-def import_ray():
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise BertdeployError("--engine ray needs Ray: pip install 'bertdeploy[ray]'") from None
-    return ray
-
-
-@contextlib.contextmanager
-def ray_cluster(address: str | None = None):
-    """Connect to the cluster at `address` (or $RAY_ADDRESS), else start a local one for this run only."""
-    ray = import_ray()
-    if ray.is_initialized():
-        yield ray
-        return
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-             configure_logging=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 class _Scorer:
-    """One Ray Data actor: a Predictor, and the rows it gets back as finished output lines."""
+    """One Ray Data actor: a Predictor, and the rows it gets back as finished output lines.
 
-    def __init__(self, options: PredictFileOptions, in_format: str, out_format: str, text_column: str,
-                 pair_column: str | None, label_column: str | None, names: dict[str, str]) -> None:
+    A user's mistake (a providers' fall-back refused, a bad row) travels back as data, in the FAILED column:
+    exceptions raised in actors come back wrapped in Ray's."""
+
+    def __init__(self, options: PredictFileOptions, in_format: str, out_format: str, columns: rows.Columns) -> None:
         self.options, self.in_format, self.source = options, in_format, Path(options.input)
-        self.text_column, self.pair_column, self.label_column = text_column, pair_column, label_column
-        self.predictor = Predictor.load(options.artifact_dir, options.variant, None, options.threads,
-                                        options.long_text, options.max_batch_tokens, backend=options.backend)
-        self.out_format, self.names = out_format, names
+        self.out_format, self.columns = out_format, columns
+        self.predictor, self.failed = None, ""
+        try:
+            self.predictor = Predictor.load(options.artifact_dir, options.variant, options.providers, options.threads,
+                                            options.long_text, options.max_batch_tokens,
+                                            allow_fallback=options.allow_fallback, backend=options.backend)
+        except BertdeployError as e:
+            self.failed = str(e)
 
     def __call__(self, batch):
         import pandas as pd
 
         try:
+            if self.failed:
+                raise BertdeployError(self.failed)
             return self._score(batch)
-        except BertdeployError as e:  # a user's mistake: the message travels as data (exceptions come back wrapped)
+        except BertdeployError as e:
             return pd.DataFrame({LINES: [""], PREDICTED: [-1], TRUTH: [""], FAILED: [str(e)]})
 
     def _score(self, batch):
         import pandas as pd
 
-        rows = self._rows(batch)
-        texts = [_cell(self.source, None, self.text_column, row) for row in rows]
-        pairs = [_cell(self.source, None, self.pair_column, row) for row in rows] if self.pair_column else None
+        records, columns = self._records(batch), self.columns
+        texts = [rows.cell(self.source, None, columns.text, row) for row in records]
+        pairs = [rows.cell(self.source, None, columns.pair, row) for row in records] if columns.pair else None
         probabilities = self.predictor.predict_proba(texts, pairs)
-        header = list(rows[0]) + list(self.names.values()) if self.in_format != "jsonl" else None
+        header = list(records[0]) + list(columns.added.values()) if self.in_format != "jsonl" else None
         out = io.StringIO()
-        write = _writer(out, self.out_format, header, self.names, self.predictor.labels, self.options.all_scores,
-                        write_header=False)
+        write = rows.row_writer(out, self.out_format, header, columns.added, self.predictor.labels,
+                           self.options.all_scores, write_header=False)
         lines = []
-        for row, scores in zip(rows, probabilities, strict=True):
+        for row, scores in zip(records, probabilities, strict=True):
             write(row, scores)
             lines.append(out.getvalue())
             out.seek(0)
             out.truncate()
-        truth = ["" if self.label_column is None or row.get(self.label_column) is None else str(row[self.label_column])
-                 for row in rows]  # text: pandas would turn a column of numbers and None into floats
+        label = columns.scored
+        truth = ["" if label is None or row.get(label) is None else str(row[label])
+                 for row in records]  # text: pandas would turn a column of numbers and None into floats
         return pd.DataFrame({LINES: lines, PREDICTED: probabilities.argmax(-1), TRUTH: truth, FAILED: ""})
 
-    def _rows(self, batch) -> list[dict]:
+    def _records(self, batch) -> list[dict]:
         if self.in_format == "text":
             return [{"text": line.rstrip("\r")} for line in batch["text"]]
         if self.in_format == "jsonl":
-            rows = []
+            records = []
             for line in batch["text"]:
                 try:
                     row = json.loads(line)
@@ -117,24 +95,30 @@ class _Scorer:
                                     f"{line[:60]!r}") from None
                 if not isinstance(row, dict):
                     raise DataError(f"{self.source}: expected a JSON object per line, got {type(row).__name__}")
-                rows.append(row)
-            return rows
+                records.append(row)
+            return records
         return batch.to_dict("records")
 
 
-def predict_file_ray(options: PredictFileOptions, stdout: TextIO | None = None) -> PredictFileResult:
-    """`predict_file` on Ray Data: the same output, computed by `options.workers` actors."""
-    started = time.perf_counter()
-    if options.input == STDIO:
+def predict_file_ray(options: PredictFileOptions, stdout: TextIO | None = None) -> rows.PredictFileResult:
+    """`bulk.predict_file` on Ray Data: the same output, computed by `options.workers` actors, on the providers
+    asked for (a fall-back to the CPU is an error unless `allow_fallback`, as on the local engine)."""
+    (count, variant, tally), seconds = stopwatch(_predict, options, stdout)
+    return rows.PredictFileResult.of_run(options, count, variant, seconds, tally)
+
+
+def _predict(options: PredictFileOptions, stdout: TextIO | None) -> tuple[int, str, rows.Tally]:
+    if options.input == rows.STDIO:
         raise BertdeployError("--engine ray reads files, not stdin; save the texts to a file first")
-    source, in_format, out_format = _check_files(options)
+    source, in_format, out_format = rows.check_files(options)
     manifest = read_manifest(options.artifact_dir, "onnx")
     plan = choose_routes(options.artifact_dir, manifest, options.variant, options.backend)
+    resolve_providers(options.providers)  # names a provider this ONNX Runtime lacks before any cluster work
     labels = list(manifest["labels"])
     with source.open("rb") as stream:  # check the columns on the first row before any cluster work
-        header, rows = iter_rows(source, in_format, stream)
-        first = next(rows, None)
-    text_column, pair_column, scoring, columns, names = _columns(options, source, in_format, manifest, header, first)
+        header, lines = iter_rows(source, in_format, stream)
+        first = next(lines, None)
+    columns = rows.choose_columns(options, source, in_format, manifest, header, first)
 
     with ray_cluster(options.ray_address) as ray, contextlib.ExitStack() as stack:
         context = ray.data.DataContext.get_current()
@@ -150,38 +134,28 @@ def predict_file_ray(options: PredictFileOptions, stdout: TextIO | None = None) 
             _Scorer, batch_size=options.chunk_rows, batch_format="pandas", num_cpus=threads,
             compute=ray.data.ActorPoolStrategy(size=workers),
             fn_constructor_kwargs={"options": options, "in_format": in_format, "out_format": out_format,
-                                   "text_column": text_column, "pair_column": pair_column,
-                                   "label_column": scoring, "names": names})
-        if options.output is None:
-            out = stdout or sys.stdout
-        else:
-            temporary = stack.enter_context(atomic_file(options.output))
-            out = stack.enter_context(temporary.open("w", encoding="utf-8", newline=""))
+                                   "columns": columns})
+        out = rows.open_output(options, stack, stdout)
         if header is not None:
-            _writer(out, out_format, [*columns, *names.values()], names, labels, options.all_scores)
-        tally, count = _Tally(labels, scoring), 0
+            rows.row_writer(out, out_format, [*columns.input, *columns.added.values()], columns.added, labels,
+                       options.all_scores)
+        tally, count = rows.Tally(labels, columns.scored), 0
         try:
             for batch in scored.iter_batches(batch_format="pandas", batch_size=None):
                 if batch[FAILED].iloc[0]:
-                    raise DataError(batch[FAILED].iloc[0])
+                    raise BertdeployError(batch[FAILED].iloc[0])
                 out.write("".join(batch[LINES]))
                 for predicted, truth in zip(batch[PREDICTED], batch[TRUTH], strict=True):
-                    tally.add(0, {scoring: truth}, int(predicted))
+                    tally.add(0, {columns.scored: truth}, int(predicted))
                 count += len(batch)
         except BertdeployError:
             raise
         except Exception as e:
             raise _read_error(e, source) from None
         out.flush()
-    seconds = time.perf_counter() - started
     routes = describe_routes([(upper, f"{name} ({manifest['variants'][name].get('backend', 'onnxruntime')})")
                               for upper, name in plan])
-    return PredictFileResult(
-        rows=count, output=str(options.output) if options.output else "<stdout>",
-        variant=f"{routes} in {workers} Ray Data workers of {threads} thread{'s' * (threads > 1)}",
-        seconds=seconds, texts_per_second=count / seconds if seconds else 0.0, label_column=scoring,
-        report=tally.report(), scored=tally.scored, unlabelled=tally.unlabelled, unknown_labels=dict(tally.unknown),
-    )
+    return count, f"{routes} in {workers} Ray Data workers of {threads} thread{'s' * (threads > 1)}", tally
 
 
 def _read(ray, source: Path, in_format: str, header: list[str] | None):

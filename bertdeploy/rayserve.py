@@ -5,7 +5,8 @@ Each replica loads the torch-free predictor with `threads` threads and answers t
 body limit), plus `/v2/health/live` and `/v2/health/ready`. Requests are batched by Serve's own
 `@serve.batch` (up to `max_batch_size` texts, waiting at most `max_wait_ms`); replicas are a fixed
 number or autoscaled by Serve between `min_replicas` and `max_replicas` on ongoing requests per
-replica; `max_queue` becomes Serve's `max_queued_requests`. Each answer names its replica in the
+replica; `max_queued_requests` caps the requests Serve holds waiting for a replica (the local
+server's `max_queue` counts texts instead). Each answer names its replica in the
 `x-bertdeploy-replica` header. For your own Serve apps, `application(ServeOptions(...))` returns the
 bound application, and `app_builder` serves `serve run bertdeploy.rayserve:app_builder artifact_dir=DIR`.
 Needs the `ray` extra.
@@ -16,27 +17,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import threading
 
 import numpy as np
+import ray
 from ray import serve
 
+from bertdeploy import httpapi
 from bertdeploy.errors import BertdeployError
-from bertdeploy.raybulk import ray_cluster
-from bertdeploy.server import (
-    HEALTH,
-    KEY_CHALLENGE,
-    KEY_REFUSED,
-    BadRequest,
-    ServeOptions,
-    _predict_models,
-    body_too_large,
-    invalid_body,
-    key_matches,
-    predict_response,
-    request_texts,
-)
+from bertdeploy.httpapi import ServeOptions
+from bertdeploy.predictor import Predictor
+from bertdeploy.raycluster import ray_cluster
+from bertdeploy.runtime import usable_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +41,13 @@ class PredictorReplica:
     """One Serve replica: a Predictor, with requests batched by `@serve.batch` (counted in texts)."""
 
     def __init__(self, options: ServeOptions, threads: int, api_key: str | None) -> None:
-        from bertdeploy.predictor import Predictor
-
         self.options, self.api_key = options, api_key
         self.predictor = Predictor.load(options.artifact_dir, options.variant, options.providers, threads,
                                         max_batch_tokens=options.max_batch_tokens,
                                         max_batch_size=options.max_batch_size, allow_fallback=options.allow_fallback,
                                         backend=options.backend)
         self.predictor.warm_up()  # before Serve marks the replica healthy and routes to it
-        self.request_model = _predict_models(options.max_texts_per_request)[0]
+        self.request_model = httpapi.predict_models(options.max_texts_per_request)[0]
         self.replica = serve.get_replica_context().replica_id.unique_id
         self._score.set_max_batch_size(options.max_batch_size)
         self._score.set_batch_wait_timeout_s(options.max_wait_ms / 1000)
@@ -69,27 +61,27 @@ class PredictorReplica:
             return JSONResponse(body, status_code=status, headers={REPLICA_HEADER: self.replica, **(headers or {})})
 
         path = request.url.path.rstrip("/") or "/"
-        if path in HEALTH:
+        if path in httpapi.HEALTH:
             return answer(200, {path.rsplit("/", 1)[1]: True})
-        if self.api_key is not None and not key_matches(request.headers.get("authorization", "").encode(),
-                                                        self.api_key.encode()):
-            return answer(401, {"error": KEY_REFUSED}, dict([KEY_CHALLENGE]))
+        authorization = request.headers.get("authorization", "").encode()
+        if self.api_key is not None and not httpapi.key_matches(authorization, self.api_key.encode()):
+            return answer(401, {"error": httpapi.KEY_REFUSED}, dict([httpapi.KEY_CHALLENGE]))
         if path != "/predict" or request.method != "POST":
             return answer(404, {"error": f"no route {request.method} {path}; use POST /predict"})
         raw = await request.body()
         if len(raw) > self.options.max_body_bytes:
-            return answer(413, {"error": body_too_large(self.options.max_body_bytes)})
+            return answer(413, {"error": httpapi.body_too_large(self.options.max_body_bytes)})
         try:
             body = self.request_model.model_validate_json(raw)
-            texts, pairs = request_texts(body, self.predictor.pairs)
+            texts, pairs = httpapi.request_texts(body, self.predictor.pairs)
         except ValidationError as e:
-            status, message = invalid_body(e.errors())
+            status, message = httpapi.invalid_body(e.errors())
             return answer(status, {"error": message})
-        except BadRequest as e:
+        except httpapi.BadRequest as e:
             return answer(422, {"error": str(e)})
         probabilities = await self._score((texts, pairs))
-        return answer(200, predict_response(self.options.model_name, self.predictor.variant, self.predictor.labels,
-                                            probabilities, body.all_scores))
+        return answer(200, httpapi.predict_response(self.options.model_name, self.predictor.variant,
+                                                    self.predictor.labels, probabilities, body.all_scores))
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=lambda items: sum(
         len(texts) for texts, _ in items))  # the options' values are set per replica in __init__
@@ -107,8 +99,6 @@ def application(options: ServeOptions, cpus: int | None = None):
 
     Threads per replica default to the cluster's CPUs (`cpus`, else this machine's) over the most replicas.
     """
-    from bertdeploy.runtime import usable_cpus
-
     most = options.max_replicas or options.replicas
     threads = options.threads or max(1, (cpus or usable_cpus()) // most)
     scaling = {"num_replicas": options.replicas} if options.max_replicas is None else {
@@ -117,14 +107,14 @@ def application(options: ServeOptions, cpus: int | None = None):
                                "target_ongoing_requests": options.target_ongoing_requests}}
     deployment = serve.deployment(
         PredictorReplica, name=options.model_name, ray_actor_options={"num_cpus": threads},
-        max_ongoing_requests=options.max_ongoing_requests, max_queued_requests=options.max_queue, **scaling)
+        max_ongoing_requests=options.max_ongoing_requests, max_queued_requests=options.max_queued_requests, **scaling)
     return deployment.bind(options, threads, options.api_key())
 
 
 def app_builder(args: dict):
     """For `serve run bertdeploy.rayserve:app_builder artifact_dir=DIR replicas=2 ...` and Serve config files."""
     numbers = {"port": int, "replicas": int, "min_replicas": int, "max_replicas": int, "threads": int,
-               "max_batch_size": int, "max_batch_tokens": int, "max_queue": int, "max_texts_per_request": int,
+               "max_batch_size": int, "max_batch_tokens": int, "max_queued_requests": int, "max_texts_per_request": int,
                "max_body_bytes": int, "max_ongoing_requests": int, "max_wait_ms": float,
                "target_ongoing_requests": float}
     return application(ServeOptions(**{k: numbers[k](v) if k in numbers else v for k, v in args.items()},
@@ -136,18 +126,16 @@ def serve_ray(options: ServeOptions) -> None:
 
     On the way out, a cluster started here goes down whole (quick); on a cluster joined, only this application
     is deleted, and Serve keeps serving the others."""
-    import ray
-
     options.api_key()  # a missing key variable is the user's mistake: say so before starting anything
     joined = ray.is_initialized() or bool(options.ray_address or os.environ.get("RAY_ADDRESS"))
     with ray_cluster(options.ray_address):
         stop = _stop_on_signals()  # after ray.init, which installs handlers of its own
-        serve.start(http_options={"host": options.host, "port": options.port})
         try:
+            serve.start(http_options={"host": options.host, "port": options.port})
             cpus = int(ray.cluster_resources().get("CPU", 1))
             serve.run(application(options, cpus), name=options.model_name, route_prefix="/")
         except RuntimeError as e:
-            raise BertdeployError(f"Ray Serve could not start the deployment: {str(e).splitlines()[0]}") from None
+            raise _start_error(e, options) from None
         described = (f"{options.replicas} replicas" if options.max_replicas is None else
                      f"{options.min_replicas}-{options.max_replicas} replicas (autoscaled)")
         logger.info("serving %s as model %r with Ray Serve, %s, on http://%s:%d", options.artifact_dir,
@@ -158,6 +146,16 @@ def serve_ray(options: ServeOptions) -> None:
         logger.info("stopping")
         if joined:
             serve.delete(options.model_name)
+
+
+def _start_error(error: RuntimeError, options: ServeOptions) -> BertdeployError:
+    """Serve failing to start, in one line: the local server's words for a port in use, else Ray's own error."""
+    text = str(error)
+    if "Failed to bind to address" in text:
+        return BertdeployError(f"cannot listen on {options.host}:{options.port}: Ray Serve's proxy could not bind it; "
+                               "choose another --port or --host")
+    errors = [line.strip() for line in text.splitlines() if re.match(r"\s*\w+(Error|Exception): ", line)]
+    return BertdeployError(f"Ray Serve could not start the deployment: {(errors or text.splitlines())[-1]}")
 
 
 def _stop_on_signals() -> threading.Event:

@@ -1,191 +1,186 @@
-"""`bertdeploy serve`: an exported classifier over HTTP, with dynamic batching, metrics and limits.
+"""`bertdeploy serve`, the local engine: an exported classifier over HTTP, with dynamic batching, metrics
+and limits.
 
-Routes: `POST /predict` (our JSON), the KServe v2 / Triton protocol under `/v2` (kserve.py),
-`GET /metrics` (Prometheus). Liveness answers as soon as the server listens; readiness only
-after the model has been loaded and warmed up. Inference runs in the batcher's thread
+Routes: `POST /predict` (our JSON, httpapi.py), the KServe v2 / Triton protocol under `/v2`
+(kserve.py), `GET /metrics` (Prometheus). Liveness answers as soon as the server listens; readiness
+only after the model has been loaded and warmed up. Inference runs in the batcher's thread
 (batcher.py), never on the event loop. Limits answer at once: 413 for a body too large, 422
 for a wrong field or too many texts, 429 when the queue is full, 401 without the API key (every
 route but health, compared in constant time). Errors are JSON `{"error": ...}` without stack
 traces. On SIGTERM uvicorn stops accepting, finishes the requests in flight, then the batcher
-drains its queue.
+drains its queue. Ray Serve (rayserve.py) answers the same `/predict`.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, some of them local classes.
 import asyncio
-import hmac
 import json
 import logging
-import os
-import re
+import socket
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
-from bertdeploy import __version__
+from bertdeploy import __version__, kserve
 from bertdeploy.batcher import Batcher, Overloaded
 from bertdeploy.errors import BertdeployError, check_options
+from bertdeploy.httpapi import (
+    HEALTH,
+    KEY_CHALLENGE,
+    KEY_REFUSED,
+    BadRequest,
+    ServeOptions,
+    body_too_large,
+    invalid_body,
+    key_matches,
+    predict_models,
+    predict_response,
+    request_texts,
+)
+from bertdeploy.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
-HEALTH = ("/v2/health/live", "/v2/health/ready")
 VERSION = "1"
 
 
-@dataclass
-class ServeOptions:
-    artifact_dir: Path
-    host: str = "127.0.0.1"
-    port: int = 8000
-    variant: str | None = None
-    backend: str = "auto"  # auto, onnxruntime or openvino
-    max_batch_tokens: int | None = None  # default: the predictor's (1,024 on the CPU, 16,384 on a GPU)
-    max_batch_size: int = 64
-    max_wait_ms: float = 5.0
-    max_queue: int = 1024
-    max_texts_per_request: int = 256
-    max_body_bytes: int = 1_000_000
-    api_key_env: str | None = None
-    threads: int | None = None
-    providers: str = "cpu"
-    model_name: str | None = None  # default: the artifact directory's name
-    allow_fallback: bool = False
-    engine: str = "local"  # local: this process (uvicorn); ray: a Ray Serve deployment (rayserve.py)
-    replicas: int = 1  # ray: a fixed number of replicas...
-    min_replicas: int = 1  # ...or, with max_replicas, autoscaled between these on ongoing requests
-    max_replicas: int | None = None
-    target_ongoing_requests: float = 2.0
-    max_ongoing_requests: int = 32  # ray: requests one replica holds at once (what Serve can batch)
-    ray_address: str | None = None  # ray: a running cluster (default: $RAY_ADDRESS, else a local one)
-
-    def __post_init__(self) -> None:
-        self.artifact_dir = Path(self.artifact_dir)
-        self.model_name = self.model_name or self.artifact_dir.absolute().name
-        check_options([
-            (0 <= self.port <= 65535, f"port {self.port} is not between 0 and 65535"),
-            (self.max_batch_tokens is None or self.max_batch_tokens >= 1, "max_batch_tokens must be at least 1"),
-            (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
-            (self.max_wait_ms >= 0, "max_wait_ms must be 0 or more"),
-            (self.max_texts_per_request >= 1, "max_texts_per_request must be at least 1"),
-            (self.max_queue >= self.max_texts_per_request,
-             f"max_queue ({self.max_queue}) must hold at least one full request ({self.max_texts_per_request} texts)"),
-            (self.max_body_bytes >= 1, "max_body_bytes must be at least 1"),
-            (self.engine in ("local", "ray"), "engine must be local or ray"),
-            (self.replicas >= 1 and self.min_replicas >= 0, "replicas must be at least 1 (min_replicas 0)"),
-            (self.max_replicas is None or self.max_replicas >= max(1, self.min_replicas),
-             "max_replicas must be at least min_replicas and 1"),
-            (self.target_ongoing_requests > 0 and self.max_ongoing_requests >= 1,
-             "target_ongoing_requests must be above 0 and max_ongoing_requests at least 1"),
-            (re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name) is not None,
-             f"model name {self.model_name!r}: use letters, digits, '_', '.' and '-' only (--model-name)"),
-        ])
-
-    def api_key(self) -> str | None:
-        if self.api_key_env is None:
-            return None
-        key = os.environ.get(self.api_key_env, "")
-        if not key:
-            raise BertdeployError(f"--api-key-env {self.api_key_env}: that environment variable is not set or empty")
-        return key
-
-
 def serve(options: ServeOptions) -> None:
-    """Load the model, then serve until SIGTERM or Ctrl-C."""
-    if options.engine == "ray":
-        from bertdeploy.raybulk import import_ray
-
-        import_ray()  # names the extra when Ray is missing
-        from bertdeploy.rayserve import serve_ray
-
-        return serve_ray(options)
+    """Load the model, then serve until SIGTERM or Ctrl-C. Port 0 takes a free port, named in the log."""
+    check_options([(options.engine == "local", "server.serve runs the local engine; for engine='ray' call "
+                                               "bertdeploy.rayserve.serve_ray")])
     import uvicorn
-
-    from bertdeploy.predictor import Predictor
 
     key = options.api_key()
     predictor = Predictor.load(options.artifact_dir, options.variant, options.providers, options.threads,
                                max_batch_tokens=options.max_batch_tokens, max_batch_size=options.max_batch_size,
                                allow_fallback=options.allow_fallback, backend=options.backend)
     app = create_app(predictor, options, key)
+    listening = _listen(options.host, options.port)
+    host, port = listening.getsockname()[:2]
     logger.info("serving %s (%s) as model %r on http://%s:%d", options.artifact_dir, predictor.describe(),
-                options.model_name, options.host, options.port)
-    uvicorn.run(app, host=options.host, port=options.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=30)
+                options.model_name, f"[{host}]" if ":" in host else host, port)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=30))
+    with listening:
+        server.run(sockets=[listening])
+    if not server.started:
+        raise BertdeployError("the server did not start; see the messages above")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port` (IPv6 when the host has a colon), for uvicorn to listen on."""
+    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as e:
+        listening.close()
+        raise BertdeployError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port or "
+                              "--host") from None
+    return listening
+
+
+class _Served:
+    """What the routes share: the predictor, its batcher, the options, and whether warm-up is done."""
+
+    def __init__(self, predictor, options: ServeOptions, batcher: Batcher) -> None:
+        self.predictor, self.options, self.batcher = predictor, options, batcher
+        self.name, self.labels = options.model_name, predictor.labels
+        self.inputs = ["text", "text_pair"] if predictor.pairs else ["text"]
+        self.ready = False
+
+    async def warm_up(self) -> None:
+        """Each model once at the longest length, so the first requests find memory allocated."""
+        try:
+            await asyncio.to_thread(self.predictor.warm_up)
+        except Exception:
+            logger.exception("warm-up failed; the server stays not ready")
+            return
+        self.ready = True
+        logger.info("ready")
+
+    async def scores(self, texts: list[str], pairs: list[str] | None):
+        from starlette.exceptions import HTTPException
+
+        if not self.ready:
+            raise HTTPException(503, "the model is still warming up")
+        try:
+            return await self.batcher.predict(texts, pairs)
+        except Overloaded as e:
+            raise HTTPException(429, f"{e}; retry later", headers={"Retry-After": "1"}) from None
 
 
 def create_app(predictor, options: ServeOptions, api_key: str | None = None):
     """The ASGI app for a loaded `Predictor`; warm-up starts with the app's lifespan."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
-    from starlette.exceptions import HTTPException
-
-    from bertdeploy import kserve
+    from fastapi import FastAPI
 
     metrics = _Metrics()
     batcher = Batcher(predictor, options.max_batch_size, options.max_wait_ms, options.max_queue, metrics.batch)
     metrics.queue.set_function(lambda: batcher.queued)
-    state = {"ready": False}
-    name, labels = options.model_name, predictor.labels
-    inputs = ["text", "text_pair"] if predictor.pairs else ["text"]
-
-    async def warm_up() -> None:
-        """Each model once at the longest length, so the first requests find memory allocated."""
-        try:
-            await asyncio.to_thread(predictor.warm_up)
-        except Exception:
-            logger.exception("warm-up failed; the server stays not ready")
-            return
-        state["ready"] = True
-        logger.info("ready")
+    served = _Served(predictor, options, batcher)
 
     @asynccontextmanager
     async def lifespan(app):
         batcher.start()
-        warming = asyncio.create_task(warm_up())
+        warming = asyncio.create_task(served.warm_up())
         yield
         warming.cancel()
         await asyncio.to_thread(batcher.stop)
 
     app = FastAPI(title="bertdeploy", version=__version__, lifespan=lifespan,
-                  description=f"Text classifier {name}: labels {', '.join(labels)}.")
+                  description=f"Text classifier {served.name}: labels {', '.join(served.labels)}.")
     app.add_middleware(_Limits, max_body_bytes=options.max_body_bytes, api_key=api_key)
     app.add_middleware(_Metered, metrics=metrics)
+    _error_handlers(app)
+    _predict_route(app, served)
+    _health_routes(app, served)
+    _kserve_routes(app, served)
+    _metrics_route(app, metrics)
+    return app
 
-    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+def _error(status: int, message: str, headers: dict | None = None):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _error_handlers(app) -> None:
+    """Every error as JSON `{"error": ...}`: refused bodies by httpapi's words, crashes without a trace."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error(*invalid_body(exc.errors()))
+        return _error(*invalid_body(exc.errors()))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
         logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return error(500, "internal error; see the server's log")
+        return _error(500, "internal error; see the server's log")
 
-    async def scores(texts: list[str], pairs: list[str] | None):
-        if not state["ready"]:
-            raise HTTPException(503, "the model is still warming up")
-        try:
-            return await batcher.predict(texts, pairs)
-        except Overloaded as e:
-            raise HTTPException(429, f"{e}; retry later", headers={"Retry-After": "1"}) from None
 
-    PredictRequest, PredictResponse = _predict_models(options.max_texts_per_request)
+def _predict_route(app, served: _Served) -> None:
+    from starlette.exceptions import HTTPException
+
+    PredictRequest, PredictResponse = predict_models(served.options.max_texts_per_request)
 
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
               summary="Labels and scores for one text or many")
     async def predict(body: PredictRequest) -> dict:
         try:
-            texts, pairs = request_texts(body, predictor.pairs)
+            texts, pairs = request_texts(body, served.predictor.pairs)
         except BadRequest as e:
             raise HTTPException(422, str(e)) from None
-        return predict_response(name, predictor.variant, labels, await scores(texts, pairs), body.all_scores)
+        return predict_response(served.name, served.predictor.variant, served.labels,
+                                await served.scores(texts, pairs), body.all_scores)
+
+
+def _health_routes(app, served: _Served) -> None:
+    from fastapi.responses import JSONResponse
 
     @app.get("/v2/health/live", summary="Liveness: the process serves requests")
     async def live() -> dict:
@@ -193,7 +188,17 @@ def create_app(predictor, options: ServeOptions, api_key: str | None = None):
 
     @app.get("/v2/health/ready", summary="Readiness: the model is loaded and warmed up")
     async def ready() -> JSONResponse:
-        return JSONResponse({"ready": state["ready"]}, status_code=200 if state["ready"] else 503)
+        return JSONResponse({"ready": served.ready}, status_code=200 if served.ready else 503)
+
+
+def _kserve_routes(app, served: _Served) -> None:
+    """Server and model metadata, readiness, Triton's repository index and inference, by the v2 protocol."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException
+
+
+    name, labels, inputs = served.name, served.labels, served.inputs
 
     @app.get("/v2", summary="Server metadata (KServe v2)")
     async def server_metadata() -> dict:
@@ -212,17 +217,17 @@ def create_app(predictor, options: ServeOptions, api_key: str | None = None):
                 "inputs": [{"name": i, "datatype": "BYTES", "shape": [-1]} for i in inputs],
                 "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
                             {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]}],
-                "parameters": {"labels": labels, "variant": predictor.variant}}
+                "parameters": {"labels": labels, "variant": served.predictor.variant}}
 
     @app.get("/v2/models/{model}/ready", summary="Model readiness (KServe v2)")
     @app.get("/v2/models/{model}/versions/{version}/ready", include_in_schema=False)
     async def model_ready(model: str, version: str | None = None) -> JSONResponse:
         check_model(model, version)
-        return JSONResponse({"name": name, "ready": state["ready"]}, status_code=200 if state["ready"] else 503)
+        return JSONResponse({"name": name, "ready": served.ready}, status_code=200 if served.ready else 503)
 
     @app.post("/v2/repository/index", summary="The models this server has (Triton's repository extension)")
     async def repository_index() -> list:
-        return [{"name": name, "version": VERSION, "state": "READY" if state["ready"] else "LOADING"}]
+        return [{"name": name, "version": VERSION, "state": "READY" if served.ready else "LOADING"}]
 
     infer_schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": _INFER_SCHEMA}}}}
 
@@ -233,90 +238,28 @@ def create_app(predictor, options: ServeOptions, api_key: str | None = None):
         check_model(model, version)
         try:
             parsed = kserve.parse_request(await request.body(), request.headers.get(kserve.HEADER),
-                                          options.max_texts_per_request)
+                                          served.options.max_texts_per_request)
             if sorted(parsed.inputs) != sorted(inputs):
                 raise kserve.InferError(f"inputs must be {' and '.join(inputs)}, got {', '.join(parsed.inputs)}")
             texts, pairs = parsed.inputs["text"], parsed.inputs.get("text_pair")
             if pairs is not None and len(pairs) != len(texts):
                 raise kserve.InferError(f"{len(texts)} texts but {len(pairs)} text_pair elements")
         except kserve.InferError as e:
-            return error(400, str(e))
-        probabilities = await scores(texts, pairs)
+            return _error(400, str(e))
+        probabilities = await served.scores(texts, pairs)
         body, headers = kserve.encode_response(name, VERSION, parsed, [labels[i] for i in probabilities.argmax(-1)],
                                                probabilities)
         return Response(body, headers=headers)
+
+
+def _metrics_route(app, metrics: "_Metrics") -> None:
+    from fastapi.responses import Response
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
-
-
-class BadRequest(ValueError):
-    """A /predict body that parses but asks for something this model cannot do (answered with 422)."""
-
-
-def invalid_body(problems: list[dict]) -> tuple[int, str]:
-    """Status and message for a body pydantic refused: 400 when it is not JSON, else 422 naming the field."""
-    if any(p.get("type") == "json_invalid" for p in problems):
-        return 400, "the body is not valid JSON"
-    first = problems[0]
-    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
-    return 422, f"{where}: {first.get('msg')}"
-
-
-def request_texts(body, pairs_model: bool) -> tuple[list[str], list[str] | None]:
-    """The texts (and pairs) of a /predict body; BadRequest when they do not fit the model."""
-    texts = [body.text] if body.text is not None else body.texts
-    pairs = [body.pair] if body.pair is not None else body.pairs
-    if (body.text is None) == (body.texts is None):
-        raise BadRequest("give either 'text' or 'texts'")
-    if pairs_model != (pairs is not None):
-        raise BadRequest(f"this model {'needs' if pairs_model else 'takes no'} 'pair'/'pairs'")
-    if pairs is not None and len(pairs) != len(texts):
-        raise BadRequest(f"{len(texts)} texts but {len(pairs)} pairs")
-    return texts, pairs
-
-
-def predict_response(model: str, variant: str, labels: list[str], probabilities, all_scores: bool) -> dict:
-    """The /predict answer: the best label and its score per text (every label's with `all_scores`)."""
-    predictions = []
-    for row in probabilities:
-        best = int(row.argmax())
-        entry = {"label": labels[best], "score": float(row[best])}
-        if all_scores:
-            entry["scores"] = dict(zip(labels, row.tolist(), strict=True))
-        predictions.append(entry)
-    return {"model": model, "variant": variant, "predictions": predictions}
-
-
-def _predict_models(max_texts: int):
-    from pydantic import BaseModel, ConfigDict, Field
-
-    Texts = list[str] | None
-
-    class PredictRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        text: str | None = Field(None, description="One text; or give `texts`.")
-        texts: Texts = Field(None, max_length=max_texts, description=f"Up to {max_texts} texts.")
-        pair: str | None = Field(None, description="The second text, for models trained on pairs.")
-        pairs: Texts = Field(None, max_length=max_texts)
-        all_scores: bool = Field(False, description="Every label's score, not only the best one's.")
-
-    class Prediction(BaseModel):
-        label: str
-        score: float
-        scores: dict[str, float] | None = None
-
-    class PredictResponse(BaseModel):
-        model: str
-        variant: str
-        predictions: list[Prediction]
-
-    return PredictRequest, PredictResponse
 
 
 _TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
@@ -346,6 +289,8 @@ class _Metrics:
                                       buckets=(64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768),
                                       registry=self.registry)
         self.queue = Gauge("bertdeploy_queue_texts", "Texts waiting to be batched", registry=self.registry)
+        self.in_flight = Gauge("bertdeploy_requests_in_flight", "HTTP requests being answered (a scrape counts itself)",
+                               registry=self.registry)
 
     def batch(self, texts: int, length: int) -> None:
         self.batch_size.observe(texts)
@@ -368,9 +313,11 @@ class _Metered:
                 status[0] = message["status"]
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, recorded)
         finally:
+            self.metrics.in_flight.dec()
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(route, str(status[0])).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
@@ -416,19 +363,6 @@ class _Limits:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
-
-
-KEY_REFUSED = "missing or wrong API key: send 'Authorization: Bearer <key>'"
-KEY_CHALLENGE = ("www-authenticate", "Bearer")  # the header a 401 carries
-
-
-def key_matches(authorization: bytes, api_key: bytes) -> bool:
-    """Whether an Authorization header carries the key, compared in constant time."""
-    return hmac.compare_digest(authorization, b"Bearer " + api_key)
-
-
-def body_too_large(limit: int) -> str:
-    return f"the body is over {limit} bytes"
 
 
 async def _send_error(send, status: int, message: str, headers: list | None = None) -> None:

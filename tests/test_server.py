@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -25,8 +26,9 @@ from schemathesis.checks import not_a_server_error
 
 from bertdeploy.batcher import Batcher, Overloaded
 from bertdeploy.cli import cli
+from bertdeploy.httpapi import ServeOptions
 from bertdeploy.predictor import Predictor
-from bertdeploy.server import ServeOptions, create_app
+from bertdeploy.server import create_app
 
 TEXTS = [r["text"] for r in make_rows(40, seed=11)]
 
@@ -279,33 +281,71 @@ def test_sentence_pair_models_take_pairs_on_both_apis(pair_predictor):
         assert np.allclose(client.infer("tiny", inputs).as_numpy("probabilities"), expected, atol=1e-5)
 
 
+def _serving_port(process: subprocess.Popen, log: list[str], seconds: float = 60) -> int:
+    """The port `serve --port 0` took, from its log (a thread collects the lines of stderr into `log`)."""
+    threading.Thread(target=lambda: log.extend(process.stderr), daemon=True).start()
+    deadline = time.monotonic() + seconds
+    while not (found := re.search(r"serving .* on http://127\.0\.0\.1:(\d+)", "".join(log))):
+        assert process.poll() is None and time.monotonic() < deadline, "".join(log)
+        time.sleep(0.02)
+    return int(found.group(1))
+
+
+def _in_flight(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    return float(re.search(r"^bertdeploy_requests_in_flight (\S+)", text, re.M).group(1))
+
+
 def test_sigterm_finishes_the_requests_in_flight(tiny_artifacts):
-    sock = _free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    process = subprocess.Popen([sys.executable, "-m", "bertdeploy", "serve", str(tiny_artifacts), "--port", str(port),
-                                "--max-wait-ms", "1500", "--variant", "fp32"], stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([sys.executable, "-m", "bertdeploy", "serve", str(tiny_artifacts), "--port", "0",
+                                "--variant", "fp32"], stderr=subprocess.PIPE, text=True)
+    log: list[str] = []
     try:
+        base = f"http://127.0.0.1:{_serving_port(process, log)}"
         deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/v2/health/ready").status_code == 200:
-                    break
-            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
-            time.sleep(0.05)
+        while httpx.get(f"{base}/v2/health/ready").status_code != 200:
+            assert process.poll() is None and time.monotonic() < deadline, "".join(log)
+            time.sleep(0.02)
+        release = threading.Event()
+
+        def body():  # the request is in flight until the rest of its body comes
+            yield b'{"texts": '
+            assert release.wait(30)
+            yield json.dumps(TEXTS[:3]).encode() + b"}"
+
         with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(httpx.post, f"{base}/predict", json={"texts": TEXTS[:3]}, timeout=30)
-            time.sleep(0.5)  # the request now waits in the batcher (1.5 s)
+            pending = pool.submit(httpx.post, f"{base}/predict", content=body(), timeout=30,
+                                  headers={"content-type": "application/json"})
+            while _in_flight(base) < 2:  # the held request, and this scrape
+                assert not pending.done() and time.monotonic() < deadline, "the request did not arrive"
+                time.sleep(0.02)
             process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while True:  # shutting down: no new connections
+                try:
+                    httpx.get(f"{base}/v2/health/live", timeout=1)
+                except httpx.TransportError:
+                    break
+                assert time.monotonic() < deadline, "still accepting connections after SIGTERM"
+                time.sleep(0.02)
+            release.set()
             response = pending.result()
         assert response.status_code == 200 and len(response.json()["predictions"]) == 3
         # uvicorn re-raises the signal once it has shut down, so the exit status says SIGTERM
         assert process.wait(30) in (0, -signal.SIGTERM)
-        assert "Traceback" not in process.stderr.read()
+        assert "Traceback" not in "".join(log)
     finally:
         process.kill()
         process.wait()
+
+
+def test_serve_names_a_port_in_use_in_one_line(tiny_artifacts):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", str(tiny_artifacts), "--port", str(port), "--variant", "fp32"])
+    assert result.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in result.output, result.output
 
 
 @pytest.mark.parametrize(("args", "message"), [

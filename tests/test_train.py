@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -150,6 +151,14 @@ def _wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> Non
         time.sleep(0.05)
 
 
+def _written(state: Path) -> bool:
+    """Whether a checkpoint is complete: the Trainer writes trainer_state.json last."""
+    try:
+        return json.loads(state.read_text()).get("global_step", 0) > 0
+    except (OSError, ValueError):
+        return False
+
+
 @pytest.fixture
 def run_dir(tmp_path) -> Path:
     (tmp_path / "run").mkdir()
@@ -167,9 +176,9 @@ def slow_run_args(tiny_model_dir, run_dir) -> list[str]:
 
 def test_ctrl_c_leaves_nothing(slow_run_args, run_dir):
     process = _start_cli(slow_run_args, run_dir)
-    # in the Trainer's first epoch, before any checkpoint (under load, loading alone can take seconds)
-    _wait_for(lambda: "training on" in _log_tail(process), process)
-    time.sleep(1.0)
+    # in the Trainer's first epoch, once a step is done (its progress bar says so), before any checkpoint
+    _wait_for(lambda: "training on" in _log_tail(process) and re.search(r"\b[1-9]\d*/\d+ \[", _log_tail(process)),
+              process)
     assert not list((run_dir / "out.partial").glob("checkpoints/checkpoint-*"))
     process.send_signal(signal.SIGINT)
     process.wait(timeout=60)
@@ -180,8 +189,7 @@ def test_ctrl_c_leaves_nothing(slow_run_args, run_dir):
 def test_killed_run_resumes_from_its_checkpoint(slow_run_args, run_dir, monkeypatch):
     process = _start_cli(slow_run_args, run_dir)
     checkpoints = run_dir / "out.partial" / "checkpoints"
-    _wait_for(lambda: any(checkpoints.glob("checkpoint-*/trainer_state.json")), process)
-    time.sleep(0.5)  # let the checkpoint finish writing
+    _wait_for(lambda: any(_written(state) for state in checkpoints.glob("checkpoint-*/trainer_state.json")), process)
     process.kill()
     process.wait()
     assert not (run_dir / "out").exists()  # nothing that looks finished

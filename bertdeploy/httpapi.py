@@ -1,0 +1,158 @@
+"""The HTTP contract of `bertdeploy serve`, the same on both engines: the local server (server.py) and
+Ray Serve (rayserve.py).
+
+Their options; the `/predict` request and answer (pydantic models, the texts a body asks for, the
+answer's shape); the messages of refused requests (a body that is not JSON or has a wrong field,
+a missing or wrong API key, a body too large), so both answer word for word alike; the health
+routes, which never need the key.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from bertdeploy.errors import BertdeployError, check_options
+
+HEALTH = ("/v2/health/live", "/v2/health/ready")
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class ServeOptions:
+    artifact_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    variant: str | None = None
+    backend: str = "auto"  # auto, onnxruntime or openvino
+    max_batch_tokens: int | None = None  # default: the predictor's (1,024 on the CPU, 16,384 on a GPU)
+    max_batch_size: int = 64
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024  # local: texts waiting to be batched before requests get 429
+    max_texts_per_request: int = 256
+    max_body_bytes: int = 1_000_000
+    api_key_env: str | None = None
+    threads: int | None = None
+    providers: str = "cpu"
+    model_name: str | None = None  # default: the artifact directory's name
+    allow_fallback: bool = False
+    engine: str = "local"  # local: this process (uvicorn); ray: a Ray Serve deployment (rayserve.py)
+    replicas: int = 1  # ray: a fixed number of replicas...
+    min_replicas: int = 1  # ...or, with max_replicas, autoscaled between these on ongoing requests
+    max_replicas: int | None = None
+    target_ongoing_requests: float = 2.0
+    max_ongoing_requests: int = 32  # ray: requests one replica holds at once (what Serve can batch)
+    max_queued_requests: int = 1024  # ray: requests Serve holds waiting for a replica before it refuses more
+    ray_address: str | None = None  # ray: a running cluster (default: $RAY_ADDRESS, else a local one)
+
+    def __post_init__(self) -> None:
+        self.artifact_dir = Path(self.artifact_dir)
+        self.model_name = self.model_name or self.artifact_dir.absolute().name
+        check_options([
+            (0 <= self.port <= 65535, f"port {self.port} is not between 0 and 65535"),
+            (self.max_batch_tokens is None or self.max_batch_tokens >= 1, "max_batch_tokens must be at least 1"),
+            (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
+            (self.max_wait_ms >= 0, "max_wait_ms must be 0 or more"),
+            (self.max_texts_per_request >= 1, "max_texts_per_request must be at least 1"),
+            (self.max_queue >= self.max_texts_per_request,
+             f"max_queue ({self.max_queue}) must hold at least one full request ({self.max_texts_per_request} texts)"),
+            (self.max_body_bytes >= 1, "max_body_bytes must be at least 1"),
+            (self.engine in ENGINES, "engine must be local or ray"),
+            (self.replicas >= 1 and self.min_replicas >= 0, "replicas must be at least 1 (min_replicas 0)"),
+            (self.max_replicas is None or self.max_replicas >= max(1, self.min_replicas),
+             "max_replicas must be at least min_replicas and 1"),
+            (self.target_ongoing_requests > 0 and self.max_ongoing_requests >= 1,
+             "target_ongoing_requests must be above 0 and max_ongoing_requests at least 1"),
+            (self.max_queued_requests >= 1 or self.max_queued_requests == -1,
+             "max_queued_requests must be at least 1, or -1 for no limit"),
+            (re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name) is not None,
+             f"model name {self.model_name!r}: use letters, digits, '_', '.' and '-' only (--model-name)"),
+        ])
+
+    def api_key(self) -> str | None:
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env, "")
+        if not key:
+            raise BertdeployError(f"--api-key-env {self.api_key_env}: that environment variable is not set or empty")
+        return key
+
+
+class BadRequest(ValueError):
+    """A /predict body that parses but asks for something this model cannot do (answered with 422)."""
+
+
+def invalid_body(problems: list[dict]) -> tuple[int, str]:
+    """Status and message for a body pydantic refused: 400 when it is not JSON, else 422 naming the field."""
+    if any(p.get("type") == "json_invalid" for p in problems):
+        return 400, "the body is not valid JSON"
+    first = problems[0]
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
+    return 422, f"{where}: {first.get('msg')}"
+
+
+def request_texts(body, pairs_model: bool) -> tuple[list[str], list[str] | None]:
+    """The texts (and pairs) of a /predict body; BadRequest when they do not fit the model."""
+    texts = [body.text] if body.text is not None else body.texts
+    pairs = [body.pair] if body.pair is not None else body.pairs
+    if (body.text is None) == (body.texts is None):
+        raise BadRequest("give either 'text' or 'texts'")
+    if pairs_model != (pairs is not None):
+        raise BadRequest(f"this model {'needs' if pairs_model else 'takes no'} 'pair'/'pairs'")
+    if pairs is not None and len(pairs) != len(texts):
+        raise BadRequest(f"{len(texts)} texts but {len(pairs)} pairs")
+    return texts, pairs
+
+
+def predict_response(model: str, variant: str, labels: list[str], probabilities, all_scores: bool) -> dict:
+    """The /predict answer: the best label and its score per text (every label's with `all_scores`)."""
+    predictions = []
+    for row in probabilities:
+        best = int(row.argmax())
+        entry = {"label": labels[best], "score": float(row[best])}
+        if all_scores:
+            entry["scores"] = dict(zip(labels, row.tolist(), strict=True))
+        predictions.append(entry)
+    return {"model": model, "variant": variant, "predictions": predictions}
+
+
+def predict_models(max_texts: int):
+    from pydantic import BaseModel, ConfigDict, Field
+
+    Texts = list[str] | None
+
+    class PredictRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        text: str | None = Field(None, description="One text; or give `texts`.")
+        texts: Texts = Field(None, max_length=max_texts, description=f"Up to {max_texts} texts.")
+        pair: str | None = Field(None, description="The second text, for models trained on pairs.")
+        pairs: Texts = Field(None, max_length=max_texts)
+        all_scores: bool = Field(False, description="Every label's score, not only the best one's.")
+
+    class Prediction(BaseModel):
+        label: str
+        score: float
+        scores: dict[str, float] | None = None
+
+    class PredictResponse(BaseModel):
+        model: str
+        variant: str
+        predictions: list[Prediction]
+
+    return PredictRequest, PredictResponse
+
+
+KEY_REFUSED = "missing or wrong API key: send 'Authorization: Bearer <key>'"
+KEY_CHALLENGE = ("www-authenticate", "Bearer")  # the header a 401 carries
+
+
+def key_matches(authorization: bytes, api_key: bytes) -> bool:
+    """Whether an Authorization header carries the key, compared in constant time."""
+    return hmac.compare_digest(authorization, b"Bearer " + api_key)
+
+
+def body_too_large(limit: int) -> str:
+    return f"the body is over {limit} bytes"

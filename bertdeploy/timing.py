@@ -1,0 +1,57 @@
+"""The one timing harness: export's pick of the default variant, `bench` and every script in
+`benchmarks/` measure with it.
+
+`interleave` times several calls side by side: every round each call runs once, in an order
+shuffled every round, so a slow moment of a shared machine hits them all alike and no call
+always runs right after the same other one (caches and woken threads favour the second).
+Warm-up rounds run but are not kept. `distinct_shapes` picks the feeds for an untimed first call per
+input shape (OpenVINO compiles kernels for each new shape, a cost a warm service has paid). `stopwatch`
+times one whole operation. numpy only; it knows nothing of models.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import TypeVar
+
+import numpy as np
+
+Key = TypeVar("Key", bound=Hashable)
+T = TypeVar("T")
+
+
+def interleave(calls: Mapping[Key, Callable[[int], object]], rounds: int, warmup: int = 0, seed: int = 0,
+               tick: Callable[[], object] | None = None) -> dict[Key, list[float]]:
+    """Milliseconds of each `calls[key](step)` per kept round: `warmup + rounds` rounds, each call once per
+    round in a freshly shuffled order; `step` counts every round from 0, warm-up included. `tick` is called
+    after every call (a progress bar)."""
+    keys = list(calls)
+    samples: dict[Key, list[float]] = {key: [] for key in keys}
+    rng = np.random.default_rng(seed)
+    for step in range(warmup + rounds):
+        for i in rng.permutation(len(keys)):
+            started = time.perf_counter()
+            calls[keys[i]](step)
+            elapsed = (time.perf_counter() - started) * 1000
+            if step >= warmup:
+                samples[keys[i]].append(elapsed)
+            if tick is not None:
+                tick()
+    return samples
+
+
+def distinct_shapes(feeds: Sequence[dict]) -> list[int]:
+    """The index of one feed per distinct `input_ids` shape: what to run once, untimed, before timing."""
+    return list({tuple(f["input_ids"].shape): i for i, f in enumerate(feeds)}.values())
+
+
+def medians(samples: Mapping[Key, list[float]]) -> dict[Key, float]:
+    return {key: float(np.median(values)) for key, values in samples.items()}
+
+
+def stopwatch(function: Callable[..., T], *args, **kwargs) -> tuple[T, float]:
+    """`function(*args, **kwargs)` and the seconds it took."""
+    started = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - started
