@@ -30,7 +30,7 @@ from bertdeploy.bench_engines import AUTO, PYTORCH, Engine
 from bertdeploy.bench_probe import probe
 from bertdeploy.bench_report import BenchResult, EngineReport, Timing, machine
 from bertdeploy.data import Examples, check_known_labels, has_column, load_examples, load_texts, sample_examples
-from bertdeploy.errors import BertdeployError, check_options
+from bertdeploy.errors import BertdeployError, check_options, require_training
 from bertdeploy.export import SAMPLE_TEXTS
 from bertdeploy.metrics import classification_report
 from bertdeploy.runtime import (
@@ -86,6 +86,8 @@ class BenchOptions:
 # -- the run ---------------------------------------------------------------------------------------
 
 def bench(options: BenchOptions) -> BenchResult:
+    """PyTorch against every variant of `options.artifact_dir`, on the same inputs."""
+    require_training("bench")
     manifest = read_manifest(options.artifact_dir, "onnx")
     engines = pick_engines(options, manifest)
     encoder = load_encoder(options.artifact_dir / manifest["tokenizer"], manifest["max_length"])

@@ -36,3 +36,10 @@ def import_extra(module: str, extra: str, needed_for: str, what: str | None = No
         return importlib.import_module(module)
     except ImportError:
         raise BertdeployError(f"{needed_for} needs {what or module}: pip install 'bertdeploy[{extra}]'") from None
+
+
+def require_training(command: str, *modules: str) -> None:
+    """A BertdeployError naming the `train` extra when a module of the training stack that `command`
+    (finetune, export, bench) needs is missing (default: torch and transformers). The runtime install has none."""
+    for module in modules or ("torch", "transformers"):
+        import_extra(module, "train", command, "the training stack (PyTorch, transformers, Optimum)")

@@ -33,7 +33,7 @@ from bertdeploy.artifacts import (
 )
 from bertdeploy.backends import ONNXRUNTIME, OPENVINO, import_openvino
 from bertdeploy.data import Examples, check_known_labels, load_examples, load_texts, sample_examples, split_examples
-from bertdeploy.errors import BertdeployError, DataError, ModelError, check_options
+from bertdeploy.errors import BertdeployError, DataError, ModelError, check_options, require_training
 from bertdeploy.guard import Judge, Variant, build_with_retries, time_and_pick
 from bertdeploy.optimize import check_level, optimize_graph
 from bertdeploy.runtime import DEVICES, check_device, create_session, encode, load_encoder
@@ -125,6 +125,7 @@ class _Source:
 
 def export(options: ExportOptions) -> ExportResult:
     """Export, build, check and score every variant; write the artifact directory."""
+    require_training("export", "torch", "transformers", "optimum.exporters.onnx", "onnx")
     check_output_dir(options.output_dir, options.overwrite)
     source = read_model_dir(options.model_dir)
     check_device(options.device)

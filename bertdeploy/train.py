@@ -34,7 +34,7 @@ from bertdeploy.data import (
     sample_examples,
     split_examples,
 )
-from bertdeploy.errors import BertdeployError, ModelError, OutputDirError, check_options
+from bertdeploy.errors import BertdeployError, ModelError, OutputDirError, check_options, require_training
 from bertdeploy.metrics import classification_report
 
 logger = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ class FinetuneResult:
 
 def finetune(options: FinetuneOptions) -> FinetuneResult:
     """Fine-tune `options.model` on the training file and write a finished model directory."""
+    require_training("finetune", "torch", "transformers", "accelerate")
     output_dir = Path(options.output_dir).absolute()
     work_dir = output_dir.with_name(output_dir.name + ".partial")
     checkpoint = _plan_output(output_dir, work_dir, options)

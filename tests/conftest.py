@@ -1,10 +1,18 @@
-"""Shared fixtures: a tiny random BERT with a real WordPiece tokenizer, and small data files."""
+"""Shared fixtures: a tiny random BERT with a real WordPiece tokenizer, and small data files.
+
+The runtime install (no torch) cannot build them: with $BERTDEPLOY_TEST_ARTIFACTS set, the full suite
+saves the tiny classifier's export there and a run without torch uses it (scripts/test_lean.sh); the
+tests that need PyTorch itself skip there.
+"""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,10 +51,14 @@ def _vocab() -> list[str]:
     return special + chars + [f"##{c}" for c in chars] + ["，", "！", "。"]
 
 
+PREBUILT = "BERTDEPLOY_TEST_ARTIFACTS"
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer, hidden-32 random BERT saved with save_pretrained, and its fast tokenizer."""
-    import torch
+    torch = pytest.importorskip("torch", reason="the runtime install: no PyTorch to build models with")
     from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
     folder = tmp_path_factory.mktemp("tiny-bert")
@@ -111,7 +123,19 @@ def tiny_classifier(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path, Path]
 
 
 @pytest.fixture(scope="session")
-def tiny_artifacts(tiny_classifier, tmp_path_factory) -> Path:
+def tiny_artifacts(request) -> Path:
+    """The tiny classifier's export: built here, or without PyTorch the one a full run saved in
+    $BERTDEPLOY_TEST_ARTIFACTS."""
+    if HAS_TORCH:
+        return request.getfixturevalue("built_artifacts")
+    saved = Path(os.environ.get(PREBUILT, "")) / "onnx"
+    if not os.environ.get(PREBUILT) or not (saved / "manifest.json").is_file():
+        pytest.skip(f"no PyTorch to build the test artifacts, and no ${PREBUILT} with a full run's export")
+    return saved
+
+
+@pytest.fixture(scope="session")
+def built_artifacts(tiny_classifier, tmp_path_factory) -> Path:
     """The tiny classifier exported to fp32 and dynamic INT8: an artifact directory for the predictor.
 
     The accuracy bound is one no variant can miss (100 points): whether a quantizer keeps a random tiny
@@ -120,6 +144,8 @@ def tiny_artifacts(tiny_classifier, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("artifacts") / "onnx"
     export(ExportOptions(model_dir=tiny_classifier[0], output_dir=out, quantize=["int8"], max_accuracy_drop=NO_VETO))
+    if os.environ.get(PREBUILT):  # for the runtime install's run (scripts/test_lean.sh)
+        shutil.copytree(out, Path(os.environ[PREBUILT]) / "onnx", dirs_exist_ok=True)
     return out
 
 

@@ -98,3 +98,43 @@ def test_version_and_module_entry_point():
 
     out = subprocess.run([sys.executable, "-m", "bertdeploy", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("bertdeploy, version ")
+
+
+TRAINING_BLOCKED = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {"torch", "transformers", "optimum", "datasets", "accelerate", "onnx"}:
+            raise ImportError(f"blocked: {name}")
+sys.meta_path.insert(0, Block())
+from bertdeploy.cli import main
+sys.argv = ["bertdeploy", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize(("args", "command"), [
+    (["finetune", "--model", "m", "--train-file", "{train}", "--output-dir", "out"], "finetune"),
+    (["export", "{artifacts}", "--output-dir", "out"], "export"),
+    (["bench", "{artifacts}"], "bench"),
+])
+def test_without_the_training_stack_the_build_commands_name_the_extra(args, command, tiny_artifacts, tiny_data,
+                                                                       tmp_path):
+    """What the runtime install (`pip install bertdeploy`) gives: one line naming the extra, exit 2, no files."""
+    import subprocess
+    import sys
+
+    values = {"train": str(tiny_data[0]), "artifacts": str(tiny_artifacts)}
+    done = subprocess.run([sys.executable, "-c", TRAINING_BLOCKED, *[a.format(**values) for a in args]],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"Error: {command} needs the training stack (PyTorch, transformers, Optimum): "
+                                   "pip install 'bertdeploy[train]'")
+    assert not (tmp_path / "out").exists()
+    helped = subprocess.run([sys.executable, "-c", TRAINING_BLOCKED, args[0], "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert helped.returncode == 0 and "Usage: bertdeploy" in helped.stdout
+    if command == "bench":  # the runtime commands still run
+        predicted = subprocess.run([sys.executable, "-c", TRAINING_BLOCKED, "predict", str(tiny_artifacts), "-"],
+                                   input="好\n", capture_output=True, text=True, timeout=120)
+        assert predicted.returncode == 0 and predicted.stdout.splitlines()[0] == "text,label,score", predicted
