@@ -26,7 +26,7 @@ import numpy as np
 from bertdeploy.artifacts import MANIFEST_NAME, atomic_file, read_manifest
 from bertdeploy.backends import BACKENDS, OPENVINO, auto_section, backend_of, import_openvino, openvino_installed
 from bertdeploy.bench_cases import Case, fixed_length_cases, natural_cases
-from bertdeploy.bench_engines import AUTO, PYTORCH, Engine
+from bertdeploy.bench_engines import AUTO, PYTORCH, Engine, computes_bf16
 from bertdeploy.bench_probe import probe
 from bertdeploy.bench_report import BenchResult, EngineReport, Timing, machine
 from bertdeploy.data import Examples, check_known_labels, has_column, load_examples, load_texts, sample_examples
@@ -104,7 +104,8 @@ def bench(options: BenchOptions) -> BenchResult:
         cases += natural_cases(encoder, examples, options.batch_sizes, options.runs, names)
 
     scoring = None if examples is None else (examples, encoder, names, manifest["labels"])
-    reports, timings = measure(engines, cases, options, scoring)
+    bound = manifest.get("evaluation", {}).get("max_accuracy_drop", 1.0)
+    reports, timings = measure(engines, cases, options, scoring, bound)
     measured = {e.name for e in engines}
     auto = None
     if options.record and options.device == "cpu" and all(n in measured for n in _runnable(manifest)):
@@ -122,11 +123,12 @@ def _runnable(manifest: dict) -> list[str]:
 
 
 def measure(engines: list[Engine], cases: list[Case], options: BenchOptions,
-            scoring: tuple[Examples, TextEncoder, list[str], list[str]] | None = None,
+            scoring: tuple[Examples, TextEncoder, list[str], list[str]] | None = None, max_accuracy_drop: float = 1.0,
             ) -> tuple[list[EngineReport], list[Timing]]:
     """Probe each engine in its own process, load them all, score them on `scoring` (examples, encoder,
-    input names, labels), then time them on `cases`. The first engine is the reference for speed-up
-    and agreement."""
+    input names, labels), then time them on `cases`. The first engine is the reference for agreement and
+    accuracy; each cell's speed-ups are against its fastest PyTorch engine among those within
+    `max_accuracy_drop` points of the first (by accuracy, else by agreement; unscored ones count)."""
     with tempfile.TemporaryDirectory(prefix="bertdeploy-bench-") as work:
         feeds = Path(work) / "feeds.npz"  # written once, read by every engine's probe
         np.savez(feeds, **{f"{i}/{k}": v for i, case in enumerate(cases) for k, v in case.feeds[0].items()})
@@ -140,11 +142,28 @@ def measure(engines: list[Engine], cases: list[Case], options: BenchOptions,
     samples = _time(runners, cases, options)
     timings = [_timing(name, case, samples[name][i], options.warmup) for i, case in enumerate(cases)
                for name in runners]
+    baselines = _kept_accuracy([r for r in reports if r.backend == PYTORCH], reports[0], max_accuracy_drop)
     for t in timings:
-        ref = next(r for r in timings if r.engine == engines[0].name and
-                   (r.inputs, r.batch_size) == (t.inputs, t.batch_size))
-        t.speedup = ref.p50_ms / t.p50_ms
+        cell = [r for r in timings if (r.inputs, r.batch_size) == (t.inputs, t.batch_size) and r.engine in baselines]
+        base = min(cell, key=lambda r: r.p50_ms)
+        t.speedup, t.baseline = base.p50_ms / t.p50_ms, base.engine
     return reports, timings
+
+
+def _kept_accuracy(candidates: list[EngineReport], reference: EngineReport, max_drop: float) -> list[str]:
+    """The candidates within `max_drop` points of the reference: by accuracy with labels, else by agreement."""
+    kept = []
+    for r in candidates:
+        if r.accuracy is not None and reference.accuracy is not None:
+            lost = (reference.accuracy - r.accuracy) * 100
+        else:
+            lost = 0.0 if r.agreement is None else (1 - r.agreement) * 100
+        if r is reference or lost <= max_drop:
+            kept.append(r.name)
+        else:
+            logger.warning("%s lost %.2f points against %s (allowed: %g): not a speed-up baseline", r.name, lost,
+                           reference.name, max_drop)
+    return kept
 
 
 def pick_engines(options: BenchOptions, manifest: dict) -> list[Engine]:
@@ -175,6 +194,8 @@ def pick_engines(options: BenchOptions, manifest: dict) -> list[Engine]:
         if device == "cpu" and "auto" in manifest:
             wanted.append(AUTO)
     engines = [Engine(PYTORCH, "pytorch", str(model), "fp32", device, threads)]
+    if computes_bf16(device):  # one line of autocast: the fastest PyTorch a user gets on such hardware
+        engines.append(Engine(f"{PYTORCH}-bf16", "pytorch", str(model), "bf16", device, threads))
     if device == "cuda":
         engines.append(Engine(f"{PYTORCH}-fp16", "pytorch", str(model), "fp16", device, threads))
     for name in wanted:

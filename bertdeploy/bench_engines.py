@@ -19,6 +19,28 @@ from bertdeploy.predictor import Predictor, choose_routes
 
 PYTORCH = "pytorch"
 AUTO = "auto"
+# CPU flags of native bf16 arithmetic: AVX512-BF16 and AMX on x86, the bf16 extension on Arm. There
+# PyTorch's autocast to bf16 runs fast oneDNN kernels; elsewhere it emulates bf16 and is slower than fp32.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in lines if line.startswith(("flags", "Features"))),
+                    []))
+
+
+def computes_bf16(device: str = "cpu", flags: set[str] | None = None) -> bool:
+    """Whether `device` computes bf16 natively: a CPU flag of BF16_FLAGS, or a CUDA GPU PyTorch says supports it."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(set(BF16_FLAGS) & (cpu_flags() if flags is None else flags))
 
 
 @dataclass(frozen=True)
@@ -52,7 +74,9 @@ class Engine:
 
 
 class TorchModel:
-    """Eager PyTorch as users run it: `from_pretrained`, eval mode, inference mode; fp16 as `<name>-fp16` on CUDA."""
+    """Eager PyTorch as users run it: `from_pretrained`, eval mode, inference mode; kind `bf16` under
+    `torch.autocast(dtype=torch.bfloat16)` (weights stay fp32, as a user adding one line gets); `fp16` with the
+    weights in fp16 (CUDA)."""
 
     def __init__(self, engine: Engine) -> None:
         import torch
@@ -64,14 +88,15 @@ class TorchModel:
         if engine.kind == "fp16":
             model = model.half()
         self.model = model.to(engine.device).eval()
-        self.device = engine.device
+        self.device, self.autocast = engine.device, engine.kind == "bf16"
         self.names = ("input_ids", "attention_mask", "token_type_ids")
 
     def prepare(self, feed: dict) -> dict:
         return {k: self.torch.from_numpy(v).to(self.device) for k, v in feed.items() if k in self.names}
 
     def run_prepared(self, prepared: dict):
-        with self.torch.inference_mode():
+        with self.torch.inference_mode(), self.torch.autocast(self.device, dtype=self.torch.bfloat16,
+                                                              enabled=self.autocast):
             out = self.model(**prepared).logits
         if self.device == "cuda":
             self.torch.cuda.synchronize()

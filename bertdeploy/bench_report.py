@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bertdeploy.artifacts import atomic_file
 from bertdeploy.bench_cases import NATURAL
-from bertdeploy.bench_engines import PYTORCH
+from bertdeploy.bench_engines import PYTORCH, cpu_flags
 from bertdeploy.errors import import_extra
 from bertdeploy.runtime import usable_cpus
 
@@ -36,8 +36,9 @@ class Timing:
     p99_ms: float
     sequences_per_s: float
     tokens_per_s: float
-    speedup: float | None  # PyTorch's p50 / this p50, same inputs
+    speedup: float | None  # the baseline's p50 / this p50, same inputs
     samples_ms: list[float]
+    baseline: str | None = None  # the fastest PyTorch engine in this cell among those that kept accuracy
 
 
 @dataclass
@@ -85,8 +86,7 @@ def machine(device: str = "cpu", threads: int | None = None) -> dict:
         cpuinfo = Path("/proc/cpuinfo").read_text()
         model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
                       if line.startswith("model name")), None)
-        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
-                      if line.startswith(("flags", "Features"))), [])
+        flags = cpu_flags()
         info["cpu"] = model or info["cpu"]
         info["cpu_flags"] = [f for f in CPU_FLAGS if f in flags]
         total_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()

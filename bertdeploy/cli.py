@@ -325,6 +325,14 @@ def _marked(values: list[float | None], spec: str, width: int, lower: bool) -> l
             for v in values]
 
 
+def _baselines(timings) -> str:
+    """The speed-up baseline in words: the fastest PyTorch engine that kept accuracy, in each cell."""
+    names = list(dict.fromkeys(t.baseline for t in timings))
+    if len(names) == 1:
+        return f"{names[0]} (the fastest PyTorch that kept accuracy)"
+    return "the cell's fastest PyTorch that kept accuracy (" + ", ".join(names) + ": speed-up 1.00)"
+
+
 def render_bench(result) -> str:
     """Latency and throughput per input kind and batch size; then size, load time, memory and accuracy."""
     m, engines = result.machine, result.engines
@@ -337,7 +345,7 @@ def render_bench(result) -> str:
                 ("speed-up", "speedup", ".2f", False)]  # (heading, field, format, lower is better)
     lines = [f"{result.device} {m.get('gpu', m['cpu'])}{flags}, {result.threads} threads; {versions}",
              f"{result.runs} timed calls per cell after {result.warmup} warm-up, engines taking turns; "
-             f"* = best in its group; speed-up = {engines[0].name}'s p50 / p50", "",
+             f"* = best in its group; speed-up = {_baselines(result.timings)}'s p50 / p50", "",
              f"{'inputs':<12} {'batch':>5}  {'engine':<{width}} " + " ".join(f"{c[0]:>10}" for c in columns)]
     groups = list(dict.fromkeys((t.inputs, t.batch_size) for t in result.timings))
     for inputs, batch in groups:

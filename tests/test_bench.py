@@ -12,6 +12,7 @@ from conftest import make_rows, pytorch_logits, write_csv
 
 from bertdeploy.bench import BenchOptions, bench
 from bertdeploy.bench_cases import fixed_length_cases, natural_cases
+from bertdeploy.bench_engines import BF16_FLAGS, computes_bf16, cpu_flags
 from bertdeploy.cli import cli
 from bertdeploy.data import load_examples
 from bertdeploy.errors import BertdeployError
@@ -20,6 +21,7 @@ from bertdeploy.predictor import Predictor
 from bertdeploy.runtime import load_encoder
 
 RUNS = 5
+PYTORCHS = ["pytorch", "pytorch-bf16"] if computes_bf16() else ["pytorch"]  # bf16 where the CPU computes it
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +31,10 @@ def result(tiny_artifacts, tiny_classifier):
 
 
 def test_every_engine_runs_every_cell(result):
-    assert [e.name for e in result.engines] == ["pytorch", "fp32", "int8", "auto"]  # auto: export's ranges
+    assert [e.name for e in result.engines] == [*PYTORCHS, "fp32", "int8", "auto"]  # auto: export's ranges
     cells = list(dict.fromkeys((t.inputs, t.batch_size) for t in result.timings))
     assert cells == [("16 tokens", 1), ("16 tokens", 4), ("natural", 1), ("natural", 4)]  # 64 > max length 32
-    assert len(result.timings) == len(cells) * 4 and result.threads == 1 and result.auto is None
+    assert len(result.timings) == len(cells) * len(result.engines) and result.threads == 1 and result.auto is None
     for t in result.timings:
         samples = np.asarray(t.samples_ms)
         assert len(samples) == RUNS and np.all(samples > 0)
@@ -41,9 +43,10 @@ def test_every_engine_runs_every_cell(result):
         assert t.sequences_per_s == pytest.approx(t.batch_size / t.mean_ms * 1000)
         if t.inputs == "16 tokens":
             assert t.tokens_per_s == pytest.approx(t.batch_size * 16 / t.mean_ms * 1000, rel=1e-3)
-        reference = next(r for r in result.timings if r.engine == "pytorch" and
-                         (r.inputs, r.batch_size) == (t.inputs, t.batch_size))
-        assert t.speedup == pytest.approx(reference.p50_ms / t.p50_ms)
+        # against the cell's fastest PyTorch engine (the tiny model's bf16 keeps its accuracy within the bound)
+        base = min((r for r in result.timings if r.engine in PYTORCHS and
+                    (r.inputs, r.batch_size) == (t.inputs, t.batch_size)), key=lambda r: r.p50_ms)
+        assert t.baseline == base.engine and t.speedup == pytest.approx(base.p50_ms / t.p50_ms)
 
 
 def test_accuracy_is_what_each_engine_predicts(result, tiny_artifacts, tiny_classifier):
@@ -107,9 +110,10 @@ def test_without_labels_it_reports_agreement_only(tiny_artifacts, tmp_path):
     texts = write_csv(tmp_path / "texts.csv", [{"text": r["text"]} for r in make_rows(12, seed=4)])
     result = bench(BenchOptions(tiny_artifacts, eval_file=texts, variants=["int8"], batch_sizes=[4], seq_lengths=[8],
                                 runs=2, warmup=0, threads=1))
-    assert [(t.inputs, t.batch_size) for t in result.timings[::2]] == [("8 tokens", 4), ("natural", 4)]
+    n = len(result.engines)
+    assert [(t.inputs, t.batch_size) for t in result.timings[::n]] == [("8 tokens", 4), ("natural", 4)]
     assert all(e.accuracy is None and e.macro_f1 is None for e in result.engines)
-    assert result.engines[0].agreement == 1.0 and 0 <= result.engines[1].agreement <= 1 and result.eval_texts == 12
+    assert result.engines[0].agreement == 1.0 and 0 <= result.engines[-1].agreement <= 1 and result.eval_texts == 12
 
 
 def test_cli_prints_the_table_and_writes_json_and_plot(tiny_artifacts, tiny_classifier, tmp_path):
@@ -120,13 +124,16 @@ def test_cli_prints_the_table_and_writes_json_and_plot(tiny_artifacts, tiny_clas
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert "speed-up" in lines[3] and "(reference)" in result.stdout and "INFO" not in result.stdout
-    timing_rows, engine_rows = lines[4:12], lines[14:16]  # 2 x 2 cells x 2 engines; then one row per engine
-    assert [line.split()[0] for line in timing_rows[::2]] == ["16", "16", "natural", "natural"]
-    assert [line.split()[0] for line in timing_rows[1::2]] == ["int8"] * 4
-    assert all(line.count("*") == 8 for line in timing_rows[1::2])  # on this tiny model int8 wins every column
-    assert [line.split()[0] for line in engine_rows] == ["pytorch", "int8"] and lines[16] == ""
+    assert "the fastest PyTorch that kept accuracy" in lines[1]
+    n = len(PYTORCHS) + 1
+    timing_rows, engine_rows = lines[4:4 + 4 * n], lines[6 + 4 * n:6 + 5 * n]  # 2 x 2 cells x n; then each engine
+    assert [line.split()[0] for line in timing_rows[::n]] == ["16", "16", "natural", "natural"]
+    assert [line.split()[0] for line in timing_rows[n - 1::n]] == ["int8"] * 4
+    assert all(sum(c == "*" for c in "".join(timing_rows[i:i + n])) == 8 for i in range(0, 4 * n, n))  # 1 per column
+    assert [line.split()[0] for line in engine_rows] == [*PYTORCHS, "int8"] and lines[6 + 5 * n] == ""
     saved = json.loads((tmp_path / "b.json").read_text())
-    assert [e["name"] for e in saved["engines"]] == ["pytorch", "int8"]
+    assert [e["name"] for e in saved["engines"]] == [*PYTORCHS, "int8"]
+    assert {t["baseline"] for t in saved["timings"]} <= set(PYTORCHS)
     assert saved["machine"]["cpu"] and saved["threads"] == 1 and len(saved["timings"][0]["samples_ms"]) == 3
     png = (tmp_path / "b.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
@@ -178,7 +185,8 @@ def test_options_are_checked():
 def test_cuda_compares_pytorch_fp32_fp16_with_onnx_runtime(tiny_artifacts, tiny_classifier):
     result = bench(BenchOptions(tiny_artifacts, eval_file=tiny_classifier[2], batch_sizes=[1, 8], seq_lengths=[32],
                                 runs=5, warmup=2, device="cuda"))
-    assert [e.name for e in result.engines] == ["pytorch", "pytorch-fp16", "fp32"]  # INT8 left out on CUDA
+    bf16 = ["pytorch-bf16"] if computes_bf16("cuda") else []
+    assert [e.name for e in result.engines] == ["pytorch", *bf16, "pytorch-fp16", "fp32"]  # INT8 left out on CUDA
     engines = {e.name: e for e in result.engines}
     assert engines["fp32"].agreement == 1.0 and engines["pytorch-fp16"].agreement > 0.9
     assert result.machine["gpu"] and all(t.p50_ms > 0 for t in result.timings)
@@ -196,3 +204,28 @@ def test_the_timing_harness_takes_turns_in_a_shuffled_order_and_drops_the_warm_u
     feeds = [{"input_ids": np.zeros(shape)} for shape in [(1, 8), (1, 8), (2, 8), (1, 16)]]
     assert distinct_shapes(feeds) == [1, 2, 3]
     assert stopwatch(sum, [1, 2])[0] == 3
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    assert computes_bf16(flags={"avx2", "avx512_bf16"}) and computes_bf16(flags={"amx_bf16", "amx_int8"})
+    assert computes_bf16(flags={"asimd", "bf16"})  # Arm's bf16 extension
+    assert not computes_bf16(flags={"avx2", "avx512f", "avx512_vnni"}) and not computes_bf16(flags=set())
+    assert computes_bf16() == bool(set(BF16_FLAGS) & cpu_flags())
+
+
+@pytest.mark.skipif(not computes_bf16(), reason="this CPU has no native bf16 (avx512_bf16, amx_bf16)")
+def test_pytorch_bf16_is_autocast_and_scored(result, tiny_classifier):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    engines = {e.name: e for e in result.engines}
+    bf16 = engines["pytorch-bf16"]
+    assert bf16.backend == "pytorch" and bf16.kind == "bf16" and bf16.size_bytes == engines["pytorch"].size_bytes
+    examples = load_examples(tiny_classifier[2])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier[0])
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier[0]).eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        predicted = [int(model(**tokenizer([t], return_tensors="pt")).logits.argmax()) for t in examples.texts]
+    truth = [["negative", "positive"].index(y) for y in examples.labels]
+    assert bf16.accuracy == pytest.approx(np.mean(np.array(predicted) == truth), abs=0.03)  # bf16 rounding at 0.5
+    assert 0.9 <= bf16.agreement <= 1.0

@@ -14,6 +14,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from conftest import NO_VETO, make_rows, pytorch_logits, write_csv
+from test_bench import PYTORCHS
 from test_export import break_quantizer
 from test_predictor import BLOCKER, _softmax, _texts, assert_thread_safe
 
@@ -155,7 +156,7 @@ def test_bench_measures_openvino_and_records_the_ranges(ov_artifacts, tiny_class
     result = bench(BenchOptions(copy, eval_file=tiny_classifier[2], batch_sizes=[1, 8], seq_lengths=[16], runs=5,
                                 warmup=1, threads=1))
     engines = {e.name: e for e in result.engines}
-    assert list(engines) == ["pytorch", "fp32", "fp32-ov", "int8", "int8-ov", "auto"]
+    assert list(engines) == [*PYTORCHS, "fp32", "fp32-ov", "int8", "int8-ov", "auto"]
     assert engines["int8-ov"].backend == "openvino" and engines["fp32-ov"].size_bytes == engines["fp32"].size_bytes
     examples = tiny_classifier[2]
     from bertdeploy.data import load_examples
