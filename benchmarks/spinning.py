@@ -1,0 +1,110 @@
+"""Single texts on ONNX Runtime: latency by spinning policy, against Optimum's pipeline, and the CPU an idle
+process burns after a burst.
+
+The demo export's `int8` (the ONNX Runtime default variant, the very file Optimum's pipeline loads), 2
+threads. (1) One review at a time, text in -> label out: the predictor with each spinning policy
+(`spinning=False`, the default: the intra-op threads never spin; `True`: they spin, between calls too,
+ONNX Runtime's and so Optimum's default) and Optimum's
+`ORTModelForSequenceClassification` pipeline, each labelling blocks of 25 consecutive reviews one call
+at a time (a stream of requests, where spinning threads catch the next call), the blocks taking turns
+(timing.interleave), 400 reviews after 20 warm-up calls each; the median of the calls. (2) Idle CPU: a
+fresh process per policy runs a burst of 200 single reviews, then its CPU time over the next 2 seconds of
+idling is read (share of one core). Writes benchmarks/results/spinning.json.
+
+    python benchmarks/spinning.py [--model runs/demo/model] [--artifacts runs/demo/onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from predictor_speed import optimum_dir
+
+from bertdeploy.bench_report import machine
+from bertdeploy.demo import review_texts
+from bertdeploy.predictor import Predictor
+from bertdeploy.timing import interleave, stopwatch
+
+RESULTS = Path(__file__).parent / "results" / "spinning.json"
+THREADS = 2
+BLOCK = 25
+POLICIES = {"off (default)": False, "on (ONNX Runtime's default)": True}
+IDLE = """
+import json, sys, time
+from bertdeploy.predictor import Predictor
+p = Predictor.load(sys.argv[1], variant=sys.argv[2], threads={threads}, spinning=sys.argv[3] == "True")
+texts = json.loads(sys.argv[4])
+for text in texts:
+    p.predict([text])
+busy = time.process_time()
+time.sleep(2.0)  # the measurement itself: CPU burnt while idle
+print(json.dumps({{"idle_core_share": (time.process_time() - busy) / 2.0}}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=Path("runs/demo/model"))
+    parser.add_argument("--artifacts", type=Path, default=Path("runs/demo/onnx"))
+    args = parser.parse_args()
+    import torch
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer, pipeline
+
+    torch.set_num_threads(THREADS)
+    manifest = json.loads((args.artifacts / "manifest.json").read_text())
+    variant = "int8"
+    texts = [t for group in review_texts().values() for t in group]
+    rng = np.random.default_rng(0)
+    texts = [texts[i] for i in rng.choice(len(texts), 420, replace=False)]
+    with tempfile.TemporaryDirectory() as tmp:
+        file = manifest["variants"][variant]["file"]
+        ort_model = ORTModelForSequenceClassification.from_pretrained(
+            optimum_dir(args.model, args.artifacts, file, Path(tmp)), file_name=file)
+        optimum = pipeline("text-classification", model=ort_model, tokenizer=AutoTokenizer.from_pretrained(args.model))
+        candidates = {f"predictor, spinning {name}": functools.partial(
+            lambda p, t: p.predict([t])[0].label,
+            Predictor.load(args.artifacts, variant=variant, threads=THREADS, spinning=policy))
+            for name, policy in POLICIES.items()}
+        candidates["Optimum ORT pipeline, same file"] = \
+            lambda t: optimum(t, truncation=True, max_length=manifest["max_length"])[0]["label"]
+        for label_of in candidates.values():
+            for text in texts[:20]:
+                label_of(text)
+        ms = {name: [] for name in candidates}
+        interleave({name: functools.partial(_block, label_of, texts[20:], ms[name])
+                    for name, label_of in candidates.items()}, (len(texts) - 20) // BLOCK)
+    single = {name: {"median_ms": float(np.median(m)), "p90_ms": float(np.percentile(m, 90)),
+                     "p99_ms": float(np.percentile(m, 99)), "calls": len(m)} for name, m in ms.items()}
+    optimum_ms = single["Optimum ORT pipeline, same file"]["median_ms"]
+    idle = {}
+    for name, policy in POLICIES.items():
+        done = subprocess.run([sys.executable, "-c", IDLE.format(threads=THREADS), str(args.artifacts), variant,
+                               str(policy), json.dumps(texts[:200], ensure_ascii=False)],
+                              capture_output=True, text=True, check=True)
+        idle[name] = json.loads(done.stdout.strip().splitlines()[-1])["idle_core_share"]
+    for name, figures in single.items():
+        figures["optimum_over_this"] = optimum_ms / figures["median_ms"]
+        policy = name.removeprefix("predictor, spinning ")
+        figures["idle_core_share_after_burst"] = idle.get(policy)
+        print(f"{name:<52} {figures['median_ms']:6.2f} ms median, Optimum / this {figures['optimum_over_this']:.2f}x"
+              + (f", idle CPU {idle[policy]:.1%} of a core" if policy in idle else ""))
+    RESULTS.write_text(json.dumps({"machine": machine(threads=THREADS), "variant": variant, "single_text": single},
+                                  indent=1) + "\n")
+
+
+def _block(label_of, texts: list[str], ms: list[float], step: int) -> None:
+    """Block `step` of the texts, one call each, each call's ms appended to `ms`."""
+    for text in texts[step * BLOCK:(step + 1) * BLOCK]:
+        ms.append(stopwatch(label_of, text)[1] * 1000)
+
+
+if __name__ == "__main__":
+    main()
