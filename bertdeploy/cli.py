@@ -182,6 +182,10 @@ def render_export(result) -> str:
     for v in result.variants:
         if not v.shipped:
             lines.append(f"refused {v.name}: {v.reason}")
+    for v in result.variants:
+        if v.fused and any(v.fused.values()):
+            counts = ", ".join(f"{n} {kind.replace('_', '-')}" for kind, n in v.fused.items() if n)
+            lines.append(f"{v.name}: fused {counts}")
     if result.guard == "accuracy":
         lines.append(f"scored on {result.texts} labelled texts from {result.eval_source}")
     else:

@@ -35,7 +35,7 @@ from bertdeploy.backends import ONNXRUNTIME, OPENVINO, import_openvino
 from bertdeploy.data import Examples, check_known_labels, load_examples, load_texts, sample_examples, split_examples
 from bertdeploy.errors import BertdeployError, DataError, ModelError, check_options, require_training
 from bertdeploy.guard import Judge, Variant, build_with_retries, time_and_pick
-from bertdeploy.optimize import check_level, optimize_graph
+from bertdeploy.optimize import check_level, fused_operators, optimize_graph, unfused_attention
 from bertdeploy.runtime import DEVICES, check_device, create_session, encode, load_encoder
 
 logger = logging.getLogger(__name__)
@@ -169,6 +169,7 @@ def export(options: ExportOptions) -> ExportResult:
                 optimization=fused, backend=OPENVINO if kind == "int8-ov" else ONNXRUNTIME,
             ))
         shutil.rmtree(work)
+        _report_fusions(variants, out, level)
         default, auto = time_and_pick(variants, out, tokenizer, scored, options.device)
         inputs = [i.name for i in create_session(fp32, options.device).get_inputs()]
         reference_figures = {"accuracy": judge.reference_accuracy, "macro_f1": judge.reference_macro_f1}
@@ -176,6 +177,17 @@ def export(options: ExportOptions) -> ExportResult:
                         eval_source, len(scored), auto)
     return ExportResult(Path(options.output_dir), default, reference_figures, judge.guard, eval_source,
                         len(scored), variants, auto)
+
+
+def _report_fusions(variants: list[Variant], out: Path, level: str | None) -> None:
+    """Record each shipped variant's fused operators; warn when the optimization fused no attention."""
+    for v in variants:
+        if v.shipped:
+            v.fused = fused_operators(q.graph_nodes(out / v.file))
+    optimized = next((v for v in variants if v.name == level and v.shipped), None)
+    warning = unfused_attention(level, optimized.fused) if optimized else None
+    if warning:
+        logger.warning("%s", warning)
 
 
 # -- the model directory ---------------------------------------------------------------------

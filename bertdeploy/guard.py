@@ -50,6 +50,7 @@ class Variant:
     latency_ms: dict | None = None  # batch_1, batch_8, batch_32 medians
     backend: str = ONNXRUNTIME  # the runtime it was checked on and runs on
     precision: str | None = None  # OpenVINO's inference precision when checked (bf16 or f32)
+    fused: dict | None = None  # ONNX Runtime's fused operators in the graph, by kind (optimize.FUSED)
 
     def entry(self) -> dict:
         fields = {k: v for k, v in self.__dict__.items() if k not in ("name", "shipped")}

@@ -261,3 +261,39 @@ def test_cuda_export_with_o4_and_fp16(tiny_classifier, tmp_path):
     assert {"fp32", "O4", "fp16"} <= set(shipped) and all(v.parity["label_agreement"] >= 0.95 for v in shipped.values())
     assert not result.default_variant.endswith("int8")  # INT8 is never the default on CUDA
     assert create_session(tmp_path / "out" / shipped["O4"].file, "cuda").get_providers()[0] == "CUDAExecutionProvider"
+
+
+def test_export_reports_what_the_graph_optimizer_fused(exported):
+    out, payload = exported
+    variants = read_manifest(out)["variants"]
+    assert variants["fp32"]["fused"] == {"attention": 0, "skip_layer_norm": 0, "embed_layer_norm": 0, "gelu": 0}
+    assert variants["O2"]["fused"]["attention"] == 2 and variants["O2"]["fused"]["skip_layer_norm"] >= 2  # 2 layers
+    assert variants["O2-int8"]["fused"]["attention"] == 2  # quantized from the fused graph
+    assert {v["name"]: v["fused"] for v in payload["variants"]}["O2"] == variants["O2"]["fused"]  # --json too
+
+
+def test_an_architecture_without_attention_fusion_is_named(tmp_path, caplog):
+    """ONNX Runtime has no attention fusion for DeBERTa-v2: export says so, and what to try instead."""
+    import torch
+    from conftest import _vocab
+    from transformers import BertTokenizerFast, DebertaV2Config, DebertaV2ForSequenceClassification
+
+    model = tmp_path / "deberta"
+    model.mkdir()
+    (model / "vocab.txt").write_text("\n".join(_vocab()) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(model / "vocab.txt"), do_lower_case=True)
+    config = DebertaV2Config(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=128, type_vocab_size=0,
+                             id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    torch.manual_seed(0)
+    DebertaV2ForSequenceClassification(config).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    result = export(ExportOptions(model, tmp_path / "onnx", optimize="O2", max_accuracy_drop=NO_VETO))
+    optimized = next(v for v in result.variants if v.name == "O2")
+    assert optimized.shipped and optimized.fused["attention"] == 0 and optimized.fused["skip_layer_norm"] > 0
+    assert "O2: ONNX Runtime fused no attention in this architecture" in caplog.text
+    assert "--openvino" in caplog.text
+    from bertdeploy.cli import render_export
+
+    fused_line = next(line for line in render_export(result).splitlines() if line.startswith("O2: fused"))
+    assert "skip-layer-norm" in fused_line and "attention" not in fused_line
