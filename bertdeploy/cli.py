@@ -129,10 +129,12 @@ def _per_class_table(per_class: dict) -> list[str]:
 @click.option("--output-dir", required=True, type=click.Path(path_type=Path))
 @click.option("--optimize", type=click.Choice(["O1", "O2", "O3", "O4"]),
               help="Add a graph-optimized variant (O4: fp16, needs --device cuda).")
-@click.option("--quantize", multiple=True, type=click.Choice(["int8", "int8-static", "fp16", "int8-ov"]),
-              help="Add a quantized variant; repeat for several. int8-ov: INT8 for OpenVINO (NNCF).")
-@click.option("--openvino", is_flag=True, help="Also ship the fp32 graph on the OpenVINO runtime (fp32-ov; bf16 "
-                                               "compute where the CPU has it).")
+@click.option("--quantize", multiple=True, type=click.Choice(["int8", "int8-static", "fp16", "int8-ov", "none"]),
+              help="Add a quantized variant; repeat for several. int8-ov: INT8 for OpenVINO (NNCF); none: fp32 "
+                   "only. Default: int8, and int8-ov where NNCF is installed (fp16 on CUDA).")
+@click.option("--openvino/--no-openvino", default=None,
+              help="Also ship the fp32 graph on the OpenVINO runtime (fp32-ov; bf16 compute where the CPU has it). "
+                   "Default: where OpenVINO is installed, unless --quantize names the variants.")
 @click.option("--quant-preset", default="auto", show_default=True,
               type=click.Choice(["auto", "avx2", "avx512", "avx512_vnni", "arm64"]),
               help="The CPU the INT8 kernels target; auto reads this CPU's flags.")
@@ -158,7 +160,7 @@ def export(quantize: tuple[str, ...], as_json: bool, **options: object) -> None:
 
     quiet = logging.getLogger("bertdeploy").level > logging.INFO
     with user_errors():
-        result = run(ExportOptions(quantize=list(quantize), progress=not quiet, **options))
+        result = run(ExportOptions(quantize=list(quantize) or None, progress=not quiet, **options))
     click.echo(_to_json(result) if as_json else render_export(result))
 
 

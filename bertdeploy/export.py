@@ -12,6 +12,7 @@ The predictor, bench and server read it; this module does not serve or benchmark
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import logging
 import shutil
@@ -62,8 +63,12 @@ class ExportOptions:
     model_dir: str | Path
     output_dir: str | Path
     optimize: str | None = None
-    quantize: list[str] = field(default_factory=list)
-    openvino: bool = False  # also ship the fp32 graph on the OpenVINO runtime (variant fp32-ov)
+    # None: what is worth shipping here: int8 (the portable default), and int8-ov where NNCF is installed
+    # (fp16 on CUDA); ["none"] or []: fp32 only
+    quantize: list[str] | None = None
+    # also ship the fp32 graph on the OpenVINO runtime (variant fp32-ov); None: where OpenVINO is installed,
+    # unless `quantize` names the variants
+    openvino: bool | None = None
     quant_preset: str = "auto"
     per_channel: bool = True
     calibration_file: str | Path | None = None
@@ -76,9 +81,17 @@ class ExportOptions:
     device: str = "cpu"
     overwrite: bool = False
     progress: bool = False
+    defaulted: bool = field(init=False, default=False)  # the variants were chosen here, not named
 
     def __post_init__(self) -> None:
-        self.quantize = list(dict.fromkeys(self.quantize))
+        named = self.quantize is not None
+        self.defaulted = not named
+        if not named:
+            openvino_int8 = _installed("nncf") and _installed("openvino")
+            self.quantize = ["fp16"] if self.device == "cuda" else ["int8"] + (["int8-ov"] if openvino_int8 else [])
+        self.quantize = [x for x in dict.fromkeys(self.quantize) if x != "none"]
+        if self.openvino is None:
+            self.openvino = not named and self.device == "cpu" and _installed("openvino")
         unknown = [x for x in self.quantize if x not in QUANTIZATIONS]
         if unknown:
             raise BertdeployError(f"unknown quantization {unknown[0]!r}; use one of {', '.join(QUANTIZATIONS)}")
@@ -99,6 +112,10 @@ class ExportOptions:
             (0 <= self.max_accuracy_drop <= 100, "max_accuracy_drop is in points, between 0 and 100"),
             (self.opset is None or 14 <= self.opset <= 23, "opset must be between 14 and 23"),
         ])
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 @dataclass
@@ -134,7 +151,15 @@ def export(options: ExportOptions) -> ExportResult:
     if "int8-ov" in options.quantize:
         q.import_nncf()
     scored, eval_source = _scoring_texts(options, source)
-    calibration = _calibration_texts(options, source) if set(CALIBRATED) & set(options.quantize) else None
+    calibration = None
+    if set(CALIBRATED) & set(options.quantize):
+        try:
+            calibration = _calibration_texts(options, source)
+        except DataError as e:
+            if not options.defaulted:
+                raise
+            logger.warning("not building int8-ov, which nobody named: %s", e)  # the rest still pays
+            options.quantize = [kind for kind in options.quantize if kind not in CALIBRATED]
     reference = _pytorch_logits(source, scored, options.device)
     if not scored.labels:
         logger.warning("no labelled eval data (give --eval-file): variants are judged by agreement with PyTorch on "

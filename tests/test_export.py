@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -248,7 +249,8 @@ def test_scores_on_the_validation_split_the_training_run_held_out(tiny_model_dir
     train, _ = tiny_data
     trained = finetune(FinetuneOptions(model=str(tiny_model_dir), train_file=train, output_dir=tmp_path / "m",
                                        val_split=0.2, epochs=1, max_length=32))
-    result = export(ExportOptions(tmp_path / "m", tmp_path / "out"))
+    result = export(ExportOptions(tmp_path / "m", tmp_path / "out", quantize=["none"]))
+    assert [v.name for v in result.variants] == ["fp32"]
     assert "validation split" in result.eval_source and result.texts == trained.eval_samples == 32
     assert result.reference["accuracy"] == pytest.approx(trained.accuracy)
 
@@ -293,7 +295,25 @@ def test_an_architecture_without_attention_fusion_is_named(tmp_path, caplog):
     assert optimized.shipped and optimized.fused["attention"] == 0 and optimized.fused["skip_layer_norm"] > 0
     assert "O2: ONNX Runtime fused no attention in this architecture" in caplog.text
     assert "--openvino" in caplog.text
+    if "int8-ov" not in [v.name for v in result.variants] and importlib.util.find_spec("nncf"):
+        assert "not building int8-ov, which nobody named" in caplog.text  # no training texts to calibrate on
     from bertdeploy.cli import render_export
 
     fused_line = next(line for line in render_export(result).splitlines() if line.startswith("O2: fused"))
     assert "skip-layer-norm" in fused_line and "attention" not in fused_line
+
+
+def test_a_plain_export_builds_what_is_worth_shipping_here(tiny_classifier, tmp_path):
+    """ONNX Runtime INT8 everywhere (the portable default); the OpenVINO variants where OpenVINO and NNCF are
+    installed; a variant the guard refuses is listed as such, not missing."""
+    done = CliRunner().invoke(cli, ["export", str(tiny_classifier[0]), "--output-dir", str(tmp_path / "out")])
+    assert done.exit_code == 0, done.output
+    manifest = read_manifest(tmp_path / "out")
+    expected = {"fp32", "int8"}
+    if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
+        expected |= {"fp32-ov", "int8-ov"}
+    assert set(manifest["variants"]) | set(manifest["rejected"]) == expected
+    named = export(ExportOptions(tiny_classifier[0], tmp_path / "named", quantize=["int8"], max_accuracy_drop=NO_VETO))
+    assert [v.name for v in named.variants] == ["fp32", "int8"]  # naming the variants builds exactly those
+    on_gpu = ExportOptions("m", "o", device="cuda")
+    assert on_gpu.quantize == ["fp16"] and not on_gpu.openvino  # INT8 and OpenVINO do not pay on CUDA

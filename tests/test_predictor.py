@@ -217,7 +217,7 @@ def test_sentence_pairs(tiny_model_dir, tmp_path):
     finetune(FinetuneOptions(model=str(tiny_model_dir), train_file=write_jsonl(tmp_path / "pairs.jsonl", rows),
                              output_dir=tmp_path / "model", text_column="a", text_pair_column="b",
                              label_column="y", epochs=1, max_length=32))
-    export(ExportOptions(model_dir=tmp_path / "model", output_dir=tmp_path / "onnx"))
+    export(ExportOptions(model_dir=tmp_path / "model", output_dir=tmp_path / "onnx", quantize=[]))
     p = Predictor.load(tmp_path / "onnx")
     texts, pairs = [r["a"] for r in rows[:20]], [r["b"] * (i % 4) for i, r in enumerate(rows[:20])]
     expected = _softmax(pytorch_logits(tmp_path / "model", texts, pairs))

@@ -259,7 +259,7 @@ def pair_predictor(tiny_model_dir, tmp_path_factory) -> Predictor:
     finetune(FinetuneOptions(model=str(tiny_model_dir), train_file=write_jsonl(folder / "pairs.jsonl", rows),
                              output_dir=folder / "model", text_column="a", text_pair_column="b", label_column="y",
                              epochs=1, max_length=32))
-    export(ExportOptions(model_dir=folder / "model", output_dir=folder / "onnx"))
+    export(ExportOptions(model_dir=folder / "model", output_dir=folder / "onnx", quantize=[]))
     return Predictor.load(folder / "onnx", threads=1)
 
 
