@@ -65,11 +65,12 @@ def serve(options: ServeOptions) -> None:
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """A socket bound to `host`:`port` (IPv6 when the host has a colon), for uvicorn to listen on."""
+    """A socket listening on `host`:`port` (IPv6 when the host has a colon), for uvicorn to serve on."""
     listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listening.bind((host, port))
+        listening.listen(2048)  # connections queue from here on, before uvicorn's loop accepts them
     except OSError as e:
         listening.close()
         raise BertdeployError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port or "

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import make_rows, write_csv
+from test_server import _ready
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -97,8 +98,8 @@ def _serve(args: list[str], cwd: Path) -> tuple[subprocess.Popen, int]:
         assert process.poll() is None and time.monotonic() < deadline, "".join(log)
         time.sleep(0.05)
     port = int(found.group(1))
-    while httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code != 200:
-        assert time.monotonic() < deadline, "".join(log)
+    while not _ready(f"http://127.0.0.1:{port}"):
+        assert process.poll() is None and time.monotonic() < deadline, "".join(log)
         time.sleep(0.05)
     return process, port
 

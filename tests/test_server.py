@@ -291,6 +291,12 @@ def _serving_port(process: subprocess.Popen, log: list[str], seconds: float = 60
     return int(found.group(1))
 
 
+def _ready(url: str) -> bool:
+    with contextlib.suppress(httpx.TransportError):
+        return httpx.get(f"{url}/v2/health/ready").status_code == 200
+    return False
+
+
 def _in_flight(url: str) -> float:
     text = httpx.get(f"{url}/metrics").text
     return float(re.search(r"^bertdeploy_requests_in_flight (\S+)", text, re.M).group(1))
@@ -303,7 +309,7 @@ def test_sigterm_finishes_the_requests_in_flight(tiny_artifacts):
     try:
         base = f"http://127.0.0.1:{_serving_port(process, log)}"
         deadline = time.monotonic() + 60
-        while httpx.get(f"{base}/v2/health/ready").status_code != 200:
+        while not _ready(base):
             assert process.poll() is None and time.monotonic() < deadline, "".join(log)
             time.sleep(0.02)
         release = threading.Event()
