@@ -146,20 +146,21 @@ def export(options: ExportOptions) -> ExportResult:
     check_output_dir(options.output_dir, options.overwrite)
     source = read_model_dir(options.model_dir)
     check_device(options.device)
-    if options.openvino or "int8-ov" in options.quantize:  # name a missing extra before any work
+    kinds = list(options.quantize)  # the quantized variants to build
+    if options.openvino or "int8-ov" in kinds:  # name a missing extra before any work
         import_openvino()
-    if "int8-ov" in options.quantize:
+    if "int8-ov" in kinds:
         q.import_nncf()
     scored, eval_source = _scoring_texts(options, source)
     calibration = None
-    if set(CALIBRATED) & set(options.quantize):
+    if set(CALIBRATED) & set(kinds):
         try:
             calibration = _calibration_texts(options, source)
         except DataError as e:
             if not options.defaulted:
                 raise
             logger.warning("not building int8-ov, which nobody named: %s", e)  # the rest still pays
-            options.quantize = [kind for kind in options.quantize if kind not in CALIBRATED]
+            kinds = [kind for kind in kinds if kind not in CALIBRATED]
     reference = _pytorch_logits(source, scored, options.device)
     if not scored.labels:
         logger.warning("no labelled eval data (give --eval-file): variants are judged by agreement with PyTorch on "
@@ -179,11 +180,11 @@ def export(options: ExportOptions) -> ExportResult:
         if level:
             optimized = optimize_graph(work, level, options.device, out / _file_name(level))
             variants.append(judge.score(level, optimized, "optimized", optimization=level))
-        jobs = [(kind, kind, fp32, None) for kind in options.quantize]
-        if "int8" in options.quantize and level in ("O1", "O2", "O3"):
+        jobs = [(kind, kind, fp32, None) for kind in kinds]
+        if "int8" in kinds and level in ("O1", "O2", "O3"):
             # Fusing first is faster at batch 1 and slower at larger batches (benchmarks/RESULTS.md):
             # build both orders and let the timing below pick.
-            jobs.insert(options.quantize.index("int8") + 1, (f"{level}-int8", "int8", optimized, level))
+            jobs.insert(kinds.index("int8") + 1, (f"{level}-int8", "int8", optimized, level))
         for name, kind, graph, fused in jobs:
             destination = out / _file_name(name)
             op_types = ("MatMul", "Gemm") if kind == "fp16" else ("MatMul",)  # what each kind converts
@@ -205,10 +206,12 @@ def export(options: ExportOptions) -> ExportResult:
 
 
 def _report_fusions(variants: list[Variant], out: Path, level: str | None) -> None:
-    """Record each shipped variant's fused operators; warn when the optimization fused no attention."""
-    for v in variants:
-        if v.shipped:
-            v.fused = fused_operators(q.graph_nodes(out / v.file))
+    """Record each shipped variant's fused operators (each file read once: fp32 and fp32-ov share one); warn
+    when the optimization fused no attention."""
+    shipped = [v for v in variants if v.shipped]
+    fused = {file: fused_operators(q.graph_nodes(out / file)) for file in {v.file for v in shipped}}
+    for v in shipped:
+        v.fused = fused[v.file]
     optimized = next((v for v in variants if v.name == level and v.shipped), None)
     warning = unfused_attention(level, optimized.fused) if optimized else None
     if warning:

@@ -212,9 +212,10 @@ def interleaved_latency(runs: dict[str, Callable[[dict], object]], feeds: dict[s
             run(every[i])
     calls = {(name, group, i): functools.partial(_call, run, feed) for name, run in runs.items()
              for group, batch in feeds.items() for i, feed in enumerate(batch)}
-    samples = interleave(calls, rounds)
-    return {name: {group: float(np.median([ms for (n, g, _), values in samples.items() if (n, g) == (name, group)
-                                           for ms in values])) for group in feeds} for name in runs}
+    times: dict[str, dict[str, list[float]]] = {name: {group: [] for group in feeds} for name in runs}
+    for (name, group, _), ms in interleave(calls, rounds).items():
+        times[name][group] += ms
+    return {name: {group: float(np.median(ms)) for group, ms in groups.items()} for name, groups in times.items()}
 
 
 def _call(run: Callable[[dict], object], feed: dict, step: int) -> object:

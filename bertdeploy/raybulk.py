@@ -70,7 +70,7 @@ class _Scorer:
         header = list(records[0]) + list(columns.added.values()) if self.in_format != "jsonl" else None
         out = io.StringIO()
         write = rows.row_writer(out, self.out_format, header, columns.added, self.predictor.labels,
-                           self.options.all_scores, write_header=False)
+                                self.options.all_scores, write_header=False)
         lines = []
         for row, scores in zip(records, probabilities, strict=True):
             write(row, scores)
@@ -138,7 +138,7 @@ def _predict(options: PredictFileOptions, stdout: TextIO | None) -> tuple[int, s
         out = rows.open_output(options, stack, stdout)
         if header is not None:
             rows.row_writer(out, out_format, [*columns.input, *columns.added.values()], columns.added, labels,
-                       options.all_scores)
+                            options.all_scores)
         tally, count = rows.Tally(labels, columns.scored), 0
         try:
             for batch in scored.iter_batches(batch_format="pandas", batch_size=None):

@@ -46,10 +46,6 @@ def distinct_shapes(feeds: Sequence[dict]) -> list[int]:
     return list({tuple(f["input_ids"].shape): i for i, f in enumerate(feeds)}.values())
 
 
-def medians(samples: Mapping[Key, list[float]]) -> dict[Key, float]:
-    return {key: float(np.median(values)) for key, values in samples.items()}
-
-
 def stopwatch(function: Callable[..., T], *args, **kwargs) -> tuple[T, float]:
     """`function(*args, **kwargs)` and the seconds it took."""
     started = time.perf_counter()
