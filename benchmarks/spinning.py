@@ -3,8 +3,8 @@ process burns after a burst.
 
 The demo export's `int8` (the ONNX Runtime default variant, the very file Optimum's pipeline loads), 2
 threads. (1) One review at a time, text in -> label out: the predictor with each spinning policy
-(`spinning=False`, the default: the intra-op threads never spin; `True`: they spin, between calls too,
-ONNX Runtime's and so Optimum's default) and Optimum's
+(`spinning=True`, the default, as ONNX Runtime's and so Optimum's: the intra-op threads spin a moment
+after each call; `False`: they never spin) and Optimum's
 `ORTModelForSequenceClassification` pipeline, each labelling blocks of 25 consecutive reviews one call
 at a time (a stream of requests, where spinning threads catch the next call), the blocks taking turns
 (timing.interleave), 400 reviews after 20 warm-up calls each; the median of the calls. (2) Idle CPU: a
@@ -35,17 +35,25 @@ from bertdeploy.timing import interleave, stopwatch
 RESULTS = Path(__file__).parent / "results" / "spinning.json"
 THREADS = 2
 BLOCK = 25
-POLICIES = {"off (default)": False, "on (ONNX Runtime's default)": True}
+POLICIES = {"on (default, as ONNX Runtime's)": (True, THREADS), "off": (False, THREADS),
+            "off, 1 thread": (False, 1)}
+TRICKLE_GAP_S = 0.1
 IDLE = """
 import json, sys, time
 from bertdeploy.predictor import Predictor
-p = Predictor.load(sys.argv[1], variant=sys.argv[2], threads={threads}, spinning=sys.argv[3] == "True")
+p = Predictor.load(sys.argv[1], variant=sys.argv[2], threads=int(sys.argv[5]), spinning=sys.argv[3] == "True")
 texts = json.loads(sys.argv[4])
 for text in texts:
     p.predict([text])
 busy = time.process_time()
 time.sleep(2.0)  # the measurement itself: CPU burnt while idle
-print(json.dumps({{"idle_core_share": (time.process_time() - busy) / 2.0}}))
+idle = (time.process_time() - busy) / 2.0
+busy, start = time.process_time(), time.perf_counter()
+for text in texts[:20]:  # a trickle: one request every {gap} s
+    p.predict([text])
+    time.sleep({gap})
+trickle = (time.process_time() - busy) / (time.perf_counter() - start)
+print(json.dumps({{"idle_core_share": idle, "trickle_core_share": trickle}}))
 """
 
 
@@ -71,7 +79,7 @@ def main() -> None:
         optimum = pipeline("text-classification", model=ort_model, tokenizer=AutoTokenizer.from_pretrained(args.model))
         candidates = {f"predictor, spinning {name}": functools.partial(
             lambda p, t: p.predict([t])[0].label,
-            Predictor.load(args.artifacts, variant=variant, threads=THREADS, spinning=policy))
+            Predictor.load(args.artifacts, variant=variant, threads=policy[1], spinning=policy[0]))
             for name, policy in POLICIES.items()}
         candidates["Optimum ORT pipeline, same file"] = \
             lambda t: optimum(t, truncation=True, max_length=manifest["max_length"])[0]["label"]
@@ -86,16 +94,19 @@ def main() -> None:
     optimum_ms = single["Optimum ORT pipeline, same file"]["median_ms"]
     idle = {}
     for name, policy in POLICIES.items():
-        done = subprocess.run([sys.executable, "-c", IDLE.format(threads=THREADS), str(args.artifacts), variant,
-                               str(policy), json.dumps(texts[:200], ensure_ascii=False)],
+        done = subprocess.run([sys.executable, "-c", IDLE.format(gap=TRICKLE_GAP_S),
+                               str(args.artifacts), variant,
+                               str(policy[0]), json.dumps(texts[:200], ensure_ascii=False), str(policy[1])],
                               capture_output=True, text=True, check=True)
-        idle[name] = json.loads(done.stdout.strip().splitlines()[-1])["idle_core_share"]
+        idle[name] = json.loads(done.stdout.strip().splitlines()[-1])
     for name, figures in single.items():
         figures["optimum_over_this"] = optimum_ms / figures["median_ms"]
         policy = name.removeprefix("predictor, spinning ")
-        figures["idle_core_share_after_burst"] = idle.get(policy)
+        figures["idle_core_share_after_burst"] = idle[policy]["idle_core_share"] if policy in idle else None
+        figures["core_share_in_a_trickle"] = idle[policy]["trickle_core_share"] if policy in idle else None
         print(f"{name:<52} {figures['median_ms']:6.2f} ms median, Optimum / this {figures['optimum_over_this']:.2f}x"
-              + (f", idle CPU {idle[policy]:.1%} of a core" if policy in idle else ""))
+              + (f", idle CPU {idle[policy]['idle_core_share']:.1%} of a core, in a trickle "
+                 f"{idle[policy]['trickle_core_share']:.1%}" if policy in idle else ""))
     RESULTS.write_text(json.dumps({"machine": machine(threads=THREADS), "variant": variant, "single_text": single},
                                   indent=1) + "\n")
 

@@ -26,7 +26,7 @@ import numpy as np
 from bertdeploy.artifacts import MANIFEST_NAME, atomic_file, read_manifest
 from bertdeploy.backends import BACKENDS, OPENVINO, auto_section, backend_of, import_openvino, openvino_installed
 from bertdeploy.bench_cases import Case, fixed_length_cases, natural_cases
-from bertdeploy.bench_engines import AUTO, PYTORCH, Engine, computes_bf16
+from bertdeploy.bench_engines import AUTO, PYTORCH, PYTORCH_BF16, Engine, computes_bf16
 from bertdeploy.bench_probe import probe
 from bertdeploy.bench_report import BenchResult, EngineReport, Timing, machine
 from bertdeploy.data import Examples, check_known_labels, has_column, load_examples, load_texts, sample_examples
@@ -195,7 +195,7 @@ def pick_engines(options: BenchOptions, manifest: dict) -> list[Engine]:
             wanted.append(AUTO)
     engines = [Engine(PYTORCH, "pytorch", str(model), "fp32", device, threads)]
     if computes_bf16(device):  # one line of autocast: the fastest PyTorch a user gets on such hardware
-        engines.append(Engine(f"{PYTORCH}-bf16", "pytorch", str(model), "bf16", device, threads))
+        engines.append(Engine(PYTORCH_BF16, "pytorch", str(model), "bf16", device, threads))
     if device == "cuda":
         engines.append(Engine(f"{PYTORCH}-fp16", "pytorch", str(model), "fp16", device, threads))
     for name in wanted:

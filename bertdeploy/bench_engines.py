@@ -18,6 +18,7 @@ from bertdeploy.backends import OpenVinoModel, OrtModel
 from bertdeploy.predictor import Predictor, choose_routes
 
 PYTORCH = "pytorch"
+PYTORCH_BF16 = "pytorch-bf16"  # the same model under torch.autocast(bfloat16)
 AUTO = "auto"
 # CPU flags of native bf16 arithmetic: AVX512-BF16 and AMX on x86, the bf16 extension on Arm. There
 # PyTorch's autocast to bf16 runs fast oneDNN kernels; elsewhere it emulates bf16 and is slower than fp32.
@@ -110,7 +111,8 @@ class AutoModel:
     """The predictor's `backend="auto"`: each batch on the variant the manifest's ranges give for its size."""
 
     def __init__(self, engine: Engine) -> None:
-        self.predictor = Predictor.load(engine.path, threads=engine.threads)
+        # No spinning: engines take turns, and one's spinning threads would slow the next one's call.
+        self.predictor = Predictor.load(engine.path, threads=engine.threads, spinning=False)
 
     def prepare(self, feed: dict) -> dict:
         return {name: feed[name] for name in self.predictor.input_names}

@@ -52,7 +52,7 @@ def _predict(options: PredictFileOptions, stdin: BinaryIO | None, stdout: TextIO
     source, in_format, out_format = check_files(options)
     predictor = Predictor.load(options.artifact_dir, options.variant, options.providers, options.threads,
                                options.long_text, options.max_batch_tokens, allow_fallback=options.allow_fallback,
-                               backend=options.backend)
+                               spinning=options.spinning, backend=options.backend)
     with contextlib.ExitStack() as stack:
         if options.input == STDIO:
             stream = stdin or sys.stdin.buffer

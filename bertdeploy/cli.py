@@ -40,6 +40,24 @@ def _to_json(value: object) -> str:
     return json.dumps(dataclasses.asdict(value), indent=2, ensure_ascii=False, default=str)
 
 
+_RUNTIME_OPTIONS = [
+    click.option("--threads", type=int, help="Intra-op threads (default: the CPUs this process may use)."),
+    click.option("--providers", default="cpu", show_default=True,
+                 help="cpu, cuda or tensorrt (comma-separated, first choice first)."),
+    click.option("--allow-fallback", is_flag=True, help="Run on the CPU when the providers asked for cannot load."),
+    click.option("--spinning/--no-spinning", default=True, show_default=True,
+                 help="ONNX Runtime's threads spin a moment after each call to catch the next one (faster single "
+                      "texts; a stream of sparse requests costs more CPU)."),
+]
+
+
+def _runtime_options(command):
+    """The runtime's options, shared by predict and serve."""
+    for option in reversed(_RUNTIME_OPTIONS):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="bertdeploy")
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs.")
@@ -169,25 +187,37 @@ def render_export(result) -> str:
     fp32_size = next(v.size_bytes for v in result.variants if v.name == "fp32")
     batches = ("batch_1", "batch_8", "batch_32")
     lines = [f"{'variant':<12} {'runtime':<15} {'size':>9} {'of fp32':>7} {'max|dlogit|':>11} {'agree':>7} "
-             f"{'accuracy':>8} {'drop':>6} " + " ".join(f"{b.replace('_', ''):>8}" for b in batches)]
-    if result.reference["accuracy"] is not None:
-        lines.append(f"{'pytorch':<12} {'':<15} {'':>9} {'':>7} {'':>11} {'':>7} {result.reference['accuracy']:>8.4f}")
+             f"{'accuracy':>8} {'drop':>6} {'float':>6} " + " ".join(f"{b.replace('_', ''):>8}" for b in batches)]
+    for name, f in result.pytorch.items():
+        accuracy = _accuracy_cells(f["accuracy"], f["accuracy_drop"])
+        mark = "" if f["kept_accuracy"] else "  lost accuracy: not a baseline"
+        lines.append(f"{name:<12} {'pytorch':<15} {'':>9} {'':>7} {'':>11} {f['agreement']:>7.2%} {accuracy} {'-':>6} "
+                     f"{_latency_cells(f.get('latency_ms'), batches)}{mark}")
     for v in result.variants:
-        accuracy = f"{v.eval['accuracy']:>8.4f} {v.eval['accuracy_drop']:>+6.2f}" if v.eval else f"{'-':>8} {'-':>6}"
-        speed = " ".join(f"{v.latency_ms[b]:>6.1f}ms" if v.latency_ms and b in v.latency_ms else f"{'-':>8}"
-                         for b in batches)
+        accuracy = _accuracy_cells(*(v.eval["accuracy"], v.eval["accuracy_drop"]) if v.eval else (None, None))
+        speed = _latency_cells(v.latency_ms, batches)
         runtime = f"openvino {v.precision}" if v.precision else v.backend
+        kept = _kept_float(v.quantization)
         mark = "  <- default" if v.name == result.default_variant else "" if v.shipped else "  REFUSED"
         lines.append(f"{v.name:<12} {runtime:<15} {v.size_bytes / 1e6:>7.1f}MB {v.size_bytes / fp32_size:>7.0%} "
-                     f"{v.parity['max_abs_diff']:>11.2g} {v.parity['label_agreement']:>7.2%} {accuracy} {speed}{mark}")
+                     f"{v.parity['max_abs_diff']:>11.2g} {v.parity['label_agreement']:>7.2%} {accuracy} {kept:>6} "
+                     f"{speed}{mark}")
     lines.append("")
     for v in result.variants:
         if not v.shipped:
             lines.append(f"refused {v.name}: {v.reason}")
+        elif v.quantization and v.quantization.get("float_nodes"):
+            lines.append(f"{v.name}: kept the {_kept_float(v.quantization)} weight nodes most sensitive to "
+                         "quantization in float to hold the bound (named in the manifest)")
     for v in result.variants:
         if v.fused and any(v.fused.values()):
             counts = ", ".join(f"{n} {kind.replace('_', '-')}" for kind, n in v.fused.items() if n)
             lines.append(f"{v.name}: fused {counts}")
+    speedups = result.speedups()
+    if speedups:
+        cells = [f"batch {batch.split('_')[1]} {name} {ratio:.1f}x {base}"
+                 for batch, (name, ratio, base) in speedups.items()]
+        lines.append("fastest against the fastest PyTorch that kept accuracy: " + "; ".join(cells))
     if result.guard == "accuracy":
         lines.append(f"scored on {result.texts} labelled texts from {result.eval_source}")
     else:
@@ -197,6 +227,22 @@ def render_export(result) -> str:
         lines.append(f"auto: {_routes(result.auto)} (bench measures it again on the serving machine)")
     lines.append(f"saved {result.output_dir} (default variant: {result.default_variant})")
     return "\n".join(lines)
+
+
+def _accuracy_cells(accuracy: float | None, drop: float | None) -> str:
+    return f"{accuracy:>8.4f} {drop:>+6.2f}" if accuracy is not None else f"{'-':>8} {'-':>6}"
+
+
+def _latency_cells(latency_ms: dict | None, batches: tuple[str, ...]) -> str:
+    return " ".join(f"{latency_ms[b]:>6.1f}ms" if latency_ms and b in latency_ms else f"{'-':>8}" for b in batches)
+
+
+def _kept_float(quantization: dict | None) -> str:
+    """Weight nodes a quantized variant kept in float, of those ranked: "6/36"; "-" for float variants."""
+    if not quantization:
+        return "-"
+    kept = len(quantization.get("float_nodes", []))
+    return f"{kept}/{quantization['float_candidates']}" if "float_candidates" in quantization else str(kept)
 
 
 def _routes(auto: dict) -> str:
@@ -220,10 +266,7 @@ def _routes(auto: dict) -> str:
 @click.option("--all-scores", is_flag=True, help="Add every class's score, not only the best one's.")
 @click.option("--max-batch-tokens", type=int,
               help="Texts per batch x padded length [1024 on the CPU, 16384 on a GPU].")
-@click.option("--threads", type=int, help="Intra-op threads (default: the CPUs this process may use).")
-@click.option("--providers", default="cpu", show_default=True,
-              help="cpu, cuda or tensorrt (comma-separated, first choice first).")
-@click.option("--allow-fallback", is_flag=True, help="Run on the CPU when the providers asked for cannot load.")
+@_runtime_options
 @click.option("--long-text", default="truncate", show_default=True, type=click.Choice(["truncate", "chunk"]),
               help="Texts over the max length: cut, or split into overlapping windows and average.")
 @click.option("--input-format", type=click.Choice(["csv", "tsv", "jsonl", "text"]),
@@ -400,10 +443,7 @@ def render_bench(result) -> str:
 @click.option("--max-body-bytes", default=1_000_000, show_default=True)
 @click.option("--api-key-env", metavar="NAME",
               help="Require 'Authorization: Bearer <key>', the key read from this environment variable.")
-@click.option("--threads", type=int, help="Intra-op threads (default: the CPUs this process may use).")
-@click.option("--providers", default="cpu", show_default=True,
-              help="cpu, cuda or tensorrt (comma-separated, first choice first).")
-@click.option("--allow-fallback", is_flag=True, help="Run on the CPU when the providers asked for cannot load.")
+@_runtime_options
 @click.option("--model-name", help="The model's name in the v2 protocol (default: the directory's name).")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
               help="ray: a Ray Serve deployment, on this machine or a cluster (the ray extra).")

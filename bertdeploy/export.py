@@ -3,9 +3,10 @@
 Steps: export through Optimum (dynamic batch and sequence axes), build the variants asked for
 (graph optimization, INT8 dynamic/static, FP16), run PyTorch and every variant on the same real
 texts, fail loudly if the fp32 export disagrees with PyTorch, score each variant against the
-labels and refuse (after retrying with safer settings) those that lose more accuracy than
-allowed, time the survivors and name the fastest the default. The directory holds the ONNX
-files, `tokenizer.json` and `manifest.json`; it appears only when complete.
+labels, keep the nodes most sensitive to quantization in float until a variant holds the
+accuracy bound, refuse those that cannot, time the survivors and name the fastest the default.
+The directory holds the ONNX files, `tokenizer.json` and `manifest.json`; it appears only when
+complete.
 The predictor, bench and server read it; this module does not serve or benchmark at length.
 """
 
@@ -33,11 +34,12 @@ from bertdeploy.artifacts import (
     write_manifest,
 )
 from bertdeploy.backends import ONNXRUNTIME, OPENVINO, import_openvino
+from bertdeploy.bench_engines import PYTORCH, PYTORCH_BF16, Engine, TorchModel, computes_bf16
 from bertdeploy.data import Examples, check_known_labels, load_examples, load_texts, sample_examples, split_examples
 from bertdeploy.errors import BertdeployError, DataError, ModelError, check_options, require_training
-from bertdeploy.guard import Judge, Variant, build_with_retries, time_and_pick
+from bertdeploy.guard import Judge, Variant, build_to_the_bound, time_and_pick
 from bertdeploy.optimize import check_level, fused_operators, optimize_graph, unfused_attention
-from bertdeploy.runtime import DEVICES, check_device, create_session, encode, load_encoder
+from bertdeploy.runtime import DEVICES, check_device, create_session, encode, load_encoder, usable_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +130,19 @@ class ExportResult:
     texts: int
     variants: list[Variant]
     auto: dict | None = None  # the manifest's auto section: timings per batch size, and the ranges they give
+    # PyTorch fp32 and, where the device computes bf16, under bf16 autocast: figures, kept_accuracy, latency_ms
+    pytorch: dict = field(default_factory=dict)
+
+    def speedups(self) -> dict[str, tuple[str, float, str]]:
+        """Per batch: the fastest shipped variant, its speed-up and the fastest PyTorch that kept accuracy."""
+        kept = {name: f["latency_ms"] for name, f in self.pytorch.items() if f["kept_accuracy"]}
+        shipped = [v for v in self.variants if v.shipped and v.latency_ms]
+        out = {}
+        for batch in (shipped[0].latency_ms if shipped and kept else {}):
+            base = min(kept, key=lambda name: kept[name][batch])
+            best = min(shipped, key=lambda v: v.latency_ms[batch])
+            out[batch] = (best.name, kept[base][batch] / best.latency_ms[batch], base)
+        return out
 
 
 @dataclass
@@ -162,6 +177,8 @@ def export(options: ExportOptions) -> ExportResult:
             logger.warning("not building int8-ov, which nobody named: %s", e)  # the rest still pays
             kinds = [kind for kind in kinds if kind not in CALIBRATED]
     reference = _pytorch_logits(source, scored, options.device)
+    # One line of autocast makes PyTorch much faster on CPUs that compute bf16: the baseline a user would run there.
+    bf16 = _pytorch_logits(source, scored, options.device, autocast=True) if computes_bf16(options.device) else None
     if not scored.labels:
         logger.warning("no labelled eval data (give --eval-file): variants are judged by agreement with PyTorch on "
                        "%d texts", len(scored))
@@ -185,24 +202,31 @@ def export(options: ExportOptions) -> ExportResult:
             # Fusing first is faster at batch 1 and slower at larger batches (benchmarks/RESULTS.md):
             # build both orders and let the timing below pick.
             jobs.insert(kinds.index("int8") + 1, (f"{level}-int8", "int8", optimized, level))
+        rankings: dict[Path, list[str]] = {}  # per graph: every variant built from it shares one ranking
         for name, kind, graph, fused in jobs:
             destination = out / _file_name(name)
-            op_types = ("MatMul", "Gemm") if kind == "fp16" else ("MatMul",)  # what each kind converts
-            variants.append(build_with_retries(
+            variants.append(build_to_the_bound(
                 name, kind, destination, judge, options.per_channel,
-                fragile=functools.partial(q.fragile_nodes, q.graph_nodes(graph), op_types=op_types),
+                rank=functools.partial(_ranking, rankings, graph, tokenizer, scored),
                 build=_builder(kind, graph, destination, options, tokenizer, calibration, fused),
                 optimization=fused, backend=OPENVINO if kind == "int8-ov" else ONNXRUNTIME,
             ))
         shutil.rmtree(work)
         _report_fusions(variants, out, level)
-        default, auto = time_and_pick(variants, out, tokenizer, scored, options.device)
+        pytorch = {PYTORCH: judge.baseline(reference)}
+        if bf16 is not None:
+            pytorch[PYTORCH_BF16] = judge.baseline(bf16)
+        runs = {name: TorchModel(Engine(name, PYTORCH, str(source.path), "bf16" if name == PYTORCH_BF16 else "fp32",
+                                        options.device, usable_cpus())).run for name in pytorch}
+        default, auto, latency = time_and_pick(variants, out, tokenizer, scored, options.device, runs)
+        for name, figures in pytorch.items():
+            figures["latency_ms"] = latency[name]
         inputs = [i.name for i in create_session(fp32, options.device).get_inputs()]
         reference_figures = {"accuracy": judge.reference_accuracy, "macro_f1": judge.reference_macro_f1}
         _write_manifest(out, options, source, variants, default, inputs, reference_figures, judge.guard,
-                        eval_source, len(scored), auto)
+                        eval_source, len(scored), auto, pytorch)
     return ExportResult(Path(options.output_dir), default, reference_figures, judge.guard, eval_source,
-                        len(scored), variants, auto)
+                        len(scored), variants, auto, pytorch)
 
 
 def _report_fusions(variants: list[Variant], out: Path, level: str | None) -> None:
@@ -348,7 +372,8 @@ def _calibration_texts(options: ExportOptions, source: _Source) -> tuple[list[st
 
 # -- PyTorch, the export and the tokenizer -----------------------------------------------------
 
-def _pytorch_logits(source: _Source, examples: Examples, device: str, batch_size: int = 32) -> np.ndarray:
+def _pytorch_logits(source: _Source, examples: Examples, device: str, batch_size: int = 32,
+                    autocast: bool = False) -> np.ndarray:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -357,8 +382,8 @@ def _pytorch_logits(source: _Source, examples: Examples, device: str, batch_size
     texts, pairs = examples.texts, examples.pairs
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.empty((len(texts), len(source.labels)), dtype=np.float32)
-    logger.info("running PyTorch on %d texts for reference", len(texts))
-    with torch.inference_mode():
+    logger.info("running PyTorch%s on %d texts", " with bf16 autocast" if autocast else "", len(texts))
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
         for start in range(0, len(texts), batch_size):
             index = order[start:start + batch_size]
             batch = tokenizer([texts[i] for i in index], None if pairs is None else [pairs[i] for i in index],
@@ -402,6 +427,17 @@ def _write_tokenizer(source: _Source, destination: Path):
     return load_encoder(destination, source.max_length)
 
 
+def _ranking(rankings: dict[Path, list[str]], graph: Path, tokenizer, scored: Examples) -> list[str]:
+    """`graph`'s weight nodes, most sensitive to quantization first, measured on a spread of scoring texts."""
+    if graph not in rankings:
+        names = [i.name for i in create_session(graph, "cpu").get_inputs()]
+        picks = np.linspace(0, len(scored) - 1, num=min(q.RANKING_TEXTS, len(scored))).astype(int)
+        feeds = (encode(tokenizer, [scored.texts[i]], None if scored.pairs is None else [scored.pairs[i]], names)
+                 for i in picks)
+        rankings[graph] = q.rank_sensitive_nodes(graph, feeds)
+    return rankings[graph]
+
+
 def _file_name(variant: str) -> str:
     return "model.onnx" if variant == "fp32" else f"model_{variant.replace('-', '_')}.onnx"
 
@@ -418,7 +454,7 @@ def _build(kind: str, graph: Path, destination: Path, options: ExportOptions, to
            fused: str | None, settings: dict, nodes: list[str]) -> dict:
     if kind == "fp16":
         q.convert_fp16(graph, destination, keep_fp32_nodes=nodes)
-        return {"type": "fp16", "io": "float32", "fp32_ops": q.FP16_FRAGILE_OPS, "fp32_nodes": nodes}
+        return {"type": "fp16", "io": "float32", "fp32_ops": q.FP16_FRAGILE_OPS, "float_nodes": nodes}
     texts, pairs = calibration or ([], None)
     names = [i.name for i in create_session(graph, "cpu").get_inputs()]
     feeds = (encode(tokenizer, [t], None if pairs is None else [pairs[i]], names) for i, t in enumerate(texts))
@@ -441,7 +477,7 @@ def _build(kind: str, graph: Path, destination: Path, options: ExportOptions, to
 
 def _write_manifest(out: Path, options: ExportOptions, source: _Source, variants: list[Variant], default: str,
                     inputs: list[str], reference: dict, guard: str, eval_source: str | None, texts: int,
-                    auto: dict | None) -> None:
+                    auto: dict | None, pytorch: dict) -> None:
     write_manifest(out, ARTIFACT_KIND, {
         "source_model": str(source.path.absolute()),
         "source_checkpoint": (source.manifest or {}).get("source_model"),
@@ -463,6 +499,7 @@ def _write_manifest(out: Path, options: ExportOptions, source: _Source, variants
             "guard": guard,
             "max_accuracy_drop": options.max_accuracy_drop,
             "reference": {"framework": "pytorch", **reference},
+            "pytorch": pytorch,
         },
         "variants": {v.name: v.entry() for v in variants if v.shipped},
         "rejected": {v.name: v.entry() for v in variants if not v.shipped},

@@ -1,9 +1,10 @@
-"""Judge exported variants: parity with PyTorch, the accuracy guard, safer retries, speed.
+"""Judge exported variants: parity with PyTorch, the accuracy guard, quantizing to the bound, speed.
 
 A variant runs on the same texts as PyTorch; it ships only if its logits are finite and it loses
 no more accuracy than allowed (with labels), or disagrees with PyTorch on no more texts than that
-(without). A refused quantization is rebuilt with safer settings before giving up. The shipped
-variants are timed side by side and the fastest becomes the default.
+(without). A quantization that misses the bound is rebuilt with its most sensitive nodes kept in
+float, as few as hold the bound, before it is refused. The shipped variants are timed side by
+side and the fastest becomes the default.
 This module knows nothing of how variants are built: export.py passes a builder in.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +75,18 @@ class Judge:
         report = _report(reference, examples, labels) if examples.labels else {}
         self.reference_accuracy, self.reference_macro_f1 = report.get("accuracy"), report.get("macro_f1")
 
+    def baseline(self, logits: np.ndarray) -> dict:
+        """A PyTorch baseline (bf16 autocast, say) against fp32 PyTorch: its figures, and whether it kept accuracy,
+        by the variants' rule; only one that did counts as a speed-up baseline."""
+        agreement = float(np.mean(logits.argmax(-1) == self.reference.argmax(-1)))
+        figures = {"accuracy": None, "macro_f1": None, "accuracy_drop": None, "agreement": agreement}
+        lost = (1 - agreement) * 100
+        if self.guard == "accuracy":
+            report = _report(logits, self.examples, self.labels)
+            lost = (self.reference_accuracy - report["accuracy"]) * 100
+            figures.update(accuracy=report["accuracy"], macro_f1=report["macro_f1"], accuracy_drop=lost)
+        return {**figures, "kept_accuracy": bool(np.isfinite(logits).all()) and lost <= self.max_drop}
+
     def run(self, path: Path, backend: str = ONNXRUNTIME) -> tuple[np.ndarray, object]:
         """The logits of every scoring text, and the model that computed them."""
         model = open_model(path, backend, self.device)
@@ -124,45 +138,68 @@ def _opset(path: Path) -> int:
     return next(o.version for o in imports if o.domain in ("", "ai.onnx"))
 
 
-def attempt_ladder(kind: str, per_channel: bool) -> list[dict]:
-    """The settings to try in turn: as asked, then safer (per-channel, fragile nodes kept in float)."""
+def first_settings(kind: str, per_channel: bool) -> list[dict]:
+    """The quantizer's settings to try before keeping any node in float: as asked, then per-channel."""
     if kind == "fp16":
-        return [{"keep_float": []}, {"keep_float": ["head", "ffn_output"]}]
+        return [{}]
     if kind == "int8-ov":  # NNCF: always per-channel weights; asymmetric activations ("mixed") for transformers
-        return [{"preset": "mixed", "keep_float": []}, {"preset": "mixed", "keep_float": ["head"]},
-                {"preset": "mixed", "keep_float": ["head", "ffn_output"]}]
-    ladder = [{"per_channel": per_channel, "keep_float": []}]
-    if not per_channel:
-        ladder.append({"per_channel": True, "keep_float": []})
-    return ladder + [{"per_channel": True, "keep_float": ["head"]},
-                     {"per_channel": True, "keep_float": ["head", "ffn_output"]}]
+        return [{"preset": "mixed"}]
+    return [{"per_channel": per_channel}] + ([] if per_channel else [{"per_channel": True}])
 
 
-def build_with_retries(name: str, kind: str, destination: Path, judge: Judge, per_channel: bool,
-                       fragile: Callable[[list[str]], list[str]], build: Callable[[dict, list[str]], dict],
+def build_to_the_bound(name: str, kind: str, destination: Path, judge: Judge, per_channel: bool,
+                       rank: Callable[[], list[str]], build: Callable[[dict, list[str]], dict],
                        optimization: str | None = None, backend: str = ONNXRUNTIME) -> Variant:
-    """Build variant `name` with `build(settings, float_nodes)` and judge it; if refused, retry with safer settings.
+    """Build variant `name` with `build(settings, float_nodes)` and judge it; if it misses the bound, keep the
+    nodes `rank()` names in float, most sensitive first, as few as hold the bound.
 
-    `fragile(groups)` names the graph's nodes in those groups; a refused file is deleted.
+    The search doubles the nodes kept in float (1, 2, 4, ... all) until a build passes, then halves the gap
+    to the last failure: the bound (--max-accuracy-drop, in the guard's own terms) is the target the quantizer
+    works to. A variant that misses it even with every ranked node in float is refused and its file deleted.
     """
-    ladder, seen = [], set()
-    for settings in attempt_ladder(kind, per_channel):
-        nodes = fragile(settings["keep_float"])
-        key = (tuple((k, v) for k, v in settings.items() if k != "keep_float"), tuple(nodes))
-        if key not in seen:  # an architecture without such nodes would give the same model again
-            seen.add(key)
-            ladder.append((settings, nodes))
     tried: list[dict] = []
-    for step, (settings, nodes) in enumerate(ladder, start=1):
-        logger.info("building %s (attempt %d of %d: %s)", name, step, len(ladder), settings)
-        described = build(settings, nodes)
-        variant = judge.score(name, destination, kind, optimization=optimization, quantization=described,
+
+    def attempt(settings: dict, nodes: list[str]) -> Variant:
+        logger.info("building %s (attempt %d: %s, %d nodes kept in float)", name, len(tried) + 1, settings, len(nodes))
+        variant = judge.score(name, destination, kind, optimization=optimization, quantization=build(settings, nodes),
                               backend=backend)
         tried.append({"settings": settings, "nodes_kept_float": len(nodes), "passed": variant.shipped,
                       "reason": variant.reason, "eval": variant.eval, "parity": variant.parity})
+        if not variant.shipped:
+            logger.warning("%s: %s", name, variant.reason)
+        return variant
+
+    for settings in first_settings(kind, per_channel):
+        variant = attempt(settings, [])
         if variant.shipped:
             break
-        logger.warning("%s: %s%s", name, variant.reason, "; retrying with safer settings" if step < len(ladder) else "")
+    else:
+        ranked = rank()
+        if ranked:
+            logger.info("%s: keeping the nodes most sensitive to quantization in float until it holds the bound "
+                        "(%d candidates)", name, len(ranked))
+        failed, count, best = 0, 1, None
+        while ranked and best is None:
+            count = min(count, len(ranked))
+            variant = attempt(settings, ranked[:count])
+            if variant.shipped:
+                best = _keep(variant, destination)
+            elif count == len(ranked):
+                break
+            else:
+                failed, count = count, count * 2
+        while best is not None and count - failed > 1:
+            middle = (failed + count) // 2
+            variant = attempt(settings, ranked[:middle])
+            if variant.shipped:
+                best, count = _keep(variant, destination), middle
+            else:
+                failed = middle
+        if best is not None:
+            best[1].replace(destination)
+            variant = best[0]
+        if variant.quantization is not None:
+            variant.quantization["float_candidates"] = len(ranked)  # the ranked nodes: float_nodes are the first
     variant.attempts = tried
     if not variant.shipped:
         destination.unlink()
@@ -170,13 +207,22 @@ def build_with_retries(name: str, kind: str, destination: Path, judge: Judge, pe
     return variant
 
 
+def _keep(variant: Variant, destination: Path) -> tuple[Variant, Path]:
+    """Set aside a passing build while the search tries fewer nodes in float."""
+    kept = destination.with_name(destination.name + ".passed")
+    shutil.copyfile(destination, kept)
+    return variant, kept
+
+
 def time_and_pick(variants: list[Variant], directory: Path, tokenizer, examples: Examples, device: str,
-                  rounds: int = 7) -> tuple[str, dict | None]:
-    """Median latency of each shipped variant, on its runtime, at batch 1, 8 and 32 of real texts, interleaved.
+                  baselines: dict[str, Callable[[dict], object]], rounds: int = 7) -> tuple[str, dict | None, dict]:
+    """Median latency of each shipped variant, on its runtime, and of each PyTorch `baselines` run (name: run(feed)),
+    at batch 1, 8 and 32 of real texts, interleaved.
 
     The fastest ONNX Runtime variant per text is the default (never INT8 on CUDA, which has no fast integer
     kernels). On the CPU, also the manifest's `auto` section: the fastest variant of any runtime per
-    batch-size range (bench measures this at more length and replaces it).
+    batch-size range (bench measures this at more length and replaces it). Returns the default, the auto
+    section and the baselines' latency.
     """
     shipped = [v for v in variants if v.shipped]
     models = {v.name: open_model(directory / v.file, v.backend, device) for v in shipped}
@@ -189,17 +235,19 @@ def time_and_pick(variants: list[Variant], directory: Path, tokenizer, examples:
               "batch_8": [encode(tokenizer, texts[::4][:8], pairs and pairs[::4][:8], names)]}
     if len(texts) == 32:
         groups["batch_32"] = [encode(tokenizer, texts, pairs, names)]
-    latency = interleaved_latency({name: model.run for name, model in models.items()}, groups, rounds)
+    latency = interleaved_latency({**{name: model.run for name, model in models.items()}, **baselines}, groups,
+                                  rounds)
     for v in shipped:
         v.latency_ms = latency[v.name]
     runtime = [v for v in shipped if v.backend == ONNXRUNTIME]
     candidates = [v for v in runtime if not (device == "cuda" and v.kind.startswith("int8"))] or runtime
     best = min(candidates, key=lambda v: v.latency_ms["batch_1"] + v.latency_ms["batch_8"] / 8)
+    baseline_latency = {name: latency[name] for name in baselines}
     if device != "cpu":
-        return best.name, None
+        return best.name, None, baseline_latency
     p50 = {v.name: {int(group.split("_")[1]): ms for group, ms in v.latency_ms.items()} for v in shipped}
     return best.name, auto_section(p50, [v.name for v in shipped], {v.name: v.backend for v in shipped}, "export",
-                                   f"{len(texts)} texts of the scoring set", usable_cpus())
+                                   f"{len(texts)} texts of the scoring set", usable_cpus()), baseline_latency
 
 
 def interleaved_latency(runs: dict[str, Callable[[dict], object]], feeds: dict[str, list[dict]],

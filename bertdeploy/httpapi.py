@@ -39,6 +39,7 @@ class ServeOptions:
     providers: str = "cpu"
     model_name: str | None = None  # default: the artifact directory's name
     allow_fallback: bool = False
+    spinning: bool = True  # ONNX Runtime's threads spin a moment after each call for the next one
     engine: str = "local"  # local: this process (uvicorn); ray: a Ray Serve deployment (rayserve.py)
     replicas: int = 1  # ray: a fixed number of replicas...
     min_replicas: int = 1  # ...or, with max_replicas, autoscaled between these on ongoing requests

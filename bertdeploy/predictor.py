@@ -146,7 +146,7 @@ class Predictor:
     @classmethod
     def load(cls, directory: str | Path, variant: str | None = None, providers: str | Sequence | None = None,
              threads: int | None = None, long_text: str = "truncate", max_batch_tokens: int | None = None,
-             max_batch_size: int = MAX_BATCH_SIZE, allow_fallback: bool = False, spinning: bool = False,
+             max_batch_size: int = MAX_BATCH_SIZE, allow_fallback: bool = False, spinning: bool = True,
              backend: str = "auto", hint: str = "latency") -> Predictor:
         """Load the artifact directory `directory`.
 
@@ -158,7 +158,10 @@ class Predictor:
         `allow_fallback`. threads: per model (default: the CPUs this process may use). long_text:
         'truncate' at the model's max length, or 'chunk' into overlapping windows whose scores are
         averaged. max_batch_tokens: texts per batch x padded length (default: 1,024 on the CPU, 16,384 on
-        a GPU). hint (OpenVINO): 'latency' or 'throughput'.
+        a GPU). hint (OpenVINO): 'latency' or 'throughput'. spinning (ONNX Runtime on the CPU): the intra-op
+        threads spin a moment after each call to catch the next one, as ONNX Runtime and Optimum do by
+        default: single texts in a stream run ~1.4x faster, and a process idle after a burst burns ~2% of a
+        core (benchmarks/RESULTS.md); False never spins.
         """
         directory = Path(directory)
         if long_text not in LONG_TEXT:

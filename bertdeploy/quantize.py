@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import platform
-import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+import numpy as np
 
 from bertdeploy.errors import BertdeployError, import_extra
 
@@ -28,13 +30,9 @@ CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "
 # underflow in half precision (NaN/inf); everything else runs in fp16.
 FP16_FRAGILE_OPS = ["Softmax", "LayerNormalization", "SkipLayerNormalization", "ReduceMean", "Pow", "Sqrt", "Erf",
                     "Exp"]
-# Nodes a retry keeps in float when quantizing everything costs too much accuracy: the
-# classification head (pooler, classifier) and the feed-forward output projections, whose
-# inputs carry the largest outliers in BERT-family models.
-_FRAGILE_PATTERNS = {
-    "head": re.compile(r"pooler|classifier"),
-    "ffn_output": re.compile(r"/layer\.\d+/(output/dense|ffn/lin2)/"),
-}
+# Weight-carrying nodes the quantizers convert, and the sensitivity ranking can keep in float.
+WEIGHT_OPS = ("MatMul", "Attention")
+RANKING_TEXTS = 16
 
 
 def _cpu_flags() -> set[str]:
@@ -88,17 +86,62 @@ def _preset_settings(preset: str, is_static: bool, per_channel: bool) -> dict:
 
 
 def graph_nodes(model_path: Path) -> list[tuple[str, str]]:
-    """(name, op type) of every node of a graph, read once for `fragile_nodes`."""
+    """(name, op type) of every node of a graph."""
     import onnx
 
     return [(n.name, n.op_type) for n in onnx.load(str(model_path), load_external_data=False).graph.node]
 
 
-def fragile_nodes(nodes: list[tuple[str, str]], groups: Iterable[str], op_types: Iterable[str]) -> list[str]:
-    """Names of the `nodes` of `op_types` in `groups` (`head`, `ffn_output`)."""
-    patterns = [_FRAGILE_PATTERNS[g] for g in groups]
-    types = set(op_types)
-    return [name for name, op in nodes if op in types and any(p.search(name) for p in patterns)]
+def rank_sensitive_nodes(source: Path, feeds: Iterable[dict]) -> list[str]:
+    """The graph's weight MatMuls (and fused Attention), most sensitive to 8 bits first.
+
+    Each node's sensitivity is the relative error of its output, on the activations `feeds` (one input dict
+    per text) really give it, when its input is quantized per tensor to uint8 (as dynamic and static INT8
+    and NNCF do) and its weight per output channel to int8: one fp32 run, then numpy. Outlier features,
+    which crush every other value of a per-tensor activation scale, rank first.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    weights = {i.name: i for i in model.graph.initializer if len(i.dims) == 2}
+    nodes = [n for n in model.graph.node if n.op_type in WEIGHT_OPS and len(n.input) > 1 and n.input[1] in weights]
+    outputs = {o.name for o in model.graph.output}
+    for name in dict.fromkeys(n.input[0] for n in nodes):
+        if name not in outputs:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    quantized = {n.name: _fake_int8_weight(numpy_helper.to_array(weights[n.input[1]])) for n in nodes}
+    errors: dict[str, list[float]] = {n.name: [] for n in nodes}
+    for feed in itertools.islice(feeds, RANKING_TEXTS):
+        values = dict(zip(names, session.run(names, feed), strict=True))
+        for n in nodes:
+            x = values[n.input[0]].reshape(-1, values[n.input[0]].shape[-1]).astype(np.float64)
+            w = numpy_helper.to_array(weights[n.input[1]]).astype(np.float64)
+            exact = x @ w
+            errors[n.name].append(float(np.linalg.norm(_fake_uint8(x) @ quantized[n.name] - exact)
+                                        / max(np.linalg.norm(exact), 1e-12)))
+    return sorted(errors, key=lambda name: -float(np.mean(errors[name] or [0.0])))
+
+
+def _fake_uint8(x: np.ndarray) -> np.ndarray:
+    """`x` quantized to uint8 with one asymmetric scale, and back."""
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (high - low) / 255 or 1.0
+    zero = np.round(-low / scale)
+    return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+def _fake_int8_weight(w: np.ndarray) -> np.ndarray:
+    """`w` (in x out) quantized to int8 with one symmetric scale per output channel, and back."""
+    w = w.astype(np.float64)
+    scale = np.abs(w).max(axis=0, keepdims=True) / 127
+    scale[scale == 0] = 1.0
+    return np.round(w / scale) * scale
 
 
 @contextlib.contextmanager

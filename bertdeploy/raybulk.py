@@ -46,7 +46,8 @@ class _Scorer:
         try:
             self.predictor = Predictor.load(options.artifact_dir, options.variant, options.providers, options.threads,
                                             options.long_text, options.max_batch_tokens,
-                                            allow_fallback=options.allow_fallback, backend=options.backend)
+                                            allow_fallback=options.allow_fallback,
+                                            spinning=options.spinning, backend=options.backend)
         except BertdeployError as e:
             self.failed = str(e)
 

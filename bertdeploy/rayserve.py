@@ -45,7 +45,7 @@ class PredictorReplica:
         self.predictor = Predictor.load(options.artifact_dir, options.variant, options.providers, threads,
                                         max_batch_tokens=options.max_batch_tokens,
                                         max_batch_size=options.max_batch_size, allow_fallback=options.allow_fallback,
-                                        backend=options.backend)
+                                        spinning=options.spinning, backend=options.backend)
         self.predictor.warm_up()  # before Serve marks the replica healthy and routes to it
         self.request_model = httpapi.predict_models(options.max_texts_per_request)[0]
         self.replica = serve.get_replica_context().replica_id.unique_id

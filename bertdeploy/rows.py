@@ -49,6 +49,7 @@ class PredictFileOptions:
     threads: int | None = None
     providers: str | None = None
     allow_fallback: bool = False
+    spinning: bool = True  # ONNX Runtime's threads spin a moment after each call for the next one
     long_text: str = "truncate"
     input_format: str | None = None  # default: from the extension; "text" for stdin
     output_format: str | None = None  # default: from the output's extension, else the input's

@@ -90,7 +90,8 @@ def create_session(path: str | Path, providers: str | Sequence | None = "cpu", t
                    spinning: bool = False, allow_fallback: bool = False):
     """An InferenceSession on `providers` (first choice first), `threads` intra-op threads (default: the
     usable CPUs). If ONNX Runtime drops the first choice for the CPU, that is an error, or with
-    `allow_fallback` a logged warning. Idle spinning is off by default: it burns CPU between calls."""
+    `allow_fallback` a logged warning. `spinning`: the intra-op threads spin a moment after a call for the
+    next one (the predictor's default; off here, for timings that take turns with other engines)."""
     import onnxruntime as ort
 
     wanted = resolve_providers(providers)

@@ -51,7 +51,8 @@ def serve(options: ServeOptions) -> None:
     key = options.api_key()
     predictor = Predictor.load(options.artifact_dir, options.variant, options.providers, options.threads,
                                max_batch_tokens=options.max_batch_tokens, max_batch_size=options.max_batch_size,
-                               allow_fallback=options.allow_fallback, backend=options.backend)
+                               allow_fallback=options.allow_fallback,
+                               spinning=options.spinning, backend=options.backend)
     app = create_app(predictor, options, key)
     listening = _listen(options.host, options.port)
     host, port = listening.getsockname()[:2]

@@ -149,6 +149,29 @@ def built_artifacts(tiny_classifier, tmp_path_factory) -> Path:
     return out
 
 
+def add_outlier_feature(model_dir: Path, out_dir: Path, scale: float = 1e4) -> Path:
+    """A copy of a BERT classifier with an outlier feature: the same function in fp32, hostile to 8 bits.
+
+    In every layer, feature 0 of the attention values is multiplied by `scale` and the attention output
+    projection's weights for that feature divided by it, so PyTorch's (and the fp32 export's) logits are
+    unchanged. The output projection's input then has one feature `scale` times the others: one uint8 scale
+    per tensor, as INT8 activations have, rounds every other feature to zero, which deletes what attention
+    adds. Only those projections (one per layer) need to stay in float to undo it."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    shutil.copytree(model_dir, out_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    with torch.no_grad():
+        for layer in model.base_model.encoder.layer:
+            value, output = layer.attention.self.value, layer.attention.output.dense
+            value.weight[0] *= scale
+            value.bias[0] *= scale
+            output.weight[:, 0] /= scale
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
 def pytorch_logits(model_dir: Path, texts: list[str], pairs: list[str] | None = None,
                    max_length: int = 32):
     """Logits straight from transformers, one text at a time (no padding at all): the reference.

@@ -5,18 +5,21 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from conftest import NO_VETO, make_rows, pytorch_logits, write_csv
+from conftest import NO_VETO, add_outlier_feature, make_rows, pytorch_logits, write_csv
 
 from bertdeploy import quantize
 from bertdeploy.artifacts import read_manifest, sha256_file
+from bertdeploy.bench_engines import computes_bf16
 from bertdeploy.cli import cli
 from bertdeploy.errors import BertdeployError
-from bertdeploy.export import ExportOptions, export
+from bertdeploy.export import ExportOptions, ExportResult, export
+from bertdeploy.guard import Variant
 from bertdeploy.runtime import create_session, load_encoder, logits
 
 # How close each float variant's logits must be to PyTorch's on the tiny model (logits of size ~3). What INT8
@@ -115,22 +118,107 @@ def break_quantizer(monkeypatch, name: str) -> list:
     return calls
 
 
-def test_guard_refuses_a_bad_variant_after_safer_retries(tiny_classifier, tmp_path, monkeypatch):
+def test_pytorch_baselines_are_scored_and_timed_beside_the_variants(exported):
+    """PyTorch fp32, and under bf16 autocast where the CPU computes bf16, in export's table and manifest."""
+    out, result = exported
+    names = ["pytorch", "pytorch-bf16"] if computes_bf16() else ["pytorch"]
+    assert list(result["pytorch"]) == names == list(read_manifest(out)["evaluation"]["pytorch"])
+    fp32 = result["pytorch"]["pytorch"]
+    assert fp32["kept_accuracy"] and fp32["agreement"] == 1.0 and fp32["accuracy_drop"] == 0.0
+    for figures in result["pytorch"].values():
+        assert set(figures["latency_ms"]) == {"batch_1", "batch_8", "batch_32"}
+        assert all(ms > 0 for ms in figures["latency_ms"].values())
+
+
+def test_speed_ups_are_against_the_fastest_pytorch_that_kept_accuracy():
+    def variant(name, ms):
+        return Variant(name, f"{name}.onnx", "int8", None, None, 1, "", 17, {}, None, True,
+                       latency_ms={"batch_1": ms, "batch_8": 8 * ms})
+
+    pytorch = {"pytorch": {"kept_accuracy": True, "latency_ms": {"batch_1": 12.0, "batch_8": 80.0}},
+               "pytorch-bf16": {"kept_accuracy": True, "latency_ms": {"batch_1": 16.0, "batch_8": 40.0}}}
+    result = ExportResult(Path("out"), "a", {}, "accuracy", None, 10, [variant("a", 4.0), variant("b", 2.0)],
+                          pytorch=pytorch)
+    assert result.speedups() == {"batch_1": ("b", 6.0, "pytorch"), "batch_8": ("b", 2.5, "pytorch-bf16")}
+    pytorch["pytorch-bf16"]["kept_accuracy"] = False  # a faster PyTorch that lost accuracy is no baseline
+    assert result.speedups()["batch_8"] == ("b", 5.0, "pytorch")
+
+
+def test_guard_refuses_a_bad_variant_after_searching_to_the_bound(tiny_classifier, tmp_path, monkeypatch):
     model, _, _ = tiny_classifier
     calls = break_quantizer(monkeypatch, "quantize_dynamic_int8")
     result = export(ExportOptions(model, tmp_path / "out", quantize=["int8"], per_channel=False))
     int8 = next(v for v in result.variants if v.name == "int8")
     assert not int8.shipped and "points below PyTorch" in int8.reason
-    assert len(calls) == len(int8.attempts) == 3  # as asked, per-channel, FFN outputs kept in float
-    assert [a["settings"]["per_channel"] for a in int8.attempts] == [False, True, True]
+    ranked = int8.quantization["float_candidates"]
+    assert ranked == 12  # 6 weight MatMuls in each of 2 layers (pooler and classifier are Gemm nodes)
+    # as asked, per-channel, then 1, 2, 4, 8 and every ranked node kept in float: no build holds the bound
+    assert [a["settings"]["per_channel"] for a in int8.attempts] == [False, True, True, True, True, True, True]
+    assert [a["nodes_kept_float"] for a in int8.attempts] == [0, 0, 1, 2, 4, 8, 12]
+    assert [len(c) for c in calls] == [0, 0, 1, 2, 4, 8, 12]
     assert result.default_variant == "fp32"
     manifest = read_manifest(tmp_path / "out")
     assert "int8" not in manifest["variants"] and "file" not in manifest["rejected"]["int8"]
     rejected = manifest["rejected"]["int8"]  # with its figures and the reason
     assert rejected["eval"]["accuracy_drop"] > 1.0
     assert rejected["reason"].startswith(f"accuracy {rejected['eval']['accuracy']:.4f} is ")
-    assert rejected["reason"].endswith("after 3 attempts") and len(rejected["attempts"]) == 3
-    assert not (tmp_path / "out" / "model_int8.onnx").exists()
+    assert rejected["reason"].endswith("after 7 attempts") and len(rejected["attempts"]) == 7
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "model.onnx", "tokenizer.json"]
+
+
+def test_the_search_keeps_as_few_nodes_in_float_as_hold_the_bound(tiny_classifier, tmp_path, monkeypatch):
+    """A quantizer whose build misses the bound unless the 3 most sensitive nodes stay in float: 1, 2 fail,
+    4 passes, then 3 passes, and the shipped file is the one built with 3."""
+    model, _, _ = tiny_classifier
+    ranking = quantize.rank_sensitive_nodes(model_graph := _fp32_graph(model, tmp_path), _feeds(model_graph))
+    real, calls = quantize.quantize_dynamic_int8, []
+
+    def needs_three(source, destination, *args, **kwargs):
+        calls.append(list(kwargs["exclude"]))
+        real(source, destination, *args, **kwargs)
+        if not set(ranking[:3]) <= set(kwargs["exclude"]):
+            _negate_logits(destination)
+        return destination
+
+    monkeypatch.setattr(quantize, "quantize_dynamic_int8", needs_three)
+    result = export(ExportOptions(model, tmp_path / "out", quantize=["int8"]))
+    int8 = next(v for v in result.variants if v.name == "int8")
+    assert [len(c) for c in calls] == [0, 1, 2, 4, 3]
+    assert int8.shipped and int8.quantization["float_nodes"] == ranking[:3] == calls[-1]
+    assert [a["passed"] for a in int8.attempts] == [False, False, False, True, True]
+    shipped = tmp_path / "out" / "model_int8.onnx"
+    assert read_manifest(tmp_path / "out")["variants"]["int8"]["sha256"] == sha256_file(shipped)
+    floats = {n.name for n in onnx.load(str(shipped)).graph.node if n.op_type == "MatMul"}
+    assert set(ranking[:3]) <= floats and set(ranking[3:]).isdisjoint(floats)  # the rest are integer ops
+    assert not list((tmp_path / "out").glob("*.passed"))
+    out = CliRunner().invoke(cli, ["export", str(model), "--output-dir", str(tmp_path / "cli"), "--quantize", "int8"])
+    assert out.exit_code == 0, out.output
+    assert "int8: kept the 3/12 weight nodes most sensitive to quantization in float" in out.stdout
+    assert "fastest against the fastest PyTorch that kept accuracy: batch 1 " in out.stdout
+
+
+def test_an_outlier_feature_ranks_first(tiny_classifier, tmp_path):
+    """The attention output projections that carry the outlier are the most sensitive nodes (numpy, any CPU)."""
+    outlier = add_outlier_feature(tiny_classifier[0], tmp_path / "outlier")
+    graph = _fp32_graph(outlier, tmp_path)
+    ranking = quantize.rank_sensitive_nodes(graph, _feeds(graph))
+    assert {name.split("/")[-3:-1] == ["output", "dense"] and "attention" in name for name in ranking[:2]} == {True}
+    assert len(ranking) == 12 and len(set(ranking)) == 12
+
+
+def _fp32_graph(model_dir, tmp_path):
+    from optimum.exporters.onnx import main_export
+
+    work = tmp_path / f"graph-{model_dir.name}"
+    main_export(str(model_dir), work, task="text-classification", do_validation=False)
+    return work / "model.onnx"
+
+
+def _feeds(graph):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(graph.parent)
+    return [dict(tokenizer(row["text"], return_tensors="np")) for row in make_rows(16, seed=5)]
 
 
 def test_fp32_disagreeing_with_pytorch_fails_loudly_and_writes_nothing(tiny_classifier, tmp_path, monkeypatch):

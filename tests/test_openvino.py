@@ -179,12 +179,13 @@ def test_bench_measures_openvino_and_records_the_ranges(ov_artifacts, tiny_class
     assert (copy / "manifest.json").read_bytes() == before  # --no-record, and a partial run, leave it alone
 
 
-def test_the_guard_refuses_a_bad_int8_ov_after_safer_retries(tiny_classifier, tmp_path, monkeypatch):
+def test_the_guard_refuses_a_bad_int8_ov_after_searching_to_the_bound(tiny_classifier, tmp_path, monkeypatch):
     calls = break_quantizer(monkeypatch, "quantize_openvino_int8")
     result = export(ExportOptions(tiny_classifier[0], tmp_path / "out", quantize=["int8-ov"]))
     refused = next(v for v in result.variants if v.name == "int8-ov")
     assert not refused.shipped and "points below PyTorch" in refused.reason and refused.backend == "openvino"
-    assert len(calls) == len(refused.attempts) >= 2 and calls[0] == [] and calls[-1]  # then fragile nodes in float
+    ranked = refused.quantization["float_candidates"]  # as asked, then 1, 2, 4, 8 and every ranked node in float
+    assert [len(c) for c in calls] == [a["nodes_kept_float"] for a in refused.attempts] == [0, 1, 2, 4, 8, ranked]
     assert not (tmp_path / "out" / "model_int8_ov.onnx").exists()
     manifest = read_manifest(tmp_path / "out")
     assert "int8-ov" not in manifest["variants"] and manifest["rejected"]["int8-ov"]["reason"] == refused.reason

