@@ -5,7 +5,7 @@ same inputs, the same 2 threads, engines taking turns call by call (bertdeploy.b
   pytorch                 eager PyTorch fp32, the reference
   pytorch-bf16            the same under torch.autocast(bfloat16), on CPUs that compute bf16 natively;
                           speed-ups are against the faster PyTorch that kept accuracy
-  ours fp32 / int8 / O2-int8 / fp16   what `bertdeploy export` shipped (runs/demo/onnx)
+  ours fp32 / int8 / O2-int8 / fp16 / int8-ov   what `bertdeploy export` shipped (runs/demo/onnx)
   optimum-cli int8        `optimum-cli export onnx` then `optimum-cli onnxruntime quantize --avx512_vnni`
                           (the preset matching this CPU), run with ONNX Runtime
   ort-optimizer int8      onnxruntime.transformers.optimizer at its defaults (model_type bert),
@@ -79,9 +79,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     manifest = read_manifest(args.artifacts, "onnx")
-    options = BenchOptions(args.artifacts, eval_file=args.eval_file, variants=["fp32", "int8", "O2-int8", "fp16"],
-                           batch_sizes=[1, 8, 32], seq_lengths=[128], runs=args.runs, warmup=args.warmup,
-                           threads=THREADS)
+    options = BenchOptions(args.artifacts, eval_file=args.eval_file,
+                           variants=["fp32", "int8", "O2-int8", "fp16", "int8-ov"], batch_sizes=[1, 8, 32],
+                           seq_lengths=[128], runs=args.runs, warmup=args.warmup, threads=THREADS)
     engines = pick_engines(options, manifest)  # PyTorch fp32 (and bf16 autocast where the CPU computes bf16) first
     ours = [Engine(f"ours {e.name}", e.backend, e.path, e.kind, e.device, e.threads)
             for e in engines if e.backend != "pytorch"]

@@ -25,16 +25,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from predictor_speed import optimum_dir
+from predictor_speed import BLOCK, optimum_dir, stream_block
 
 from bertdeploy.bench_report import machine
 from bertdeploy.demo import review_texts
 from bertdeploy.predictor import Predictor
-from bertdeploy.timing import interleave, stopwatch
+from bertdeploy.timing import interleave
 
 RESULTS = Path(__file__).parent / "results" / "spinning.json"
 THREADS = 2
-BLOCK = 25
 POLICIES = {"on (default, as ONNX Runtime's)": (True, THREADS), "off": (False, THREADS),
             "off, 1 thread": (False, 1)}
 TRICKLE_GAP_S = 0.1
@@ -87,7 +86,7 @@ def main() -> None:
             for text in texts[:20]:
                 label_of(text)
         ms = {name: [] for name in candidates}
-        interleave({name: functools.partial(_block, label_of, texts[20:], ms[name])
+        interleave({name: functools.partial(stream_block, label_of, texts[20:], ms[name])
                     for name, label_of in candidates.items()}, (len(texts) - 20) // BLOCK)
     single = {name: {"median_ms": float(np.median(m)), "p90_ms": float(np.percentile(m, 90)),
                      "p99_ms": float(np.percentile(m, 99)), "calls": len(m)} for name, m in ms.items()}
@@ -109,12 +108,6 @@ def main() -> None:
                  f"{idle[policy]['trickle_core_share']:.1%}" if policy in idle else ""))
     RESULTS.write_text(json.dumps({"machine": machine(threads=THREADS), "variant": variant, "single_text": single},
                                   indent=1) + "\n")
-
-
-def _block(label_of, texts: list[str], ms: list[float], step: int) -> None:
-    """Block `step` of the texts, one call each, each call's ms appended to `ms`."""
-    for text in texts[step * BLOCK:(step + 1) * BLOCK]:
-        ms.append(stopwatch(label_of, text)[1] * 1000)
 
 
 if __name__ == "__main__":

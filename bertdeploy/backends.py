@@ -144,8 +144,11 @@ class OpenVinoModel:
 
 
 def _first_line(error: Exception) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip() and not line.startswith("Exception from")]
-    return lines[0] if lines else type(error).__name__
+    """The first line of a runtime's error, and the line saying what is unsupported where there is one."""
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip() and not line.startswith("Exception from")]
+    unsupported = next((line for line in lines[1:] if "support" in line), None)
+    return " ".join(filter(None, [lines[0] if lines else type(error).__name__, unsupported]))
 
 
 def open_model(path: str | Path, backend: str = ONNXRUNTIME, providers=None, threads: int | None = None,

@@ -200,7 +200,7 @@ def render_export(result) -> str:
         kept = _kept_float(v.quantization)
         mark = "  <- default" if v.name == result.default_variant else "" if v.shipped else "  REFUSED"
         lines.append(f"{v.name:<12} {runtime:<15} {v.size_bytes / 1e6:>7.1f}MB {v.size_bytes / fp32_size:>7.0%} "
-                     f"{v.parity['max_abs_diff']:>11.2g} {v.parity['label_agreement']:>7.2%} {accuracy} {kept:>6} "
+                     f"{_parity_cells(v.parity)} {accuracy} {kept:>6} "
                      f"{speed}{mark}")
     lines.append("")
     for v in result.variants:
@@ -227,6 +227,13 @@ def render_export(result) -> str:
         lines.append(f"auto: {_routes(result.auto)} (bench measures it again on the serving machine)")
     lines.append(f"saved {result.output_dir} (default variant: {result.default_variant})")
     return "\n".join(lines)
+
+
+def _parity_cells(parity: dict) -> str:
+    """max|dlogit| and agreement, or dashes for a variant that could not run."""
+    if parity["label_agreement"] is None:
+        return f"{'-':>11} {'-':>7}"
+    return f"{parity['max_abs_diff']:>11.2g} {parity['label_agreement']:>7.2%}"
 
 
 def _accuracy_cells(accuracy: float | None, drop: float | None) -> str:

@@ -107,7 +107,12 @@ class Judge:
 
     def score(self, name: str, path: Path, kind: str, optimization: str | None = None,
               quantization: dict | None = None, backend: str = ONNXRUNTIME) -> Variant:
-        (scores, model), seconds = stopwatch(self.run, path, backend)
+        try:
+            (scores, model), seconds = stopwatch(self.run, path, backend)
+        except BertdeployError as e:  # e.g. OpenVINO cannot compile the graph: refuse this variant, keep the rest
+            logger.warning("%s: %s", name, e)
+            return self.refused(name, path, kind, str(e).split(": ", 1)[-1],
+                                optimization, quantization, backend)
         finite = bool(np.isfinite(scores).all())
         diff = float(np.abs(scores - self.reference).max()) if finite else float("inf")
         agreement = float(np.mean(scores.argmax(-1) == self.reference.argmax(-1)))
@@ -129,6 +134,16 @@ class Judge:
         return Variant(name, path.name, kind, optimization, quantization, path.stat().st_size, sha256_file(path),
                        _opset(path), parity, evaluation, reason is None, reason, backend=backend,
                        precision=getattr(model, "precision", None))
+
+
+    def refused(self, name: str, path: Path, kind: str, reason: str, optimization: str | None = None,
+                quantization: dict | None = None, backend: str = ONNXRUNTIME) -> Variant:
+        """A variant that could not be built or run: no figures, and the reason."""
+        exists = path.is_file()
+        return Variant(name, path.name, kind, optimization, quantization, path.stat().st_size if exists else 0,
+                       sha256_file(path) if exists else "", _opset(path) if exists else 0,
+                       {"texts": len(self.examples), "max_abs_diff": None, "label_agreement": None}, None, False,
+                       reason, backend=backend)
 
 
 def _opset(path: Path) -> int:
@@ -161,8 +176,16 @@ def build_to_the_bound(name: str, kind: str, destination: Path, judge: Judge, pe
 
     def attempt(settings: dict, nodes: list[str]) -> Variant:
         logger.info("building %s (attempt %d: %s, %d nodes kept in float)", name, len(tried) + 1, settings, len(nodes))
-        variant = judge.score(name, destination, kind, optimization=optimization, quantization=build(settings, nodes),
-                              backend=backend)
+        try:
+            described = build(settings, nodes)
+        except BertdeployError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a quantizer failing on an unusual graph refuses this variant only
+            variant = judge.refused(name, destination, kind, f"the quantizer failed: {_first_line(e)}", optimization,
+                                    None, backend)
+        else:
+            variant = judge.score(name, destination, kind, optimization=optimization, quantization=described,
+                                  backend=backend)
         tried.append({"settings": settings, "nodes_kept_float": len(nodes), "passed": variant.shipped,
                       "reason": variant.reason, "eval": variant.eval, "parity": variant.parity})
         if not variant.shipped:
@@ -171,9 +194,9 @@ def build_to_the_bound(name: str, kind: str, destination: Path, judge: Judge, pe
 
     for settings in first_settings(kind, per_channel):
         variant = attempt(settings, [])
-        if variant.shipped:
+        if variant.shipped or variant.parity["label_agreement"] is None:
             break
-    else:
+    if not variant.shipped and variant.parity["label_agreement"] is not None:  # ran, and missed the bound
         ranked = rank()
         if ranked:
             logger.info("%s: keeping the nodes most sensitive to quantization in float until it holds the bound "
@@ -202,9 +225,14 @@ def build_to_the_bound(name: str, kind: str, destination: Path, judge: Judge, pe
             variant.quantization["float_candidates"] = len(ranked)  # the ranked nodes: float_nodes are the first
     variant.attempts = tried
     if not variant.shipped:
-        destination.unlink()
+        destination.unlink(missing_ok=True)
         variant.reason = f"{variant.reason}, after {len(tried)} attempt{'s' if len(tried) > 1 else ''}"
     return variant
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(error).__name__
 
 
 def _keep(variant: Variant, destination: Path) -> tuple[Variant, Path]:

@@ -221,6 +221,24 @@ def _feeds(graph):
     return [dict(tokenizer(row["text"], return_tensors="np")) for row in make_rows(16, seed=5)]
 
 
+def test_a_quantizer_that_crashes_refuses_its_variant_only(tiny_classifier, tmp_path, monkeypatch):
+    def crash(*args, **kwargs):
+        raise RuntimeError("Unable to find data type for weight_name='x'\nmore detail")
+
+    monkeypatch.setattr(quantize, "quantize_dynamic_int8", crash)
+    result = export(ExportOptions(tiny_classifier[0], tmp_path / "out", quantize=["int8", "fp16"],
+                                  max_accuracy_drop=NO_VETO))
+    int8 = next(v for v in result.variants if v.name == "int8")
+    assert not int8.shipped and len(int8.attempts) == 1  # no search: keeping nodes in float cannot fix a crash
+    assert int8.reason == "the quantizer failed: Unable to find data type for weight_name='x', after 1 attempt"
+    assert {v.name for v in result.variants if v.shipped} == {"fp32", "fp16"}
+    assert read_manifest(tmp_path / "out")["rejected"]["int8"]["parity"]["label_agreement"] is None
+    from bertdeploy.cli import render_export
+
+    row = next(line for line in render_export(result).splitlines() if line.startswith("int8 "))
+    assert row.split()[-1] == "REFUSED"
+
+
 def test_fp32_disagreeing_with_pytorch_fails_loudly_and_writes_nothing(tiny_classifier, tmp_path, monkeypatch):
     from bertdeploy import export as export_module
 

@@ -179,6 +179,39 @@ def test_bench_measures_openvino_and_records_the_ranges(ov_artifacts, tiny_class
     assert (copy / "manifest.json").read_bytes() == before  # --no-record, and a partial run, leave it alone
 
 
+def test_a_graph_openvino_cannot_compile_is_refused_and_the_rest_ships(tmp_path):
+    """DeBERTa-v3's relative attention exports to an ONNX `If` of dynamic rank, which OpenVINO's CPU plugin
+    does not compile (2026.4): fp32-ov is refused with OpenVINO's reason, not the whole export."""
+    import torch
+    from conftest import _vocab
+    from transformers import BertTokenizerFast, DebertaV2Config, DebertaV2ForSequenceClassification
+
+    model = tmp_path / "deberta-v3"
+    model.mkdir()
+    (model / "vocab.txt").write_text("\n".join(_vocab()) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(model / "vocab.txt"), do_lower_case=True)
+    config = DebertaV2Config(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=128, type_vocab_size=0,
+                             relative_attention=True, position_buckets=256, pos_att_type=["p2c", "c2p"],
+                             norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False,
+                             id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    torch.manual_seed(0)
+    DebertaV2ForSequenceClassification(config).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    done = CliRunner().invoke(cli, ["export", str(model), "--output-dir", str(tmp_path / "onnx"), "--quantize", "int8",
+                                    "--openvino", "--max-accuracy-drop", str(NO_VETO)])
+    assert done.exit_code == 0, done.output
+    manifest = read_manifest(tmp_path / "onnx")
+    assert {"fp32", "int8"} <= set(manifest["variants"])
+    if "fp32-ov" in manifest["rejected"]:  # a later OpenVINO may compile it: then it ships like any other
+        reason = manifest["rejected"]["fp32-ov"]["reason"]
+        assert reason.startswith("OpenVINO cannot load it: ") and "dynamic rank" in reason
+        assert "refused fp32-ov: OpenVINO cannot load it" in done.stdout
+        assert (tmp_path / "onnx" / "model.onnx").is_file()  # the fp32 file it shares stays
+    else:
+        assert "fp32-ov" in manifest["variants"]
+
+
 def test_the_guard_refuses_a_bad_int8_ov_after_searching_to_the_bound(tiny_classifier, tmp_path, monkeypatch):
     calls = break_quantizer(monkeypatch, "quantize_openvino_int8")
     result = export(ExportOptions(tiny_classifier[0], tmp_path / "out", quantize=["int8-ov"]))
