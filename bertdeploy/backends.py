@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.errors import BertdeployError, import_extra
+from bertdeploy.errors import BertdeployError, first_line, import_extra
 from bertdeploy.runtime import GPU_PROVIDERS, create_session, usable_cpus
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class OpenVinoModel:
         try:
             self.compiled = core.compile_model(str(path), "CPU", config)
         except RuntimeError as e:
-            raise BertdeployError(f"{path}: OpenVINO cannot load it: {_first_line(e)}") from None
+            raise BertdeployError(f"{path}: OpenVINO cannot load it: {first_line(e)}") from None
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
         self.providers = [f"OpenVINO CPU ({self.precision}, {self.threads} threads, {hint})"]
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
@@ -141,14 +141,6 @@ class OpenVinoModel:
             return request.get_output_tensor(0).data.copy()
         finally:
             self._idle.put(request)
-
-
-def _first_line(error: Exception) -> str:
-    """The first line of a runtime's error, and the line saying what is unsupported where there is one."""
-    lines = [line.strip() for line in str(error).splitlines()
-             if line.strip() and not line.startswith("Exception from")]
-    unsupported = next((line for line in lines[1:] if "support" in line), None)
-    return " ".join(filter(None, [lines[0] if lines else type(error).__name__, unsupported]))
 
 
 def open_model(path: str | Path, backend: str = ONNXRUNTIME, providers=None, threads: int | None = None,

@@ -200,7 +200,7 @@ def render_export(result) -> str:
         kept = _kept_float(v.quantization)
         mark = "  <- default" if v.name == result.default_variant else "" if v.shipped else "  REFUSED"
         lines.append(f"{v.name:<12} {runtime:<15} {v.size_bytes / 1e6:>7.1f}MB {v.size_bytes / fp32_size:>7.0%} "
-                     f"{_parity_cells(v.parity)} {accuracy} {kept:>6} "
+                     f"{_parity_cells(v)} {accuracy} {kept:>6} "
                      f"{speed}{mark}")
     lines.append("")
     for v in result.variants:
@@ -229,11 +229,11 @@ def render_export(result) -> str:
     return "\n".join(lines)
 
 
-def _parity_cells(parity: dict) -> str:
+def _parity_cells(variant) -> str:
     """max|dlogit| and agreement, or dashes for a variant that could not run."""
-    if parity["label_agreement"] is None:
+    if not variant.ran:
         return f"{'-':>11} {'-':>7}"
-    return f"{parity['max_abs_diff']:>11.2g} {parity['label_agreement']:>7.2%}"
+    return f"{variant.parity['max_abs_diff']:>11.2g} {variant.parity['label_agreement']:>7.2%}"
 
 
 def _accuracy_cells(accuracy: float | None, drop: float | None) -> str:

@@ -1,7 +1,8 @@
 """Typed errors for user mistakes: the CLI prints their message in one line and exits with code 2.
 
 Anything that is not a `BertdeployError` is a bug and keeps its traceback. `import_extra` imports
-an optional dependency, or says in one such error which extra of the package brings it.
+an optional dependency, or says in one such error which extra of the package brings it; `first_line`
+puts a third-party error into such a message.
 """
 
 import importlib
@@ -28,6 +29,15 @@ class ModelError(BertdeployError):
 
 class OutputDirError(BertdeployError):
     """The output directory is not in a state the command may write to."""
+
+
+def first_line(error: Exception) -> str:
+    """A third-party error in one line: its first line (skipping OpenVINO's "Exception from <file>" lines),
+    and the line saying what is not supported where there is one."""
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip() and not line.startswith("Exception from")]
+    unsupported = next((line for line in lines[1:] if "support" in line), None)
+    return " ".join(filter(None, [lines[0] if lines else type(error).__name__, unsupported]))
 
 
 def import_extra(module: str, extra: str, needed_for: str, what: str | None = None):

@@ -22,7 +22,7 @@ import numpy as np
 from bertdeploy.artifacts import sha256_file
 from bertdeploy.backends import ONNXRUNTIME, auto_section, open_model
 from bertdeploy.data import Examples
-from bertdeploy.errors import BertdeployError
+from bertdeploy.errors import BertdeployError, first_line
 from bertdeploy.metrics import classification_report
 from bertdeploy.runtime import MAX_BATCH_TOKENS, encode, run_batches, usable_cpus
 from bertdeploy.timing import distinct_shapes, interleave, stopwatch
@@ -54,6 +54,11 @@ class Variant:
     precision: str | None = None  # OpenVINO's inference precision when checked (bf16 or f32)
     fused: dict | None = None  # ONNX Runtime's fused operators in the graph, by kind (optimize.FUSED)
 
+    @property
+    def ran(self) -> bool:
+        """Whether it was built and ran on the scoring texts (a refused variant may not have)."""
+        return self.parity["label_agreement"] is not None
+
     def entry(self) -> dict:
         fields = {k: v for k, v in self.__dict__.items() if k not in ("name", "shipped")}
         return fields if self.shipped else {k: v for k, v in fields.items() if k not in ("file", "sha256")}
@@ -78,14 +83,20 @@ class Judge:
     def baseline(self, logits: np.ndarray) -> dict:
         """A PyTorch baseline (bf16 autocast, say) against fp32 PyTorch: its figures, and whether it kept accuracy,
         by the variants' rule; only one that did counts as a speed-up baseline."""
-        agreement = float(np.mean(logits.argmax(-1) == self.reference.argmax(-1)))
+        agreement, report, lost = self._compare(logits)
         figures = {"accuracy": None, "macro_f1": None, "accuracy_drop": None, "agreement": agreement}
-        lost = (1 - agreement) * 100
-        if self.guard == "accuracy":
-            report = _report(logits, self.examples, self.labels)
-            lost = (self.reference_accuracy - report["accuracy"]) * 100
+        if report is not None:
             figures.update(accuracy=report["accuracy"], macro_f1=report["macro_f1"], accuracy_drop=lost)
         return {**figures, "kept_accuracy": bool(np.isfinite(logits).all()) and lost <= self.max_drop}
+
+    def _compare(self, logits: np.ndarray) -> tuple[float, dict | None, float]:
+        """Agreement with PyTorch's labels, the classification report (with labels), and the points lost by the
+        guard's rule: accuracy below PyTorch's with labels, else the share of labels that differ."""
+        agreement = float(np.mean(logits.argmax(-1) == self.reference.argmax(-1)))
+        if self.guard == "accuracy":
+            report = _report(logits, self.examples, self.labels)
+            return agreement, report, (self.reference_accuracy - report["accuracy"]) * 100
+        return agreement, None, (1 - agreement) * 100
 
     def run(self, path: Path, backend: str = ONNXRUNTIME) -> tuple[np.ndarray, object]:
         """The logits of every scoring text, and the model that computed them."""
@@ -115,18 +126,16 @@ class Judge:
                                 optimization, quantization, backend)
         finite = bool(np.isfinite(scores).all())
         diff = float(np.abs(scores - self.reference).max()) if finite else float("inf")
-        agreement = float(np.mean(scores.argmax(-1) == self.reference.argmax(-1)))
+        agreement, report, lost = self._compare(scores)
         parity = {"texts": len(self.examples), "max_abs_diff": diff, "label_agreement": agreement}
         evaluation, reason = None, None
-        if self.guard == "accuracy":
-            report = _report(scores, self.examples, self.labels)
-            drop = (self.reference_accuracy - report["accuracy"]) * 100
-            evaluation = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "accuracy_drop": drop}
-            if drop > self.max_drop:
-                reason = (f"accuracy {report['accuracy']:.4f} is {drop:.2f} points below PyTorch's "
+        if report is not None:
+            evaluation = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "accuracy_drop": lost}
+            if lost > self.max_drop:
+                reason = (f"accuracy {report['accuracy']:.4f} is {lost:.2f} points below PyTorch's "
                           f"{self.reference_accuracy:.4f} (allowed: {self.max_drop:g})")
-        elif (1 - agreement) * 100 > self.max_drop:
-            reason = (f"disagrees with PyTorch on {(1 - agreement) * 100:.2f}% of {len(self.examples)} texts, so it "
+        elif lost > self.max_drop:
+            reason = (f"disagrees with PyTorch on {lost:.2f}% of {len(self.examples)} texts, so it "
                       f"may lose that much accuracy (allowed: {self.max_drop:g} points)")
         if not finite:
             reason = "produces NaN or infinite logits"
@@ -181,8 +190,8 @@ def build_to_the_bound(name: str, kind: str, destination: Path, judge: Judge, pe
         except BertdeployError:
             raise
         except Exception as e:  # noqa: BLE001 - a quantizer failing on an unusual graph refuses this variant only
-            variant = judge.refused(name, destination, kind, f"the quantizer failed: {_first_line(e)}", optimization,
-                                    None, backend)
+            variant = judge.refused(name, destination, kind, f"the quantizer failed: {first_line(e)[:300]}",
+                                    optimization, None, backend)
         else:
             variant = judge.score(name, destination, kind, optimization=optimization, quantization=described,
                                   backend=backend)
@@ -194,9 +203,9 @@ def build_to_the_bound(name: str, kind: str, destination: Path, judge: Judge, pe
 
     for settings in first_settings(kind, per_channel):
         variant = attempt(settings, [])
-        if variant.shipped or variant.parity["label_agreement"] is None:
+        if variant.shipped or not variant.ran:
             break
-    if not variant.shipped and variant.parity["label_agreement"] is not None:  # ran, and missed the bound
+    if not variant.shipped and variant.ran:  # it ran, and missed the bound: keeping nodes in float may help
         ranked = rank()
         if ranked:
             logger.info("%s: keeping the nodes most sensitive to quantization in float until it holds the bound "
@@ -228,11 +237,6 @@ def build_to_the_bound(name: str, kind: str, destination: Path, judge: Judge, pe
         destination.unlink(missing_ok=True)
         variant.reason = f"{variant.reason}, after {len(tried)} attempt{'s' if len(tried) > 1 else ''}"
     return variant
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(error).__name__
 
 
 def _keep(variant: Variant, destination: Path) -> tuple[Variant, Path]:

@@ -115,14 +115,14 @@ def rank_sensitive_nodes(source: Path, feeds: Iterable[dict]) -> list[str]:
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    quantized = {n.name: _fake_int8_weight(numpy_helper.to_array(weights[n.input[1]])) for n in nodes}
+    matrices = {n.name: numpy_helper.to_array(weights[n.input[1]]).astype(np.float64) for n in nodes}
+    quantized = {name: _fake_int8_weight(w) for name, w in matrices.items()}  # once: the weights do not change
     errors: dict[str, list[float]] = {n.name: [] for n in nodes}
     for feed in itertools.islice(feeds, RANKING_TEXTS):
         values = dict(zip(names, session.run(names, feed), strict=True))
         for n in nodes:
             x = values[n.input[0]].reshape(-1, values[n.input[0]].shape[-1]).astype(np.float64)
-            w = numpy_helper.to_array(weights[n.input[1]]).astype(np.float64)
-            exact = x @ w
+            exact = x @ matrices[n.name]
             errors[n.name].append(float(np.linalg.norm(_fake_uint8(x) @ quantized[n.name] - exact)
                                         / max(np.linalg.norm(exact), 1e-12)))
     return sorted(errors, key=lambda name: -float(np.mean(errors[name] or [0.0])))
@@ -138,7 +138,6 @@ def _fake_uint8(x: np.ndarray) -> np.ndarray:
 
 def _fake_int8_weight(w: np.ndarray) -> np.ndarray:
     """`w` (in x out) quantized to int8 with one symmetric scale per output channel, and back."""
-    w = w.astype(np.float64)
     scale = np.abs(w).max(axis=0, keepdims=True) / 127
     scale[scale == 0] = 1.0
     return np.round(w / scale) * scale

@@ -34,7 +34,7 @@ from bertdeploy.data import (
     sample_examples,
     split_examples,
 )
-from bertdeploy.errors import BertdeployError, ModelError, OutputDirError, check_options, require_training
+from bertdeploy.errors import BertdeployError, ModelError, OutputDirError, check_options, first_line, require_training
 from bertdeploy.metrics import classification_report
 
 logger = logging.getLogger(__name__)
@@ -272,11 +272,11 @@ def load_model(source: str, labels: list[str], freeze_encoder: bool = False, see
             problem_type="single_label_classification",
         )
     except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"{source}: cannot load a model config: {_first_line(e)}") from None
+        raise ModelError(f"{source}: cannot load a model config: {first_line(e)}") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelError(f"{source}: cannot load its tokenizer: {_first_line(e)}") from None
+        raise ModelError(f"{source}: cannot load its tokenizer: {first_line(e)}") from None
     if not tokenizer.is_fast:
         raise ModelError(f"{source}: has no fast (Rust) tokenizer, which deployment needs as tokenizer.json")
     if seed is not None:
@@ -284,15 +284,11 @@ def load_model(source: str, labels: list[str], freeze_encoder: bool = False, see
     try:
         model = AutoModelForSequenceClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
     except (OSError, ValueError) as e:
-        raise ModelError(f"{source}: cannot load it as a sequence classifier: {_first_line(e)}") from None
+        raise ModelError(f"{source}: cannot load it as a sequence classifier: {first_line(e)}") from None
     if freeze_encoder:
         for parameter in model.base_model.parameters():
             parameter.requires_grad = False
     return tokenizer, model
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _encode(tokenizer, examples: Examples, label_ids: dict[str, int], max_length: int) -> tuple[list[dict], int]:

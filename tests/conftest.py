@@ -73,6 +73,24 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return folder
 
 
+def tiny_deberta(folder: Path, **config) -> Path:
+    """A 2-layer, hidden-32 random DeBERTa-v2 classifier with the tiny WordPiece tokenizer, saved in `folder`;
+    `config` adds to or overrides its DebertaV2Config."""
+    import torch
+    from transformers import BertTokenizerFast, DebertaV2Config, DebertaV2ForSequenceClassification
+
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(_vocab()) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    settings = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+                "max_position_embeddings": 128, "type_vocab_size": 0, "id2label": {0: "negative", 1: "positive"},
+                "label2id": {"negative": 0, "positive": 1}, **config}
+    torch.manual_seed(0)
+    DebertaV2ForSequenceClassification(DebertaV2Config(vocab_size=len(tokenizer), **settings)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def make_rows(n: int, seed: int = 0) -> list[dict]:
     """An easy synthetic sentiment set: the label word decides the class."""
     rng = random.Random(seed)

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from conftest import NO_VETO, add_outlier_feature, make_rows, pytorch_logits, write_csv
+from conftest import NO_VETO, add_outlier_feature, make_rows, pytorch_logits, tiny_deberta, write_csv
 
 from bertdeploy import quantize
 from bertdeploy.artifacts import read_manifest, sha256_file
@@ -382,20 +382,7 @@ def test_export_reports_what_the_graph_optimizer_fused(exported):
 
 def test_an_architecture_without_attention_fusion_is_named(tmp_path, caplog):
     """ONNX Runtime has no attention fusion for DeBERTa-v2: export says so, and what to try instead."""
-    import torch
-    from conftest import _vocab
-    from transformers import BertTokenizerFast, DebertaV2Config, DebertaV2ForSequenceClassification
-
-    model = tmp_path / "deberta"
-    model.mkdir()
-    (model / "vocab.txt").write_text("\n".join(_vocab()) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(model / "vocab.txt"), do_lower_case=True)
-    config = DebertaV2Config(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=64, max_position_embeddings=128, type_vocab_size=0,
-                             id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
-    torch.manual_seed(0)
-    DebertaV2ForSequenceClassification(config).save_pretrained(model)
-    tokenizer.save_pretrained(model)
+    model = tiny_deberta(tmp_path / "deberta")
     result = export(ExportOptions(model, tmp_path / "onnx", optimize="O2", max_accuracy_drop=NO_VETO))
     optimized = next(v for v in result.variants if v.name == "O2")
     assert optimized.shipped and optimized.fused["attention"] == 0 and optimized.fused["skip_layer_norm"] > 0

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from conftest import NO_VETO, make_rows, pytorch_logits, write_csv
+from conftest import NO_VETO, make_rows, pytorch_logits, tiny_deberta, write_csv
 from test_bench import PYTORCHS
 from test_export import break_quantizer
 from test_predictor import BLOCKER, _softmax, _texts, assert_thread_safe
@@ -182,22 +182,9 @@ def test_bench_measures_openvino_and_records_the_ranges(ov_artifacts, tiny_class
 def test_a_graph_openvino_cannot_compile_is_refused_and_the_rest_ships(tmp_path):
     """DeBERTa-v3's relative attention exports to an ONNX `If` of dynamic rank, which OpenVINO's CPU plugin
     does not compile (2026.4): fp32-ov is refused with OpenVINO's reason, not the whole export."""
-    import torch
-    from conftest import _vocab
-    from transformers import BertTokenizerFast, DebertaV2Config, DebertaV2ForSequenceClassification
-
-    model = tmp_path / "deberta-v3"
-    model.mkdir()
-    (model / "vocab.txt").write_text("\n".join(_vocab()) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(model / "vocab.txt"), do_lower_case=True)
-    config = DebertaV2Config(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=64, max_position_embeddings=128, type_vocab_size=0,
-                             relative_attention=True, position_buckets=256, pos_att_type=["p2c", "c2p"],
-                             norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False,
-                             id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
-    torch.manual_seed(0)
-    DebertaV2ForSequenceClassification(config).save_pretrained(model)
-    tokenizer.save_pretrained(model)
+    model = tiny_deberta(tmp_path / "deberta-v3", relative_attention=True, position_buckets=256,
+                         pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm", share_att_key=True,
+                         position_biased_input=False)
     done = CliRunner().invoke(cli, ["export", str(model), "--output-dir", str(tmp_path / "onnx"), "--quantize", "int8",
                                     "--openvino", "--max-accuracy-drop", str(NO_VETO)])
     assert done.exit_code == 0, done.output
