@@ -29,10 +29,18 @@ from bertdeploy.bench_cases import Case, fixed_length_cases, natural_cases
 from bertdeploy.bench_engines import AUTO, PYTORCH, PYTORCH_BF16, Engine, computes_bf16
 from bertdeploy.bench_probe import probe
 from bertdeploy.bench_report import BenchResult, EngineReport, Timing, machine
-from bertdeploy.data import Examples, check_known_labels, has_column, load_examples, load_texts, sample_examples
+from bertdeploy.data import (
+    Examples,
+    check_known_labels,
+    example_columns,
+    has_column,
+    load_examples,
+    load_texts,
+    sample_examples,
+)
 from bertdeploy.errors import BertdeployError, check_options, require_training
 from bertdeploy.export import SAMPLE_TEXTS
-from bertdeploy.metrics import classification_report
+from bertdeploy.labels import LabelScheme
 from bertdeploy.runtime import (
     CPU_BATCH_TOKENS,
     GPU_BATCH_TOKENS,
@@ -103,7 +111,8 @@ def bench(options: BenchOptions) -> BenchResult:
     if examples is not None:
         cases += natural_cases(encoder, examples, options.batch_sizes, options.runs, names)
 
-    scoring = None if examples is None else (examples, encoder, names, manifest["labels"])
+    scheme = LabelScheme.from_manifest(manifest)
+    scoring = None if examples is None else (examples, encoder, names, scheme)
     bound = manifest.get("evaluation", {}).get("max_accuracy_drop", 1.0)
     reports, timings = measure(engines, cases, options, scoring, bound)
     measured = {e.name for e in engines}
@@ -114,7 +123,7 @@ def bench(options: BenchOptions) -> BenchResult:
         logger.info("not recording the auto ranges: only some variants were measured")
     return BenchResult(str(options.artifact_dir), options.device, options.threads, options.runs, options.warmup,
                        None if examples is None else str(examples.path), 0 if examples is None else len(examples),
-                       machine(options.device), reports, timings, auto)
+                       machine(options.device), reports, timings, auto, scheme.multi_label)
 
 
 def _runnable(manifest: dict) -> list[str]:
@@ -123,12 +132,12 @@ def _runnable(manifest: dict) -> list[str]:
 
 
 def measure(engines: list[Engine], cases: list[Case], options: BenchOptions,
-            scoring: tuple[Examples, TextEncoder, list[str], list[str]] | None = None, max_accuracy_drop: float = 1.0,
+            scoring: tuple[Examples, TextEncoder, list[str], LabelScheme] | None = None, max_accuracy_drop: float = 1.0,
             ) -> tuple[list[EngineReport], list[Timing]]:
     """Probe each engine in its own process, load them all, score them on `scoring` (examples, encoder,
-    input names, labels), then time them on `cases`. The first engine is the reference for agreement and
+    input names, label scheme), then time them on `cases`. The first engine is the reference for agreement and
     accuracy; each cell's speed-ups are against its fastest PyTorch engine among those within
-    `max_accuracy_drop` points of the first (by accuracy, else by agreement; unscored ones count)."""
+    `max_accuracy_drop` points of the first (by accuracy or micro-F1, else by agreement; unscored ones count)."""
     with tempfile.TemporaryDirectory(prefix="bertdeploy-bench-") as work:
         feeds = Path(work) / "feeds.npz"  # written once, read by every engine's probe
         np.savez(feeds, **{f"{i}/{k}": v for i, case in enumerate(cases) for k, v in case.feeds[0].items()})
@@ -142,7 +151,8 @@ def measure(engines: list[Engine], cases: list[Case], options: BenchOptions,
     samples = _time(runners, cases, options)
     timings = [_timing(name, case, samples[name][i], options.warmup) for i, case in enumerate(cases)
                for name in runners]
-    baselines = _kept_accuracy([r for r in reports if r.backend == PYTORCH], reports[0], max_accuracy_drop)
+    baselines = [r.name for r in reports if r.backend == PYTORCH and
+                 (r is reports[0] or _within(r, reports[0], max_accuracy_drop, warn=True))]
     for t in timings:
         cell = [r for r in timings if (r.inputs, r.batch_size) == (t.inputs, t.batch_size) and r.engine in baselines]
         base = min(cell, key=lambda r: r.p50_ms)
@@ -150,20 +160,17 @@ def measure(engines: list[Engine], cases: list[Case], options: BenchOptions,
     return reports, timings
 
 
-def _kept_accuracy(candidates: list[EngineReport], reference: EngineReport, max_drop: float) -> list[str]:
-    """The candidates within `max_drop` points of the reference: by accuracy with labels, else by agreement."""
-    kept = []
-    for r in candidates:
-        if r.accuracy is not None and reference.accuracy is not None:
-            lost = (reference.accuracy - r.accuracy) * 100
-        else:
-            lost = 0.0 if r.agreement is None else (1 - r.agreement) * 100
-        if r is reference or lost <= max_drop:
-            kept.append(r.name)
-        else:
-            logger.warning("%s lost %.2f points against %s (allowed: %g): not a speed-up baseline", r.name, lost,
-                           reference.name, max_drop)
-    return kept
+def _within(r: EngineReport, reference: EngineReport, max_drop: float, warn: bool = False) -> bool:
+    """Whether `r` is within `max_drop` points of the reference: by accuracy (micro-F1 for multi-label models)
+    with labels, else by agreement; an engine not scored counts as within."""
+    if r.headline is not None and reference.headline is not None:
+        lost = (reference.headline - r.headline) * 100
+    else:
+        lost = 0.0 if r.agreement is None else (1 - r.agreement) * 100
+    if lost > max_drop and warn:
+        logger.warning("%s lost %.2f points against %s (allowed: %g): not a speed-up baseline", r.name, lost,
+                       reference.name, max_drop)
+    return lost <= max_drop
 
 
 def pick_engines(options: BenchOptions, manifest: dict) -> list[Engine]:
@@ -213,10 +220,8 @@ def record_auto(options: BenchOptions, manifest: dict, reports: list[EngineRepor
     """Write the batch-size ranges for `backend="auto"` into the manifest, from this run's p50 latencies (the
     geometric mean over the kinds of input at each batch size), among the variants within the accuracy bound."""
     variants = [r for r in reports if r.backend in BACKENDS]
-    reference = reports[0].accuracy
     bound = manifest.get("evaluation", {}).get("max_accuracy_drop", 1.0)
-    eligible = [r.name for r in variants
-                if r.accuracy is None or reference is None or (reference - r.accuracy) * 100 <= bound]
+    eligible = [r.name for r in variants if r.headline is None or _within(r, reports[0], bound)]
     p50: dict[str, dict[int, float]] = {}
     for r in variants:
         for size in options.batch_sizes:
@@ -245,37 +250,39 @@ def load_eval(options: BenchOptions, manifest: dict) -> Examples | None:
         logger.info("no eval file: fixed lengths only; pass --eval-file for accuracy and real text lengths")
         return None
     path = Path(options.eval_file)
-    text, label, pair = manifest.get("text_column", "text"), manifest.get("label_column"), \
-        manifest.get("text_pair_column")
-    if label and has_column(path, label):
-        examples = load_examples(path, text, label, pair, drop_empty=True)
+    columns = example_columns(manifest)
+    label = (columns["label_columns"] or [columns["label_column"]])[0]
+    if has_column(path, label):
+        examples = load_examples(path, **columns, drop_empty=True)
         check_known_labels(examples, manifest["labels"])
         if len(examples) > options.eval_samples:
             examples = sample_examples(examples, options.eval_samples, SAMPLE_SEED)
         return examples
     logger.info("%s has no %r column: agreement with PyTorch only, no accuracy", path, label)
-    texts, pairs = load_texts(path, text, pair)
+    texts, pairs = load_texts(path, columns["text_column"], columns["pair_column"])
     n = min(len(texts), options.eval_samples)
     return Examples(path, texts[:n], [], None if pairs is None else pairs[:n])
 
 
 def _score(runners: dict, reports: list[EngineReport], examples: Examples, encoder, names: list[str],
-           labels: list[str], device: str) -> None:
-    """Accuracy, macro-F1 and agreement with PyTorch on the eval texts, batched as the predictor batches."""
+           scheme: LabelScheme, device: str) -> None:
+    """Accuracy (micro-F1 for multi-label models), macro-F1 and agreement with PyTorch on the eval texts, batched
+    as the predictor batches."""
     encodings = encoder.tokenize(examples.texts, examples.pairs)
     budget = GPU_BATCH_TOKENS if device == "cuda" else CPU_BATCH_TOKENS
-    truth = [labels.index(y) for y in examples.labels]
+    truth = scheme.encode(examples.labels) if examples.labels else None
     predicted = {}
     for report in reports:
         logger.info("scoring %s on %d eval texts", report.name, len(examples))
-        scores = run_batches(runners[report.name].run, encoder, encodings, names, len(labels), budget,
+        scores = run_batches(runners[report.name].run, encoder, encodings, names, len(scheme.labels), budget,
                              max_padding=MAX_PADDING)
-        predicted[report.name] = scores.argmax(-1)
-        if truth:
-            scored = classification_report(truth, predicted[report.name], labels)
-            report.accuracy, report.macro_f1 = scored["accuracy"], scored["macro_f1"]
+        predicted[report.name] = scheme.decide(scheme.activate(scores))
+        if truth is not None:
+            scored = scheme.report(truth, predicted[report.name])
+            report.accuracy, report.micro_f1 = scored.get("accuracy"), scored.get("micro_f1")
+            report.macro_f1 = scored["macro_f1"]
     for report in reports:
-        report.agreement = float(np.mean(predicted[report.name] == predicted[reports[0].name]))
+        report.agreement = scheme.agreement(predicted[report.name], predicted[reports[0].name])
 
 
 def _time(runners: dict, cases: list[Case], options: BenchOptions) -> dict[str, list[list[float]]]:

@@ -53,7 +53,13 @@ class EngineReport:
     peak_rss_mb: float  # that process's peak resident memory after running every case once
     accuracy: float | None = None
     macro_f1: float | None = None
-    agreement: float | None = None  # share of eval texts given PyTorch's label
+    agreement: float | None = None  # share of eval texts given PyTorch's label (multi-label: its whole label set)
+    micro_f1: float | None = None  # multi-label models, instead of accuracy
+
+    @property
+    def headline(self) -> float | None:
+        """The figure accuracy bounds go by: micro-F1 for multi-label models, else accuracy."""
+        return self.micro_f1 if self.micro_f1 is not None else self.accuracy
 
 
 @dataclass
@@ -69,6 +75,7 @@ class BenchResult:
     engines: list[EngineReport]
     timings: list[Timing]
     auto: dict | None = None  # the ranges recorded in the manifest for backend="auto"
+    multi_label: bool = False  # engines are scored by micro-F1 instead of accuracy
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False)
@@ -123,7 +130,8 @@ def plot(result: BenchResult, path: str | Path) -> None:
     from matplotlib import ticker
 
     settings = list(dict.fromkeys(t.inputs for t in result.timings))
-    scored = [e for e in result.engines if e.accuracy is not None]
+    scored = [e for e in result.engines if e.headline is not None]
+    metric = "micro-F1" if result.multi_label else "accuracy"
     panels = len(settings) + bool(scored)
     figure, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 4.4), squeeze=False)
     colours = {e.name: ("black" if e.backend == "pytorch" and e.kind == "fp32" else f"C{i}")
@@ -149,20 +157,20 @@ def plot(result: BenchResult, path: str | Path) -> None:
         setting = NATURAL if NATURAL in settings else settings[-1]
         batch = min(t.batch_size for t in result.timings if t.inputs == setting)
         points = sorted((next(t.p50_ms for t in result.timings if t.engine == e.name and
-                                (t.inputs, t.batch_size) == (setting, batch)), e.accuracy * 100, e.name)
+                                (t.inputs, t.batch_size) == (setting, batch)), e.headline * 100, e.name)
                          for e in scored)
         for x, y, name in points:
             ax.scatter(x, y, color=colours[name], s=50)
-        reference = next((e.accuracy * 100 for e in scored if e.name == PYTORCH), None)
+        reference = next((e.headline * 100 for e in scored if e.name == PYTORCH), None)
         if reference is not None:
             ax.axhline(reference, color="black", linestyle="--", linewidth=0.8, alpha=0.6)
         low, high = min(p[1] for p in points), max(p[1] for p in points)
         middle, half = (low + high) / 2, max(1.0, (high - low) / 2 + 0.3)  # at least 2 points tall: no false drama
         ax.set_ylim(middle - half, middle + half)
         _label_points(ax, points)
-        ax.set_title(f"accuracy vs latency ({'natural lengths' if setting == NATURAL else setting}, batch {batch})")
+        ax.set_title(f"{metric} vs latency ({'natural lengths' if setting == NATURAL else setting}, batch {batch})")
         ax.set_xlabel("p50 latency, ms (left is faster)")
-        ax.set_ylabel(f"accuracy on {result.eval_texts} eval texts, %")
+        ax.set_ylabel(f"{metric} on {result.eval_texts} eval texts, %")
         ax.grid(True, alpha=0.3)
     m = result.machine
     figure.suptitle(f"{result.artifact_dir}: {m.get('gpu', m['cpu'])}, {result.threads} threads; "

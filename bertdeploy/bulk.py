@@ -2,7 +2,8 @@
 
 Rows are read, predicted and written a chunk at a time, so memory stays flat however long the
 file. Every input column is kept and `label` and `score` are added (every class's score with
-`all_scores`). An output file is written beside its destination and moved into place only when
+`all_scores`; a multi-label model's `label` is the label set joined by its separator, and every
+label's score is added). An output file is written beside its destination and moved into place only when
 complete. When the input also holds the label column, the predictions are scored as they go.
 What the Ray engine (raybulk.py) shares with this one lives in rows.py. Like the predictor, this
 never imports torch.
@@ -63,17 +64,18 @@ def _predict(options: PredictFileOptions, stdin: BinaryIO | None, stdout: TextIO
         columns = choose_columns(options, source, in_format, predictor.manifest, header, first)
         out = open_output(options, stack, stdout)
         write = row_writer(out, out_format, [*columns.input, *columns.added.values()] if header is not None else None,
-                           columns.added, predictor.labels, options.all_scores)
+                           columns.added, predictor.scheme)
         bar = stack.enter_context(_progress(options.progress, None if options.input == STDIO else source))
-        tally = Tally(predictor.labels, columns.scored)
+        tally = Tally(predictor.scheme, columns.scored, source)
         count = 0
         for chunk in _chunks(itertools.chain([first], rows), options.chunk_rows):
             texts = [cell(source, number, columns.text, row) for number, row in chunk]
             pairs = [cell(source, number, columns.pair, row) for number, row in chunk] if columns.pair else None
             probabilities = predictor.predict_proba(texts, pairs)
-            for (number, row), scores in zip(chunk, probabilities, strict=True):
-                write(row, scores)
-                tally.add(number, row, int(scores.argmax()))
+            decisions = predictor.scheme.decide(probabilities)
+            for (number, row), scores, decided in zip(chunk, probabilities, decisions, strict=True):
+                write(row, scores, decided)
+                tally.add(number, row, decided)
             count += len(chunk)
             bar(count, stream)
         out.flush()

@@ -13,7 +13,7 @@ import csv
 import json
 import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import BinaryIO
 import numpy as np
 
 from bertdeploy.errors import DataError
+from bertdeploy.labels import DEFAULT_SEPARATOR, MULTI_LABEL
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _SHOWN_LINES = 5
@@ -29,13 +30,19 @@ _SHOWN_LINES = 5
 
 @dataclass(frozen=True)
 class Examples:
-    """Texts (and optional second texts) with their labels, as read from `path`."""
+    """Texts (and optional second texts) with their labels, as read from `path`: a label per text, or for
+    multi-label data a tuple of labels per text (sorted, possibly empty)."""
 
     path: Path
     texts: list[str]
-    labels: list[str]
+    labels: list
     pairs: list[str] | None = None
     lines: list[int] | None = None  # the line each record starts on, for messages
+    multi_label: bool = False
+
+    def label_names(self) -> list[str]:
+        """Every label a text carries, once per text and label."""
+        return [y for labels in self.labels for y in labels] if self.multi_label else list(self.labels)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -191,11 +198,21 @@ def load_examples(
     label_column: str = "label",
     pair_column: str | None = None,
     drop_empty: bool = False,
+    multi_label: bool = False,
+    separator: str = DEFAULT_SEPARATOR,
+    label_columns: Sequence[str] | None = None,
 ) -> Examples:
-    """Read every labelled row of a CSV/TSV/JSONL file, refusing empty texts unless `drop_empty`."""
+    """Read every labelled row of a CSV/TSV/JSONL file, refusing empty texts unless `drop_empty`.
+
+    With `multi_label`, a label cell holds zero or more labels joined by `separator` (in JSONL also a list of
+    strings); an empty cell is a text with none of the labels. `label_columns` (multi-label) reads one 0/1
+    column per label instead, each named after its label.
+    """
     path = Path(path)
+    multi_label = multi_label or bool(label_columns)
     header, rows = iter_rows(path)
-    wanted = [c for c in (text_column, pair_column, label_column) if c is not None]
+    label_fields = list(label_columns) if label_columns else [label_column]
+    wanted = [c for c in (text_column, pair_column, *label_fields) if c is not None]
     if header is not None:
         check_columns(path, wanted, header)
     texts: list[str] = []
@@ -208,8 +225,13 @@ def load_examples(
         seen_keys.update(dict.fromkeys(row))
         text = _as_text(path, number, text_column, row.get(text_column))
         pair = _as_text(path, number, pair_column, row.get(pair_column)) if pair_column else None
-        label = _as_label(path, number, label_column, row.get(label_column))
-        if _blank(text) or (pair_column and _blank(pair)) or not label:
+        if label_columns:
+            label = tuple(c for c in label_columns if _flag(path, number, c, row.get(c)))
+        elif multi_label:
+            label = parse_label_set(path, number, label_column, row.get(label_column), separator)
+        else:
+            label = _as_label(path, number, label_column, row.get(label_column))
+        if _blank(text) or (pair_column and _blank(pair)) or label is None or label == "":
             empty.append(number)
             continue
         texts.append(text)
@@ -229,7 +251,47 @@ def load_examples(
         )
     if not texts:
         raise DataError(f"{path}: no usable rows" + (f" ({len(empty)} empty ones skipped)" if empty else ""))
-    return Examples(path, texts, labels, pairs if pair_column else None, lines)
+    return Examples(path, texts, labels, pairs if pair_column else None, lines, multi_label)
+
+
+def parse_label_set(path: Path, number: int | None, field: str, value: object,
+                    separator: str) -> tuple[str, ...] | None:
+    """The labels of a multi-label cell, sorted: a string split at `separator`, or a JSON list; None if missing."""
+    if value is None:
+        return None
+    where = f"{path} line {number}" if number is not None else str(path)
+    if isinstance(value, list):
+        names = [_as_label(path, number, field, v) for v in value]
+        if not all(names):
+            raise DataError(f"{where}: '{field}' holds an empty label name; remove it from the list")
+        return tuple(sorted(set(names)))
+    text = _as_label(path, number, field, value)
+    if not text:
+        return ()
+    names = [part.strip() for part in text.split(separator)]
+    if not all(names):
+        raise DataError(f"{where}: '{field}' is {text!r}, which leaves an empty label name between "
+                        f"the separators {separator!r}; write labels as a{separator}b, or nothing for no label")
+    return tuple(sorted(set(names)))
+
+
+def _flag(path: Path, number: int, field: str, value: object) -> bool:
+    """A 0/1 label column's cell."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | str) and str(value).strip() in ("0", "1"):
+        return str(value).strip() == "1"
+    raise DataError(f"{path} line {number}: the label column {field!r} holds {value!r}; label columns hold 0 or 1")
+
+
+def example_columns(manifest: dict) -> dict:
+    """`load_examples`' keywords for the data a model (its manifest) was trained on: columns and label format."""
+    return {"text_column": manifest.get("text_column") or "text",
+            "label_column": manifest.get("label_column") or "label",
+            "pair_column": manifest.get("text_pair_column"),
+            "multi_label": manifest.get("problem_type") == MULTI_LABEL,
+            "separator": manifest.get("label_separator") or DEFAULT_SEPARATOR,
+            "label_columns": manifest.get("label_columns")}
 
 
 def load_texts(
@@ -277,55 +339,95 @@ def check_columns(path: Path, wanted: list[str], found: list[str]) -> None:
 
 def label_order(examples: Examples, explicit: Sequence[str] | None = None) -> list[str]:
     """The class names in id order: `explicit` if given, else sorted (numerically if all integers)."""
-    present = sorted(set(examples.labels))
+    present = sorted(set(examples.label_names()))
     if explicit:
         explicit = [str(x).strip() for x in explicit]
         if len(set(explicit)) != len(explicit) or not all(explicit):
             raise DataError(f"--labels {','.join(explicit)}: each label must be named once, none empty")
         unknown = [x for x in present if x not in explicit]
         if unknown:
-            where = [n for n, y in zip(examples.lines or [], examples.labels, strict=False) if y in unknown]
             raise DataError(
-                f"{examples.path}: label {', '.join(repr(x) for x in unknown)} on {_describe_lines(where)} "
-                f"is not in --labels ({', '.join(explicit)})"
+                f"{examples.path}: label {', '.join(repr(x) for x in unknown)} on "
+                f"{_describe_lines(_lines_with(examples, unknown))} is not in --labels ({', '.join(explicit)})"
             )
         ordered = list(explicit)
     elif all(re.fullmatch(r"[+-]?\d+", x) for x in present):
         ordered = sorted(present, key=int)
     else:
         ordered = present
-    if len(present) < 2:
+    if examples.multi_label:
+        check_label_counts(examples, ordered)
+    elif len(present) < 2:
         raise DataError(
             f"{examples.path}: every row has the label {present[0]!r}; a classifier needs at least two classes"
         )
     return ordered
 
 
-def check_known_labels(examples: Examples, labels: Sequence[str]) -> None:
-    """Refuse labels the classifier does not know (e.g. an eval label never seen in training)."""
-    known = set(labels)
-    unknown = sorted({y for y in examples.labels if y not in known})
-    if unknown:
-        where = [n for n, y in zip(examples.lines or [], examples.labels, strict=False) if y not in known]
+def check_label_counts(examples: Examples, labels: Sequence[str], advice: str = "") -> None:
+    """Multi-label training data must show each label both on and off: a label never positive (or positive on
+    every row) cannot be learned, so it is refused rather than trained into a model that never (or always)
+    predicts it."""
+    if not labels:
+        raise DataError(f"{examples.path}: no row carries a label; a multi-label classifier needs at least one")
+    counts = {label: 0 for label in labels}
+    for label in examples.label_names():
+        counts[label] = counts.get(label, 0) + 1
+    never = [x for x in labels if counts[x] == 0]
+    always = [x for x in labels if counts[x] == len(examples)]
+    if never or always:
+        which, how = (never, "never positive") if never else (always, "positive on every row")
         raise DataError(
-            f"{examples.path}: label {', '.join(repr(x) for x in unknown)} on {_describe_lines(where)} "
-            f"is unknown to the model, which knows {', '.join(repr(x) for x in labels)}"
+            f"{examples.path}: label {', '.join(repr(x) for x in which)} is {how} in {len(examples)} training "
+            f"rows, so it cannot be learned; {advice or 'add rows that show it both ways, or leave it out'}"
         )
 
 
-def _shuffled_by_class(labels: Sequence[str], seed: int) -> dict[str, list[int]]:
+def _lines_with(examples: Examples, names: Sequence[str]) -> list[int]:
+    """The lines of the rows carrying any of `names`."""
+    wanted = set(names)
+    carries = (lambda y: bool(wanted & set(y))) if examples.multi_label else (lambda y: y in wanted)
+    return [n for n, y in zip(examples.lines or [], examples.labels, strict=False) if carries(y)]
+
+
+def check_known_labels(examples: Examples, labels: Sequence[str]) -> None:
+    """Refuse labels the classifier does not know (e.g. an eval label never seen in training)."""
+    known = set(labels)
+    unknown = sorted({y for y in examples.label_names() if y not in known})
+    if unknown:
+        raise DataError(
+            f"{examples.path}: label {', '.join(repr(x) for x in unknown)} on "
+            f"{_describe_lines(_lines_with(examples, unknown))} is unknown to the model, which knows "
+            f"{', '.join(repr(x) for x in labels)}"
+        )
+
+
+_RARE = "\x1e"  # the stratum of multi-label sets that occur once
+
+
+def _strata(examples: Examples) -> list[str]:
+    """What a split keeps in proportion: the class, or for multi-label data the whole label set (sets that occur
+    once share one stratum)."""
+    if not examples.multi_label:
+        return list(examples.labels)
+    keys = ["\x1f".join(y) for y in examples.labels]
+    counts = Counter(keys)
+    return [key if counts[key] > 1 else _RARE for key in keys]
+
+
+def _shuffled_by_class(examples: Examples, seed: int) -> dict[str, list[int]]:
     rng = np.random.default_rng(seed)
     by_class: dict[str, list[int]] = defaultdict(list)
-    for i, y in enumerate(labels):
+    for i, y in enumerate(_strata(examples)):
         by_class[y].append(i)
     return {y: [idx[j] for j in rng.permutation(len(idx))] for y, idx in sorted(by_class.items())}
 
 
 def split_examples(examples: Examples, val_fraction: float, seed: int) -> tuple[Examples, Examples]:
-    """Stratified, seeded train/validation split: each class keeps its share in both parts."""
+    """Stratified, seeded train/validation split: each class (or label set) keeps its share in both parts."""
     train_idx: list[int] = []
     val_idx: list[int] = []
-    for idx in _shuffled_by_class(examples.labels, seed).values():
+    for idx in _shuffled_by_class(examples, seed).values():
         k = min(max(round(len(idx) * val_fraction), 1), len(idx) - 1) if len(idx) > 1 else 0
         val_idx += idx[:k]
         train_idx += idx[k:]
@@ -338,7 +440,7 @@ def sample_examples(examples: Examples, n: int, seed: int) -> Examples:
     """A seeded stratified sample of `n` rows (largest-remainder quotas per class)."""
     if n >= len(examples):
         return examples
-    by_class = _shuffled_by_class(examples.labels, seed)
+    by_class = _shuffled_by_class(examples, seed)
     quotas = {y: n * len(idx) / len(examples) for y, idx in by_class.items()}
     counts = {y: math.floor(q) for y, q in quotas.items()}
     by_remainder = sorted(quotas, key=lambda y: (counts[y] - quotas[y], y))

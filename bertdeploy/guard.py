@@ -23,7 +23,7 @@ from bertdeploy.artifacts import sha256_file
 from bertdeploy.backends import ONNXRUNTIME, auto_section, open_model
 from bertdeploy.data import Examples
 from bertdeploy.errors import BertdeployError, first_line
-from bertdeploy.metrics import classification_report
+from bertdeploy.labels import METRIC_NAMES, LabelScheme
 from bertdeploy.runtime import MAX_BATCH_TOKENS, encode, run_batches, usable_cpus
 from bertdeploy.timing import distinct_shapes, interleave, stopwatch
 
@@ -64,53 +64,71 @@ class Variant:
         return fields if self.shipped else {k: v for k, v in fields.items() if k not in ("file", "sha256")}
 
 
-def _report(scores: np.ndarray, examples: Examples, labels: list[str]) -> dict:
-    truth = [labels.index(y) for y in examples.labels]
-    return classification_report(truth, np.argmax(scores, axis=-1), labels)
-
-
 class Judge:
     """Runs a variant on the scoring texts and decides whether it may ship."""
 
-    def __init__(self, examples: Examples, labels: list[str], reference: np.ndarray, tokenizer, device: str,
+    def __init__(self, examples: Examples, scheme: LabelScheme, reference: np.ndarray, tokenizer, device: str,
                  max_accuracy_drop: float) -> None:
-        self.examples, self.labels, self.reference, self.tokenizer = examples, labels, reference, tokenizer
+        self.examples, self.scheme, self.reference, self.tokenizer = examples, scheme, reference, tokenizer
         self.device, self.max_drop = device, max_accuracy_drop
-        self.guard = "accuracy" if examples.labels else "agreement"
-        report = _report(reference, examples, labels) if examples.labels else {}
-        self.reference_accuracy, self.reference_macro_f1 = report.get("accuracy"), report.get("macro_f1")
+        # with labels, the guard goes by the scheme's metric (accuracy; micro-F1 for multi-label models)
+        self.guard = scheme.metric if examples.labels else "agreement"
+        self.truth = scheme.encode(examples.labels) if examples.labels else None
+        self.reference_decided = scheme.decide(scheme.activate(reference))
+        report = self._report(self.reference_decided) if examples.labels else {}
+        self.reference_figures = {k: report.get(k) for k in scheme.figures}
+
+    def _report(self, decided: np.ndarray) -> dict:
+        report = self.scheme.report(self.truth, decided)
+        return {k: report[k] for k in self.scheme.figures}
 
     def baseline(self, logits: np.ndarray) -> dict:
         """A PyTorch baseline (bf16 autocast, say) against fp32 PyTorch: its figures, and whether it kept accuracy,
         by the variants' rule; only one that did counts as a speed-up baseline."""
         agreement, report, lost = self._compare(logits)
-        figures = {"accuracy": None, "macro_f1": None, "accuracy_drop": None, "agreement": agreement}
+        figures = {**dict.fromkeys(self.scheme.figures), self.drop_key: None, "agreement": agreement}
         if report is not None:
-            figures.update(accuracy=report["accuracy"], macro_f1=report["macro_f1"], accuracy_drop=lost)
+            figures.update(report, **{self.drop_key: lost})
         return {**figures, "kept_accuracy": bool(np.isfinite(logits).all()) and lost <= self.max_drop}
 
+    @property
+    def drop_key(self) -> str:
+        """The name of the points lost: accuracy_drop, or micro_f1_drop for multi-label models."""
+        return f"{self.scheme.metric}_drop"
+
     def _compare(self, logits: np.ndarray) -> tuple[float, dict | None, float]:
-        """Agreement with PyTorch's labels, the classification report (with labels), and the points lost by the
-        guard's rule: accuracy below PyTorch's with labels, else the share of labels that differ."""
-        agreement = float(np.mean(logits.argmax(-1) == self.reference.argmax(-1)))
-        if self.guard == "accuracy":
-            report = _report(logits, self.examples, self.labels)
-            return agreement, report, (self.reference_accuracy - report["accuracy"]) * 100
+        """Agreement with PyTorch's decisions (the label, or the whole label set), the figures (with labels), and
+        the points lost by the guard's rule: the metric below PyTorch's with labels, else the share of texts
+        whose decision differs."""
+        decided = self.scheme.decide(self.scheme.activate(logits))
+        agreement = self.scheme.agreement(decided, self.reference_decided)
+        if self.truth is not None:
+            report = self._report(decided)
+            metric = self.scheme.metric
+            return agreement, report, (self.reference_figures[metric] - report[metric]) * 100
         return agreement, None, (1 - agreement) * 100
+
+    def difference(self, logits: np.ndarray) -> float:
+        """Largest difference from PyTorch's outputs: logits, or for multi-label models sigmoid scores (the
+        figures a threshold is applied to)."""
+        if self.scheme.multi_label:
+            return float(np.abs(self.scheme.activate(logits) - self.scheme.activate(self.reference)).max())
+        return float(np.abs(logits - self.reference).max())
 
     def run(self, path: Path, backend: str = ONNXRUNTIME) -> tuple[np.ndarray, object]:
         """The logits of every scoring text, and the model that computed them."""
         model = open_model(path, backend, self.device)
         encodings = self.tokenizer.tokenize(self.examples.texts, self.examples.pairs)
-        return run_batches(model.run, self.tokenizer, encodings, model.input_names, len(self.labels),
+        return run_batches(model.run, self.tokenizer, encodings, model.input_names, len(self.scheme.labels),
                            MAX_BATCH_TOKENS), model
 
     def check_fp32(self, path: Path) -> Variant:
         variant = self.score("fp32", path, "fp32")
-        scale = max(1.0, float(np.abs(self.reference).max()))
+        scale = 1.0 if self.scheme.multi_label else max(1.0, float(np.abs(self.reference).max()))
         if not variant.parity["max_abs_diff"] <= FP32_TOLERANCE * scale:
+            what = "score" if self.scheme.multi_label else "logit"
             raise BertdeployError(
-                f"the ONNX export disagrees with PyTorch: max |logit difference| {variant.parity['max_abs_diff']:.2g} "
+                f"the ONNX export disagrees with PyTorch: max |{what} difference| {variant.parity['max_abs_diff']:.2g} "
                 f"over {len(self.examples)} texts, tolerance {FP32_TOLERANCE * scale:.2g}; nothing was written. "
                 "Try another --opset, and report the model's config.json if it persists"
             )
@@ -125,15 +143,16 @@ class Judge:
             return self.refused(name, path, kind, str(e).split(": ", 1)[-1],
                                 optimization, quantization, backend)
         finite = bool(np.isfinite(scores).all())
-        diff = float(np.abs(scores - self.reference).max()) if finite else float("inf")
+        diff = self.difference(scores) if finite else float("inf")
         agreement, report, lost = self._compare(scores)
         parity = {"texts": len(self.examples), "max_abs_diff": diff, "label_agreement": agreement}
         evaluation, reason = None, None
         if report is not None:
-            evaluation = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "accuracy_drop": lost}
+            evaluation = {**report, self.drop_key: lost}
             if lost > self.max_drop:
-                reason = (f"accuracy {report['accuracy']:.4f} is {lost:.2f} points below PyTorch's "
-                          f"{self.reference_accuracy:.4f} (allowed: {self.max_drop:g})")
+                metric = self.scheme.metric
+                reason = (f"{METRIC_NAMES[metric]} {report[metric]:.4f} is {lost:.2f} points below PyTorch's "
+                          f"{self.reference_figures[metric]:.4f} (allowed: {self.max_drop:g})")
         elif lost > self.max_drop:
             reason = (f"disagrees with PyTorch on {lost:.2f}% of {len(self.examples)} texts, so it "
                       f"may lose that much accuracy (allowed: {self.max_drop:g} points)")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bertdeploy.errors import BertdeployError, check_options
+from bertdeploy.labels import LabelScheme
 
 HEALTH = ("/v2/health/live", "/v2/health/ready")
 ENGINES = ("local", "ray")
@@ -108,14 +109,18 @@ def request_texts(body, pairs_model: bool) -> tuple[list[str], list[str] | None]
     return texts, pairs
 
 
-def predict_response(model: str, variant: str, labels: list[str], probabilities, all_scores: bool) -> dict:
-    """The /predict answer: the best label and its score per text (every label's with `all_scores`)."""
+def predict_response(model: str, variant: str, scheme: LabelScheme, probabilities, all_scores: bool) -> dict:
+    """The /predict answer: per text, the best label and its score (every label's with `all_scores`); for a
+    multi-label model the label set (`labels`, possibly empty), the best passing label (`label`, left out
+    when none passes) and every label's score."""
     predictions = []
-    for row in probabilities:
+    for row, decided in zip(probabilities, scheme.decide(probabilities), strict=True):
         best = int(row.argmax())
-        entry = {"label": labels[best], "score": float(row[best])}
-        if all_scores:
-            entry["scores"] = dict(zip(labels, row.tolist(), strict=True))
+        entry = {"label": scheme.labels[best], "score": float(row[best])}
+        if scheme.multi_label:
+            entry.update(label=scheme.best(row, decided), labels=scheme.names(decided))
+        if all_scores or scheme.multi_label:
+            entry["scores"] = dict(zip(scheme.labels, row.tolist(), strict=True))
         predictions.append(entry)
     return {"model": model, "variant": variant, "predictions": predictions}
 
@@ -134,9 +139,13 @@ def predict_models(max_texts: int):
         all_scores: bool = Field(False, description="Every label's score, not only the best one's.")
 
     class Prediction(BaseModel):
-        label: str
+        label: str | None = Field(None, description="The best label; for multi-label models the best-scoring label "
+                                                    "that passes its threshold, left out when none does.")
+        labels: list[str] | None = Field(None, description="Multi-label models: every label that passes its "
+                                                           "threshold, in label order (possibly none).")
         score: float
-        scores: dict[str, float] | None = None
+        scores: dict[str, float] | None = Field(None, description="Every label's score (always, for multi-label "
+                                                                  "models).")
 
     class PredictResponse(BaseModel):
         model: str

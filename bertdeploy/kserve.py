@@ -2,6 +2,9 @@
 
 A request carries a BYTES input `text` (shape [n] or [n, 1]) and, for sentence-pair models,
 `text_pair`; the response carries `label` (BYTES, [n]) and `probabilities` (FP32, [n, labels]).
+For a multi-label model, each `label` element is the text's label set joined by the model's
+separator ("" when no label passes its threshold; the model metadata's parameters give the
+separator and thresholds) and `probabilities` holds each label's sigmoid score.
 Triton's binary tensor extension is supported both ways, as `tritonclient` uses it by default:
 with an `Inference-Header-Content-Length` header the body is that many bytes of JSON followed by
 each binary input in turn (BYTES: a 4-byte little-endian length before each element), and an

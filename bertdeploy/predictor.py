@@ -8,7 +8,10 @@ With `backend="auto"` each batch runs on the variant (and runtime) measured fast
 size. One `Predictor` may be shared by many threads.
 
     p = Predictor.load("artifacts/")
-    p.predict(["这个手机真的很好用！"])  # [Prediction(label='positive', score=0.97, scores={...})]
+    p.predict(["这个手机真的很好用！"])  # [Prediction(label='positive', score=0.97, scores={...}, labels=['positive'])]
+
+A multi-label model (sigmoid per label) predicts each text's label set: every label whose score reaches
+its threshold (from the manifest), possibly none.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from bertdeploy.backends import (
     plan_routes,
 )
 from bertdeploy.errors import BertdeployError
+from bertdeploy.labels import LabelScheme
 from bertdeploy.runtime import (
     CPU_BATCH_TOKENS,
     GPU_BATCH_TOKENS,
@@ -56,9 +60,14 @@ LONG_TEXT = ("truncate", "chunk")
 
 @dataclass(frozen=True)
 class Prediction:
-    label: str
+    """label: the predicted label (multi-label: the best-scoring label that passes its threshold, None if none
+    does); score: the top score; scores: every label's; labels: the predicted set (single-label: [label]), in
+    label order."""
+
+    label: str | None
     score: float
     scores: dict[str, float]
+    labels: list[str]
 
 
 def choose_routes(directory: Path, manifest: dict, variant: str | None = None, backend: str = "auto",
@@ -130,10 +139,11 @@ class Predictor:
                  long_text: str = "truncate", max_batch_tokens: int | None = None,
                  max_batch_size: int = MAX_BATCH_SIZE) -> None:
         self.directory, self.manifest, self.routes, self.encoder = directory, manifest, routes, encoder
-        self.labels: list[str] = list(manifest["labels"])
+        self.scheme = LabelScheme.from_manifest(manifest)
+        self.labels: list[str] = list(self.scheme.labels)
         self.max_length: int = manifest["max_length"]
         self.pairs: bool = manifest.get("text_pair_column") is not None
-        self.multi_label = manifest.get("problem_type") == "multi_label_classification"
+        self.multi_label = self.scheme.multi_label
         first = routes[0].model
         self.input_names: list[str] = first.input_names
         self.providers: list[str] = first.providers
@@ -208,12 +218,15 @@ class Predictor:
             smallest = (route.max_batch_size or 0) + 1
 
     def predict(self, texts: Sequence[str] | str, pairs: Sequence[str] | str | None = None) -> list[Prediction]:
-        """The most likely label, its score and every label's score, for each text in order."""
+        """The predicted label (or label set), the top score and every label's score, for each text in order."""
         probabilities = self.predict_proba(texts, pairs)
-        return [
-            Prediction(self.labels[best], float(row[best]), dict(zip(self.labels, row.tolist(), strict=True)))
-            for row, best in zip(probabilities, probabilities.argmax(-1), strict=True)
-        ]
+        return [self.prediction(row, decided) for row, decided in zip(probabilities, self.scheme.decide(probabilities),
+                                                                      strict=True)]
+
+    def prediction(self, scores: np.ndarray, decided) -> Prediction:
+        """One text's `Prediction` from its scores and decision (a row of `scheme.decide`)."""
+        return Prediction(self.scheme.best(scores, decided), float(scores.max()),
+                          dict(zip(self.labels, scores.tolist(), strict=True)), self.scheme.names(decided))
 
     def predict_proba(self, texts: Sequence[str] | str, pairs: Sequence[str] | str | None = None) -> np.ndarray:
         """Scores as an (n, number of labels) float32 array: softmax, or sigmoid for multi-label models."""
@@ -222,11 +235,11 @@ class Predictor:
             return np.empty((0, len(self.labels)), dtype=np.float32)
         if self.long_text == "chunk":
             encodings, owners = self.encoder.windows(texts)
-            scores = self._activate(self._logits(encodings))
+            scores = self.scheme.activate(self._logits(encodings))
             summed = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
             np.add.at(summed, owners, scores)
             return (summed / np.bincount(owners, minlength=len(texts))[:, None]).astype(np.float32)
-        return self._activate(self._logits(self.encoder.tokenize(texts, pairs)))
+        return self.scheme.activate(self._logits(self.encoder.tokenize(texts, pairs)))
 
     def _check(self, texts, pairs) -> tuple[list[str], list[str] | None]:
         texts = [texts] if isinstance(texts, str) else list(texts)
@@ -254,7 +267,7 @@ class Predictor:
         def run(feed: dict) -> np.ndarray:
             if on_batch is not None:
                 on_batch(*feed["input_ids"].shape)
-            return self._activate(self.run_batch(feed))
+            return self.scheme.activate(self.run_batch(feed))
         return iter_batches(run, self.encoder, encodings, self.input_names, self.max_batch_tokens,
                             self.max_batch_size, MAX_PADDING)
 
@@ -267,13 +280,6 @@ class Predictor:
         rows = len(feed["input_ids"])
         route = next(r for r in self.routes if r.max_batch_size is None or rows <= r.max_batch_size)
         return route.model.run(feed)
-
-    def _activate(self, logits: np.ndarray) -> np.ndarray:
-        logits = logits.astype(np.float32, copy=False)
-        if self.multi_label:
-            return 1.0 / (1.0 + np.exp(-logits))
-        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return shifted / shifted.sum(axis=-1, keepdims=True)
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.directory)!r}, {self.describe()})"

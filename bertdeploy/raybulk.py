@@ -22,6 +22,7 @@ from bertdeploy.artifacts import read_manifest
 from bertdeploy.backends import describe_routes
 from bertdeploy.data import iter_rows
 from bertdeploy.errors import BertdeployError, DataError
+from bertdeploy.labels import LabelScheme
 from bertdeploy.predictor import Predictor, choose_routes
 from bertdeploy.raycluster import ray_cluster
 from bertdeploy.rows import PredictFileOptions
@@ -31,6 +32,7 @@ from bertdeploy.timing import stopwatch
 logger = logging.getLogger(__name__)
 
 PREDICTED, TRUTH, LINES, FAILED = "__predicted", "__truth", "__lines", "__failed"
+MISSING = "\x00"  # a row without a label cell (a JSONL key left out): unlabelled, not an empty label set
 
 
 class _Scorer:
@@ -68,20 +70,19 @@ class _Scorer:
         texts = [rows.cell(self.source, None, columns.text, row) for row in records]
         pairs = [rows.cell(self.source, None, columns.pair, row) for row in records] if columns.pair else None
         probabilities = self.predictor.predict_proba(texts, pairs)
+        scheme = self.predictor.scheme
+        decisions = scheme.decide(probabilities)
         header = list(records[0]) + list(columns.added.values()) if self.in_format != "jsonl" else None
         out = io.StringIO()
-        write = rows.row_writer(out, self.out_format, header, columns.added, self.predictor.labels,
-                                self.options.all_scores, write_header=False)
+        write = rows.row_writer(out, self.out_format, header, columns.added, scheme, write_header=False)
         lines = []
-        for row, scores in zip(records, probabilities, strict=True):
-            write(row, scores)
+        for row, scores, decided in zip(records, probabilities, decisions, strict=True):
+            write(row, scores, decided)
             lines.append(out.getvalue())
             out.seek(0)
             out.truncate()
-        label = columns.scored
-        truth = ["" if label is None or row.get(label) is None else str(row[label])
-                 for row in records]  # text: pandas would turn a column of numbers and None into floats
-        return pd.DataFrame({LINES: lines, PREDICTED: probabilities.argmax(-1), TRUTH: truth, FAILED: ""})
+        truth = [_truth(row.get(columns.scored) if columns.scored else None, scheme.separator) for row in records]
+        return pd.DataFrame({LINES: lines, PREDICTED: list(decisions), TRUTH: truth, FAILED: ""})
 
     def _records(self, batch) -> list[dict]:
         if self.in_format == "text":
@@ -101,6 +102,14 @@ class _Scorer:
         return batch.to_dict("records")
 
 
+def _truth(value: object, separator: str) -> str:
+    """A label cell as text for the driver's tally (pandas would turn a column of numbers and None into floats):
+    a JSON list of labels joined by the separator, a missing one as MISSING."""
+    if value is None:
+        return MISSING
+    return separator.join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def predict_file_ray(options: PredictFileOptions, stdout: TextIO | None = None) -> rows.PredictFileResult:
     """`bulk.predict_file` on Ray Data: the same output, computed by `options.workers` actors, on the providers
     asked for (a fall-back to the CPU is an error unless `allow_fallback`, as on the local engine)."""
@@ -115,7 +124,7 @@ def _predict(options: PredictFileOptions, stdout: TextIO | None) -> tuple[int, s
     manifest = read_manifest(options.artifact_dir, "onnx")
     plan = choose_routes(options.artifact_dir, manifest, options.variant, options.backend)
     resolve_providers(options.providers)  # names a provider this ONNX Runtime lacks before any cluster work
-    labels = list(manifest["labels"])
+    scheme = LabelScheme.from_manifest(manifest)
     with source.open("rb") as stream:  # check the columns on the first row before any cluster work
         header, lines = iter_rows(source, in_format, stream)
         first = next(lines, None)
@@ -138,16 +147,15 @@ def _predict(options: PredictFileOptions, stdout: TextIO | None) -> tuple[int, s
                                    "columns": columns})
         out = rows.open_output(options, stack, stdout)
         if header is not None:
-            rows.row_writer(out, out_format, [*columns.input, *columns.added.values()], columns.added, labels,
-                            options.all_scores)
-        tally, count = rows.Tally(labels, columns.scored), 0
+            rows.row_writer(out, out_format, [*columns.input, *columns.added.values()], columns.added, scheme)
+        tally, count = rows.Tally(scheme, columns.scored, source), 0
         try:
             for batch in scored.iter_batches(batch_format="pandas", batch_size=None):
                 if batch[FAILED].iloc[0]:
                     raise BertdeployError(batch[FAILED].iloc[0])
                 out.write("".join(batch[LINES]))
-                for predicted, truth in zip(batch[PREDICTED], batch[TRUTH], strict=True):
-                    tally.add(0, {columns.scored: truth}, int(predicted))
+                for decided, truth in zip(batch[PREDICTED], batch[TRUTH], strict=True):
+                    tally.add(None, {columns.scored: None if truth == MISSING else truth}, decided)
                 count += len(batch)
         except BertdeployError:
             raise

@@ -81,7 +81,7 @@ class PredictorReplica:
             return answer(422, {"error": str(e)})
         probabilities = await self._score((texts, pairs))
         return answer(200, httpapi.predict_response(self.options.model_name, self.predictor.variant,
-                                                    self.predictor.labels, probabilities, body.all_scores))
+                                                    self.predictor.scheme, probabilities, body.all_scores))
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=lambda items: sum(
         len(texts) for texts, _ in items))  # the options' values are set per replica in __init__

@@ -2,8 +2,9 @@
 
 Options and result, checking the input and output files and the columns, opening the output
 (a hidden file moved into place when complete), writing each input row with the columns added
-(`label`, `score`, every class's score with `all_scores`), and tallying a confusion matrix as
-rows stream past. No model runs here.
+(`label`, `score`, every class's score with `all_scores`; for multi-label models `label` holds the
+label set joined by the model's separator and every label's score is written), and tallying the
+predictions against a label column as rows stream past. No model runs here.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import TextIO
 import numpy as np
 
 from bertdeploy.artifacts import atomic_file
-from bertdeploy.data import FORMATS, check_columns, check_file, file_format
+from bertdeploy.data import FORMATS, check_columns, check_file, file_format, parse_label_set
 from bertdeploy.errors import BertdeployError, DataError, check_options
-from bertdeploy.metrics import report_from_confusion
+from bertdeploy.labels import LabelScheme
+from bertdeploy.metrics import multilabel_counts, multilabel_report_from_counts, report_from_confusion
 from bertdeploy.predictor import LONG_TEXT
 
 logger = logging.getLogger(__name__)
@@ -84,9 +86,11 @@ class PredictFileResult:
     seconds: float
     texts_per_second: float
     label_column: str | None = None
-    report: dict | None = None  # accuracy, macro_f1, per_class, confusion_matrix over the scored rows
+    # accuracy, macro_f1, per_class, confusion_matrix over the scored rows (multi-label: micro_f1, macro_f1,
+    # subset_accuracy, per_class)
+    report: dict | None = None
     scored: int = 0
-    unlabelled: int = 0  # rows whose label cell is empty
+    unlabelled: int = 0  # rows whose label cell is empty (multi-label: missing; an empty cell is an empty set)
     unknown_labels: dict[str, int] = field(default_factory=dict)  # labels the model does not have
 
     @classmethod
@@ -145,8 +149,9 @@ def choose_columns(options: PredictFileOptions, source: Path, in_format: str, ma
     if options.label_column and options.label_column not in columns:
         check_columns(source, [options.label_column], columns)
     scoring = label_column if label_column in columns else None
+    multi_label = LabelScheme.from_manifest(manifest).multi_label
     return Columns(text_column, pair_column, scoring, columns,
-                   _added_columns(columns, list(manifest["labels"]), options.all_scores))
+                   _added_columns(columns, list(manifest["labels"]), options.all_scores or multi_label))
 
 
 def _output_format(options: PredictFileOptions, in_format: str) -> str:
@@ -178,21 +183,21 @@ def _added_columns(columns: list[str], labels: list[str], all_scores: bool) -> d
     return names
 
 
-def row_writer(out: TextIO, fmt: str, header: list[str] | None, names: dict[str, str], labels: list[str],
-            all_scores: bool, write_header: bool = True):
-    """A function writing one input row with its scores (after the header line, when `write_header`)."""
+def row_writer(out: TextIO, fmt: str, header: list[str] | None, names: dict[str, str], scheme: LabelScheme,
+               write_header: bool = True):
+    """A function `write(row, scores, decided)` writing one input row with its predicted label (or label set),
+    top score and, where `names` has their columns, every label's score (after the header line, when
+    `write_header`)."""
+    every = [(names[f"score_{label}"], i) for i, label in enumerate(scheme.labels) if f"score_{label}" in names]
 
-    def added(scores: np.ndarray) -> dict:
-        best = int(scores.argmax())
-        values = {names["label"]: labels[best], names["score"]: round(float(scores[best]), 6)}
-        if all_scores:
-            values.update({names[f"score_{label}"]: round(float(s), 6)
-                           for label, s in zip(labels, scores, strict=True)})
+    def added(scores: np.ndarray, decided) -> dict:
+        values = {names["label"]: scheme.text(decided), names["score"]: round(float(scores.max()), 6)}
+        values.update({name: round(float(scores[i]), 6) for name, i in every})
         return values
 
     if fmt == "jsonl":
-        def write_json(row: dict, scores: np.ndarray) -> None:
-            out.write(json.dumps({**row, **added(scores)}, ensure_ascii=False) + "\n")
+        def write_json(row: dict, scores: np.ndarray, decided) -> None:
+            out.write(json.dumps({**row, **added(scores, decided)}, ensure_ascii=False) + "\n")
         return write_json
     if fmt == "tsv":
         writer = csv.DictWriter(out, header, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None,
@@ -202,9 +207,9 @@ def row_writer(out: TextIO, fmt: str, header: list[str] | None, names: dict[str,
     if write_header:
         writer.writeheader()
 
-    def write_delimited(row: dict, scores: np.ndarray) -> None:
+    def write_delimited(row: dict, scores: np.ndarray, decided) -> None:
         try:
-            writer.writerow({**row, **added(scores)})
+            writer.writerow({**row, **added(scores, decided)})
         except csv.Error:
             raise BertdeployError("a text holds a tab or line break, which TSV cannot carry; write CSV or JSONL "
                                   "(--format csv)") from None
@@ -225,29 +230,47 @@ def cell(source: Path, number: int | None, column: str, row: dict) -> str:
 
 
 class Tally:
-    """A confusion matrix summed as rows stream past, for rows whose label the model knows."""
+    """What scoring needs, summed as rows stream past, for rows whose labels the model knows: a confusion matrix,
+    or for multi-label models each label's true and false positives and false negatives and the exact matches."""
 
-    def __init__(self, labels: list[str], column: str | None) -> None:
-        self.labels, self.column = labels, column
-        self.index = {label: i for i, label in enumerate(labels)}
-        self.confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    def __init__(self, scheme: LabelScheme, column: str | None, source: Path | None = None) -> None:
+        self.scheme, self.column, self.source = scheme, column, source or Path("<input>")
+        self.index = {label: i for i, label in enumerate(scheme.labels)}
+        k = len(scheme.labels)
+        self.confusion = np.zeros((k, k), dtype=np.int64)
+        self.counts = {"tp": np.zeros(k, np.int64), "fp": np.zeros(k, np.int64), "fn": np.zeros(k, np.int64),
+                       "exact": 0, "rows": 0}
         self.scored = self.unlabelled = 0
         self.unknown: Counter[str] = Counter()
 
-    def add(self, number: int, row: dict, predicted: int) -> None:
+    def add(self, number: int | None, row: dict, decided) -> None:
+        """Count row `number` (its true labels in `row`) against `decided`, a row of `scheme.decide`."""
         if self.column is None:
             return
         value = row.get(self.column)
-        truth = "" if value is None else str(value).strip()
-        if not truth:
-            self.unlabelled += 1
-        elif truth not in self.index:
-            self.unknown[truth] += 1
+        if self.scheme.multi_label:
+            names = parse_label_set(self.source, number, self.column, value, self.scheme.separator)
         else:
-            self.confusion[self.index[truth], predicted] += 1
-            self.scored += 1
+            truth = "" if value is None else str(value).strip()
+            names = (truth,) if truth else None
+        if names is None:
+            self.unlabelled += 1
+            return
+        unknown = [name for name in names if name not in self.index]
+        if unknown:
+            self.unknown.update(unknown)
+            return
+        self.scored += 1
+        if not self.scheme.multi_label:
+            self.confusion[self.index[names[0]], int(decided)] += 1
+            return
+        truth, predicted = self.scheme.encode([names])[0], np.asarray(decided, dtype=bool)
+        for key, hits in multilabel_counts(truth[None], predicted[None]).items():
+            self.counts[key] += hits
 
     def report(self) -> dict | None:
         if self.column is None or not self.scored:
             return None
-        return report_from_confusion(self.confusion, self.labels)
+        if self.scheme.multi_label:
+            return multilabel_report_from_counts(self.counts, self.scheme.labels)
+        return report_from_confusion(self.confusion, list(self.scheme.labels))

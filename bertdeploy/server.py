@@ -177,7 +177,7 @@ def _predict_route(app, served: _Served) -> None:
             texts, pairs = request_texts(body, served.predictor.pairs)
         except BadRequest as e:
             raise HTTPException(422, str(e)) from None
-        return predict_response(served.name, served.predictor.variant, served.labels,
+        return predict_response(served.name, served.predictor.variant, served.predictor.scheme,
                                 await served.scores(texts, pairs), body.all_scores)
 
 
@@ -219,7 +219,7 @@ def _kserve_routes(app, served: _Served) -> None:
                 "inputs": [{"name": i, "datatype": "BYTES", "shape": [-1]} for i in inputs],
                 "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
                             {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]}],
-                "parameters": {"labels": labels, "variant": served.predictor.variant}}
+                "parameters": {**served.predictor.scheme.manifest_fields(), "variant": served.predictor.variant}}
 
     @app.get("/v2/models/{model}/ready", summary="Model readiness (KServe v2)")
     @app.get("/v2/models/{model}/versions/{version}/ready", include_in_schema=False)
@@ -249,8 +249,9 @@ def _kserve_routes(app, served: _Served) -> None:
         except kserve.InferError as e:
             return _error(400, str(e))
         probabilities = await served.scores(texts, pairs)
-        body, headers = kserve.encode_response(name, VERSION, parsed, [labels[i] for i in probabilities.argmax(-1)],
-                                               probabilities)
+        scheme = served.predictor.scheme
+        body, headers = kserve.encode_response(name, VERSION, parsed,
+                                               [scheme.text(d) for d in scheme.decide(probabilities)], probabilities)
         return Response(body, headers=headers)
 
 

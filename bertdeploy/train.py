@@ -1,8 +1,10 @@
 """Fine-tune a BERT-family checkpoint on labelled text with the stock `transformers.Trainer`.
 
 The recipe: [CLS] + linear head on the whole encoder (or the head alone with `freeze_encoder`),
-dynamic padding (each batch padded to its longest text), evaluation every epoch (accuracy,
-macro-F1), the best epoch kept, optional early stopping, bf16/fp16 on CUDA. Length-grouped
+dynamic padding (each batch padded to its longest text), evaluation every epoch (accuracy and
+macro-F1; for multi-label models, trained with a sigmoid per label and binary cross-entropy:
+micro-F1, macro-F1 and subset accuracy), the best epoch kept (by macro-F1; micro-F1 for multi-label),
+optionally each label's threshold tuned on the eval data, optional early stopping, bf16/fp16 on CUDA. Length-grouped
 batches are opt-in (`group_by_length`): faster, but where length correlates with the label
 they skew each batch's labels and cost accuracy (see benchmarks/RESULTS.md). It runs unchanged under
 `torchrun` / `accelerate launch`; only the main process writes.
@@ -29,18 +31,19 @@ from bertdeploy.artifacts import check_output_dir, move_into_place, sha256_file,
 from bertdeploy.data import (
     Examples,
     check_known_labels,
+    check_label_counts,
     label_order,
     load_examples,
     sample_examples,
     split_examples,
 )
 from bertdeploy.errors import BertdeployError, ModelError, OutputDirError, check_options, first_line, require_training
-from bertdeploy.metrics import classification_report
+from bertdeploy.labels import DEFAULT_SEPARATOR, LabelScheme, figure_names
+from bertdeploy.metrics import tune_thresholds
 
 logger = logging.getLogger(__name__)
 
 MODEL_KIND = "model"
-BEST_METRIC = "macro_f1"
 # Settings that may change between an interrupted run and its --resume.
 _RESUMABLE_CHANGES = {"epochs", "early_stopping_patience", "resume", "overwrite", "output_dir"}
 
@@ -58,6 +61,10 @@ class FinetuneOptions:
     label_column: str = "label"
     text_pair_column: str | None = None
     labels: list[str] | None = None
+    multi_label: bool = False  # a label cell holds zero or more labels joined by label_separator
+    label_separator: str = DEFAULT_SEPARATOR
+    label_columns: list[str] | None = None  # multi-label: one 0/1 column per label, named after it
+    tune_thresholds: bool = False  # multi-label: each label's threshold maximizes its F1 on the eval data
     epochs: float = 3.0
     batch_size: int = 16
     learning_rate: float = 2e-5
@@ -79,7 +86,11 @@ class FinetuneOptions:
             raise BertdeployError("give either an eval file or a validation split, not both")
         if self.eval_file is None and self.val_split is None:
             self.val_split = 0.1
+        self.multi_label = self.multi_label or bool(self.label_columns)
         check_options([
+            (not (self.labels and self.label_columns), "the label columns name the labels: leave out --labels"),
+            (self.multi_label or not self.tune_thresholds, "thresholds are tuned for multi-label models only"),
+            (bool(self.label_separator.strip()), "the label separator must not be empty or blank"),
             (self.val_split is None or 0 < self.val_split < 1, "val_split must be between 0 and 1"),
             (self.epochs > 0, "epochs must be positive"),
             (self.batch_size > 0, "batch_size must be positive"),
@@ -99,17 +110,39 @@ class FinetuneResult:
     output_dir: Path
     labels: list[str]
     best_epoch: float
-    accuracy: float
+    # the best epoch's figures on the eval data: accuracy and macro-F1, or for multi-label models micro-F1,
+    # macro-F1 and subset accuracy (the share of texts whose whole label set is right)
+    accuracy: float | None
     macro_f1: float
-    epochs: list[dict]  # per epoch: epoch, train_loss, eval_loss, accuracy, macro_f1
+    micro_f1: float | None
+    subset_accuracy: float | None
+    epochs: list[dict]  # per epoch: epoch, train_loss, eval_loss and the figures
     per_class: dict[str, dict]
-    confusion_matrix: list[list[int]]
+    confusion_matrix: list[list[int]] | None  # single-label only
+    multi_label: bool
+    thresholds: dict[str, float] | None  # multi-label: the thresholds the figures use
+    thresholds_tuned: bool  # they were tuned on the eval data, so its figures are optimistic
+    figures_at_default: dict[str, float] | None  # with tuned thresholds: the figures at 0.5
     train_samples: int
     eval_samples: int
     truncated_train_texts: int
     train_runtime: float
     train_samples_per_second: float
     resumed_from: str | None
+
+    @property
+    def figures(self) -> dict[str, float]:
+        """The headline figures by name, the best epoch's metric among them."""
+        return {name: getattr(self, name) for name in figure_names(self.multi_label)}
+
+    @property
+    def best_metric(self) -> str:
+        return best_metric(self.multi_label)
+
+
+def best_metric(multi_label: bool) -> str:
+    """The figure the best epoch is chosen by: micro-F1 for multi-label models, else macro-F1."""
+    return "micro_f1" if multi_label else "macro_f1"
 
 
 def finetune(options: FinetuneOptions) -> FinetuneResult:
@@ -119,10 +152,12 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
     work_dir = output_dir.with_name(output_dir.name + ".partial")
     checkpoint = _plan_output(output_dir, work_dir, options)
     train, evaluation, labels, data_info = _load_data(options)
+    scheme = LabelScheme(tuple(labels), options.multi_label, separator=options.label_separator)
     fingerprint = _fingerprint(options, data_info)
     if checkpoint is not None:
         _check_same_run(work_dir, fingerprint)
-    tokenizer, model = load_model(options.model, labels, options.freeze_encoder, seed=options.seed)
+    tokenizer, model = load_model(options.model, labels, options.freeze_encoder, seed=options.seed,
+                                  problem_type=scheme.problem_type)
 
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
@@ -133,9 +168,8 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
             shutil.rmtree(work_dir, ignore_errors=True)
             work_dir.mkdir(parents=True)
             (work_dir / "run.json").write_text(json.dumps(fingerprint, indent=2, ensure_ascii=False))
-    label_ids = {label: i for i, label in enumerate(labels)}
-    train_set, truncated = _encode(tokenizer, train, label_ids, options.max_length)
-    eval_set, _ = _encode(tokenizer, evaluation, label_ids, options.max_length)
+    train_set, truncated = _encode(tokenizer, train, scheme, options.max_length)
+    eval_set, _ = _encode(tokenizer, evaluation, scheme, options.max_length)
     if truncated:
         logger.info("%d of %d training texts reach max_length %d and are truncated",
                     truncated, len(train), options.max_length)
@@ -146,7 +180,7 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
         eval_dataset=eval_set,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
-        compute_metrics=_metric_function(labels),
+        compute_metrics=_metric_function(scheme),
         callbacks=[EarlyStoppingCallback(options.early_stopping_patience)] if options.early_stopping_patience else [],
     )
     logger.info("training on %d texts, evaluating on %d; checkpoints in %s", len(train), len(evaluation), work_dir)
@@ -161,18 +195,29 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
                 logger.warning("stopped; checkpoints kept in %s: run again with --resume to continue", work_dir)
         raise
 
-    report = classification_report(prediction.label_ids, np.argmax(prediction.predictions, axis=-1), labels)
-    history = _epoch_history(trainer.state.log_history)
-    best = next((h for h in history if h.get(BEST_METRIC) == trainer.state.best_metric), history[-1])
+    truth, scores = scheme.encode(evaluation.labels), scheme.activate(prediction.predictions)
+    at_default = scheme.report(truth, scheme.decide(scores))
+    if options.tune_thresholds:
+        scheme = LabelScheme(scheme.labels, True, tuple(tune_thresholds(truth, scores)), scheme.separator)
+    report = scheme.report(truth, scheme.decide(scores))
+    history = _epoch_history(trainer.state.log_history, scheme.figures)
+    best_figure = best_metric(scheme.multi_label)
+    best = next((h for h in history if h.get(best_figure) == trainer.state.best_metric), history[-1])
     result = FinetuneResult(
         output_dir=output_dir,
         labels=labels,
         best_epoch=best["epoch"],
-        accuracy=report["accuracy"],
+        accuracy=report.get("accuracy"),
         macro_f1=report["macro_f1"],
+        micro_f1=report.get("micro_f1"),
+        subset_accuracy=report.get("subset_accuracy"),
         epochs=history,
         per_class=report["per_class"],
-        confusion_matrix=report["confusion_matrix"],
+        confusion_matrix=report.get("confusion_matrix"),
+        multi_label=scheme.multi_label,
+        thresholds=scheme.manifest_fields().get("thresholds"),
+        thresholds_tuned=options.tune_thresholds,
+        figures_at_default={k: at_default[k] for k in scheme.figures} if options.tune_thresholds else None,
         train_samples=len(train),
         eval_samples=len(evaluation),
         truncated_train_texts=truncated,
@@ -181,7 +226,7 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
         resumed_from=str(checkpoint) if checkpoint else None,
     )
     if trainer.is_world_process_zero():
-        _write_output(trainer, tokenizer, options, data_info, args, result, work_dir)
+        _write_output(trainer, tokenizer, options, data_info, args, result, scheme, work_dir)
     return result
 
 
@@ -220,9 +265,11 @@ def _last_checkpoint(work_dir: Path) -> Path | None:
 
 def _load_data(options: FinetuneOptions) -> tuple[Examples, Examples, list[str], dict]:
     columns = dict(text_column=options.text_column, label_column=options.label_column,
-                   pair_column=options.text_pair_column, drop_empty=options.drop_empty)
+                   pair_column=options.text_pair_column, drop_empty=options.drop_empty,
+                   multi_label=options.multi_label, separator=options.label_separator,
+                   label_columns=options.label_columns)
     train = load_examples(options.train_file, **columns)
-    labels = label_order(train, options.labels)
+    labels = label_order(train, options.labels or options.label_columns)
     info: dict[str, Any] = {"train_file": _file_info(train)}
     if options.eval_file is not None:
         evaluation = load_examples(options.eval_file, **columns)
@@ -233,6 +280,8 @@ def _load_data(options: FinetuneOptions) -> tuple[Examples, Examples, list[str],
         info["val_split"] = {"fraction": options.val_split, "seed": options.seed}
     if options.max_train_samples:
         train = sample_examples(train, options.max_train_samples, options.seed)
+    if options.multi_label:  # a label seen only in the held-out part cannot be learned either
+        check_label_counts(train, labels, "give more rows that carry it, or an --eval-file")
     info.update(train_rows=len(train), eval_rows=len(evaluation))
     return train, evaluation, labels, info
 
@@ -255,7 +304,8 @@ def check_model_source(source: str) -> None:
         raise ModelError(f"{source}: no such directory")
 
 
-def load_model(source: str, labels: list[str], freeze_encoder: bool = False, seed: int | None = None):
+def load_model(source: str, labels: list[str], freeze_encoder: bool = False, seed: int | None = None,
+               problem_type: str = "single_label_classification"):
     """Tokenizer and sequence-classification model with a fresh head for `labels`.
 
     `seed` makes the new head's initial weights reproducible; the Trainer seeds only later.
@@ -269,7 +319,7 @@ def load_model(source: str, labels: list[str], freeze_encoder: bool = False, see
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
-            problem_type="single_label_classification",
+            problem_type=problem_type,
         )
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"{source}: cannot load a model config: {first_line(e)}") from None
@@ -291,12 +341,15 @@ def load_model(source: str, labels: list[str], freeze_encoder: bool = False, see
     return tokenizer, model
 
 
-def _encode(tokenizer, examples: Examples, label_ids: dict[str, int], max_length: int) -> tuple[list[dict], int]:
-    """Tokenize without padding (the collator pads each batch); count texts cut at max_length."""
+def _encode(tokenizer, examples: Examples, scheme: LabelScheme, max_length: int) -> tuple[list[dict], int]:
+    """Tokenize without padding (the collator pads each batch); count texts cut at max_length. Targets are class
+    ids, or for multi-label models a 0/1 float per label (what binary cross-entropy takes)."""
     encoded = tokenizer(examples.texts, examples.pairs, truncation=True, max_length=max_length)
+    targets = scheme.encode(examples.labels)
+    targets = targets.astype(np.float32).tolist() if scheme.multi_label else targets.tolist()
     rows = [
-        {**{key: encoded[key][i] for key in encoded.keys()}, "labels": label_ids[label]}
-        for i, label in enumerate(examples.labels)
+        {**{key: encoded[key][i] for key in encoded.keys()}, "labels": target}
+        for i, target in enumerate(targets)
     ]
     truncated = sum(len(ids) >= max_length for ids in encoded["input_ids"])
     return rows, truncated
@@ -321,7 +374,7 @@ def _training_arguments(options: FinetuneOptions, checkpoints: Path):
         save_strategy="epoch",
         logging_strategy="epoch",
         load_best_model_at_end=True,
-        metric_for_best_model=BEST_METRIC,
+        metric_for_best_model=best_metric(options.multi_label),
         greater_is_better=True,
         save_total_limit=1,  # with load_best_model_at_end: the best and the latest are kept
         group_by_length=options.group_by_length,
@@ -341,28 +394,24 @@ def _training_arguments(options: FinetuneOptions, checkpoints: Path):
     return args
 
 
-def _metric_function(labels: list[str]):
+def _metric_function(scheme: LabelScheme):
     def compute(prediction) -> dict[str, float]:
-        report = classification_report(prediction.label_ids, np.argmax(prediction.predictions, axis=-1), labels)
-        return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
+        truth = np.asarray(prediction.label_ids) > 0.5 if scheme.multi_label else prediction.label_ids
+        report = scheme.report(truth, scheme.decide(scheme.activate(prediction.predictions)))
+        return {k: report[k] for k in scheme.figures}
 
     return compute
 
 
-def _epoch_history(log_history: list[dict]) -> list[dict]:
-    """One row per evaluated epoch: train loss, eval loss, accuracy, macro-F1."""
+def _epoch_history(log_history: list[dict], figures: tuple[str, ...]) -> list[dict]:
+    """One row per evaluated epoch: train loss, eval loss and the figures (accuracy, macro-F1, ...)."""
     train_loss = {round(e["epoch"], 2): e["loss"] for e in log_history if "loss" in e}
     rows = []
     for entry in log_history:
-        if "eval_accuracy" in entry:
+        if f"eval_{figures[0]}" in entry:
             epoch = round(entry["epoch"], 2)
-            rows.append({
-                "epoch": epoch,
-                "train_loss": train_loss.get(epoch),
-                "eval_loss": entry.get("eval_loss"),
-                "accuracy": entry["eval_accuracy"],
-                "macro_f1": entry["eval_macro_f1"],
-            })
+            rows.append({"epoch": epoch, "train_loss": train_loss.get(epoch), "eval_loss": entry.get("eval_loss"),
+                         **{k: entry[f"eval_{k}"] for k in figures}})
     return rows
 
 
@@ -386,22 +435,26 @@ def _check_same_run(work_dir: Path, fingerprint: dict) -> None:
         )
 
 
-def _write_output(trainer, tokenizer, options, data_info, args, result: FinetuneResult, work_dir: Path) -> None:
+def _write_output(trainer, tokenizer, options, data_info, args, result: FinetuneResult, scheme: LabelScheme,
+                  work_dir: Path) -> None:
     final = work_dir / "final"
     shutil.rmtree(final, ignore_errors=True)
     tokenizer.model_max_length = options.max_length
     trainer.model.save_pretrained(final, safe_serialization=True)
     tokenizer.save_pretrained(final)
+    best = {**result.figures, "per_class": result.per_class}
+    if result.confusion_matrix is not None:
+        best["confusion_matrix"] = {"labels": result.labels, "rows_true_columns_predicted": result.confusion_matrix}
+    if result.multi_label:
+        best["thresholds"] = result.thresholds
+        best["thresholds_tuned_on_these_data"] = result.thresholds_tuned  # then these figures are optimistic
+        if result.figures_at_default is not None:
+            best["at_threshold_0.5"] = result.figures_at_default
     metrics = {
-        "metric_for_best_model": BEST_METRIC,
+        "metric_for_best_model": result.best_metric,
         "best_epoch": result.best_epoch,
         "epochs": result.epochs,
-        "best": {
-            "accuracy": result.accuracy,
-            "macro_f1": result.macro_f1,
-            "per_class": result.per_class,
-            "confusion_matrix": {"labels": result.labels, "rows_true_columns_predicted": result.confusion_matrix},
-        },
+        "best": best,
         "train_samples": result.train_samples,
         "eval_samples": result.eval_samples,
         "train_runtime_s": result.train_runtime,
@@ -412,12 +465,12 @@ def _write_output(trainer, tokenizer, options, data_info, args, result: Finetune
     write_manifest(final, MODEL_KIND, {
         "source_model": options.model,
         "task": "text-classification",
-        "problem_type": "single_label_classification",
-        "labels": result.labels,
+        **scheme.manifest_fields(),
         "max_length": options.max_length,
         "text_column": options.text_column,
         "text_pair_column": options.text_pair_column,
         "label_column": options.label_column,
+        "label_columns": options.label_columns,
         "data": data_info,
         "training": {
             "epochs": options.epochs,
@@ -430,6 +483,7 @@ def _write_output(trainer, tokenizer, options, data_info, args, result: Finetune
             "early_stopping_patience": options.early_stopping_patience,
             "seed": options.seed,
             "max_train_samples": options.max_train_samples,
+            "tune_thresholds": options.tune_thresholds,
             "drop_empty": options.drop_empty,
             "precision": precision,
             "world_size": args.world_size,
@@ -437,7 +491,8 @@ def _write_output(trainer, tokenizer, options, data_info, args, result: Finetune
             "resumed_from": result.resumed_from,
             "training_args": options.training_args,
         },
-        "metrics": {"best_epoch": result.best_epoch, "accuracy": result.accuracy, "macro_f1": result.macro_f1},
+        "metrics": {"best_epoch": result.best_epoch, **result.figures,
+                    **({"thresholds_tuned_on_these_data": True} if result.thresholds_tuned else {})},
     })
     move_into_place(final, Path(options.output_dir).absolute())
     shutil.rmtree(work_dir, ignore_errors=True)

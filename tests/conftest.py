@@ -10,9 +10,11 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import logging
 import os
 import random
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,19 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
         words = rng.sample(FILLER, 3) + [rng.choice(POSITIVE if label == "positive" else NEGATIVE)]
         rng.shuffle(words)
         rows.append({"text": "".join(words) + rng.choice(["！", "。", ""]), "label": label})
+    return rows
+
+
+def make_multilabel_rows(n: int, seed: int = 0, separator: str = "|") -> list[dict]:
+    """An easy multi-label set: a text carries `positive` if it holds a positive word, `negative` if a negative
+    one; a quarter hold both and a quarter neither (an empty label cell)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        labels = [["positive"], ["negative"], ["negative", "positive"], []][i % 4]
+        words = rng.sample(FILLER, 3) + [rng.choice(POSITIVE if y == "positive" else NEGATIVE) for y in labels]
+        rng.shuffle(words)
+        rows.append({"text": "".join(words) + rng.choice(["！", "。", ""]), "labels": separator.join(labels)})
     return rows
 
 
@@ -208,3 +223,19 @@ def pytorch_logits(model_dir: Path, texts: list[str], pairs: list[str] | None = 
                               return_tensors="pt")
             rows.append(model(**batch).logits[0].numpy())
     return rows
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray cluster in this process, on 2 CPUs, its files under a short temp dir (once per test module)."""
+    import ray
+
+    path = tempfile.mkdtemp(prefix="bd-ray-")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=path, logging_level=logging.WARNING,
+             log_to_driver=False)
+    yield ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+    shutil.rmtree(path, ignore_errors=True)

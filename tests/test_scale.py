@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shutil
 import signal
@@ -149,22 +148,6 @@ def test_serve_engine_ray_two_replicas_answer_concurrently_and_stop_on_sigterm(t
             server.kill()
             raise
     assert code == 0, server.stderr.read()[-3000:]
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray cluster in this process, on 2 CPUs, its files under a short temp dir."""
-    import ray
-
-    path = tempfile.mkdtemp(prefix="bd-ray-")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=path, logging_level=logging.WARNING,
-             log_to_driver=False)
-    yield ray
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_ray_serve_python_entry_point_with_autoscaling_and_an_api_key(ray_local, tiny_artifacts, monkeypatch):
