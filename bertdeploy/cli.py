@@ -78,11 +78,37 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _training_options(epochs: float, learning_rate: float):
+    """The training run's options, shared by finetune and distill (whose defaults differ)."""
+    options = [
+        click.option("--eval-file", type=click.Path(path_type=Path), help="Held-out data; else a stratified split."),
+        click.option("--epochs", default=epochs, show_default=True),
+        click.option("--batch-size", default=16, show_default=True),
+        click.option("--learning-rate", default=learning_rate, show_default=True),
+        click.option("--weight-decay", default=0.01, show_default=True),
+        click.option("--warmup-ratio", default=0.1, show_default=True),
+        click.option("--group-by-length", is_flag=True,
+                     help="Batch texts of similar length: faster, but may cost accuracy when length tracks the label."),
+        click.option("--early-stopping-patience", type=int,
+                     help="Stop after N epochs without a better macro-F1 (micro-F1 for multi-label)."),
+        click.option("--seed", default=42, show_default=True),
+        click.option("--max-train-samples", type=int, help="Train on a stratified sample of N rows."),
+        click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint."),
+        click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory."),
+        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+    ]
+
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
 @cli.command()
 @click.option("--model", required=True, help="Hugging Face id or local directory of a BERT-family checkpoint.")
 @click.option("--train-file", required=True, type=click.Path(path_type=Path), help="CSV, TSV or JSONL.")
 @click.option("--output-dir", required=True, type=click.Path(path_type=Path))
-@click.option("--eval-file", type=click.Path(path_type=Path), help="Held-out data; else a stratified split.")
 @click.option("--val-split", type=float, help="Share of the training rows held out when no --eval-file [0.1].")
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--label-column", default="label", show_default=True)
@@ -96,23 +122,10 @@ def _rank() -> int:
 @click.option("--tune-thresholds", is_flag=True,
               help="Multi-label: set each label's threshold to maximize its F1 on the eval data (else 0.5); the "
                    "figures reported on those data are then optimistic.")
-@click.option("--epochs", default=3.0, show_default=True)
-@click.option("--batch-size", default=16, show_default=True)
-@click.option("--learning-rate", default=2e-5, show_default=True)
-@click.option("--weight-decay", default=0.01, show_default=True)
 @click.option("--max-length", default=128, show_default=True, help="Longer texts are truncated.")
-@click.option("--warmup-ratio", default=0.1, show_default=True)
 @click.option("--freeze-encoder", is_flag=True, help="Train the classification head only.")
-@click.option("--group-by-length", is_flag=True,
-              help="Batch texts of similar length: faster, but may cost accuracy when length tracks the label.")
-@click.option("--early-stopping-patience", type=int,
-              help="Stop after N epochs without a better macro-F1 (micro-F1 for multi-label).")
-@click.option("--seed", default=42, show_default=True)
-@click.option("--max-train-samples", type=int, help="Train on a stratified sample of N rows.")
 @click.option("--drop-empty", is_flag=True, help="Skip rows with an empty text or label instead of failing.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_training_options(epochs=3.0, learning_rate=2e-5)
 def finetune(labels: str | None, label_columns: str | None, as_json: bool, **options: object) -> None:
     """Fine-tune a checkpoint on a labelled CSV/TSV/JSONL file."""
     from bertdeploy.train import FinetuneOptions
@@ -167,6 +180,60 @@ def _per_class_table(per_class: dict, title: str = "class") -> list[str]:
         lines.append(f"{label:<{width}}  {figures['precision']:>9.4f}  {figures['recall']:>6.4f}  "
                      f"{figures['f1']:>6.4f}  {figures['support']:>7}")
     return lines
+
+
+@cli.command()
+@click.argument("teacher_dir", type=click.Path(path_type=Path))
+@click.option("--output-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--layers", type=int, help="Keep N of the teacher's encoder layers (evenly spaced, first and last "
+                                          "kept), with their weights, the embeddings and the head.")
+@click.option("--student", help="Or train this smaller checkpoint (Hugging Face id or directory) on the teacher's "
+                                "targets, with its own tokenizer.")
+@click.option("--train-file", type=click.Path(path_type=Path), help="Labelled data (default: the teacher's).")
+@click.option("--unlabeled-file", type=click.Path(path_type=Path),
+              help="In-domain texts without labels (CSV/TSV/JSONL text column, or one per line), which the teacher "
+                   "labels with soft targets: what usually lets a student match its teacher.")
+@click.option("--temperature", default=2.0, show_default=True, help="Softens both distributions in the KL term.")
+@click.option("--alpha", default=0.5, show_default=True,
+              help="Share of the KL term in the loss on labelled rows (the rest: cross-entropy on the gold label).")
+@click.option("--max-accuracy-drop", default=1.0, show_default=True,
+              help="Points of accuracy the student may lose against its teacher on the eval data and still be saved.")
+@_training_options(epochs=5.0, learning_rate=1e-4)
+def distill(teacher_dir: Path, output_dir: Path, layers: int | None, student: str | None, train_file: Path | None,
+            unlabeled_file: Path | None, temperature: float, alpha: float, max_accuracy_drop: float, as_json: bool,
+            **training: object) -> None:
+    """Train a smaller student of a fine-tuned model on its soft targets."""
+    from bertdeploy.distill import DistillOptions
+    from bertdeploy.distill import distill as run
+
+    with user_errors():
+        result = run(DistillOptions(teacher_dir, output_dir, layers, student, train_file, unlabeled_file, temperature,
+                                    alpha, max_accuracy_drop, {k: v for k, v in training.items() if v is not None}))
+    if _rank() == 0:
+        click.echo(_to_json(result) if as_json else render_distill(result))
+
+
+def render_distill(result) -> str:
+    """Teacher and student side by side: layers, parameters, accuracy, macro-F1, agreement, PyTorch latency."""
+    lines = [f"{'model':<8} {'layers':>6} {'parameters':>11} {'accuracy':>9} {'macro-F1':>9} {'agreement':>10} "
+             f"{'batch 1':>9} {'batch 8':>9}"]
+    for name in ("teacher", "student"):
+        figures, latency = result.figures[name], result.latency_ms[name]
+        agreement = f"{figures['agreement']:>10.2%}" if "agreement" in figures else f"{'-':>10}"
+        lines.append(f"{name:<8} {result.depth[name]:>6} {result.parameters[name] / 1e6:>10.1f}M "
+                     f"{figures['accuracy']:>9.4f} {figures['macro_f1']:>9.4f} {agreement} "
+                     f"{latency['batch_1']:>7.1f}ms {latency['batch_8']:>7.1f}ms")
+    speed, student = result.speedups(), result.student
+    kept = f"the teacher's layers {', '.join(map(str, result.layers))}" if result.layers else "its own layers"
+    lines += ["", f"student ({kept}): {_figures(student.figures)}, "
+                  f"{0.0 - result.figures['student']['accuracy_drop']:+.2f} points against the teacher (epoch "
+                  f"{student.best_epoch:g})",
+              f"speed-up over the teacher (PyTorch fp32, the same texts, interleaved): {speed['batch_1']:.2f}x at "
+              f"batch 1, {speed['batch_8']:.2f}x at batch 8",
+              f"{student.train_samples} labelled and {result.unlabeled_texts} unlabelled training texts, "
+              f"{student.eval_samples} held out",
+              f"saved {student.output_dir}: export it as any fine-tuned model"]
+    return "\n".join(lines)
 
 
 @cli.command()

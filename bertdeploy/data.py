@@ -295,11 +295,12 @@ def example_columns(manifest: dict) -> dict:
 
 
 def load_texts(
-    path: str | Path, text_column: str = "text", pair_column: str | None = None
+    path: str | Path, text_column: str = "text", pair_column: str | None = None, fmt: str | None = None
 ) -> tuple[list[str], list[str] | None]:
-    """Read the texts (and second texts) of a file whose labels are not needed; blank rows are skipped."""
+    """Read the texts (and second texts) of a file whose labels are not needed; blank rows are skipped. `fmt`
+    overrides the extension (e.g. "text": one text per line, in a column "text")."""
     path = Path(path)
-    header, rows = iter_rows(path)
+    header, rows = iter_rows(path, fmt)
     wanted = [c for c in (text_column, pair_column) if c is not None]
     if header is not None:
         check_columns(path, wanted, header)

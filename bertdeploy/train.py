@@ -145,19 +145,54 @@ def best_metric(multi_label: bool) -> str:
     return "micro_f1" if multi_label else "macro_f1"
 
 
-def finetune(options: FinetuneOptions) -> FinetuneResult:
+class Recipe:
+    """What a run trains and on which targets. This one is finetune's: `options.model` with a fresh head,
+    trained on the gold labels with the model's own loss. `distill.Distillation` supplies a student, the
+    teacher's soft targets and a loss for them, through the same run."""
+
+    compute_loss_func = None  # the Trainer's loss hook; None: the model's own loss
+
+    def fingerprint(self) -> dict:
+        """Settings of this recipe that an interrupted run must share with its --resume."""
+        return {}
+
+    def load(self, options: FinetuneOptions, labels: list[str], scheme: LabelScheme):
+        """The tokenizer and the model to train."""
+        return load_model(options.model, labels, options.freeze_encoder, seed=options.seed,
+                          problem_type=scheme.problem_type)
+
+    def train_examples(self, train: Examples) -> Examples:
+        """The rows to train on."""
+        return train
+
+    def targets(self, examples: Examples, scheme: LabelScheme, split: str) -> list:
+        """Each row's `labels` for the Trainer: class ids, or for multi-label models a 0/1 float per label (what
+        binary cross-entropy takes). `split` is "train" or "eval"."""
+        targets = scheme.encode(examples.labels)
+        return targets.astype(np.float32).tolist() if scheme.multi_label else targets.tolist()
+
+    def truth(self, label_ids: np.ndarray, scheme: LabelScheme) -> np.ndarray:
+        """The true labels, in `scheme.decide`'s form, from the targets the Trainer gathered."""
+        return np.asarray(label_ids) > 0.5 if scheme.multi_label else np.asarray(label_ids)
+
+    def finish(self, result: FinetuneResult, scores: np.ndarray, truth: np.ndarray, scheme: LabelScheme) -> dict:
+        """Fields to add to the manifest, given the kept model's eval scores; raise to refuse the model."""
+        return {}
+
+
+def finetune(options: FinetuneOptions, recipe: Recipe | None = None) -> FinetuneResult:
     """Fine-tune `options.model` on the training file and write a finished model directory."""
     require_training("finetune", "torch", "transformers", "accelerate")
+    recipe = recipe or Recipe()
     output_dir = Path(options.output_dir).absolute()
     work_dir = output_dir.with_name(output_dir.name + ".partial")
     checkpoint = _plan_output(output_dir, work_dir, options)
     train, evaluation, labels, data_info = _load_data(options)
     scheme = LabelScheme(tuple(labels), options.multi_label, separator=options.label_separator)
-    fingerprint = _fingerprint(options, data_info)
+    fingerprint = {**_fingerprint(options, data_info), **recipe.fingerprint()}
     if checkpoint is not None:
         _check_same_run(work_dir, fingerprint)
-    tokenizer, model = load_model(options.model, labels, options.freeze_encoder, seed=options.seed,
-                                  problem_type=scheme.problem_type)
+    tokenizer, model = recipe.load(options, labels, scheme)
 
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
@@ -168,11 +203,12 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
             shutil.rmtree(work_dir, ignore_errors=True)
             work_dir.mkdir(parents=True)
             (work_dir / "run.json").write_text(json.dumps(fingerprint, indent=2, ensure_ascii=False))
-    train_set, truncated = _encode(tokenizer, train, scheme, options.max_length)
-    eval_set, _ = _encode(tokenizer, evaluation, scheme, options.max_length)
+    rows = recipe.train_examples(train)
+    train_set, truncated = _encode(tokenizer, rows, recipe.targets(rows, scheme, "train"), options.max_length)
+    eval_set, _ = _encode(tokenizer, evaluation, recipe.targets(evaluation, scheme, "eval"), options.max_length)
     if truncated:
         logger.info("%d of %d training texts reach max_length %d and are truncated",
-                    truncated, len(train), options.max_length)
+                    truncated, len(rows), options.max_length)
     trainer = Trainer(
         model=model,
         args=args,
@@ -180,10 +216,11 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
         eval_dataset=eval_set,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
-        compute_metrics=_metric_function(scheme),
+        compute_metrics=_metric_function(scheme, recipe),
+        compute_loss_func=recipe.compute_loss_func,
         callbacks=[EarlyStoppingCallback(options.early_stopping_patience)] if options.early_stopping_patience else [],
     )
-    logger.info("training on %d texts, evaluating on %d; checkpoints in %s", len(train), len(evaluation), work_dir)
+    logger.info("training on %d texts, evaluating on %d; checkpoints in %s", len(rows), len(evaluation), work_dir)
     try:
         run = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         prediction = trainer.predict(eval_set)
@@ -225,8 +262,14 @@ def finetune(options: FinetuneOptions) -> FinetuneResult:
         train_samples_per_second=run.metrics["train_samples_per_second"],
         resumed_from=str(checkpoint) if checkpoint else None,
     )
+    try:
+        extra = recipe.finish(result, scores, truth, scheme)
+    except BertdeployError:
+        if args.process_index == 0:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        raise
     if trainer.is_world_process_zero():
-        _write_output(trainer, tokenizer, options, data_info, args, result, scheme, work_dir)
+        _write_output(trainer, tokenizer, options, data_info, args, result, scheme, work_dir, extra)
     return result
 
 
@@ -341,12 +384,10 @@ def load_model(source: str, labels: list[str], freeze_encoder: bool = False, see
     return tokenizer, model
 
 
-def _encode(tokenizer, examples: Examples, scheme: LabelScheme, max_length: int) -> tuple[list[dict], int]:
-    """Tokenize without padding (the collator pads each batch); count texts cut at max_length. Targets are class
-    ids, or for multi-label models a 0/1 float per label (what binary cross-entropy takes)."""
+def _encode(tokenizer, examples: Examples, targets: list, max_length: int) -> tuple[list[dict], int]:
+    """Tokenize without padding (the collator pads each batch), each row with its target; count texts cut at
+    max_length."""
     encoded = tokenizer(examples.texts, examples.pairs, truncation=True, max_length=max_length)
-    targets = scheme.encode(examples.labels)
-    targets = targets.astype(np.float32).tolist() if scheme.multi_label else targets.tolist()
     rows = [
         {**{key: encoded[key][i] for key in encoded.keys()}, "labels": target}
         for i, target in enumerate(targets)
@@ -394,9 +435,9 @@ def _training_arguments(options: FinetuneOptions, checkpoints: Path):
     return args
 
 
-def _metric_function(scheme: LabelScheme):
+def _metric_function(scheme: LabelScheme, recipe: Recipe):
     def compute(prediction) -> dict[str, float]:
-        truth = np.asarray(prediction.label_ids) > 0.5 if scheme.multi_label else prediction.label_ids
+        truth = recipe.truth(prediction.label_ids, scheme)
         report = scheme.report(truth, scheme.decide(scheme.activate(prediction.predictions)))
         return {k: report[k] for k in scheme.figures}
 
@@ -436,7 +477,7 @@ def _check_same_run(work_dir: Path, fingerprint: dict) -> None:
 
 
 def _write_output(trainer, tokenizer, options, data_info, args, result: FinetuneResult, scheme: LabelScheme,
-                  work_dir: Path) -> None:
+                  work_dir: Path, extra: dict) -> None:
     final = work_dir / "final"
     shutil.rmtree(final, ignore_errors=True)
     tokenizer.model_max_length = options.max_length
@@ -493,6 +534,7 @@ def _write_output(trainer, tokenizer, options, data_info, args, result: Finetune
         },
         "metrics": {"best_epoch": result.best_epoch, **result.figures,
                     **({"thresholds_tuned_on_these_data": True} if result.thresholds_tuned else {})},
+        **extra,
     })
     move_into_place(final, Path(options.output_dir).absolute())
     shutil.rmtree(work_dir, ignore_errors=True)

