@@ -103,18 +103,19 @@ def test_minilm_learns_multilabel_reviews_and_int8_keeps_micro_f1(tmp_path):
 
 
 def test_minilm_distils_into_three_layers(minilm, tmp_path):
-    """The reviews model (6 layers) distilled into its layers 0, 2 and 5 for one epoch: the student learns from
-    the teacher (agreement well above chance) and keeps most of its accuracy. (The targets of `distill` at its
-    defaults are measured in benchmarks/distill.py.)"""
+    """The reviews model (6 layers) distilled into its layers 0, 2 and 5, one epoch on half its training texts:
+    the student learns from the teacher (agreement above the 0.5 of chance) and keeps its accuracy (measured
+    here: accuracy 0.642 against the teacher's 0.586, agreement 0.704). The targets of `distill` at its
+    defaults are measured in benchmarks/distill.py."""
     from bertdeploy.distill import DistillOptions, distill
 
     folder, teacher = minilm
     result = distill(DistillOptions(folder / "m", tmp_path / "student", layers=3, max_accuracy_drop=100.0,
-                                    training={"epochs": 1}))
+                                    training={"epochs": 1, "max_train_samples": 1000}))
     student = result.figures["student"]
     print(f"3 of 6 layers, 1 epoch: accuracy {student['accuracy']:.4f} (teacher {teacher.accuracy:.4f}), "
           f"agreement {student['agreement']:.4f}, speed-up {result.speedups()}")
     assert result.layers == [0, 2, 5] and result.parameters["student"] < 0.85 * result.parameters["teacher"]
     assert result.figures["teacher"]["accuracy"] == pytest.approx(teacher.accuracy)
-    assert student["accuracy"] >= MIN_ACCURACY - 0.03 and student["agreement"] >= 0.7
+    assert student["accuracy"] >= MIN_ACCURACY - 0.03 and student["agreement"] >= 0.6
     assert read_manifest(tmp_path / "student")["distillation"]["layers_kept"] == [0, 2, 5]
