@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import httpx
 import hypothesis
@@ -183,7 +183,8 @@ def test_the_api_key_guards_every_route_but_health(fp32):
 
 
 def test_a_full_queue_answers_429_at_once(fp32):
-    with running(fp32, max_queue=8, max_texts_per_request=8, max_wait_ms=400) as base:
+    held = _Held(fp32, "iter_encoded")  # the model stays busy with the first batch until a request is refused
+    with running(held, max_queue=8, max_texts_per_request=8, max_wait_ms=400) as base:
         barrier = threading.Barrier(10)
 
         def ask(i: int) -> httpx.Response:
@@ -191,7 +192,10 @@ def test_a_full_queue_answers_429_at_once(fp32):
             return httpx.post(f"{base}/predict", json={"texts": TEXTS[i * 4:i * 4 + 4]}, timeout=30)
 
         with ThreadPoolExecutor(10) as pool:
-            responses = list(pool.map(ask, range(10)))
+            asked = [pool.submit(ask, i) for i in range(10)]
+            wait(asked, timeout=30, return_when=FIRST_COMPLETED)  # a 429: the others wait on the held model
+            held.release.set()
+            responses = [f.result() for f in asked]
         refused = [r for r in responses if r.status_code == 429]
         served = [(i, r) for i, r in enumerate(responses) if r.status_code == 200]
         assert refused and served and len(refused) + len(served) == 10
@@ -202,22 +206,25 @@ def test_a_full_queue_answers_429_at_once(fp32):
         assert 'bertdeploy_requests_total{route="/predict",status="429"}' in httpx.get(f"{base}/metrics").text
 
 
-class _HeldWarmUp:
-    """The real predictor, except that its warm-up waits for `release`."""
+class _Held:
+    """The real predictor, except that its method `method` (warm_up, iter_encoded) waits for `release`."""
 
-    def __init__(self, predictor: Predictor) -> None:
-        self._predictor, self.release = predictor, threading.Event()
+    def __init__(self, predictor: Predictor, method: str) -> None:
+        self._predictor, self._method, self.release = predictor, method, threading.Event()
 
     def __getattr__(self, name: str):
-        return getattr(self._predictor, name)
+        value = getattr(self._predictor, name)
+        if name != self._method:
+            return value
 
-    def warm_up(self) -> None:
-        assert self.release.wait(30)
-        self._predictor.warm_up()
+        def held(*args, **kwargs):
+            assert self.release.wait(30)
+            return value(*args, **kwargs)
+        return held
 
 
 def test_live_at_once_ready_only_after_the_warm_up(fp32):
-    held = _HeldWarmUp(fp32)
+    held = _Held(fp32, "warm_up")
     with running(held, wait_ready=False) as base:
         assert httpx.get(f"{base}/v2/health/live").status_code == 200
         assert httpx.get(f"{base}/v2/health/ready").status_code == 503
