@@ -33,7 +33,7 @@ from bertdeploy.train import MODEL_KIND, FinetuneOptions, FinetuneResult, Recipe
 
 logger = logging.getLogger(__name__)
 
-# Measured on the demo reviews (benchmarks/RESULTS.md, distill.py): see the docs for the figures behind them.
+# From the quick check quoted in docs/distill.md; what they give on the demo reviews: benchmarks/distill.py.
 DEFAULT_EPOCHS = 5.0
 DEFAULT_LEARNING_RATE = 1e-4
 TEACHER_BATCH = 32
