@@ -9,9 +9,12 @@ Then the teacher and each student are exported (fp32, int8, int8-ov; no accuracy
 what each does) and timed, all in one interleaved run (guard.interleaved_latency, 20 rounds, 2
 threads): 1 x 128 and 8 x 128 tokens of real reviews, PyTorch fp32 of the teacher beside them. Last,
 a whole-process `bertdeploy predict` of 10,000 other reviews for the teacher and the students with
-unlabelled text, on each variant, the runs taking turns. Writes benchmarks/results/distill.json.
+unlabelled text, on each variant, the runs taking turns, three rounds (medians). Writes
+benchmarks/results/distill.json. `--measure-only` times again the students and exports an earlier run
+left in --work (their accuracy figures kept from the results file).
 
     python benchmarks/distill.py [--teacher runs/demo/model] [--work runs/distill] [--unlabeled 4000] [--layers 3,2]
+                                 [--measure-only]
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/distill"))
     parser.add_argument("--unlabeled", type=int, default=4000)
     parser.add_argument("--layers", default="3,2", help="the students' layer counts")
+    parser.add_argument("--measure-only", action="store_true", help="time an earlier run's students again")
+    parser.add_argument("--bulk-rounds", type=int, default=3)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     work = args.work.absolute()
@@ -73,6 +78,10 @@ def main() -> None:
         csv.writer(f).writerows([["text"], *([t] for t in bulk)])
     figures: dict = {"machine": machine(threads=THREADS), "teacher": str(args.teacher),
                      "unlabeled_texts": len(unlabeled), "students": {}}
+    if args.measure_only:
+        earlier = json.loads(RESULTS.read_text(encoding="utf-8"))
+        figures.update(students=earlier["students"], variants=earlier["variants"],
+                       trained_on=earlier.get("trained_on", earlier["machine"]))
 
     models = {"teacher": args.teacher.absolute()}
     depths = [int(n) for n in args.layers.split(",")]
@@ -80,6 +89,9 @@ def main() -> None:
         for extra in (False, True):
             name = f"{layers} layers" + (" + unlabelled" if extra else "")
             out = work / name.replace(" ", "-").replace("+", "u")
+            models[name] = out
+            if args.measure_only:
+                continue
             result, seconds = stopwatch(distill, DistillOptions(
                 args.teacher, out, layers=layers, unlabeled_file=work / "unlabeled.txt" if extra else None,
                 max_accuracy_drop=100.0, training={"overwrite": True}))
@@ -87,10 +99,11 @@ def main() -> None:
                                          "layers_kept": result.layers, "parameters": result.parameters,
                                          "train_seconds": seconds, "best_epoch": result.student.best_epoch,
                                          "epochs": result.student.epochs}
-            models[name] = out
 
-    artifacts = {}
+    artifacts = {name: work / f"{model.name}-onnx" for name, model in models.items()}
     for name, model in models.items():
+        if args.measure_only:
+            continue
         exported = export(ExportOptions(model, work / f"{model.name}-onnx", quantize=["int8", "int8-ov"],
                                         openvino=False, max_accuracy_drop=100.0, overwrite=True))
         artifacts[name] = exported.output_dir.absolute()
@@ -115,8 +128,9 @@ def main() -> None:
 
     bulk_runs = {(name, variant): functools.partial(_predict, artifacts[name], variant, work / "bulk.csv")
                  for name in ["teacher"] + [f"{n} layers + unlabelled" for n in depths] for variant in VARIANTS}
-    figures["bulk_seconds"] = {f"{name} / {variant}": ms[0] / 1000
-                               for (name, variant), ms in interleave(bulk_runs, rounds=1).items()}
+    figures["bulk_seconds"] = {f"{name} / {variant}": float(np.median(ms)) / 1000
+                               for (name, variant), ms in interleave(bulk_runs, rounds=args.bulk_rounds).items()}
+    figures["bulk_rounds"] = args.bulk_rounds
     RESULTS.write_text(json.dumps(figures, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     _print(figures)
 

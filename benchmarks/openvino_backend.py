@@ -3,7 +3,7 @@
 On a copy of the demo's artifact directory (scripts/demo.sh exports it with --openvino and
 --quantize int8-ov), with bertdeploy.bench (same inputs, same 2 threads, engines taking turns):
 1. every variant on its runtime at 1/8/32 x 128 tokens and on the 1,000 held-out reviews at their
-   natural lengths, with accuracy; this run records auto's batch-size ranges in the copy's manifest;
+   natural lengths, with accuracy; this run records auto's size ranges in the copy's manifest;
 2. a second run of the two best variants of each runtime and `auto` at batch 1, 2, 4, 8, 16 and 32
    (sizes between the measured ones too), without recording.
 Run 1 also gives auto's speed-up over the fastest PyTorch that kept accuracy (fp32, or bf16 autocast
@@ -40,8 +40,9 @@ def p50(result, engine: str, inputs: str, batch: int) -> float | None:
                 None)
 
 
-def route_for(routes: list[dict], batch: int) -> str:
-    return next(r["variant"] for r in routes if r["max_batch_size"] is None or batch <= r["max_batch_size"])
+def route_for(routes: list[dict], tokens: int) -> str:
+    """The variant auto routes a batch of `tokens` padded tokens to (natural cells: their median batch)."""
+    return next(r["variant"] for r in routes if r["max_tokens"] is None or tokens <= r["max_tokens"])
 
 
 def main() -> None:
@@ -76,13 +77,15 @@ def main() -> None:
         sides = {side: min((p50(second, n, inputs, batch), n) for n in best[side]) for side in best}
         better = min(sides.values())
         auto = p50(second, "auto", inputs, batch)
-        rows.append({"inputs": inputs, "batch_size": batch, "onnxruntime": sides["onnxruntime"],
-                     "openvino": sides[OPENVINO], "auto_ms": auto, "auto_over_better": auto / better[0]})
+        tokens = next(t.padded_tokens for t in second.timings if (t.inputs, t.batch_size) == (inputs, batch))
+        rows.append({"inputs": inputs, "batch_size": batch, "padded_tokens": tokens,
+                     "onnxruntime": sides["onnxruntime"], "openvino": sides[OPENVINO], "auto_ms": auto,
+                     "auto_over_better": auto / better[0]})
     moves = [abs(np.log(p50(second, t.engine, t.inputs, t.batch_size) / t.p50_ms)) for t in first.timings
              if p50(second, t.engine, t.inputs, t.batch_size) is not None]
     noise = {"median": float(np.exp(np.median(moves)) - 1), "max": float(np.exp(np.max(moves)) - 1),
              "cells": len(moves)}
-    routed = [(r["auto_ms"], p50(second, route_for(routes, r["batch_size"]), r["inputs"], r["batch_size"]))
+    routed = [(r["auto_ms"], p50(second, route_for(routes, r["padded_tokens"]), r["inputs"], r["batch_size"]))
               for r in rows]
     twins = [abs(np.log(a / b)) for a, b in routed if b is not None]
     if twins:

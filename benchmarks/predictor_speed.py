@@ -2,8 +2,8 @@
 
 The demo model (MiniLM fine-tuned on the Chinese reviews by scripts/demo.sh) and its export:
   1. single-text latency, text in -> label out, tokenization included: our Predictor as loaded by
-     default (`--backend auto`: the variant bench recorded fastest, OpenVINO's int8-ov on this
-     CPU), our Predictor on ONNX Runtime's default variant (INT8), the same with ONNX Runtime's
+     default (`--backend auto`: the variants bench recorded fastest per batch size in padded tokens),
+     our Predictor on ONNX Runtime's default variant (INT8), the same with ONNX Runtime's
      spinning off (the predictor's default is on, as Optimum's), the transformers
      `pipeline("text-classification")` in PyTorch fp32 and, on CPUs that compute bf16, the same under
      bf16 autocast, and Optimum's `ORTModelForSequenceClassification` in the same pipeline on that same

@@ -4,7 +4,8 @@
 ONNX file on either runtime. OpenVINO reads the same ONNX files (no second export), compiled for
 the CPU with its settings made explicit: inference precision bf16 where the CPU has it (f32
 otherwise), the thread count, and the latency or throughput hint. `plan_routes` turns latencies
-measured per variant and batch size into batch-size ranges, each run by its fastest variant.
+measured per variant and batch size (in padded tokens: texts x padded length) into size ranges,
+each run by its fastest variant: one short text and one long text may be best on different runtimes.
 Imports only onnxruntime, numpy and (when asked for) openvino: the predictor stands on it.
 """
 
@@ -26,9 +27,15 @@ logger = logging.getLogger(__name__)
 ONNXRUNTIME, OPENVINO = "onnxruntime", "openvino"
 BACKENDS = (ONNXRUNTIME, OPENVINO)
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+TOKENS = "padded tokens"  # what the auto section's sizes count: texts x padded length of a batch
 # Latencies within this share of the fastest count as equal when routing: a shared machine's noise
 # is about this size, and one model fewer saves memory and load time.
 ROUTE_NOISE = 0.05
+# A range goes to another runtime than the range below it only if that is this much faster there too:
+# calls alternating between runtimes slow each other (the other runtime's threads still spin or wake).
+# Measured on the demo, a stream of single reviews alternating by length: the long ones took 6.7 ms on
+# OpenVINO against 3.7 ms when OpenVINO ran them all (benchmarks/runtime_switch.py).
+SWITCH_MARGIN = 0.5
 
 
 def backend_of(entry: dict) -> str:
@@ -153,14 +160,15 @@ def open_model(path: str | Path, backend: str = ONNXRUNTIME, providers=None, thr
     return OrtModel(path, providers, threads, spinning, allow_fallback)
 
 
-def plan_routes(p50_ms: dict[str, dict], candidates: list[str], noise: float = ROUTE_NOISE,
-                ) -> list[tuple[int | None, str]]:
-    """(largest batch size, variant) ranges in increasing order, the last one open (None).
+def plan_routes(p50_ms: dict[str, dict], candidates: list[str], runtimes: dict[str, str] | None = None,
+                noise: float = ROUTE_NOISE, switch: float = SWITCH_MARGIN) -> list[tuple[int | None, str]]:
+    """(largest batch in padded tokens, variant) ranges in increasing order, the last one open (None).
 
-    p50_ms: variant -> {batch size: median ms}, measured side by side. At each batch size measured for
-    every candidate, the variants within `noise` of the fastest are equally good; among them the one good
-    at the most sizes wins, so few models are loaded. A batch between two measured sizes goes to the
-    nearer one (by ratio).
+    p50_ms: variant -> {padded tokens: median ms}, measured side by side. At each size measured for every
+    candidate, the variants within `noise` of the fastest are equally good; among them the one good at the
+    most sizes wins, so few models are loaded. With `runtimes` (variant -> runtime), a size keeps the variant
+    of the size below it unless one on another runtime is more than `switch` faster. A batch between two
+    measured sizes goes to the nearer one (by ratio).
     """
     tables = {name: {int(size): float(ms) for size, ms in p50_ms[name].items()} for name in candidates
               if name in p50_ms}
@@ -179,6 +187,10 @@ def plan_routes(p50_ms: dict[str, dict], candidates: list[str], noise: float = R
         for s in [s for s in left if best in good[s]]:
             pick[s] = best
             left.discard(s)
+    for below, size in zip(sizes, sizes[1:], strict=False):
+        if runtimes and runtimes[pick[size]] != runtimes[pick[below]] and \
+                tables[pick[below]][size] <= (1 + switch) * fastest[size]:
+            pick[size] = pick[below]
     routes: list[tuple[int | None, str]] = []
     for i, size in enumerate(sizes):
         upper = None if i == len(sizes) - 1 else math.isqrt(size * sizes[i + 1])
@@ -189,28 +201,42 @@ def plan_routes(p50_ms: dict[str, dict], candidates: list[str], noise: float = R
     return routes
 
 
+def auto_timings(manifest: dict) -> dict[str, dict[int, float]]:
+    """The manifest's measured latencies, variant -> {padded tokens: ms}. An `auto` section written before
+    bertdeploy routed by tokens holds batch sizes of texts up to the max length: counted as that many full
+    rows (the order of its sizes, and so its routes, stay as they were)."""
+    auto = manifest.get("auto", {})
+    scale = 1 if auto.get("unit") == TOKENS else manifest["max_length"]
+    return {name: {int(size) * scale: float(ms) for size, ms in table.items()}
+            for name, table in auto.get("p50_ms", {}).items()}
+
+
 def auto_section(p50_ms: dict[str, dict[int, float]], eligible: list[str], backends: dict[str, str],
                  measured_by: str, inputs: str, threads: int) -> dict:
-    """The manifest's `auto` entry: what was measured, and the batch-size ranges it gives with every runtime
-    installed (the predictor re-plans among the runtimes it finds)."""
-    routes = plan_routes(p50_ms, eligible)
+    """The manifest's `auto` entry: what was measured (median ms per variant and batch size in padded tokens),
+    and the size ranges it gives with every runtime installed (the predictor re-plans among the runtimes it
+    finds)."""
+    routes = plan_routes(p50_ms, eligible, backends)
     return {
         "measured_by": measured_by,
         "threads": threads,
         "inputs": inputs,
+        "unit": TOKENS,
         "p50_ms": {name: {str(size): round(ms, 4) for size, ms in sorted(table.items())}
                    for name, table in p50_ms.items()},
         "eligible": eligible,
-        "routes": [{"max_batch_size": upper, "variant": name, "backend": backends[name]} for upper, name in routes],
+        "routes": [{"max_tokens": upper, "variant": name, "backend": backends[name]} for upper, name in routes],
     }
 
 
 def describe_routes(routes: list[tuple[int | None, str]]) -> str:
-    """'1-2 texts: A; 3+ texts: B' for (largest batch size, what runs) pairs; one pair: 'A, any batch size'."""
+    """'up to 90 tokens: A; 91+ tokens: B' for (largest batch in padded tokens, what runs) pairs; one pair:
+    'A, any batch size'."""
     if len(routes) == 1:
         return f"{routes[0][1]}, any batch size"
     parts, low = [], 1
     for upper, what in routes:
-        parts.append(f"{low}+ texts: {what}" if upper is None else f"{low}-{upper} texts: {what}")
+        parts.append(f"{low}+ tokens: {what}" if upper is None else
+                     f"up to {upper} tokens: {what}" if low == 1 else f"{low}-{upper} tokens: {what}")
         low = (upper or 0) + 1
     return "; ".join(parts)

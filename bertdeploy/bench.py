@@ -74,7 +74,7 @@ class BenchOptions:
     device: str = "cpu"
     eval_samples: int = 2000  # accuracy on at most this many eval texts (a stratified sample)
     progress: bool = False
-    record: bool = True  # write the batch-size ranges for backend="auto" into the manifest (CPU only)
+    record: bool = True  # write the size ranges for backend="auto" into the manifest (CPU only)
 
     def __post_init__(self) -> None:
         self.artifact_dir = Path(self.artifact_dir)
@@ -217,15 +217,16 @@ def pick_engines(options: BenchOptions, manifest: dict) -> list[Engine]:
 
 
 def record_auto(options: BenchOptions, manifest: dict, reports: list[EngineReport], timings: list[Timing]) -> dict:
-    """Write the batch-size ranges for `backend="auto"` into the manifest, from this run's p50 latencies (the
-    geometric mean over the kinds of input at each batch size), among the variants within the accuracy bound."""
+    """Write the size ranges for `backend="auto"` into the manifest, from this run's p50 latencies per batch size
+    in padded tokens (the geometric mean of the cells of one size), among the variants within the accuracy
+    bound."""
     variants = [r for r in reports if r.backend in BACKENDS]
     bound = manifest.get("evaluation", {}).get("max_accuracy_drop", 1.0)
     eligible = [r.name for r in variants if r.headline is None or _within(r, reports[0], bound)]
     p50: dict[str, dict[int, float]] = {}
     for r in variants:
-        for size in options.batch_sizes:
-            cells = [t.p50_ms for t in timings if t.engine == r.name and t.batch_size == size]
+        for size in sorted({t.padded_tokens for t in timings}):
+            cells = [t.p50_ms for t in timings if t.engine == r.name and t.padded_tokens == size]
             if cells:
                 p50.setdefault(r.name, {})[size] = float(np.exp(np.mean(np.log(cells))))
     inputs = ", ".join(dict.fromkeys(t.inputs for t in timings))
@@ -318,7 +319,8 @@ def _timing(name: str, case: Case, samples: list[float], warmup: int) -> Timing:
     mean = float(ms.mean())
     p50, p90, p95, p99 = (float(v) for v in np.percentile(ms, PERCENTILES))
     tokens = sum(case.tokens[(warmup + i) % len(case.tokens)] for i in range(len(ms)))  # the feeds timed
-    return Timing(name, case.inputs, case.batch_size, mean, p50, p90, p95, p99, case.batch_size / mean * 1000,
+    return Timing(name, case.inputs, case.batch_size, case.padded_tokens, mean, p50, p90, p95, p99,
+                  case.batch_size / mean * 1000,
                   tokens / ms.sum() * 1000, None, [round(v, 4) for v in samples])
 
 

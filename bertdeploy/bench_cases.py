@@ -28,6 +28,11 @@ class Case:
     feeds: list[dict]
     tokens: list[int]
 
+    @property
+    def padded_tokens(self) -> int:
+        """Texts x padded length of a call, the median over the feeds (what the predictor routes by)."""
+        return int(np.median([feed["input_ids"].size for feed in self.feeds]))
+
 
 def fixed_length_cases(encoder, texts: list[str], batch_sizes: list[int], seq_lengths: list[int],
                        names: list[str]) -> list[Case]:

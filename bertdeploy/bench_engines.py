@@ -107,6 +107,27 @@ class TorchModel:
         return self.run_prepared(self.prepare(feed)).float().cpu().numpy()
 
 
+def pytorch_logits(model, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, device: str = "cpu",
+                   batch_size: int = 32, autocast: bool = False, progress: str | None = None) -> np.ndarray:
+    """A loaded PyTorch classifier's logits for every text, in order: batches of texts of similar length, under
+    bf16 autocast if asked, with a progress bar named `progress` (none if None)."""
+    import sys
+
+    import torch
+    from tqdm.auto import tqdm
+
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = np.empty((len(texts), model.config.num_labels), dtype=np.float32)
+    starts = range(0, len(texts), batch_size)
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+        for start in tqdm(starts, desc=progress, file=sys.stderr, disable=None if progress else True):
+            index = order[start:start + batch_size]
+            batch = tokenizer([texts[i] for i in index], None if pairs is None else [pairs[i] for i in index],
+                              padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            out[index] = model(**batch.to(device)).logits.float().cpu().numpy()
+    return out
+
+
 class AutoModel:
     """The predictor's `backend="auto"`: each batch on the variant the manifest's ranges give for its size."""
 

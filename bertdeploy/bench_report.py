@@ -29,6 +29,7 @@ class Timing:
     engine: str
     inputs: str
     batch_size: int
+    padded_tokens: int  # texts x padded length per call (the median over the cell's feeds)
     mean_ms: float
     p50_ms: float
     p90_ms: float

@@ -185,8 +185,9 @@ def _per_class_table(per_class: dict, title: str = "class") -> list[str]:
 @cli.command()
 @click.argument("teacher_dir", type=click.Path(path_type=Path))
 @click.option("--output-dir", required=True, type=click.Path(path_type=Path))
-@click.option("--layers", type=int, help="Keep N of the teacher's encoder layers (evenly spaced, first and last "
-                                          "kept), with their weights, the embeddings and the head.")
+@click.option("--layers", callback=lambda ctx, param, value: _layers(value), metavar="N|I,J,..",
+              help="Keep N of the teacher's encoder layers (evenly spaced, first and last kept), or the layers "
+                   "numbered I,J,.. (from 0), with their weights, the embeddings and the head.")
 @click.option("--student", help="Or train this smaller checkpoint (Hugging Face id or directory) on the teacher's "
                                 "targets, with its own tokenizer.")
 @click.option("--train-file", type=click.Path(path_type=Path), help="Labelled data (default: the teacher's).")
@@ -199,8 +200,9 @@ def _per_class_table(per_class: dict, title: str = "class") -> list[str]:
 @click.option("--max-accuracy-drop", default=1.0, show_default=True,
               help="Points of accuracy the student may lose against its teacher on the eval data and still be saved.")
 @_training_options(epochs=5.0, learning_rate=1e-4)
-def distill(teacher_dir: Path, output_dir: Path, layers: int | None, student: str | None, train_file: Path | None,
-            unlabeled_file: Path | None, temperature: float, alpha: float, max_accuracy_drop: float, as_json: bool,
+def distill(teacher_dir: Path, output_dir: Path, layers: int | list[int] | None, student: str | None,
+            train_file: Path | None, unlabeled_file: Path | None, temperature: float, alpha: float,
+            max_accuracy_drop: float, as_json: bool,
             **training: object) -> None:
     """Train a smaller student of a fine-tuned model on its soft targets."""
     from bertdeploy.distill import DistillOptions
@@ -211,6 +213,16 @@ def distill(teacher_dir: Path, output_dir: Path, layers: int | None, student: st
                                     alpha, max_accuracy_drop, {k: v for k, v in training.items() if v is not None}))
     if _rank() == 0:
         click.echo(_to_json(result) if as_json else render_distill(result))
+
+
+def _layers(value: str | None) -> int | list[int] | None:
+    """--layers: a count, or a comma-separated list of layer numbers."""
+    if value is None:
+        return None
+    try:
+        return int(value) if "," not in value else [int(part) for part in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give a number of layers (3) or layer numbers (0,2,5)") from None
 
 
 def render_distill(result) -> str:
@@ -356,7 +368,7 @@ def _routes(auto: dict) -> str:
     """The manifest's auto ranges in words."""
     from bertdeploy.backends import describe_routes
 
-    return describe_routes([(r["max_batch_size"], f"{r['variant']} ({r['backend']})") for r in auto["routes"]])
+    return describe_routes([(r["max_tokens"], f"{r['variant']} ({r['backend']})") for r in auto["routes"]])
 
 
 @cli.command()
@@ -452,7 +464,8 @@ def _numbers(value: str, name: str) -> list[int]:
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Write every figure here as JSON.")
 @click.option("--plot", "plot_file", type=click.Path(path_type=Path), help="Write charts here (PNG).")
 @click.option("--record/--no-record", default=True, show_default=True,
-              help="Write the fastest variant per batch-size range into the manifest, for --backend auto.")
+              help="Write the fastest variant per range of batch sizes in padded tokens (texts x padded length) "
+                   "into the manifest, for --backend auto.")
 def bench(variants: str | None, batch_sizes: str, seq_lengths: str, json_file: Path | None, plot_file: Path | None,
           **options: object) -> None:
     """Time PyTorch and every exported variant on the same inputs."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,17 @@ from typing import Any
 import numpy as np
 
 from bertdeploy.artifacts import read_manifest, sha256_file
+from bertdeploy.bench_engines import PYTORCH, Engine, pytorch_logits
 from bertdeploy.data import Examples, file_format, load_texts
 from bertdeploy.errors import BertdeployError, ModelError, check_options, require_training
+from bertdeploy.guard import interleaved_latency
 from bertdeploy.labels import LabelScheme
-from bertdeploy.timing import interleave
+from bertdeploy.runtime import usable_cpus
 from bertdeploy.train import MODEL_KIND, FinetuneOptions, FinetuneResult, Recipe, finetune, load_model
 
 logger = logging.getLogger(__name__)
 
-# From the quick check quoted in docs/distill.md; what they give on the demo reviews: benchmarks/distill.py.
+# Chosen by benchmarks/distill_defaults.py (layer choice, learning rate, epochs; docs/distill.md says what won).
 DEFAULT_EPOCHS = 5.0
 DEFAULT_LEARNING_RATE = 1e-4
 TEACHER_BATCH = 32
@@ -47,7 +48,7 @@ class DistillOptions:
 
     teacher_dir: str | Path
     output_dir: str | Path
-    layers: int | None = None  # keep this many of the teacher's encoder layers...
+    layers: int | list[int] | None = None  # keep this many of the teacher's encoder layers, or these (0-based)...
     student: str | None = None  # ...or train this checkpoint (Hub id or path)
     train_file: str | Path | None = None  # default: the teacher's training file
     unlabeled_file: str | Path | None = None  # texts the teacher labels with soft targets
@@ -57,9 +58,13 @@ class DistillOptions:
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.layers is not None and not isinstance(self.layers, int):
+            self.layers = [int(i) for i in self.layers]
         check_options([
             ((self.layers is None) != (self.student is None), "give --layers N or --student MODEL (one of them)"),
-            (self.layers is None or self.layers >= 1, "--layers must be at least 1"),
+            (self.layers is None or (self.layers >= 1 if isinstance(self.layers, int) else
+                                     len(self.layers) >= 1 and min(self.layers) >= 0),
+             "--layers must be at least 1, or a list of layer numbers from 0"),
             (self.temperature > 0, "--temperature must be above 0"),
             (0 <= self.alpha <= 1, "--alpha must be between 0 and 1"),
             (0 <= self.max_accuracy_drop <= 100, "max_accuracy_drop is in points, between 0 and 100"),
@@ -88,8 +93,7 @@ def distill(options: DistillOptions) -> DistillResult:
     teacher_dir = Path(options.teacher_dir).absolute()
     manifest = _teacher_manifest(teacher_dir)
     depth = _depth(teacher_dir)
-    if options.layers is not None and options.layers >= depth:
-        raise BertdeployError(f"--layers {options.layers}: the teacher has {depth} layers; keep fewer")
+    _check_layers(options.layers, depth)
     finetune_options = _finetune_options(options, manifest, teacher_dir)
     unlabeled = _unlabeled(options, manifest)
     recipe = Distillation(options, teacher_dir, manifest, unlabeled)
@@ -98,6 +102,17 @@ def distill(options: DistillOptions) -> DistillResult:
     timings = _latency(teacher_dir, output, recipe.eval_texts)
     return DistillResult(student, teacher_dir, recipe.kept, {"teacher": depth, "student": _depth(output)},
                          recipe.parameters, recipe.figures, timings, len(unlabeled))
+
+
+def _check_layers(layers: int | list[int] | None, depth: int) -> None:
+    if isinstance(layers, int) and layers >= depth:
+        raise BertdeployError(f"--layers {layers}: the teacher has {depth} layers; keep fewer")
+    if isinstance(layers, list):
+        named = ",".join(map(str, layers))
+        if max(layers) >= depth:
+            raise BertdeployError(f"--layers {named}: the teacher's layers are 0 to {depth - 1}")
+        if len(set(layers)) >= depth:
+            raise BertdeployError(f"--layers {named}: that is every layer of the teacher; keep fewer")
 
 
 def _teacher_manifest(teacher_dir: Path) -> dict:
@@ -234,28 +249,14 @@ class Distillation(Recipe):
 
     def _teacher_logits(self, examples: Examples, split: str) -> np.ndarray:
         """The teacher's logits for every text, once, batched by length, with a progress bar."""
-        import torch
-        from tqdm.auto import tqdm
-
-        texts, pairs = examples.texts, examples.pairs
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        out = np.empty((len(texts), self.teacher.config.num_labels), dtype=np.float32)
-        logger.info("the teacher labels %d %s texts", len(texts), split)
-        with torch.inference_mode():
-            for start in tqdm(range(0, len(texts), TEACHER_BATCH), desc=f"teacher ({split})", file=sys.stderr,
-                              disable=None):
-                index = order[start:start + TEACHER_BATCH]
-                batch = self.teacher_tokenizer([texts[i] for i in index],
-                                               None if pairs is None else [pairs[i] for i in index], padding=True,
-                                               truncation=True, max_length=self.manifest["max_length"],
-                                               return_tensors="pt")
-                out[index] = self.teacher(**batch).logits.float().numpy()
-        return out
+        logger.info("the teacher labels %d %s texts", len(examples), split)
+        return pytorch_logits(self.teacher, self.teacher_tokenizer, examples.texts, examples.pairs,
+                              self.manifest["max_length"], batch_size=TEACHER_BATCH, progress=f"teacher ({split})")
 
 
-def keep_layers(model, count: int) -> list[int]:
-    """Keep `count` of the model's encoder layers in place, evenly spaced from the first to the last; return
-    their indices in the teacher."""
+def keep_layers(model, layers: int | list[int]) -> list[int]:
+    """Keep `layers` of the model's encoder layers in place (a count: evenly spaced from the first to the last; or
+    their 0-based numbers); return their indices in the teacher."""
     import torch
 
     for path in ("encoder.layer", "transformer.layer", "layers"):
@@ -263,14 +264,17 @@ def keep_layers(model, count: int) -> list[int]:
         *parents, name = path.split(".")
         for parent in parents:
             owner = getattr(owner, parent, None)
-        layers = getattr(owner, name, None) if owner is not None else None
-        if isinstance(layers, torch.nn.ModuleList):
+        modules = getattr(owner, name, None) if owner is not None else None
+        if isinstance(modules, torch.nn.ModuleList):
             break
     else:
         raise ModelError(f"{type(model).__name__}: its encoder layers are not a list bertdeploy can cut "
                          "(ALBERT shares one layer); use --student with a smaller checkpoint")
-    kept = sorted({int(round(i)) for i in np.linspace(0, len(layers) - 1, count)})
-    setattr(owner, name, torch.nn.ModuleList(layers[i] for i in kept))
+    if isinstance(layers, int):
+        kept = sorted({int(round(i)) for i in np.linspace(0, len(modules) - 1, layers)})
+    else:
+        kept = sorted(set(layers))
+    setattr(owner, name, torch.nn.ModuleList(modules[i] for i in kept))
     key = "n_layers" if hasattr(model.config, "n_layers") else "num_hidden_layers"
     setattr(model.config, key, len(kept))
     return kept
@@ -293,28 +297,14 @@ def distillation_loss(outputs, labels, num_items_in_batch=None, temperature: flo
 
 def _latency(teacher_dir: Path, student_dir: Path, texts: list[str]) -> dict[str, dict[str, float]]:
     """PyTorch fp32 p50 ms of teacher and student on the same real texts (each through its own tokenizer) at
-    batch 1 and 8, calls interleaved (timing.interleave): a few seconds."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    batch 1 and 8, calls interleaved (guard.interleaved_latency): a few seconds."""
+    from transformers import AutoTokenizer
 
     picks = [texts[i] for i in np.linspace(0, len(texts) - 1, num=min(8, len(texts))).astype(int)]
-    calls = {}
+    runs, feeds = {}, {}
     for name, directory in (("teacher", teacher_dir), ("student", student_dir)):
-        model = AutoModelForSequenceClassification.from_pretrained(directory).eval()
+        runs[name] = Engine(PYTORCH, PYTORCH, str(directory), threads=usable_cpus()).load().run
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        feeds = {"batch_1": [tokenizer(picks[:1], truncation=True, return_tensors="pt")],
-                 "batch_8": [tokenizer(picks, padding=True, truncation=True, return_tensors="pt")]}
-        for batch, feed in feeds.items():
-            calls[name, batch] = functools.partial(_forward, model, feed[0])
-    with torch.inference_mode():
-        for call in calls.values():
-            call(0)
-        times = interleave(calls, SPEED_ROUNDS)
-    out: dict[str, dict[str, float]] = {"teacher": {}, "student": {}}
-    for (name, batch), ms in times.items():
-        out[name][batch] = float(np.median(ms))
-    return out
-
-
-def _forward(model, feed, step: int) -> object:
-    return model(**feed)
+        feeds[name] = {"batch_1": [dict(tokenizer(picks[:1], truncation=True, return_tensors="np"))],
+                       "batch_8": [dict(tokenizer(picks, padding=True, truncation=True, return_tensors="np"))]}
+    return interleaved_latency(runs, feeds["teacher"], SPEED_ROUNDS, own_feeds=feeds)

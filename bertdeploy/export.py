@@ -34,7 +34,7 @@ from bertdeploy.artifacts import (
     write_manifest,
 )
 from bertdeploy.backends import ONNXRUNTIME, OPENVINO, import_openvino
-from bertdeploy.bench_engines import PYTORCH, PYTORCH_BF16, Engine, TorchModel, computes_bf16
+from bertdeploy.bench_engines import PYTORCH, PYTORCH_BF16, Engine, TorchModel, computes_bf16, pytorch_logits
 from bertdeploy.data import (
     Examples,
     check_known_labels,
@@ -387,22 +387,13 @@ def _calibration_texts(options: ExportOptions, source: _Source) -> tuple[list[st
 
 def _pytorch_logits(source: _Source, examples: Examples, device: str, batch_size: int = 32,
                     autocast: bool = False) -> np.ndarray:
-    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source.path)
     model = AutoModelForSequenceClassification.from_pretrained(source.path).to(device).eval()
-    texts, pairs = examples.texts, examples.pairs
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    out = np.empty((len(texts), len(source.labels)), dtype=np.float32)
-    logger.info("running PyTorch%s on %d texts", " with bf16 autocast" if autocast else "", len(texts))
-    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-        for start in range(0, len(texts), batch_size):
-            index = order[start:start + batch_size]
-            batch = tokenizer([texts[i] for i in index], None if pairs is None else [pairs[i] for i in index],
-                              padding=True, truncation=True, max_length=source.max_length, return_tensors="pt")
-            out[index] = model(**batch.to(device)).logits.float().cpu().numpy()
-    return out
+    logger.info("running PyTorch%s on %d texts", " with bf16 autocast" if autocast else "", len(examples))
+    return pytorch_logits(model, tokenizer, examples.texts, examples.pairs, source.max_length, device, batch_size,
+                          autocast)
 
 
 def _export_fp32(model_dir: Path, work: Path, options: ExportOptions) -> None:

@@ -271,9 +271,9 @@ def time_and_pick(variants: list[Variant], directory: Path, tokenizer, examples:
     at batch 1, 8 and 32 of real texts, interleaved.
 
     The fastest ONNX Runtime variant per text is the default (never INT8 on CUDA, which has no fast integer
-    kernels). On the CPU, also the manifest's `auto` section: the fastest variant of any runtime per
-    batch-size range (bench measures this at more length and replaces it). Returns the default, the auto
-    section and the baselines' latency.
+    kernels). On the CPU, also the manifest's `auto` section: the fastest variant of any runtime per range of
+    batch sizes in padded tokens (bench measures this at more lengths and replaces it). Returns the default,
+    the auto section and the baselines' latency.
     """
     shipped = [v for v in variants if v.shipped]
     models = {v.name: open_model(directory / v.file, v.backend, device) for v in shipped}
@@ -296,22 +296,25 @@ def time_and_pick(variants: list[Variant], directory: Path, tokenizer, examples:
     baseline_latency = {name: latency[name] for name in baselines}
     if device != "cpu":
         return best.name, None, baseline_latency
-    p50 = {v.name: {int(group.split("_")[1]): ms for group, ms in v.latency_ms.items()} for v in shipped}
+    tokens = {group: int(np.median([feed["input_ids"].size for feed in batch])) for group, batch in groups.items()}
+    p50 = {v.name: {tokens[group]: ms for group, ms in v.latency_ms.items()} for v in shipped}
     return best.name, auto_section(p50, [v.name for v in shipped], {v.name: v.backend for v in shipped}, "export",
                                    f"{len(texts)} texts of the scoring set", usable_cpus()), baseline_latency
 
 
-def interleaved_latency(runs: dict[str, Callable[[dict], object]], feeds: dict[str, list[dict]],
-                        rounds: int) -> dict[str, dict[str, float]]:
+def interleaved_latency(runs: dict[str, Callable[[dict], object]], feeds: dict[str, list[dict]], rounds: int,
+                        own_feeds: dict[str, dict[str, list[dict]]] | None = None) -> dict[str, dict[str, float]]:
     """Median ms per call of each `run(feed)` on each group of feeds, every call taking its turn each round
-    (timing.interleave), after one untimed call per input shape and model."""
-    every = [feed for batch in feeds.values() for feed in batch]
-    for run in runs.values():
+    (timing.interleave), after one untimed call per input shape and model. `own_feeds`: runs named there take
+    these groups instead (the same texts through another tokenizer)."""
+    feeds_of = {name: (own_feeds or {}).get(name, feeds) for name in runs}
+    for name, run in runs.items():
+        every = [feed for batch in feeds_of[name].values() for feed in batch]
         for i in distinct_shapes(every):
             run(every[i])
     calls = {(name, group, i): functools.partial(_call, run, feed) for name, run in runs.items()
-             for group, batch in feeds.items() for i, feed in enumerate(batch)}
-    times: dict[str, dict[str, list[float]]] = {name: {group: [] for group in feeds} for name in runs}
+             for group, batch in feeds_of[name].items() for i, feed in enumerate(batch)}
+    times: dict[str, dict[str, list[float]]] = {name: {group: [] for group in feeds_of[name]} for name in runs}
     for (name, group, _), ms in interleave(calls, rounds).items():
         times[name][group] += ms
     return {name: {group: float(np.median(ms)) for group, ms in groups.items()} for name, groups in times.items()}

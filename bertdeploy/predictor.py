@@ -5,7 +5,8 @@ transformers, optimum or datasets), and reads only the artifact directory: `mani
 `tokenizer.json` and the chosen variants' ONNX files. Texts are tokenized once, sorted by
 length, grouped under a token budget and padded per batch, then returned in the caller's order.
 With `backend="auto"` each batch runs on the variant (and runtime) measured fastest for its
-size. One `Predictor` may be shared by many threads.
+size in padded tokens (texts x padded length), so one short text and a batch of long ones may run
+on different runtimes. One `Predictor` may be shared by many threads.
 
     p = Predictor.load("artifacts/")
     p.predict(["这个手机真的很好用！"])  # [Prediction(label='positive', score=0.97, scores={...}, labels=['positive'])]
@@ -28,6 +29,7 @@ from bertdeploy.backends import (
     BACKENDS,
     ONNXRUNTIME,
     OPENVINO,
+    auto_timings,
     backend_of,
     describe_routes,
     import_openvino,
@@ -72,7 +74,8 @@ class Prediction:
 
 def choose_routes(directory: Path, manifest: dict, variant: str | None = None, backend: str = "auto",
                   gpu: bool = False) -> list[tuple[int | None, str]]:
-    """(largest batch size or None, variant) pairs to load, checked against the manifest and the files."""
+    """(largest batch in padded tokens or None, variant) pairs to load, checked against the manifest and the
+    files."""
     if backend not in ("auto", *BACKENDS):
         raise BertdeployError(f"unknown backend {backend!r}; use auto, {', '.join(BACKENDS)}")
     variants = manifest["variants"]
@@ -92,7 +95,7 @@ def choose_routes(directory: Path, manifest: dict, variant: str | None = None, b
         if backend == "auto" and OPENVINO not in runtimes and _on(variants, OPENVINO):
             logger.info("%s has OpenVINO variants but openvino is not installed: choosing among ONNX Runtime's "
                         "(pip install 'bertdeploy[openvino]' for all)", directory)
-        plan = plan_routes(manifest.get("auto", {}).get("p50_ms", {}), candidates)
+        plan = plan_routes(auto_timings(manifest), candidates, {n: backend_of(variants[n]) for n in candidates})
         if not plan and backend == OPENVINO:
             fallback = _on(variants, OPENVINO)
             if not fallback:
@@ -125,9 +128,9 @@ def _check_variant(directory: Path, manifest: dict, variant: str) -> None:
 
 @dataclass(frozen=True)
 class Route:
-    """Batches of up to `max_batch_size` texts (None: any larger) run on `variant`."""
+    """Batches of up to `max_tokens` padded tokens, texts x padded length (None: any larger), run on `variant`."""
 
-    max_batch_size: int | None
+    max_tokens: int | None
     variant: str
     model: object  # backends.OrtModel or backends.OpenVinoModel
 
@@ -160,11 +163,11 @@ class Predictor:
              backend: str = "auto", hint: str = "latency") -> Predictor:
         """Load the artifact directory `directory`.
 
-        backend: 'auto' runs each batch on the variant measured fastest for its size (bench records the
-        ranges in the manifest; without them, export's default variant), among the runtimes installed;
-        'onnxruntime' the default variant, 'openvino' the fastest OpenVINO variant. variant: this variant
-        only, on its own runtime. providers (ONNX Runtime): 'cpu' (default), 'cuda', 'tensorrt' or ONNX
-        Runtime names, first choice first; a silent fall-back to the CPU is an error unless
+        backend: 'auto' runs each batch on the variant measured fastest for its size in padded tokens, texts x
+        padded length (bench records the ranges in the manifest; without them, export's default variant),
+        among the runtimes installed; 'onnxruntime' the default variant, 'openvino' the fastest OpenVINO
+        variant. variant: this variant only, on its own runtime. providers (ONNX Runtime): 'cpu' (default),
+        'cuda', 'tensorrt' or ONNX Runtime names, first choice first; a silent fall-back to the CPU is an error unless
         `allow_fallback`. threads: per model (default: the CPUs this process may use). long_text:
         'truncate' at the model's max length, or 'chunk' into overlapping windows whose scores are
         averaged. max_batch_tokens: texts per batch x padded length (default: 1,024 on the CPU, 16,384 on
@@ -198,24 +201,29 @@ class Predictor:
 
     def describe(self) -> str:
         """Which variant runs which batches, on what: for logs and summaries."""
-        routes = [(r.max_batch_size, f"{r.variant} on {r.model.providers[0]}") for r in self.routes]
+        routes = [(r.max_tokens, f"{r.variant} on {r.model.providers[0]}") for r in self.routes]
         return describe_routes(routes) if len(routes) > 1 else routes[0][1]
 
     def warm_up(self) -> None:
-        """Run each model once on a batch of the longest texts it may get, so first requests find memory
-        allocated; OpenVINO models also once per padded length at their smallest batch, since OpenVINO
+        """Run each model once on the largest batch it may get, so first requests find memory allocated;
+        OpenVINO models also once per padded length at the smallest batch routed to them, since OpenVINO
         compiles kernels for each new input shape (a few ms, once)."""
-        budget_rows = max(1, self.max_batch_tokens // padded_length(self.max_length))
-        smallest = 1
+        longest = padded_length(self.max_length)
+        low = 0  # the route's batches are larger than this many tokens
         for route in self.routes:
-            shapes = [(min(budget_rows, self.max_batch_size, route.max_batch_size or budget_rows), self.max_length)]
+            high = self.max_batch_tokens if route.max_tokens is None else min(route.max_tokens, self.max_batch_tokens)
+            length = min(longest, max(PAD_MULTIPLE, high // PAD_MULTIPLE * PAD_MULTIPLE))
+            if route.max_tokens is None:
+                length = longest  # a text of the max length runs alone even over the token budget
+            shapes = [(max(1, min(self.max_batch_size, high // length)), length)]
             if route.model.backend == OPENVINO:
-                shapes += [(smallest, n) for n in range(PAD_MULTIPLE, self.max_length, PAD_MULTIPLE)]
+                lengths = range(PAD_MULTIPLE, longest + 1, PAD_MULTIPLE)
+                shapes += [(low // n + 1, n) for n in lengths if low // n + 1 <= self.max_batch_size]
             for rows, length in shapes:
                 ids = np.full((rows, length), self.encoder.pad_id, dtype=np.int64)
                 feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
                 route.model.run({name: feed[name] for name in self.input_names})
-            smallest = (route.max_batch_size or 0) + 1
+            low = route.max_tokens or low
 
     def predict(self, texts: Sequence[str] | str, pairs: Sequence[str] | str | None = None) -> list[Prediction]:
         """The predicted label (or label set), the top score and every label's score, for each text in order."""
@@ -276,9 +284,9 @@ class Predictor:
                            self.max_batch_tokens, self.max_batch_size, MAX_PADDING)
 
     def run_batch(self, feed: dict) -> np.ndarray:
-        """Logits of one padded batch (the graph's inputs), on the variant routed for its size."""
-        rows = len(feed["input_ids"])
-        route = next(r for r in self.routes if r.max_batch_size is None or rows <= r.max_batch_size)
+        """Logits of one padded batch (the graph's inputs), on the variant routed for its size in tokens."""
+        tokens = feed["input_ids"].size
+        route = next(r for r in self.routes if r.max_tokens is None or tokens <= r.max_tokens)
         return route.model.run(feed)
 
     def __repr__(self) -> str:

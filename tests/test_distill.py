@@ -24,6 +24,8 @@ def _distill(teacher: Path, out: Path, *args: str):
 
 
 def test_the_kept_layers_are_the_teachers_evenly_spaced_first_and_last_kept(tiny_model_dir):
+    import copy
+
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -32,8 +34,7 @@ def test_the_kept_layers_are_the_teachers_evenly_spaced_first_and_last_kept(tiny
     torch.manual_seed(0)
     teacher = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=6,
                                                        num_attention_heads=2, intermediate_size=32)).eval()
-    student = BertForSequenceClassification(teacher.config).eval()
-    student.load_state_dict(teacher.state_dict())
+    student = copy.deepcopy(teacher)
     assert keep_layers(student, 3) == [0, 2, 5]
     assert student.config.num_hidden_layers == 3 and len(student.bert.encoder.layer) == 3
     for mine, theirs in zip(student.bert.encoder.layer, [teacher.bert.encoder.layer[i] for i in (0, 2, 5)],
@@ -43,6 +44,10 @@ def test_the_kept_layers_are_the_teachers_evenly_spaced_first_and_last_kept(tiny
     assert torch.equal(student.classifier.weight, teacher.classifier.weight)
     ids = torch.tensor([[1, 5, 7, 2]])
     assert student(input_ids=ids).logits.shape == (1, 2)
+    chosen = copy.deepcopy(teacher)
+    assert keep_layers(chosen, [5, 1, 3]) == [1, 3, 5]  # named layers, in the teacher's order
+    assert all(torch.equal(a, b) for a, b in zip(chosen.bert.encoder.layer[0].parameters(),
+                                                  teacher.bert.encoder.layer[1].parameters(), strict=True))
 
 
 def test_the_loss_mixes_kl_at_the_temperature_and_cross_entropy_where_there_is_a_gold_label():
@@ -122,6 +127,9 @@ def test_a_student_too_far_below_its_teacher_is_refused_and_nothing_is_written(t
     ([], "give --layers N or --student MODEL"),
     (["--layers", "1", "--student", "x"], "give --layers N or --student MODEL"),
     (["--layers", "1", "--alpha", "1.5"], "--alpha must be between 0 and 1"),
+    (["--layers", "0,2"], "--layers 0,2: the teacher's layers are 0 to 1"),
+    (["--layers", "1,0"], "--layers 1,0: that is every layer of the teacher; keep fewer"),
+    (["--layers", "1,x"], "give a number of layers (3) or layer numbers (0,2,5)"),
 ])
 def test_bad_options_are_one_line_errors(tiny_classifier, tmp_path, args, message):
     model, _, _ = tiny_classifier

@@ -19,7 +19,7 @@ from test_export import break_quantizer
 from test_predictor import BLOCKER, _softmax, _texts, assert_thread_safe
 
 from bertdeploy.artifacts import read_manifest
-from bertdeploy.backends import OpenVinoModel, plan_routes
+from bertdeploy.backends import OpenVinoModel, auto_timings, describe_routes, plan_routes
 from bertdeploy.bench import BenchOptions, bench
 from bertdeploy.cli import cli
 from bertdeploy.errors import BertdeployError
@@ -50,7 +50,7 @@ def _copy(artifacts, tmp_path):
 
 
 def _set_auto(directory, p50: dict) -> None:
-    """Give the manifest these timings (variant -> {batch size: ms}), as bench would record them."""
+    """Give the manifest these timings (variant -> {batch size in padded tokens: ms}), as bench would record them."""
     manifest = json.loads((directory / "manifest.json").read_text())
     manifest["auto"] = {**manifest["auto"], "p50_ms": p50, "eligible": list(p50)}
     (directory / "manifest.json").write_text(json.dumps(manifest))
@@ -74,7 +74,7 @@ def test_export_ships_both_openvino_variants(ov_artifacts, tiny_classifier):
         assert set(entry["latency_ms"]) == {"batch_1", "batch_8", "batch_32"}
     auto = manifest["auto"]
     assert auto["measured_by"] == "export" and set(auto["p50_ms"]) == set(variants) == set(auto["eligible"])
-    assert auto["routes"][-1]["max_batch_size"] is None
+    assert auto["unit"] == "padded tokens" and auto["routes"][-1]["max_tokens"] is None
     assert all(r["backend"] == variants[r["variant"]]["backend"] for r in auto["routes"])
 
 
@@ -122,17 +122,23 @@ def test_backend_and_variant_must_fit(ov_artifacts, tiny_artifacts):
 
 def test_auto_runs_each_batch_on_the_variant_fastest_at_its_size(ov_artifacts, tmp_path):
     copy = _copy(ov_artifacts, tmp_path)
-    _set_auto(copy, {"int8": {"1": 1.0, "8": 9.0, "32": 40.0}, "int8-ov": {"1": 1.5, "8": 6.0, "32": 25.0},
-                     "fp32": {"1": 3.0, "8": 20.0, "32": 80.0}})
+    _set_auto(copy, {"int8": {"16": 1.0, "128": 10.0, "512": 40.0}, "int8-ov": {"16": 1.5, "128": 6.0, "512": 25.0},
+                     "fp32": {"16": 3.0, "128": 20.0, "512": 80.0}})
     auto = Predictor.load(copy)
     assert auto.variant == auto.backend == "auto"
-    assert [(r.max_batch_size, r.variant, r.model.backend) for r in auto.routes] == \
-        [(2, "int8", "onnxruntime"), (None, "int8-ov", "openvino")]
-    assert "1-2 texts: int8 on CPUExecutionProvider; 3+ texts: int8-ov on OpenVINO CPU" in auto.describe()
+    assert [(r.max_tokens, r.variant, r.model.backend) for r in auto.routes] == \
+        [(45, "int8", "onnxruntime"), (None, "int8-ov", "openvino")]
+    assert "up to 45 tokens: int8 on CPUExecutionProvider; 46+ tokens: int8-ov on OpenVINO CPU" in auto.describe()
     int8, int8_ov = (Predictor.load(copy, variant=v) for v in ("int8", "int8-ov"))
-    one, eight = ["这个手机很好用"], ["这个手机很好用"] * 8
-    assert np.array_equal(auto.predict_proba(one), int8.predict_proba(one))
-    assert np.array_equal(auto.predict_proba(eight), int8_ov.predict_proba(eight))
+    # routed by texts x padded length: one short text (8 tokens) and 4 of them (32) to int8, and one long text
+    # (32 tokens) too; 8 short ones (64) and 2 long ones (64) to int8-ov
+    short, long = "好", "这个手机很好用，" * 6
+    lengths = [len(e.ids) for e in auto.encoder.tokenize([short, long])]
+    assert lengths[0] <= 8 and 24 < lengths[1] <= 32  # the tiny model's max length is 32
+    for texts, engine in (([short], int8), ([short] * 4, int8), ([long], int8), ([short] * 8, int8_ov),
+                          ([long] * 2, int8_ov)):
+        assert np.array_equal(auto.predict_proba(texts), engine.predict_proba(texts)), (len(texts), engine.variant)
+    eight = [short] * 8
     assert not np.array_equal(int8.predict_proba(eight), int8_ov.predict_proba(eight))  # the check can fail
     auto.warm_up()
     # only OpenVINO asked for: its variants only
@@ -149,6 +155,24 @@ def test_plan_routes():
     assert plan_routes({"a": {1: 1, 8: 9, 32: 30}, "b": {1: 2, 8: 6, 32: 40}}, ["a", "b"]) == \
         [(2, "a"), (16, "b"), (None, "a")]
     assert plan_routes({"a": {"1": 1.0, "4": 2.0}, "b": {"4": 1.0}}, ["a", "b"]) == [(None, "b")]  # sizes both have
+    # another runtime takes over only where it is more than 50% faster: switching runtimes costs each call
+    runtimes = {"a": "onnxruntime", "b": "openvino", "c": "onnxruntime"}
+    close = {"a": {1: 1.0, 8: 8.9, 32: 40.0}, "b": {1: 1.5, 8: 6.0, 32: 25.0}}
+    assert plan_routes(close, ["a", "b"]) == [(2, "a"), (None, "b")]
+    assert plan_routes(close, ["a", "b"], runtimes) == [(16, "a"), (None, "b")]  # 8.9 ms is within 1.5 x 6.0
+    assert plan_routes(close, ["a", "b"], runtimes, switch=0.4) == [(2, "a"), (None, "b")]
+    assert plan_routes({"a": {1: 1.0, 8: 9.0}, "c": {1: 1.5, 8: 6.0}}, ["a", "c"], runtimes) == [(2, "a"), (None, "c")]
+    assert describe_routes([(45, "a"), (900, "b"), (None, "c")]) == \
+        "up to 45 tokens: a; 46-900 tokens: b; 901+ tokens: c"
+    assert describe_routes([(None, "a")]) == "a, any batch size"
+
+
+def test_auto_timings_of_an_older_manifest_count_texts_of_the_max_length():
+    tokens = {"max_length": 128, "auto": {"unit": "padded tokens", "p50_ms": {"a": {"56": 2.0, "1024": 30.0}}}}
+    assert auto_timings(tokens) == {"a": {56: 2.0, 1024: 30.0}}
+    texts = {"max_length": 128, "auto": {"p50_ms": {"a": {"1": 2.0, "8": 30.0}}}}  # before the unit was recorded
+    assert auto_timings(texts) == {"a": {128: 2.0, 1024: 30.0}}
+    assert auto_timings({"max_length": 128}) == {}
 
 
 def test_bench_measures_openvino_and_records_the_ranges(ov_artifacts, tiny_classifier, tmp_path):
@@ -167,12 +191,15 @@ def test_bench_measures_openvino_and_records_the_ranges(ov_artifacts, tiny_class
     assert engines["int8-ov"].accuracy == pytest.approx(np.mean(predicted == truth))
     manifest = read_manifest(copy)
     assert manifest["auto"] == result.auto and result.auto["measured_by"] == "bench"
+    sizes = {t.padded_tokens for t in result.timings}
+    assert {16, 128} <= sizes  # 1 and 8 x 16 tokens, and the natural cells
     for name in ("fp32", "fp32-ov", "int8", "int8-ov"):
-        for size in (1, 8):
-            cells = [t.p50_ms for t in result.timings if t.engine == name and t.batch_size == size]
+        assert set(result.auto["p50_ms"][name]) == {str(size) for size in sizes}
+        for size in sizes:
+            cells = [t.p50_ms for t in result.timings if t.engine == name and t.padded_tokens == size]
             assert result.auto["p50_ms"][name][str(size)] == pytest.approx(np.exp(np.mean(np.log(cells))), rel=1e-3)
     expected = plan_routes(result.auto["p50_ms"], result.auto["eligible"])
-    assert [(r.max_batch_size, r.variant) for r in Predictor.load(copy).routes] == expected
+    assert [(r.max_tokens, r.variant) for r in Predictor.load(copy).routes] == expected
     before = (copy / "manifest.json").read_bytes()
     bench(BenchOptions(copy, batch_sizes=[1], seq_lengths=[16], runs=2, warmup=0, threads=1, record=False))
     bench(BenchOptions(copy, variants=["int8"], batch_sizes=[1], seq_lengths=[16], runs=2, warmup=0, threads=1))
@@ -277,7 +304,7 @@ def test_server_with_auto_over_both_runtimes(ov_artifacts, tmp_path):
     from test_server import TEXTS, running
 
     copy = _copy(ov_artifacts, tmp_path)
-    _set_auto(copy, {"int8": {"1": 1.0, "8": 9.0}, "int8-ov": {"1": 1.5, "8": 6.0}})
+    _set_auto(copy, {"int8": {"32": 1.0, "256": 10.0}, "int8-ov": {"32": 1.5, "256": 6.0}})
     auto = Predictor.load(copy, threads=1)
     assert [r.variant for r in auto.routes] == ["int8", "int8-ov"]
     int8, int8_ov = (Predictor.load(copy, variant=v, threads=1) for v in ("int8", "int8-ov"))

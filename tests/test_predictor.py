@@ -55,8 +55,8 @@ def test_default_variant_is_the_manifests_and_int8_agrees(tiny_artifacts):
     manifest = json.loads((tiny_artifacts / "manifest.json").read_text())
     assert Predictor.load(tiny_artifacts, backend="onnxruntime").variant == manifest["default_variant"]
     auto = Predictor.load(tiny_artifacts)  # the ranges export measured
-    assert [(r.max_batch_size, r.variant) for r in auto.routes] == \
-        [(r["max_batch_size"], r["variant"]) for r in manifest["auto"]["routes"]]
+    assert [(r.max_tokens, r.variant) for r in auto.routes] == \
+        [(r["max_tokens"], r["variant"]) for r in manifest["auto"]["routes"]]
     texts = _texts(40, seed=4)
     fp32 = Predictor.load(tiny_artifacts, variant="fp32").predict_proba(texts)
     int8 = Predictor.load(tiny_artifacts, variant="int8").predict_proba(texts)
