@@ -19,7 +19,7 @@ from test_export import break_quantizer
 from test_predictor import BLOCKER, _softmax, _texts, assert_thread_safe
 
 from bertdeploy.artifacts import read_manifest
-from bertdeploy.backends import OpenVinoModel, auto_timings, describe_routes, plan_routes
+from bertdeploy.backends import OpenVinoModel, auto_timings, backend_of, describe_routes, plan_routes
 from bertdeploy.bench import BenchOptions, bench
 from bertdeploy.cli import cli
 from bertdeploy.errors import BertdeployError
@@ -198,7 +198,9 @@ def test_bench_measures_openvino_and_records_the_ranges(ov_artifacts, tiny_class
         for size in sizes:
             cells = [t.p50_ms for t in result.timings if t.engine == name and t.padded_tokens == size]
             assert result.auto["p50_ms"][name][str(size)] == pytest.approx(np.exp(np.mean(np.log(cells))), rel=1e-3)
-    expected = plan_routes(result.auto["p50_ms"], result.auto["eligible"])
+    runtimes = {name: backend_of(manifest["variants"][name]) for name in result.auto["eligible"]}
+    expected = plan_routes(result.auto["p50_ms"], result.auto["eligible"], runtimes)
+    assert [(r["max_tokens"], r["variant"]) for r in result.auto["routes"]] == expected
     assert [(r.max_tokens, r.variant) for r in Predictor.load(copy).routes] == expected
     before = (copy / "manifest.json").read_bytes()
     bench(BenchOptions(copy, batch_sizes=[1], seq_lengths=[16], runs=2, warmup=0, threads=1, record=False))
