@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bertdeploy.data import Examples
+from bertdeploy.timing import median_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class Case:
     @property
     def padded_tokens(self) -> int:
         """Texts x padded length of a call, the median over the feeds (what the predictor routes by)."""
-        return int(np.median([feed["input_ids"].size for feed in self.feeds]))
+        return median_tokens(self.feeds)
 
 
 def fixed_length_cases(encoder, texts: list[str], batch_sizes: list[int], seq_lengths: list[int],

@@ -8,6 +8,7 @@ OpenVINO are the predictor's own model classes (backends.py); PyTorch is eager, 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +112,6 @@ def pytorch_logits(model, tokenizer, texts: list[str], pairs: list[str] | None, 
                    batch_size: int = 32, autocast: bool = False, progress: str | None = None) -> np.ndarray:
     """A loaded PyTorch classifier's logits for every text, in order: batches of texts of similar length, under
     bf16 autocast if asked, with a progress bar named `progress` (none if None)."""
-    import sys
-
     import torch
     from tqdm.auto import tqdm
 

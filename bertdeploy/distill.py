@@ -307,4 +307,4 @@ def _latency(teacher_dir: Path, student_dir: Path, texts: list[str]) -> dict[str
         tokenizer = AutoTokenizer.from_pretrained(directory)
         feeds[name] = {"batch_1": [dict(tokenizer(picks[:1], truncation=True, return_tensors="np"))],
                        "batch_8": [dict(tokenizer(picks, padding=True, truncation=True, return_tensors="np"))]}
-    return interleaved_latency(runs, feeds["teacher"], SPEED_ROUNDS, own_feeds=feeds)
+    return interleaved_latency(runs, feeds["teacher"], SPEED_ROUNDS, own_feeds={"student": feeds["student"]})

@@ -25,7 +25,7 @@ from bertdeploy.data import Examples
 from bertdeploy.errors import BertdeployError, first_line
 from bertdeploy.labels import METRIC_NAMES, LabelScheme
 from bertdeploy.runtime import MAX_BATCH_TOKENS, encode, run_batches, usable_cpus
-from bertdeploy.timing import distinct_shapes, interleave, stopwatch
+from bertdeploy.timing import distinct_shapes, interleave, median_tokens, stopwatch
 
 logger = logging.getLogger(__name__)
 
@@ -296,8 +296,7 @@ def time_and_pick(variants: list[Variant], directory: Path, tokenizer, examples:
     baseline_latency = {name: latency[name] for name in baselines}
     if device != "cpu":
         return best.name, None, baseline_latency
-    tokens = {group: int(np.median([feed["input_ids"].size for feed in batch])) for group, batch in groups.items()}
-    p50 = {v.name: {tokens[group]: ms for group, ms in v.latency_ms.items()} for v in shipped}
+    p50 = {v.name: {median_tokens(groups[group]): ms for group, ms in v.latency_ms.items()} for v in shipped}
     return best.name, auto_section(p50, [v.name for v in shipped], {v.name: v.backend for v in shipped}, "export",
                                    f"{len(texts)} texts of the scoring set", usable_cpus()), baseline_latency
 

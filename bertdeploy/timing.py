@@ -41,6 +41,11 @@ def interleave(calls: Mapping[Key, Callable[[int], object]], rounds: int, warmup
     return samples
 
 
+def median_tokens(feeds: Sequence[dict]) -> int:
+    """Texts x padded length of the median feed: the size `backend="auto"` routes a batch by."""
+    return int(np.median([feed["input_ids"].size for feed in feeds]))
+
+
 def distinct_shapes(feeds: Sequence[dict]) -> list[int]:
     """The index of one feed per distinct `input_ids` shape: what to run once, untimed, before timing."""
     return list({tuple(f["input_ids"].shape): i for i, f in enumerate(feeds)}.values())
