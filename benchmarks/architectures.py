@@ -26,13 +26,13 @@ import tempfile
 from pathlib import Path
 
 from bertdeploy.artifacts import read_manifest
-from bertdeploy.bench import BenchOptions, measure, pick_engines
-from bertdeploy.bench_cases import fixed_length_cases
-from bertdeploy.bench_engines import Engine
-from bertdeploy.bench_report import machine
-from bertdeploy.demo import minilm_path, review_texts
-from bertdeploy.export import ExportOptions, export
-from bertdeploy.runtime import load_encoder
+from bertdeploy.bench.cases import fixed_length_cases
+from bertdeploy.bench.engines import Engine
+from bertdeploy.bench.run import BenchOptions, measure, pick_engines
+from bertdeploy.build.demo import minilm_path, review_texts
+from bertdeploy.build.export import ExportOptions, export
+from bertdeploy.host import machine
+from bertdeploy.runtime.encoding import load_encoder
 
 RESULTS = Path(__file__).parent / "results" / "architectures.json"
 THREADS = 2

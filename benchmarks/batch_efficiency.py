@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.bench_report import machine
 from bertdeploy.data import load_texts
-from bertdeploy.predictor import Predictor
-from bertdeploy.runtime import MAX_PADDING, run_batches
+from bertdeploy.host import machine
+from bertdeploy.runtime.encoding import MAX_PADDING, run_batches
+from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.timing import interleave
 
 RESULTS = Path(__file__).parent / "results" / "batch_efficiency.json"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.bench_report import machine
 from bertdeploy.data import load_examples
-from bertdeploy.predictor import Predictor
+from bertdeploy.host import machine
+from bertdeploy.runtime.predictor import Predictor
 
 RESULTS = Path(__file__).parent / "results" / "batch_invariance.json"
 

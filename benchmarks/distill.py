@@ -30,15 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.backends import open_model
-from bertdeploy.bench_cases import fixed_length_cases
-from bertdeploy.bench_engines import PYTORCH, Engine, TorchModel
-from bertdeploy.bench_report import machine
-from bertdeploy.demo import review_texts
-from bertdeploy.distill import DistillOptions, distill
-from bertdeploy.export import ExportOptions, export
-from bertdeploy.guard import interleaved_latency
-from bertdeploy.runtime import load_encoder
+from bertdeploy.bench.cases import fixed_length_cases
+from bertdeploy.bench.engines import Engine
+from bertdeploy.build.demo import review_texts
+from bertdeploy.build.distill import DistillOptions, distill
+from bertdeploy.build.export import ExportOptions, export
+from bertdeploy.build.guard import interleaved_latency
+from bertdeploy.build.reference import PYTORCH, TorchModel
+from bertdeploy.host import machine
+from bertdeploy.runtime.backends import open_model
+from bertdeploy.runtime.encoding import load_encoder
 from bertdeploy.timing import interleave, stopwatch
 
 RESULTS = Path(__file__).parent / "results" / "distill.json"

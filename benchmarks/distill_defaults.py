@@ -19,8 +19,8 @@ import logging
 import sys
 from pathlib import Path
 
-from bertdeploy.bench_report import machine
-from bertdeploy.distill import DistillOptions, distill
+from bertdeploy.build.distill import DistillOptions, distill
+from bertdeploy.host import machine
 from bertdeploy.timing import stopwatch
 
 RESULTS = Path(__file__).parent / "results" / "distill_defaults.json"

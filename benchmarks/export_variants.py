@@ -26,13 +26,21 @@ import numpy as np
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from bertdeploy.artifacts import read_manifest
-from bertdeploy.bench_report import machine
+from bertdeploy.build.export import (
+    ExportOptions,
+    _export_fp32,
+    _pytorch_logits,
+    _write_tokenizer,
+    export,
+    read_model_dir,
+)
+from bertdeploy.build.guard import interleaved_latency
+from bertdeploy.build.optimize import optimize_graph
+from bertdeploy.build.quantize import detect_preset, quantize_dynamic_int8
 from bertdeploy.data import load_examples
-from bertdeploy.export import ExportOptions, _export_fp32, _pytorch_logits, _write_tokenizer, export, read_model_dir
-from bertdeploy.guard import interleaved_latency
-from bertdeploy.optimize import optimize_graph
-from bertdeploy.quantize import detect_preset, quantize_dynamic_int8
-from bertdeploy.runtime import create_session, encode, logits
+from bertdeploy.host import machine
+from bertdeploy.runtime.encoding import encode, logits
+from bertdeploy.runtime.sessions import create_session
 from bertdeploy.timing import stopwatch
 
 RESULTS = Path(__file__).parent / "results" / "export_variants.json"

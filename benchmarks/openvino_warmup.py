@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.backends import OpenVinoModel, OrtModel
-from bertdeploy.bench_report import machine
-from bertdeploy.runtime import CPU_BATCH_TOKENS, MAX_BATCH_SIZE, PAD_MULTIPLE
+from bertdeploy.host import machine
+from bertdeploy.runtime.backends import OpenVinoModel, OrtModel
+from bertdeploy.runtime.encoding import CPU_BATCH_TOKENS, MAX_BATCH_SIZE, PAD_MULTIPLE
 from bertdeploy.timing import stopwatch
 
 RESULTS = Path(__file__).parent / "results" / "openvino_warmup.json"

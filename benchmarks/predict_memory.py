@@ -20,8 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bertdeploy.bench_report import machine
-from bertdeploy.demo import minilm_path, review_texts
+from bertdeploy.build.demo import minilm_path, review_texts
+from bertdeploy.host import machine
 from bertdeploy.timing import stopwatch
 
 RESULTS = Path(__file__).parent / "results" / "predict_memory.json"
@@ -53,7 +53,7 @@ def small_classifier(folder: Path) -> Path:
 
 
 def main() -> None:
-    from bertdeploy.export import ExportOptions, export
+    from bertdeploy.build.export import ExportOptions, export
 
     texts = [t for group in review_texts().values() for t in group]
     results = []

@@ -37,10 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.bench_engines import computes_bf16
-from bertdeploy.bench_report import machine
-from bertdeploy.demo import review_texts
-from bertdeploy.predictor import Predictor
+from bertdeploy.build.demo import review_texts
+from bertdeploy.build.reference import computes_bf16
+from bertdeploy.host import machine
+from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.timing import interleave, stopwatch
 
 RESULTS = Path(__file__).parent / "results" / "predictor_speed.json"
@@ -160,10 +160,10 @@ def bulk(artifacts: Path, hf: dict, texts: list[str], work: Path) -> dict:
 # rusage figure would carry the forking parent's size).
 PEAK = "\nprint([x for x in open('/proc/self/status') if x.startswith('VmHWM')][0].split()[1], flush=True)"
 COLD = {
-    "bertdeploy Predictor": "from bertdeploy.predictor import Predictor\n"
+    "bertdeploy Predictor": "from bertdeploy.runtime.predictor import Predictor\n"
                             "p = Predictor.load({artifacts!r})\nprint(p.predict([{text!r}])[0].label, flush=True)"
                             + PEAK,
-    "bertdeploy Predictor, backend onnxruntime": "from bertdeploy.predictor import Predictor\n"
+    "bertdeploy Predictor, backend onnxruntime": "from bertdeploy.runtime.predictor import Predictor\n"
                                                  "p = Predictor.load({artifacts!r}, backend='onnxruntime')\n"
                                                  "print(p.predict([{text!r}])[0].label, flush=True)" + PEAK,
     "transformers pipeline": "from transformers import pipeline\n"

@@ -23,11 +23,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bertdeploy.backends import open_model
-from bertdeploy.bench_report import machine
-from bertdeploy.export import ExportOptions, export
-from bertdeploy.guard import interleaved_latency
-from bertdeploy.runtime import encode, load_encoder
+from bertdeploy.build.export import ExportOptions, export
+from bertdeploy.build.guard import interleaved_latency
+from bertdeploy.host import machine
+from bertdeploy.runtime.backends import open_model
+from bertdeploy.runtime.encoding import encode, load_encoder
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from conftest import add_outlier_feature  # noqa: E402 - the tests' model, so both measure the same thing

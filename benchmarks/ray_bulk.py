@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bertdeploy.bench_report import machine
+from bertdeploy.host import machine
 from bertdeploy.timing import stopwatch
 
 RESULTS = Path(__file__).parent / "results" / "ray_bulk.json"

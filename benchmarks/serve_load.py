@@ -27,8 +27,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bertdeploy.bench_report import machine
 from bertdeploy.data import load_texts
+from bertdeploy.host import machine
 
 RESULTS = Path(__file__).parent / "results" / "serve_load.json"
 LEVELS = {1: 300, 8: 1500, 32: 3000}  # concurrency -> requests per repetition

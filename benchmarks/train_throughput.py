@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from transformers import Trainer, default_data_collator
 
-from bertdeploy.bench_report import machine
+from bertdeploy.build.demo import minilm_path, write_review_splits
+from bertdeploy.build.train import FinetuneOptions, _metric_function, _training_arguments, finetune, load_model
 from bertdeploy.data import load_examples
-from bertdeploy.demo import minilm_path, write_review_splits
+from bertdeploy.host import machine
 from bertdeploy.metrics import classification_report
-from bertdeploy.train import FinetuneOptions, _metric_function, _training_arguments, finetune, load_model
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
 

@@ -1,7 +1,23 @@
 """bertdeploy: fine-tune a BERT-family text classifier and ship it fast.
 
-Importing the package is cheap: each stage lives in its own module and pulls in heavy
-libraries (torch, transformers) only where that stage needs them.
+Two wings joined by one contract, the artifact directory with its `manifest.json`:
+
+- the build wing (`bertdeploy.build`, `bertdeploy.bench`): finetune, distill, export, quantize, bench;
+  torch, transformers and Optimum;
+- the runtime wing (`bertdeploy.runtime`, `bertdeploy.predict`, `bertdeploy.serve`): the predictor,
+  `predict` and `serve`; onnxruntime or openvino, tokenizers and numpy, never torch.
+
+Importing the package is cheap: `from bertdeploy import Predictor` loads the runtime on first use.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["Prediction", "Predictor", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("Predictor", "Prediction"):
+        from bertdeploy.runtime import predictor
+
+        return getattr(predictor, name)
+    raise AttributeError(f"module 'bertdeploy' has no attribute {name!r}")

@@ -128,8 +128,8 @@ def _training_options(epochs: float, learning_rate: float):
 @_training_options(epochs=3.0, learning_rate=2e-5)
 def finetune(labels: str | None, label_columns: str | None, as_json: bool, **options: object) -> None:
     """Fine-tune a checkpoint on a labelled CSV/TSV/JSONL file."""
-    from bertdeploy.train import FinetuneOptions
-    from bertdeploy.train import finetune as run
+    from bertdeploy.build.train import FinetuneOptions
+    from bertdeploy.build.train import finetune as run
 
     with user_errors():
         result = run(FinetuneOptions(labels=_names(labels), label_columns=_names(label_columns), **options))
@@ -205,8 +205,8 @@ def distill(teacher_dir: Path, output_dir: Path, layers: int | list[int] | None,
             max_accuracy_drop: float, as_json: bool,
             **training: object) -> None:
     """Train a smaller student of a fine-tuned model on its soft targets."""
-    from bertdeploy.distill import DistillOptions
-    from bertdeploy.distill import distill as run
+    from bertdeploy.build.distill import DistillOptions
+    from bertdeploy.build.distill import distill as run
 
     with user_errors():
         result = run(DistillOptions(teacher_dir, output_dir, layers, student, train_file, unlabeled_file, temperature,
@@ -279,8 +279,8 @@ def render_distill(result) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export(quantize: tuple[str, ...], as_json: bool, **options: object) -> None:
     """Export a fine-tuned model to ONNX variants, checked against PyTorch."""
-    from bertdeploy.export import ExportOptions
-    from bertdeploy.export import export as run
+    from bertdeploy.build.export import ExportOptions
+    from bertdeploy.build.export import export as run
 
     quiet = logging.getLogger("bertdeploy").level > logging.INFO
     with user_errors():
@@ -366,7 +366,7 @@ def _kept_float(quantization: dict | None) -> str:
 
 def _routes(auto: dict) -> str:
     """The manifest's auto ranges in words."""
-    from bertdeploy.backends import describe_routes
+    from bertdeploy.runtime.routing import describe_routes
 
     return describe_routes([(r["max_tokens"], f"{r['variant']} ({r['backend']})") for r in auto["routes"]])
 
@@ -399,18 +399,18 @@ def _routes(auto: dict) -> str:
 @click.option("--ray-address", help="A running Ray cluster (default: $RAY_ADDRESS, else a local one for this run).")
 def predict(artifact_dir: Path, input: str, **options: object) -> None:
     """Label every text of a CSV, TSV, JSONL or text file (INPUT, or - for stdin)."""
-    from bertdeploy.rows import PredictFileOptions
+    from bertdeploy.predict.rows import PredictFileOptions
 
     stdin, stdout = click.get_binary_stream("stdin"), click.get_text_stream("stdout")
     progress = logging.getLogger("bertdeploy").level <= logging.INFO
     with user_errors():
         settings = PredictFileOptions(artifact_dir, input, progress=progress, **options)
         if settings.engine == "ray":
-            from bertdeploy.raybulk import predict_file_ray
+            from bertdeploy.predict.ray_engine import predict_file_ray
 
             result = predict_file_ray(settings, stdout)
         else:
-            from bertdeploy.bulk import predict_file
+            from bertdeploy.predict.local import predict_file
 
             result = predict_file(settings, stdin, stdout)
     report = render_predict(result)
@@ -469,9 +469,8 @@ def _numbers(value: str, name: str) -> list[int]:
 def bench(variants: str | None, batch_sizes: str, seq_lengths: str, json_file: Path | None, plot_file: Path | None,
           **options: object) -> None:
     """Time PyTorch and every exported variant on the same inputs."""
-    from bertdeploy import bench_report as report
-    from bertdeploy.bench import BenchOptions
-    from bertdeploy.bench import bench as run
+    from bertdeploy.bench.run import BenchOptions, report
+    from bertdeploy.bench.run import bench as run
 
     progress = logging.getLogger("bertdeploy").level <= logging.INFO
     with user_errors():
@@ -584,17 +583,17 @@ def render_bench(result) -> str:
 @click.option("--ray-address", help="ray: a running cluster (default: $RAY_ADDRESS, else a local one).")
 def serve(**options: object) -> None:
     """Serve an exported model over HTTP with dynamic batching (Ctrl-C or SIGTERM to stop)."""
-    from bertdeploy.httpapi import ServeOptions
+    from bertdeploy.serve.httpapi import ServeOptions
 
     with user_errors():
         settings = ServeOptions(**options)
         if settings.engine == "ray":
-            from bertdeploy.raycluster import import_ray
+            from bertdeploy.runtime.raycluster import import_ray
 
             import_ray()  # names the extra when Ray is missing
-            from bertdeploy.rayserve import serve_ray as run
+            from bertdeploy.serve.ray_engine import serve_ray as run
         else:
-            from bertdeploy.server import serve as run
+            from bertdeploy.serve.local import serve as run
         run(settings)
 
 

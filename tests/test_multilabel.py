@@ -208,7 +208,7 @@ def test_export_judges_variants_by_micro_f1_on_sigmoid_scores(multilabel):
 
 def test_the_guard_counts_micro_f1_points_and_label_set_agreement(multilabel):
     """The guard's rule on logits a variant might give: one text loses a label."""
-    from bertdeploy.guard import Judge
+    from bertdeploy.build.guard import Judge
 
     folder, _, _ = multilabel
     rows = make_multilabel_rows(8, seed=3)
@@ -228,7 +228,7 @@ def test_the_guard_counts_micro_f1_points_and_label_set_agreement(multilabel):
 
 
 def test_predictor_gives_label_sets_from_the_thresholds(multilabel):
-    from bertdeploy.predictor import Predictor
+    from bertdeploy.runtime.predictor import Predictor
 
     folder, onnx, trained = multilabel
     thresholds = np.array([trained["thresholds"][x] for x in LABELS], dtype=np.float32)
@@ -276,7 +276,7 @@ def test_predict_writes_label_sets_and_scores_them(multilabel, tmp_path):
 def test_serve_answers_label_sets_on_predict_and_kserve(multilabel):
     from test_server import running
 
-    from bertdeploy.predictor import Predictor
+    from bertdeploy.runtime.predictor import Predictor
 
     _, onnx, trained = multilabel
     predictor = Predictor.load(onnx, variant="fp32", threads=1)
@@ -299,7 +299,7 @@ def test_serve_answers_label_sets_on_predict_and_kserve(multilabel):
 
 
 def test_bench_scores_multilabel_engines_by_micro_f1(multilabel):
-    from bertdeploy.bench import BenchOptions, bench
+    from bertdeploy.bench.run import BenchOptions, bench
 
     folder, onnx, trained = multilabel
     result = bench(BenchOptions(onnx, eval_file=folder / "test.csv", variants=["fp32", "int8"], batch_sizes=[1],
@@ -314,9 +314,9 @@ def test_bench_scores_multilabel_engines_by_micro_f1(multilabel):
 
 
 def test_predict_engine_ray_writes_and_scores_what_the_local_engine_does(ray_local, multilabel, tmp_path):
-    from bertdeploy.bulk import predict_file
-    from bertdeploy.raybulk import predict_file_ray
-    from bertdeploy.rows import PredictFileOptions
+    from bertdeploy.predict.local import predict_file
+    from bertdeploy.predict.ray_engine import predict_file_ray
+    from bertdeploy.predict.rows import PredictFileOptions
 
     folder, onnx, _ = multilabel
     rows = [{"text": r["text"], "labels": r["labels"].split("|") if r["labels"] else []}

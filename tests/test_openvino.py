@@ -19,12 +19,13 @@ from test_export import break_quantizer
 from test_predictor import BLOCKER, _softmax, _texts, assert_thread_safe
 
 from bertdeploy.artifacts import read_manifest
-from bertdeploy.backends import OpenVinoModel, auto_timings, backend_of, describe_routes, plan_routes
-from bertdeploy.bench import BenchOptions, bench
+from bertdeploy.bench.run import BenchOptions, bench
+from bertdeploy.build.export import ExportOptions, export
 from bertdeploy.cli import cli
 from bertdeploy.errors import BertdeployError
-from bertdeploy.export import ExportOptions, export
-from bertdeploy.predictor import Predictor
+from bertdeploy.runtime.backends import OpenVinoModel, backend_of
+from bertdeploy.runtime.predictor import Predictor
+from bertdeploy.runtime.routing import auto_timings, describe_routes, plan_routes
 
 
 def _cpu_precision() -> str:
@@ -267,7 +268,7 @@ OPENVINO_BLOCKER = BLOCKER.replace('{"torch", "transformers", "optimum", "datase
 def test_torch_free_with_openvino_and_a_clear_message_without_it(ov_artifacts, tiny_classifier, tmp_path):
     heavy = '{"torch", "transformers", "optimum", "datasets"}'
     script = BLOCKER + textwrap.dedent(f"""
-        from bertdeploy.predictor import Predictor
+        from bertdeploy.runtime.predictor import Predictor
         p = Predictor.load({str(ov_artifacts)!r}, variant="int8-ov")
         print(p.backend, p.predict(["好", "差"])[0].label in p.labels)
         print(sorted(m for m in sys.modules if m.split(".")[0] in {heavy}))
@@ -278,7 +279,7 @@ def test_torch_free_with_openvino_and_a_clear_message_without_it(ov_artifacts, t
 
     script = OPENVINO_BLOCKER + textwrap.dedent(f"""
         from bertdeploy.errors import BertdeployError
-        from bertdeploy.predictor import Predictor
+        from bertdeploy.runtime.predictor import Predictor
         p = Predictor.load({str(ov_artifacts)!r})  # auto: ONNX Runtime's variants only
         print(sorted({{r.model.backend for r in p.routes}}))
         try:

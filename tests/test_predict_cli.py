@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_rows, write_csv, write_jsonl
 
-from bertdeploy.bulk import predict_file
 from bertdeploy.cli import cli
 from bertdeploy.errors import DataError
-from bertdeploy.predictor import Predictor
-from bertdeploy.rows import PredictFileOptions
+from bertdeploy.predict.local import predict_file
+from bertdeploy.predict.rows import PredictFileOptions
+from bertdeploy.runtime.predictor import Predictor
 
 
 def _run(*args: str, input: str | None = None):

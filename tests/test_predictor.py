@@ -16,8 +16,9 @@ import pytest
 from conftest import make_rows, pytorch_logits, write_jsonl
 
 from bertdeploy.errors import BertdeployError
-from bertdeploy.predictor import Prediction, Predictor
-from bertdeploy.runtime import padded_length, plan_batches, usable_cpus
+from bertdeploy.host import usable_cpus
+from bertdeploy.runtime.encoding import padded_length, plan_batches
+from bertdeploy.runtime.predictor import Prediction, Predictor
 
 
 def _softmax(rows) -> np.ndarray:
@@ -153,7 +154,7 @@ sys.meta_path.insert(0, Block())
 
 def test_runs_with_torch_transformers_optimum_and_datasets_blocked(tiny_artifacts, tmp_path):
     script = BLOCKER + textwrap.dedent(f"""
-        from bertdeploy.predictor import Predictor
+        from bertdeploy.runtime.predictor import Predictor
         p = Predictor.load({str(tiny_artifacts)!r})
         print(p.predict(["好", "差"])[0].label)
         print(sorted(m for m in sys.modules if m.split(".")[0] in {{"torch", "transformers", "optimum", "datasets"}}))
@@ -206,13 +207,13 @@ def test_usable_cpus_follow_the_affinity_mask():
     if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs Linux and at least 2 CPUs")
     code = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); " \
-           "from bertdeploy.runtime import usable_cpus; print(usable_cpus())"
+           "from bertdeploy.runtime.encoding import usable_cpus; print(usable_cpus())"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "1"
 
 
 def test_sentence_pairs(tiny_model_dir, tmp_path):
-    from bertdeploy.export import ExportOptions, export
-    from bertdeploy.train import FinetuneOptions, finetune
+    from bertdeploy.build.export import ExportOptions, export
+    from bertdeploy.build.train import FinetuneOptions, finetune
 
     rows = [{"a": r["text"], "b": "这个", "y": r["label"]} for r in make_rows(80, seed=6)]
     finetune(FinetuneOptions(model=str(tiny_model_dir), train_file=write_jsonl(tmp_path / "pairs.jsonl", rows),

@@ -28,10 +28,10 @@ from conftest import make_rows, write_csv, write_jsonl
 from test_predictor import _texts
 
 from bertdeploy.cli import cli
-from bertdeploy.httpapi import KEY_REFUSED, ServeOptions
-from bertdeploy.predictor import Predictor
-from bertdeploy.raybulk import predict_file_ray
-from bertdeploy.rows import PredictFileOptions
+from bertdeploy.predict.ray_engine import predict_file_ray
+from bertdeploy.predict.rows import PredictFileOptions
+from bertdeploy.runtime.predictor import Predictor
+from bertdeploy.serve.httpapi import KEY_REFUSED, ServeOptions
 
 
 def test_finetune_under_torchrun_trains_in_two_processes_and_writes_once(tiny_model_dir, tmp_path):
@@ -158,7 +158,7 @@ def test_serve_engine_ray_two_replicas_answer_concurrently_and_stop_on_sigterm(t
 def test_ray_serve_python_entry_point_with_autoscaling_and_an_api_key(ray_local, tiny_artifacts, monkeypatch):
     from ray import serve
 
-    from bertdeploy.rayserve import app_builder, application
+    from bertdeploy.serve.ray_engine import app_builder, application
 
     built = app_builder({"artifact_dir": str(tiny_artifacts), "replicas": "2", "max_wait_ms": "2",
                          "max_queued_requests": "7"})  # serve run's args
@@ -241,8 +241,8 @@ def test_ray_engines_take_the_providers_as_the_local_ones_do(tiny_artifacts, tmp
     providers asked for, and a refusal travels back as the user's error."""
     import onnxruntime
 
-    from bertdeploy.raybulk import FAILED, _Scorer
-    from bertdeploy.rows import Columns
+    from bertdeploy.predict.ray_engine import FAILED, _Scorer
+    from bertdeploy.predict.rows import Columns
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this ONNX Runtime has CUDA: asking for it is no mistake here")

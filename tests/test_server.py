@@ -24,11 +24,11 @@ from click.testing import CliRunner
 from conftest import make_rows
 from schemathesis.checks import not_a_server_error
 
-from bertdeploy.batcher import Batcher, Overloaded
 from bertdeploy.cli import cli
-from bertdeploy.httpapi import ServeOptions
-from bertdeploy.predictor import Predictor
-from bertdeploy.server import create_app
+from bertdeploy.runtime.predictor import Predictor
+from bertdeploy.serve.batcher import Batcher, Overloaded
+from bertdeploy.serve.httpapi import ServeOptions
+from bertdeploy.serve.local import create_app
 
 TEXTS = [r["text"] for r in make_rows(40, seed=11)]
 
@@ -258,8 +258,8 @@ def test_no_generated_request_gets_a_5xx(url):
 def pair_predictor(tiny_model_dir, tmp_path_factory) -> Predictor:
     from conftest import write_jsonl
 
-    from bertdeploy.export import ExportOptions, export
-    from bertdeploy.train import FinetuneOptions, finetune
+    from bertdeploy.build.export import ExportOptions, export
+    from bertdeploy.build.train import FinetuneOptions, finetune
 
     folder = tmp_path_factory.mktemp("pairs")
     rows = [{"a": r["text"], "b": r["text"][::-1], "y": r["label"]} for r in make_rows(40, seed=12)]

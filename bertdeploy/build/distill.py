@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 
 from bertdeploy.artifacts import read_manifest, sha256_file
-from bertdeploy.bench_engines import PYTORCH, Engine, pytorch_logits
+from bertdeploy.build.guard import interleaved_latency
+from bertdeploy.build.reference import TorchModel, pytorch_logits
+from bertdeploy.build.train import MODEL_KIND, FinetuneOptions, FinetuneResult, Recipe, finetune, load_model
 from bertdeploy.data import Examples, file_format, load_texts
 from bertdeploy.errors import BertdeployError, ModelError, check_options, require_training
-from bertdeploy.guard import interleaved_latency
+from bertdeploy.host import usable_cpus
 from bertdeploy.labels import LabelScheme
-from bertdeploy.runtime import usable_cpus
-from bertdeploy.train import MODEL_KIND, FinetuneOptions, FinetuneResult, Recipe, finetune, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ def _latency(teacher_dir: Path, student_dir: Path, texts: list[str]) -> dict[str
     picks = [texts[i] for i in np.linspace(0, len(texts) - 1, num=min(8, len(texts))).astype(int)]
     runs, feeds = {}, {}
     for name, directory in (("teacher", teacher_dir), ("student", student_dir)):
-        runs[name] = Engine(PYTORCH, PYTORCH, str(directory), threads=usable_cpus()).load().run
+        runs[name] = TorchModel(str(directory), threads=usable_cpus()).run
         tokenizer = AutoTokenizer.from_pretrained(directory)
         feeds[name] = {"batch_1": [dict(tokenizer(picks[:1], truncation=True, return_tensors="np"))],
                        "batch_8": [dict(tokenizer(picks, padding=True, truncation=True, return_tensors="np"))]}

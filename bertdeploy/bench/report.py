@@ -5,23 +5,14 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import os
-import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bertdeploy.artifacts import atomic_file
-from bertdeploy.bench_cases import NATURAL
-from bertdeploy.bench_engines import PYTORCH, cpu_flags
+from bertdeploy.bench.cases import NATURAL
+from bertdeploy.build.reference import PYTORCH
 from bertdeploy.errors import import_extra
-from bertdeploy.runtime import usable_cpus
-
-CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
-             "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd")
-VERSIONS = ("bertdeploy", "onnxruntime", "onnxruntime-gpu", "torch", "transformers", "optimum", "optimum-onnx", "onnx",
-            "tokenizers", "numpy", "openvino", "nncf", "ray")
 
 
 @dataclass
@@ -80,41 +71,6 @@ class BenchResult:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False)
-
-
-def machine(device: str = "cpu", threads: int | None = None) -> dict:
-    """What the figures were measured on: CPU model and flags, cores (and the threads used, when given), memory,
-    GPU, library versions."""
-    info = {"cpu": platform.processor() or platform.machine(), "cpu_flags": [], "logical_cpus": os.cpu_count(),
-            "usable_cpus": usable_cpus(), "memory_gb": None, "os": platform.platform(),
-            "python": platform.python_version()}
-    if threads is not None:
-        info["threads"] = threads
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                      if line.startswith("model name")), None)
-        flags = cpu_flags()
-        info["cpu"] = model or info["cpu"]
-        info["cpu_flags"] = [f for f in CPU_FLAGS if f in flags]
-        total_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                        if line.startswith("MemTotal:"))
-        info["memory_gb"] = round(total_kb / 1024 ** 2, 1)
-    except (OSError, StopIteration):
-        pass
-    info["versions"] = {}
-    for package in VERSIONS:
-        try:
-            info["versions"][package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    if device == "cuda":
-        import torch
-
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-    return info
-
 
 
 def check_plotting() -> None:

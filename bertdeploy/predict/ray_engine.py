@@ -17,16 +17,16 @@ import logging
 from pathlib import Path
 from typing import TextIO
 
-from bertdeploy import rows
 from bertdeploy.artifacts import read_manifest
-from bertdeploy.backends import describe_routes
 from bertdeploy.data import iter_rows
 from bertdeploy.errors import BertdeployError, DataError
 from bertdeploy.labels import LabelScheme
-from bertdeploy.predictor import Predictor, choose_routes
-from bertdeploy.raycluster import ray_cluster
-from bertdeploy.rows import PredictFileOptions
-from bertdeploy.runtime import resolve_providers
+from bertdeploy.predict import rows
+from bertdeploy.predict.rows import PredictFileOptions
+from bertdeploy.runtime.predictor import Predictor
+from bertdeploy.runtime.raycluster import ray_cluster
+from bertdeploy.runtime.routing import choose_routes, describe_routes
+from bertdeploy.runtime.sessions import resolve_providers
 from bertdeploy.timing import stopwatch
 
 logger = logging.getLogger(__name__)

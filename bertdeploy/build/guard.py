@@ -20,11 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from bertdeploy.artifacts import sha256_file
-from bertdeploy.backends import ONNXRUNTIME, auto_section, open_model
 from bertdeploy.data import Examples
 from bertdeploy.errors import BertdeployError, first_line
+from bertdeploy.host import usable_cpus
 from bertdeploy.labels import METRIC_NAMES, LabelScheme
-from bertdeploy.runtime import MAX_BATCH_TOKENS, encode, run_batches, usable_cpus
+from bertdeploy.runtime.backends import ONNXRUNTIME, open_model
+from bertdeploy.runtime.encoding import MAX_BATCH_TOKENS, encode, run_batches
+from bertdeploy.runtime.routing import auto_section
 from bertdeploy.timing import distinct_shapes, interleave, median_tokens, stopwatch
 
 logger = logging.getLogger(__name__)

@@ -13,29 +13,20 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import queue
 from pathlib import Path
 
 import numpy as np
 
 from bertdeploy.errors import BertdeployError, first_line, import_extra
-from bertdeploy.runtime import GPU_PROVIDERS, create_session, usable_cpus
+from bertdeploy.host import usable_cpus
+from bertdeploy.runtime.sessions import GPU_PROVIDERS, create_session
 
 logger = logging.getLogger(__name__)
 
 ONNXRUNTIME, OPENVINO = "onnxruntime", "openvino"
 BACKENDS = (ONNXRUNTIME, OPENVINO)
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
-TOKENS = "padded tokens"  # what the auto section's sizes count: texts x padded length of a batch
-# Latencies within this share of the fastest count as equal when routing: a shared machine's noise
-# is about this size, and one model fewer saves memory and load time.
-ROUTE_NOISE = 0.05
-# A range goes to another runtime than the range below it only if that is this much faster there too:
-# calls alternating between runtimes slow each other (the other runtime's threads still spin or wake).
-# Measured on the demo, a stream of single reviews alternating by length: the long ones took 6.7 ms on
-# OpenVINO against 3.7 ms when OpenVINO ran them all (benchmarks/runtime_switch.py).
-SWITCH_MARGIN = 0.5
 
 
 def backend_of(entry: dict) -> str:
@@ -159,84 +150,3 @@ def open_model(path: str | Path, backend: str = ONNXRUNTIME, providers=None, thr
         raise BertdeployError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
     return OrtModel(path, providers, threads, spinning, allow_fallback)
 
-
-def plan_routes(p50_ms: dict[str, dict], candidates: list[str], runtimes: dict[str, str] | None = None,
-                noise: float = ROUTE_NOISE, switch: float = SWITCH_MARGIN) -> list[tuple[int | None, str]]:
-    """(largest batch in padded tokens, variant) ranges in increasing order, the last one open (None).
-
-    p50_ms: variant -> {padded tokens: median ms}, measured side by side. At each size measured for every
-    candidate, the variants within `noise` of the fastest are equally good; among them the one good at the
-    most sizes wins, so few models are loaded. With `runtimes` (variant -> runtime), a size keeps the variant
-    of the size below it unless one on another runtime is more than `switch` faster. A batch between two
-    measured sizes goes to the nearer one (by ratio).
-    """
-    tables = {name: {int(size): float(ms) for size, ms in p50_ms[name].items()} for name in candidates
-              if name in p50_ms}
-    if not tables:
-        return []
-    sizes = sorted(set.intersection(*(set(t) for t in tables.values())))
-    if not sizes:
-        return []
-    fastest = {s: min(t[s] for t in tables.values()) for s in sizes}
-    good = {s: {name for name, t in tables.items() if t[s] <= (1 + noise) * fastest[s]} for s in sizes}
-    relative = {name: sum(t[s] / fastest[s] for s in sizes) for name, t in tables.items()}
-    pick: dict[int, str] = {}
-    left = set(sizes)
-    while left:
-        best = min(tables, key=lambda name: (-sum(name in good[s] for s in left), relative[name], name))
-        for s in [s for s in left if best in good[s]]:
-            pick[s] = best
-            left.discard(s)
-    for below, size in zip(sizes, sizes[1:], strict=False):
-        if runtimes and runtimes[pick[size]] != runtimes[pick[below]] and \
-                tables[pick[below]][size] <= (1 + switch) * fastest[size]:
-            pick[size] = pick[below]
-    routes: list[tuple[int | None, str]] = []
-    for i, size in enumerate(sizes):
-        upper = None if i == len(sizes) - 1 else math.isqrt(size * sizes[i + 1])
-        if routes and routes[-1][1] == pick[size]:
-            routes[-1] = (upper, pick[size])
-        else:
-            routes.append((upper, pick[size]))
-    return routes
-
-
-def auto_timings(manifest: dict) -> dict[str, dict[int, float]]:
-    """The manifest's measured latencies, variant -> {padded tokens: ms}. An `auto` section written before
-    bertdeploy routed by tokens holds batch sizes of texts up to the max length: counted as that many full
-    rows (the order of its sizes, and so its routes, stay as they were)."""
-    auto = manifest.get("auto", {})
-    scale = 1 if auto.get("unit") == TOKENS else manifest["max_length"]
-    return {name: {int(size) * scale: float(ms) for size, ms in table.items()}
-            for name, table in auto.get("p50_ms", {}).items()}
-
-
-def auto_section(p50_ms: dict[str, dict[int, float]], eligible: list[str], backends: dict[str, str],
-                 measured_by: str, inputs: str, threads: int) -> dict:
-    """The manifest's `auto` entry: what was measured (median ms per variant and batch size in padded tokens),
-    and the size ranges it gives with every runtime installed (the predictor re-plans among the runtimes it
-    finds)."""
-    routes = plan_routes(p50_ms, eligible, backends)
-    return {
-        "measured_by": measured_by,
-        "threads": threads,
-        "inputs": inputs,
-        "unit": TOKENS,
-        "p50_ms": {name: {str(size): round(ms, 4) for size, ms in sorted(table.items())}
-                   for name, table in p50_ms.items()},
-        "eligible": eligible,
-        "routes": [{"max_tokens": upper, "variant": name, "backend": backends[name]} for upper, name in routes],
-    }
-
-
-def describe_routes(routes: list[tuple[int | None, str]]) -> str:
-    """'up to 90 tokens: A; 91+ tokens: B' for (largest batch in padded tokens, what runs) pairs; one pair:
-    'A, any batch size'."""
-    if len(routes) == 1:
-        return f"{routes[0][1]}, any batch size"
-    parts, low = [], 1
-    for upper, what in routes:
-        parts.append(f"{low}+ tokens: {what}" if upper is None else
-                     f"up to {upper} tokens: {what}" if low == 1 else f"{low}-{upper} tokens: {what}")
-        low = (upper or 0) + 1
-    return "; ".join(parts)

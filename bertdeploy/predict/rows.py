@@ -26,7 +26,7 @@ from bertdeploy.data import FORMATS, check_columns, check_file, file_format, par
 from bertdeploy.errors import BertdeployError, DataError, check_options
 from bertdeploy.labels import LabelScheme
 from bertdeploy.metrics import multilabel_counts, multilabel_report_from_counts, report_from_confusion
-from bertdeploy.predictor import LONG_TEXT
+from bertdeploy.runtime.predictor import LONG_TEXT
 
 logger = logging.getLogger(__name__)
 

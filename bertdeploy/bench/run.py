@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from bertdeploy.artifacts import MANIFEST_NAME, atomic_file, read_manifest
-from bertdeploy.backends import BACKENDS, OPENVINO, auto_section, backend_of, import_openvino, openvino_installed
-from bertdeploy.bench_cases import Case, fixed_length_cases, natural_cases
-from bertdeploy.bench_engines import AUTO, PYTORCH, PYTORCH_BF16, Engine, computes_bf16
-from bertdeploy.bench_probe import probe
-from bertdeploy.bench_report import BenchResult, EngineReport, Timing, machine
+from bertdeploy.bench.cases import Case, fixed_length_cases, natural_cases
+from bertdeploy.bench.engines import AUTO, Engine
+from bertdeploy.bench.probe import probe
+from bertdeploy.bench.report import BenchResult, EngineReport, Timing
+from bertdeploy.build.export import SAMPLE_TEXTS
+from bertdeploy.build.reference import PYTORCH, PYTORCH_BF16, computes_bf16
 from bertdeploy.data import (
     Examples,
     check_known_labels,
@@ -39,19 +40,19 @@ from bertdeploy.data import (
     sample_examples,
 )
 from bertdeploy.errors import BertdeployError, check_options, require_training
-from bertdeploy.export import SAMPLE_TEXTS
+from bertdeploy.host import machine, usable_cpus
 from bertdeploy.labels import LabelScheme
-from bertdeploy.runtime import (
+from bertdeploy.runtime.backends import BACKENDS, OPENVINO, backend_of, import_openvino, openvino_installed
+from bertdeploy.runtime.encoding import (
     CPU_BATCH_TOKENS,
     GPU_BATCH_TOKENS,
     MAX_PADDING,
-    PROVIDERS,
     TextEncoder,
     load_encoder,
-    resolve_providers,
     run_batches,
-    usable_cpus,
 )
+from bertdeploy.runtime.routing import auto_section
+from bertdeploy.runtime.sessions import PROVIDERS, resolve_providers
 from bertdeploy.timing import distinct_shapes, interleave
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,7 @@ from typing import BinaryIO, TextIO
 
 from bertdeploy.data import iter_rows
 from bertdeploy.errors import check_options
-from bertdeploy.predictor import Predictor
-from bertdeploy.rows import (
+from bertdeploy.predict.rows import (
     STDIO,
     PredictFileOptions,
     PredictFileResult,
@@ -33,6 +32,7 @@ from bertdeploy.rows import (
     open_output,
     row_writer,
 )
+from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.timing import stopwatch
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def predict_file(options: PredictFileOptions, stdin: BinaryIO | None = None,
 
     For `engine="ray"`, `raybulk.predict_file_ray` takes the same options."""
     check_options([(options.engine == "local", "predict_file runs the local engine; for engine='ray' call "
-                                                "bertdeploy.raybulk.predict_file_ray")])
+                                                "bertdeploy.predict.ray_engine.predict_file_ray")])
     (count, variant, tally), seconds = stopwatch(_predict, options, stdin, stdout)
     return PredictFileResult.of_run(options, count, variant, seconds, tally)
 

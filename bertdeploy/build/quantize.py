@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bertdeploy.errors import BertdeployError, import_extra
+from bertdeploy.host import cpu_flags
 
 PRESETS = ("avx2", "avx512", "avx512_vnni", "arm64")
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -35,22 +36,11 @@ WEIGHT_OPS = ("MatMul", "Attention")
 RANKING_TEXTS = 16
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def detect_preset() -> str:
     """The INT8 preset for this CPU: VNNI when it has it, then AVX-512, ARM, else AVX2."""
     if platform.machine().lower() in ("arm64", "aarch64"):
         return "arm64"
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if {"avx512_vnni", "avx_vnni"} & flags:
         return "avx512_vnni"
     if "avx512bw" in flags:

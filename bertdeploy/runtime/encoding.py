@@ -10,7 +10,6 @@ It never imports torch, transformers or optimum: the predictor and the server st
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,6 @@ from bertdeploy.errors import BertdeployError
 
 logger = logging.getLogger(__name__)
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-DEVICES = {"cpu": PROVIDERS["cpu"], "cuda": PROVIDERS["cuda"]}
-GPU_PROVIDERS = {PROVIDERS["cuda"], PROVIDERS["tensorrt"]}
 PAD_MULTIPLE = 8
 CPU_BATCH_TOKENS = 1024  # the fastest budget from 1k to 16k on 2 CPU cores (benchmarks/predictor_speed.py)
 GPU_BATCH_TOKENS = 16384
@@ -34,88 +30,6 @@ MAX_BATCH_SIZE = 128
 # The predictor cuts a batch where padding would add over a quarter to its texts' own padded length:
 # on 2 CPU cores that took groups of 8 reviews from 149 to 211 texts/s (benchmarks/batch_efficiency.py).
 MAX_PADDING = 0.25
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may use: its affinity mask and the cgroup CPU quota, not the host's count."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        count = os.cpu_count() or 1
-    try:  # cgroup v2: "max 100000" or "150000 100000"
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            count = min(count, max(1, int(int(quota) / int(period) + 0.5)))
-    except (OSError, ValueError):
-        pass
-    return count
-
-
-def resolve_providers(providers: str | Sequence | None) -> list:
-    """ONNX Runtime provider names from our short names ('cpu', 'cuda', 'tensorrt') or its own,
-    each optionally as (name, options); checked against what this onnxruntime build has."""
-    import onnxruntime as ort
-
-    if providers is None:
-        providers = ["cpu"]
-    elif isinstance(providers, str):
-        providers = [p.strip() for p in providers.split(",") if p.strip()]
-    available = ort.get_available_providers()
-    resolved = []
-    for provider in providers:
-        name, options = provider if isinstance(provider, tuple) else (provider, None)
-        name = PROVIDERS.get(name.lower(), name)
-        if name not in available:
-            hint = ("; install the GPU build: `pip uninstall -y onnxruntime && pip install 'bertdeploy[gpu]'`"
-                    if name in GPU_PROVIDERS else "")
-            raise BertdeployError(f"provider {name} is not in this ONNX Runtime (it has {', '.join(available)}){hint}")
-        resolved.append((name, options) if options else name)
-    if not resolved:
-        raise BertdeployError("no providers given; use cpu, cuda or tensorrt")
-    return resolved
-
-
-def provider_name(provider: str | tuple) -> str:
-    return provider[0] if isinstance(provider, tuple) else provider
-
-
-def check_device(device: str) -> None:
-    """Fail early, with what is installed, when ONNX Runtime cannot run on `device`."""
-    if device not in DEVICES:
-        raise BertdeployError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
-    resolve_providers([device])
-
-
-def create_session(path: str | Path, providers: str | Sequence | None = "cpu", threads: int | None = None,
-                   spinning: bool = False, allow_fallback: bool = False):
-    """An InferenceSession on `providers` (first choice first), `threads` intra-op threads (default: the
-    usable CPUs). If ONNX Runtime drops the first choice for the CPU, that is an error, or with
-    `allow_fallback` a logged warning. `spinning`: the intra-op threads spin a moment after a call for the
-    next one (the predictor's default; off here, for timings that take turns with other engines)."""
-    import onnxruntime as ort
-
-    wanted = resolve_providers(providers)
-    names = [provider_name(p) for p in wanted]
-    if names[0] == PROVIDERS["tensorrt"] and PROVIDERS["cuda"] not in names:
-        wanted.insert(1, PROVIDERS["cuda"])  # for the subgraphs TensorRT does not take
-    if PROVIDERS["cpu"] not in names:
-        wanted.append(PROVIDERS["cpu"])  # for the nodes a GPU provider does not cover
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or usable_cpus()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    try:
-        session = ort.InferenceSession(str(path), options, providers=wanted)
-    except Exception as e:  # onnxruntime raises its own exception types
-        raise BertdeployError(f"{path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
-    first, active = provider_name(wanted[0]), session.get_providers()
-    if first not in active:
-        message = f"{path}: ONNX Runtime fell back to {active[0]} instead of {first} (check the CUDA/cuDNN libraries)"
-        if not allow_fallback:
-            raise BertdeployError(message + "; allow the fall-back explicitly to run anyway")
-        logger.warning("%s", message)
-    return session
 
 
 @dataclass

@@ -19,10 +19,12 @@ import socket
 import time
 from contextlib import asynccontextmanager
 
-from bertdeploy import __version__, kserve
-from bertdeploy.batcher import Batcher, Overloaded
+from bertdeploy import __version__
 from bertdeploy.errors import BertdeployError, check_options
-from bertdeploy.httpapi import (
+from bertdeploy.runtime.predictor import Predictor
+from bertdeploy.serve import kserve
+from bertdeploy.serve.batcher import Batcher, Overloaded
+from bertdeploy.serve.httpapi import (
     HEALTH,
     KEY_CHALLENGE,
     KEY_REFUSED,
@@ -35,7 +37,6 @@ from bertdeploy.httpapi import (
     predict_response,
     request_texts,
 )
-from bertdeploy.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ VERSION = "1"
 def serve(options: ServeOptions) -> None:
     """Load the model, then serve until SIGTERM or Ctrl-C. Port 0 takes a free port, named in the log."""
     check_options([(options.engine == "local", "server.serve runs the local engine; for engine='ray' call "
-                                               "bertdeploy.rayserve.serve_ray")])
+                                               "bertdeploy.serve.ray_engine.serve_ray")])
     import uvicorn
 
     key = options.api_key()

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy import quantize as q
 from bertdeploy.artifacts import (
     MANIFEST_NAME,
     check_output_dir,
@@ -33,8 +32,10 @@ from bertdeploy.artifacts import (
     staging_dir,
     write_manifest,
 )
-from bertdeploy.backends import ONNXRUNTIME, OPENVINO, import_openvino
-from bertdeploy.bench_engines import PYTORCH, PYTORCH_BF16, Engine, TorchModel, computes_bf16, pytorch_logits
+from bertdeploy.build import quantize as q
+from bertdeploy.build.guard import Judge, Variant, build_to_the_bound, time_and_pick
+from bertdeploy.build.optimize import check_level, fused_operators, optimize_graph, unfused_attention
+from bertdeploy.build.reference import PYTORCH, PYTORCH_BF16, TorchModel, computes_bf16, pytorch_logits
 from bertdeploy.data import (
     Examples,
     check_known_labels,
@@ -45,10 +46,11 @@ from bertdeploy.data import (
     split_examples,
 )
 from bertdeploy.errors import BertdeployError, DataError, ModelError, check_options, require_training
-from bertdeploy.guard import Judge, Variant, build_to_the_bound, time_and_pick
+from bertdeploy.host import usable_cpus
 from bertdeploy.labels import PROBLEM_TYPES, SINGLE_LABEL, LabelScheme
-from bertdeploy.optimize import check_level, fused_operators, optimize_graph, unfused_attention
-from bertdeploy.runtime import DEVICES, check_device, create_session, encode, load_encoder, usable_cpus
+from bertdeploy.runtime.backends import ONNXRUNTIME, OPENVINO, import_openvino
+from bertdeploy.runtime.encoding import encode, load_encoder
+from bertdeploy.runtime.sessions import DEVICES, check_device, create_session
 
 logger = logging.getLogger(__name__)
 
@@ -230,8 +232,8 @@ def export(options: ExportOptions) -> ExportResult:
         pytorch = {PYTORCH: judge.baseline(reference)}
         if bf16 is not None:
             pytorch[PYTORCH_BF16] = judge.baseline(bf16)
-        runs = {name: TorchModel(Engine(name, PYTORCH, str(source.path), "bf16" if name == PYTORCH_BF16 else "fp32",
-                                        options.device, usable_cpus())).run for name in pytorch}
+        runs = {name: TorchModel(str(source.path), "bf16" if name == PYTORCH_BF16 else "fp32", options.device,
+                                 usable_cpus()).run for name in pytorch}
         default, auto, latency = time_and_pick(variants, out, tokenizer, scored, options.device, runs)
         for name, figures in pytorch.items():
             figures["latency_ms"] = latency[name]

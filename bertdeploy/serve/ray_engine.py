@@ -8,7 +8,7 @@ number or autoscaled by Serve between `min_replicas` and `max_replicas` on ongoi
 replica; `max_queued_requests` caps the requests Serve holds waiting for a replica (the local
 server's `max_queue` counts texts instead). Each answer names its replica in the
 `x-bertdeploy-replica` header. For your own Serve apps, `application(ServeOptions(...))` returns the
-bound application, and `app_builder` serves `serve run bertdeploy.rayserve:app_builder artifact_dir=DIR`.
+bound application, and `app_builder` serves `serve run bertdeploy.serve.ray_engine:app_builder artifact_dir=DIR`.
 Needs the `ray` extra.
 """
 
@@ -25,12 +25,12 @@ import numpy as np
 import ray
 from ray import serve
 
-from bertdeploy import httpapi
 from bertdeploy.errors import BertdeployError
-from bertdeploy.httpapi import ServeOptions
-from bertdeploy.predictor import Predictor
-from bertdeploy.raycluster import ray_cluster
-from bertdeploy.runtime import usable_cpus
+from bertdeploy.host import usable_cpus
+from bertdeploy.runtime.predictor import Predictor
+from bertdeploy.runtime.raycluster import ray_cluster
+from bertdeploy.serve import httpapi
+from bertdeploy.serve.httpapi import ServeOptions
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ def application(options: ServeOptions, cpus: int | None = None):
 
 
 def app_builder(args: dict):
-    """For `serve run bertdeploy.rayserve:app_builder artifact_dir=DIR replicas=2 ...` and Serve config files."""
+    """For `serve run bertdeploy.serve.ray_engine:app_builder artifact_dir=DIR replicas=2 ...` and Serve config
+    files."""
     numbers = {"port": int, "replicas": int, "min_replicas": int, "max_replicas": int, "threads": int,
                "max_batch_size": int, "max_batch_tokens": int, "max_queued_requests": int, "max_texts_per_request": int,
                "max_body_bytes": int, "max_ongoing_requests": int, "max_wait_ms": float,

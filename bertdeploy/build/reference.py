@@ -1,0 +1,78 @@
+"""The PyTorch reference every variant is judged and timed against: eager PyTorch as users run it (fp32,
+bf16 autocast, fp16 on CUDA) and its logits over many texts. Needs torch and transformers.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from bertdeploy.host import cpu_flags
+
+PYTORCH = "pytorch"
+PYTORCH_BF16 = "pytorch-bf16"  # the same model under torch.autocast(bfloat16)
+# CPU flags of native bf16 arithmetic: AVX512-BF16 and AMX on x86, the bf16 extension on Arm. There
+# PyTorch's autocast to bf16 runs fast oneDNN kernels; elsewhere it emulates bf16 and is slower than fp32.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def computes_bf16(device: str = "cpu", flags: set[str] | None = None) -> bool:
+    """Whether `device` computes bf16 natively: a CPU flag of BF16_FLAGS, or a CUDA GPU PyTorch says supports it."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(set(BF16_FLAGS) & (cpu_flags() if flags is None else flags))
+
+
+class TorchModel:
+    """Eager PyTorch as users run it: `from_pretrained`, eval mode, inference mode; kind `bf16` under
+    `torch.autocast(dtype=torch.bfloat16)` (weights stay fp32, as a user adding one line gets); `fp16` with the
+    weights in fp16 (CUDA)."""
+
+    def __init__(self, path: str, kind: str = "fp32", device: str = "cpu", threads: int = 1) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        self.torch = torch
+        torch.set_num_threads(threads)
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+        if kind == "fp16":
+            model = model.half()
+        self.model = model.to(device).eval()
+        self.device, self.autocast = device, kind == "bf16"
+        self.names = ("input_ids", "attention_mask", "token_type_ids")
+
+    def prepare(self, feed: dict) -> dict:
+        return {k: self.torch.from_numpy(v).to(self.device) for k, v in feed.items() if k in self.names}
+
+    def run_prepared(self, prepared: dict):
+        with self.torch.inference_mode(), self.torch.autocast(self.device, dtype=self.torch.bfloat16,
+                                                              enabled=self.autocast):
+            out = self.model(**prepared).logits
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+        return out
+
+    def run(self, feed: dict) -> np.ndarray:
+        return self.run_prepared(self.prepare(feed)).float().cpu().numpy()
+
+
+def pytorch_logits(model, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, device: str = "cpu",
+                   batch_size: int = 32, autocast: bool = False, progress: str | None = None) -> np.ndarray:
+    """A loaded PyTorch classifier's logits for every text, in order: batches of texts of similar length, under
+    bf16 autocast if asked, with a progress bar named `progress` (none if None)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = np.empty((len(texts), model.config.num_labels), dtype=np.float32)
+    starts = range(0, len(texts), batch_size)
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+        for start in tqdm(starts, desc=progress, file=sys.stderr, disable=None if progress else True):
+            index = order[start:start + batch_size]
+            batch = tokenizer([texts[i] for i in index], None if pairs is None else [pairs[i] for i in index],
+                              padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            out[index] = model(**batch.to(device)).logits.float().cpu().numpy()
+    return out

@@ -1,0 +1,79 @@
+"""The machine this process runs on, read once: the CPUs it may use, the CPU's feature flags (bf16, AMX,
+VNNI), and the description every result file records beside its figures. Standard library only.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import platform
+from pathlib import Path
+
+CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+             "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd")
+VERSIONS = ("bertdeploy", "onnxruntime", "onnxruntime-gpu", "torch", "transformers", "optimum", "optimum-onnx", "onnx",
+            "tokenizers", "numpy", "openvino", "nncf", "ray")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity mask and the cgroup CPU quota, not the host's count."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        count = os.cpu_count() or 1
+    try:  # cgroup v2: "max 100000" or "150000 100000"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            count = min(count, max(1, int(int(quota) / int(period) + 0.5)))
+    except (OSError, ValueError):
+        pass
+    return count
+
+
+@functools.cache
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    lines = _cpuinfo().splitlines()
+    return set(next((line.split(":", 1)[1].split() for line in lines if line.startswith(("flags", "Features"))),
+                    []))
+
+
+def machine(device: str = "cpu", threads: int | None = None) -> dict:
+    """What the figures were measured on: CPU model and flags, cores (and the threads used, when given), memory,
+    GPU, library versions."""
+    info = {"cpu": platform.processor() or platform.machine(), "cpu_flags": [], "logical_cpus": os.cpu_count(),
+            "usable_cpus": usable_cpus(), "memory_gb": None, "os": platform.platform(),
+            "python": platform.python_version()}
+    if threads is not None:
+        info["threads"] = threads
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines()
+                      if line.startswith("model name")), None)
+        flags = cpu_flags()
+        info["cpu"] = model or info["cpu"]
+        info["cpu_flags"] = [f for f in CPU_FLAGS if f in flags]
+        total_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                        if line.startswith("MemTotal:"))
+        info["memory_gb"] = round(total_kb / 1024 ** 2, 1)
+    except (OSError, StopIteration):
+        pass
+    info["versions"] = {}
+    for package in VERSIONS:
+        try:
+            info["versions"][package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if device == "cuda":
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
