@@ -117,9 +117,9 @@ def main() -> None:
     saved = {**asdict(result), "failed_routes": failures}
     (RESULTS / "compare_tools.json").write_text(json.dumps(saved, indent=1, ensure_ascii=False) + "\n")
     plot(result, RESULTS / "compare_tools.png")
-    from bertdeploy.cli import render_bench
+    from bertdeploy import render
 
-    print(render_bench(result))
+    print(render.bench(result))
     for name, error in failures.items():
         print(f"{name}: FAILED: {error}")
 

@@ -26,17 +26,11 @@ import numpy as np
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from bertdeploy.artifacts import read_manifest
-from bertdeploy.build.export import (
-    ExportOptions,
-    _export_fp32,
-    _pytorch_logits,
-    _write_tokenizer,
-    export,
-    read_model_dir,
-)
+from bertdeploy.build.export import ExportOptions, export, export_fp32, reference_logits, write_tokenizer
 from bertdeploy.build.guard import interleaved_latency
 from bertdeploy.build.optimize import optimize_graph
 from bertdeploy.build.quantize import detect_preset, quantize_dynamic_int8
+from bertdeploy.build.source import read_model_dir
 from bertdeploy.data import load_examples
 from bertdeploy.host import machine
 from bertdeploy.runtime.encoding import encode, logits
@@ -84,13 +78,13 @@ def main() -> None:
     source = read_model_dir(args.model)
     examples = load_examples(args.eval_file)
     truth = np.array([source.labels.index(y) for y in examples.labels])
-    reference = _pytorch_logits(source, examples, "cpu")
+    reference = reference_logits(source, examples, "cpu")
     preset = detect_preset()
     recipes = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        _export_fp32(source.path, work, ExportOptions(args.model, work / "unused"))
-        tokenizer = _write_tokenizer(source, work / "tokenizer.json")
+        export_fp32(source.path, work, ExportOptions(args.model, work / "unused"))
+        tokenizer = write_tokenizer(source, work / "tokenizer.json")
         files = build_recipes(work, preset)
         sessions = {}
         for name, path in files.items():

@@ -23,9 +23,11 @@ import torch
 from transformers import Trainer, default_data_collator
 
 from bertdeploy.build.demo import minilm_path, write_review_splits
-from bertdeploy.build.train import FinetuneOptions, _metric_function, _training_arguments, finetune, load_model
+from bertdeploy.build.pretrained import load_model
+from bertdeploy.build.train import FinetuneOptions, Recipe, finetune, metric_function, training_arguments
 from bertdeploy.data import load_examples
 from bertdeploy.host import machine
+from bertdeploy.labels import LabelScheme
 from bertdeploy.metrics import classification_report
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
@@ -41,10 +43,10 @@ def pad_to_max(options: FinetuneOptions, labels: list[str]) -> dict:
         enc = tokenizer(examples.texts, truncation=True, max_length=options.max_length, padding="max_length")
         return [{**{k: enc[k][i] for k in enc.keys()}, "labels": label_ids[y]} for i, y in enumerate(examples.labels)]
 
-    args = _training_arguments(options, Path(options.output_dir) / "checkpoints")
+    args = training_arguments(options, Path(options.output_dir) / "checkpoints")
     trainer = Trainer(model=model, args=args, train_dataset=encode(options.train_file),
                       eval_dataset=encode(options.eval_file), data_collator=default_data_collator,
-                      compute_metrics=_metric_function(labels))
+                      compute_metrics=metric_function(LabelScheme(tuple(labels)), Recipe()))
     run = trainer.train()
     prediction = trainer.predict(trainer.eval_dataset)
     report = classification_report(prediction.label_ids, np.argmax(prediction.predictions, -1), labels)

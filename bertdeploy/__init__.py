@@ -10,7 +10,7 @@ Two wings joined by one contract, the artifact directory with its `manifest.json
 Importing the package is cheap: `from bertdeploy import Predictor` loads the runtime on first use.
 """
 
-__version__ = "0.1.0"
+from bertdeploy.version import __version__
 
 __all__ = ["Prediction", "Predictor", "__version__"]
 

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bertdeploy import __version__
 from bertdeploy.errors import BertdeployError, OutputDirError
+from bertdeploy.version import __version__
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -21,8 +21,9 @@ from typing import BinaryIO
 
 import numpy as np
 
+from bertdeploy.defaults import LABEL_COLUMN, LABEL_SEPARATOR, TEXT_COLUMN
 from bertdeploy.errors import DataError
-from bertdeploy.labels import DEFAULT_SEPARATOR, MULTI_LABEL
+from bertdeploy.labels import MULTI_LABEL
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _SHOWN_LINES = 5
@@ -194,12 +195,12 @@ def _as_label(path: Path, number: int, field: str, value: object) -> str | None:
 
 def load_examples(
     path: str | Path,
-    text_column: str = "text",
-    label_column: str = "label",
+    text_column: str = TEXT_COLUMN,
+    label_column: str = LABEL_COLUMN,
     pair_column: str | None = None,
     drop_empty: bool = False,
     multi_label: bool = False,
-    separator: str = DEFAULT_SEPARATOR,
+    separator: str = LABEL_SEPARATOR,
     label_columns: Sequence[str] | None = None,
 ) -> Examples:
     """Read every labelled row of a CSV/TSV/JSONL file, refusing empty texts unless `drop_empty`.
@@ -286,16 +287,16 @@ def _flag(path: Path, number: int, field: str, value: object) -> bool:
 
 def example_columns(manifest: dict) -> dict:
     """`load_examples`' keywords for the data a model (its manifest) was trained on: columns and label format."""
-    return {"text_column": manifest.get("text_column") or "text",
-            "label_column": manifest.get("label_column") or "label",
+    return {"text_column": manifest.get("text_column") or TEXT_COLUMN,
+            "label_column": manifest.get("label_column") or LABEL_COLUMN,
             "pair_column": manifest.get("text_pair_column"),
             "multi_label": manifest.get("problem_type") == MULTI_LABEL,
-            "separator": manifest.get("label_separator") or DEFAULT_SEPARATOR,
+            "separator": manifest.get("label_separator") or LABEL_SEPARATOR,
             "label_columns": manifest.get("label_columns")}
 
 
 def load_texts(
-    path: str | Path, text_column: str = "text", pair_column: str | None = None, fmt: str | None = None
+    path: str | Path, text_column: str = TEXT_COLUMN, pair_column: str | None = None, fmt: str | None = None
 ) -> tuple[list[str], list[str] | None]:
     """Read the texts (and second texts) of a file whose labels are not needed; blank rows are skipped. `fmt`
     overrides the extension (e.g. "text": one text per line, in a column "text")."""

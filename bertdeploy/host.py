@@ -8,6 +8,8 @@ import functools
 import importlib.metadata
 import os
 import platform
+import re
+import subprocess
 from pathlib import Path
 
 CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
@@ -72,8 +74,17 @@ def machine(device: str = "cpu", threads: int | None = None) -> dict:
         except importlib.metadata.PackageNotFoundError:
             pass
     if device == "cuda":
-        import torch
-
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
+        info.update(gpu())
     return info
+
+
+def gpu() -> dict:
+    """The first GPU's name and the driver's CUDA version, from nvidia-smi (empty without one)."""
+    try:
+        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=30, check=True).stdout.splitlines()
+        header = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    cuda = re.search(r"CUDA Version:\s*([\d.]+)", header)
+    return {"gpu": name[0].strip() if name else None, "cuda": cuda.group(1) if cuda else None}

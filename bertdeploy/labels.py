@@ -3,7 +3,9 @@
 `LabelScheme` is the one place that knows the difference: it turns logits into scores, scores into
 decisions (a class id per text, or a row of booleans per text), decisions into label names and
 text, true labels into the same form, and scores decisions with the right metrics. The training,
-export, bench, predictor, `predict` and `serve` all go through it. numpy only.
+export, bench, predictor, `predict` and `serve` all go through it. `judge_drop` is the one rule of how many
+points a candidate (a variant, an engine, a student) lost against its reference and whether that is allowed;
+the export guard, bench and distill all use it. numpy only.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bertdeploy.defaults import LABEL_SEPARATOR
 from bertdeploy.metrics import classification_report, multilabel_report
 
 SINGLE_LABEL = "single_label_classification"
 MULTI_LABEL = "multi_label_classification"
 PROBLEM_TYPES = (SINGLE_LABEL, MULTI_LABEL)
-DEFAULT_SEPARATOR = "|"
 DEFAULT_THRESHOLD = 0.5
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1",
                 "subset_accuracy": "subset accuracy"}
@@ -31,6 +33,48 @@ def figure_names(multi_label: bool) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class Drop:
+    """How many points a candidate lost against its reference, and whether that is within the bound
+    (`max_accuracy_drop`). Judged by the headline figure when both have one (`metric`: accuracy, or micro-F1 for
+    multi-label models), else by the share of texts whose decision differs from the reference's."""
+
+    lost: float  # points: (reference - candidate) x 100, or (1 - agreement) x 100; positive means worse
+    allowed: float
+    metric: str | None = None  # the figure's name (for messages); None when judged by agreement
+    reference: float | None = None
+    candidate: float | None = None
+
+    @property
+    def within(self) -> bool:
+        return self.lost <= self.allowed
+
+    @property
+    def by_agreement(self) -> bool:
+        return self.reference is None or self.candidate is None
+
+    def reason(self, reference: str, texts: int = 0, subject: str = "") -> str:
+        """Why a candidate that is not `within` is refused, against `reference` (who: "PyTorch", "its teacher");
+        `subject` names the candidate ("the student"), `texts` counts the scoring texts (for agreement)."""
+        if self.by_agreement:
+            who = f"{subject} " if subject else ""
+            return (f"{who}disagrees with {reference} on {self.lost:.2f}% of {texts} texts, so it may lose that "
+                    f"much accuracy (allowed: {self.allowed:g} points)")
+        whose = f"{subject}'s " if subject else ""
+        return (f"{whose}{METRIC_NAMES[self.metric or 'accuracy']} {self.candidate:.4f} is {self.lost:.2f} points "
+                f"below {reference}'s {self.reference:.4f} (allowed: {self.allowed:g})")
+
+
+def judge_drop(reference: float | None, candidate: float | None, allowed: float, agreement: float | None = None,
+               metric: str | None = None) -> Drop:
+    """The one rule for points lost: with both figures (fractions of the headline metric, `metric`), the
+    candidate's shortfall x 100; without, the share of texts whose decision differs from the reference's
+    ((1 - agreement) x 100); with neither, nothing lost. Within the bound when lost <= `allowed`."""
+    if reference is not None and candidate is not None:
+        return Drop((reference - candidate) * 100, allowed, metric, reference, candidate)
+    return Drop(0.0 if agreement is None else (1 - agreement) * 100, allowed)
+
+
+@dataclass(frozen=True)
 class LabelScheme:
     """The labels in id order; for multi-label models, each label's threshold and the separator that joins a
     set of labels in files."""
@@ -38,7 +82,7 @@ class LabelScheme:
     labels: tuple[str, ...]
     multi_label: bool = False
     thresholds: tuple[float, ...] | None = None  # multi-label: a label is predicted when its score >= its threshold
-    separator: str = DEFAULT_SEPARATOR
+    separator: str = LABEL_SEPARATOR
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(self.labels))
@@ -55,7 +99,7 @@ class LabelScheme:
         multi = manifest.get("problem_type", SINGLE_LABEL) == MULTI_LABEL
         thresholds = manifest.get("thresholds")
         return cls(tuple(labels), multi, [thresholds[x] for x in labels] if multi and thresholds else None,
-                   manifest.get("label_separator") or DEFAULT_SEPARATOR)
+                   manifest.get("label_separator") or LABEL_SEPARATOR)
 
     def manifest_fields(self) -> dict:
         """The manifest's record of this scheme, which `from_manifest` reads back."""
@@ -78,6 +122,19 @@ class LabelScheme:
     def figures(self) -> tuple[str, ...]:
         """The headline figures of `report`, the guard's metric first."""
         return figure_names(self.multi_label)
+
+    @property
+    def drop_key(self) -> str:
+        """The name of the points lost by `metric`: accuracy_drop, or micro_f1_drop for multi-label models."""
+        return f"{self.metric}_drop"
+
+    def drop(self, reference: dict | None, candidate: dict | None, allowed: float,
+             agreement: float | None = None) -> Drop:
+        """`judge_drop` by this scheme's metric, from two sets of figures (`report`'s, say); without both (no
+        labels), by `agreement`."""
+        if reference is None or candidate is None:
+            return judge_drop(None, None, allowed, agreement)
+        return judge_drop(reference[self.metric], candidate[self.metric], allowed, agreement, self.metric)
 
     def activate(self, logits: np.ndarray) -> np.ndarray:
         """Scores from logits: sigmoid per label for multi-label models, else softmax over the labels."""

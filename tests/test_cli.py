@@ -100,6 +100,17 @@ def test_version_and_module_entry_point():
     assert out.returncode == 0 and out.stdout.startswith("bertdeploy, version ")
 
 
+def test_the_cli_starts_without_numpy_a_runtime_or_the_training_stack():
+    """Its choices and defaults come from defaults.py, its tables from render.py; each command loads the rest."""
+    import subprocess
+    import sys
+
+    heavy = ["numpy", "tokenizers", "onnxruntime", "openvino", "torch", "transformers", "optimum", "onnx", "datasets"]
+    code = f"import sys, bertdeploy.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
 TRAINING_BLOCKED = """
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):

@@ -1,5 +1,6 @@
 """`bertdeploy distill`: a student of the tiny classifier, its layers, soft targets, unlabelled texts, resume, the
-teacher-vs-student guard, and its output taken by export and predict like any fine-tuned model."""
+teacher-vs-student guard (by micro-F1 for a multi-label teacher), and its output taken by export and predict like
+any fine-tuned model."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import NO_VETO, make_rows, write_csv
+from conftest import NO_VETO, make_multilabel_rows, make_rows, write_csv
 from test_train import _wait_for, _written
 
 from bertdeploy.cli import cli
@@ -63,6 +64,24 @@ def test_the_loss_mixes_kl_at_the_temperature_and_cross_entropy_where_there_is_a
     kl = F.kl_div(F.log_softmax(logits / 2, -1), F.softmax(teacher / 2, -1), reduction="none").sum(-1) * 4
     ce = F.cross_entropy(logits[:1], torch.tensor([1]))
     assert loss.item() == pytest.approx(((0.25 * kl[0] + 0.75 * ce) + kl[1]).item() / 2, rel=1e-6)
+
+
+def test_the_multilabel_loss_is_the_same_per_label_with_sigmoids():
+    import torch
+    import torch.nn.functional as F
+
+    from bertdeploy.build.distill import distillation_loss
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.5, 0.3, -2.0]])
+    teacher = torch.tensor([[1.0, 0.0, -3.0], [-2.0, 2.0, 1.0]])
+    gold = torch.tensor([[1.0, 0.0, 0.0], [-1.0, -1.0, -1.0]])  # row 2 has no gold label set
+    loss = distillation_loss({"logits": logits}, torch.cat([gold, teacher], dim=1), temperature=2.0, alpha=0.25,
+                             multi_label=True)
+    soft = torch.sigmoid(teacher / 2)  # KL of two-way distributions: cross-entropy less the teacher's entropy
+    kl = (F.binary_cross_entropy_with_logits(logits / 2, soft, reduction="none")
+          - F.binary_cross_entropy_with_logits(teacher / 2, soft, reduction="none")).mean(-1) * 4
+    bce = F.binary_cross_entropy_with_logits(logits[0], gold[0])
+    assert loss.item() == pytest.approx(((0.25 * kl[0] + 0.75 * bce) + kl[1]).item() / 2, rel=1e-5)
 
 
 def test_distill_writes_a_student_that_export_and_predict_take(tiny_classifier, tmp_path):
@@ -178,3 +197,55 @@ def test_a_killed_distillation_resumes(tiny_classifier, tmp_path, monkeypatch):
     assert [e["epoch"] for e in result.student.epochs] == [1, 2]
     assert (tmp_path / "out" / "manifest.json").is_file() and not (tmp_path / "out.partial").exists()
     assert np.isfinite(result.figures["student"]["accuracy"])
+
+
+# -- a multi-label teacher ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def multilabel_teacher(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny BERT fine-tuned multi-label (label sets joined by "|", thresholds tuned on its eval file)."""
+    from bertdeploy.build.train import FinetuneOptions, finetune
+
+    folder = tmp_path_factory.mktemp("multilabel-teacher")
+    train = write_csv(folder / "train.csv", make_multilabel_rows(120, seed=1))
+    test = write_csv(folder / "test.csv", make_multilabel_rows(40, seed=2))
+    finetune(FinetuneOptions(model=str(tiny_model_dir), train_file=train, eval_file=test, output_dir=folder / "model",
+                             label_column="labels", multi_label=True, tune_thresholds=True, epochs=4,
+                             learning_rate=3e-3, max_length=32, warmup_ratio=0.0, seed=0))
+    return folder / "model"
+
+
+def test_a_multilabel_teachers_student_is_judged_by_micro_f1(multilabel_teacher, tmp_path):
+    done = _distill(multilabel_teacher, tmp_path / "student", "--layers", "1", "--epochs", "1",
+                    "--max-accuracy-drop", str(NO_VETO), "--json")
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.stdout)
+    teacher = json.loads((multilabel_teacher / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "student" / "manifest.json").read_text())
+    config = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert result["metric"] == "micro_f1"
+    figures = manifest["distillation"]["eval"]
+    assert figures == result["figures"]
+    assert set(figures["teacher"]) == {"micro_f1", "macro_f1", "subset_accuracy"}
+    assert set(figures["student"]) == {"micro_f1", "macro_f1", "subset_accuracy", "agreement", "micro_f1_drop"}
+    student = figures["student"]
+    assert student["micro_f1_drop"] == pytest.approx((figures["teacher"]["micro_f1"] - student["micro_f1"]) * 100)
+    assert student["micro_f1"] == pytest.approx(manifest["metrics"]["micro_f1"]) and 0 <= student["agreement"] <= 1
+    # the teacher at its own tuned thresholds, on its eval file: its own figure (up to a score on a threshold)
+    assert figures["teacher"]["micro_f1"] == pytest.approx(teacher["metrics"]["micro_f1"], abs=0.05)
+    assert config["problem_type"] == manifest["problem_type"] == "multi_label_classification"
+    assert manifest["label_separator"] == "|" and set(manifest["thresholds"]) == set(teacher["labels"])
+    assert manifest["training"]["tune_thresholds"] and manifest["metrics"]["thresholds_tuned_on_these_data"]
+    assert manifest["data"]["eval_file"]["path"] == teacher["data"]["eval_file"]["path"]
+
+
+def test_a_multilabel_student_below_the_bound_is_refused_by_micro_f1(multilabel_teacher, tmp_path):
+    from bertdeploy.build.distill import DistillOptions, distill
+    from bertdeploy.errors import BertdeployError
+
+    options = DistillOptions(multilabel_teacher, tmp_path / "student", layers=1, training={"epochs": 1})
+    options.max_accuracy_drop = -100.5  # past the options' check: a bound no student can hold (lost >= -100)
+    with pytest.raises(BertdeployError, match=r"^the student's micro-F1 \d\.\d{4} is -?\d+\.\d{2} points below its "
+                                              r"teacher's \d\.\d{4} \(allowed: -100\.5\); nothing was written"):
+        distill(options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -234,9 +234,9 @@ def test_a_quantizer_that_crashes_refuses_its_variant_only(tiny_classifier, tmp_
     assert int8.reason == "the quantizer failed: Unable to find data type for weight_name='x', after 1 attempt"
     assert {v.name for v in result.variants if v.shipped} == {"fp32", "fp16"}
     assert read_manifest(tmp_path / "out")["rejected"]["int8"]["parity"]["label_agreement"] is None
-    from bertdeploy.cli import render_export
+    from bertdeploy import render
 
-    row = next(line for line in render_export(result).splitlines() if line.startswith("int8 "))
+    row = next(line for line in render.export(result).splitlines() if line.startswith("int8 "))
     assert row.split()[-1] == "REFUSED"
 
 
@@ -244,8 +244,8 @@ def test_fp32_disagreeing_with_pytorch_fails_loudly_and_writes_nothing(tiny_clas
     from bertdeploy.build import export as export_module
 
     model, _, _ = tiny_classifier
-    real = export_module._pytorch_logits
-    monkeypatch.setattr(export_module, "_pytorch_logits", lambda *a, **k: real(*a, **k) + 0.5)
+    real = export_module.reference_logits
+    monkeypatch.setattr(export_module, "reference_logits", lambda *a, **k: real(*a, **k) + 0.5)
     with pytest.raises(BertdeployError, match="disagrees with PyTorch"):
         export(ExportOptions(model, tmp_path / "out"))
     assert list(tmp_path.iterdir()) == []
@@ -391,9 +391,9 @@ def test_an_architecture_without_attention_fusion_is_named(tmp_path, caplog):
     assert "--openvino" in caplog.text
     if "int8-ov" not in [v.name for v in result.variants] and importlib.util.find_spec("nncf"):
         assert "not building int8-ov, which nobody named" in caplog.text  # no training texts to calibrate on
-    from bertdeploy.cli import render_export
+    from bertdeploy import render
 
-    fused_line = next(line for line in render_export(result).splitlines() if line.startswith("O2: fused"))
+    fused_line = next(line for line in render.export(result).splitlines() if line.startswith("O2: fused"))
     assert "skip-layer-norm" in fused_line and "attention" not in fused_line
 
 

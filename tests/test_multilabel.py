@@ -308,15 +308,16 @@ def test_bench_scores_multilabel_engines_by_micro_f1(multilabel):
     assert result.multi_label
     assert engines["pytorch"].micro_f1 == pytest.approx(trained["micro_f1"]) and engines["pytorch"].accuracy is None
     assert engines["fp32"].micro_f1 == pytest.approx(trained["micro_f1"]) and engines["fp32"].agreement == 1.0
-    from bertdeploy.cli import render_bench
+    from bertdeploy import render
 
-    assert "micro-F1" in render_bench(result)
+    assert "micro-F1" in render.bench(result)
 
 
 def test_predict_engine_ray_writes_and_scores_what_the_local_engine_does(ray_local, multilabel, tmp_path):
     from bertdeploy.predict.local import predict_file
     from bertdeploy.predict.ray_engine import predict_file_ray
     from bertdeploy.predict.rows import PredictFileOptions
+    from bertdeploy.runtime.options import RuntimeOptions
 
     folder, onnx, _ = multilabel
     rows = [{"text": r["text"], "labels": r["labels"].split("|") if r["labels"] else []}
@@ -326,7 +327,8 @@ def test_predict_engine_ray_writes_and_scores_what_the_local_engine_does(ray_loc
     for engine, run in (("local", predict_file), ("ray", predict_file_ray)):
         for source, suffix in ((folder / "test.csv", "csv"), (jsonl, "jsonl")):
             results[engine, suffix] = run(PredictFileOptions(onnx, str(source), tmp_path / f"{engine}.{suffix}",
-                                                             variant="fp32", engine=engine, chunk_rows=16, workers=2))
+                                                             RuntimeOptions(variant="fp32"), engine=engine,
+                                                             chunk_rows=16, workers=2))
     for suffix in ("csv", "jsonl"):
         assert (tmp_path / f"ray.{suffix}").read_text("utf-8") == (tmp_path / f"local.{suffix}").read_text("utf-8")
         local, ray = results["local", suffix], results["ray", suffix]

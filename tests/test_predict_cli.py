@@ -15,7 +15,14 @@ from bertdeploy.cli import cli
 from bertdeploy.errors import DataError
 from bertdeploy.predict.local import predict_file
 from bertdeploy.predict.rows import PredictFileOptions
+from bertdeploy.runtime.options import RuntimeOptions
 from bertdeploy.runtime.predictor import Predictor
+
+# Every runtime option of `predict`, none at its default, and the RuntimeOptions they make.
+RUNTIME_ARGS = ["--variant", "fp32", "--backend", "onnxruntime", "--threads", "1", "--providers", "cpu",
+                "--allow-fallback", "--no-spinning", "--max-batch-tokens", "64", "--long-text", "chunk"]
+RUNTIME = RuntimeOptions(variant="fp32", backend="onnxruntime", threads=1, providers="cpu", allow_fallback=True,
+                         spinning=False, max_batch_tokens=64, long_text="chunk")
 
 
 def _run(*args: str, input: str | None = None):
@@ -143,3 +150,22 @@ def test_unknown_and_empty_labels_are_counted_not_scored(tiny_artifacts, tmp_pat
     assert result.rows == 20 and result.scored == 17 and result.unlabelled == 1
     assert result.unknown_labels == {"neutral": 2}
     assert sum(sum(row) for row in result.report["confusion_matrix"]) == 17
+
+
+def test_the_runtime_options_reach_the_local_engines_predictor(tiny_artifacts, tmp_path, stopped_load):
+    source = write_csv(tmp_path / "in.csv", make_rows(3, seed=12))
+    result = _run(str(tiny_artifacts), str(source), *RUNTIME_ARGS)
+    assert result.exit_code == 2 and "Error: stopped at Predictor.load" in result.output, result.output
+    assert stopped_load == [(tiny_artifacts, RUNTIME, {})]  # one RuntimeOptions, nothing passed beside it
+    stopped_load.clear()
+    assert _run(str(tiny_artifacts), str(source)).exit_code == 2
+    assert stopped_load == [(tiny_artifacts, RuntimeOptions(), {})]  # the defaults are RuntimeOptions'
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--threads", "0"], "--threads must be at least 1"),
+    (["--max-batch-tokens", "4"], "--max-batch-tokens must be at least 8"),
+])
+def test_bad_runtime_options_are_one_clear_line(tiny_artifacts, tmp_path, stopped_load, args, message):
+    result = _run(str(tiny_artifacts), str(write_csv(tmp_path / "in.csv", make_rows(3, seed=12))), *args)
+    assert result.exit_code == 2 and result.output == f"Error: {message}\n" and stopped_load == []

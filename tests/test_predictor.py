@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import pickle
 import random
 import shutil
 import subprocess
@@ -18,6 +20,7 @@ from conftest import make_rows, pytorch_logits, write_jsonl
 from bertdeploy.errors import BertdeployError
 from bertdeploy.host import usable_cpus
 from bertdeploy.runtime.encoding import padded_length, plan_batches
+from bertdeploy.runtime.options import RuntimeOptions
 from bertdeploy.runtime.predictor import Prediction, Predictor
 
 
@@ -78,7 +81,7 @@ def test_edge_cases(tiny_artifacts):
         p.predict_proba([None])
     with pytest.raises(ValueError, match="trained on single texts"):
         p.predict(["好"], pairs=["差"])
-    with pytest.raises(ValueError, match="long_text must be one of"):
+    with pytest.raises(BertdeployError, match="long_text must be one of truncate, chunk"):
         Predictor.load(tiny_artifacts, long_text="drop")
 
 
@@ -203,11 +206,50 @@ def test_providers_and_threads(tiny_artifacts):
     assert default.get_session_config_entry("session.intra_op.allow_spinning") == "1"  # as ONNX Runtime's default
 
 
+def test_load_takes_one_runtime_options_object_or_its_fields_by_name(tiny_artifacts):
+    options = RuntimeOptions(variant="fp32", threads=1, spinning=False, long_text="chunk", max_batch_tokens=64,
+                             max_batch_size=4)
+    assert pickle.loads(pickle.dumps(options)) == options  # what the Ray engines send to their actors and replicas
+    p = Predictor.load(tiny_artifacts, options=options)
+    assert p.options == options and p.variant == "fp32"
+    assert (p.long_text, p.max_batch_tokens, p.max_batch_size) == ("chunk", 64, 4)
+    session = p.routes[0].model.session.get_session_options()
+    assert session.intra_op_num_threads == 1
+    assert session.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    by_name = Predictor.load(tiny_artifacts, variant="fp32", threads=1, spinning=False, long_text="chunk",
+                             max_batch_tokens=64, max_batch_size=4)
+    assert by_name.options == options
+    texts = _texts(20, seed=13)
+    assert np.array_equal(by_name.predict_proba(texts), p.predict_proba(texts))
+    # a field given by name takes the place of the object's
+    assert Predictor.load(tiny_artifacts, options=options, long_text="truncate").options == \
+        dataclasses.replace(options, long_text="truncate")
+    assert Predictor.load(tiny_artifacts).options == RuntimeOptions()
+    with pytest.raises(TypeError, match="thread"):
+        Predictor.load(tiny_artifacts, thread=2)
+    with pytest.raises(TypeError):
+        Predictor.load(tiny_artifacts, "fp32")  # the settings go by name
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"threads": 0}, "--threads must be at least 1"),
+    ({"max_batch_tokens": 4}, "--max-batch-tokens must be at least 8"),
+    ({"max_batch_size": 0}, "max_batch_size must be at least 1"),
+    ({"long_text": "drop"}, "long_text must be one of truncate, chunk"),
+    ({"backend": "tensorflow"}, "unknown backend 'tensorflow'; use auto, onnxruntime, openvino"),
+    ({"hint": "fast"}, "unknown OpenVINO hint 'fast'; use latency or throughput"),
+])
+def test_runtime_options_refuse_bad_values(settings, message):
+    with pytest.raises(BertdeployError) as refused:
+        RuntimeOptions(**settings)
+    assert str(refused.value) == message
+
+
 def test_usable_cpus_follow_the_affinity_mask():
     if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs Linux and at least 2 CPUs")
     code = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); " \
-           "from bertdeploy.runtime.encoding import usable_cpus; print(usable_cpus())"
+           "from bertdeploy.host import usable_cpus; print(usable_cpus())"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "1"
 
 

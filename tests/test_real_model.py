@@ -82,6 +82,7 @@ MIN_MICRO_F1, MIN_SUBSET_ACCURACY = 0.69, 0.40
 def test_minilm_learns_multilabel_reviews_and_int8_keeps_micro_f1(tmp_path):
     from bertdeploy.predict.local import predict_file
     from bertdeploy.predict.rows import PredictFileOptions
+    from bertdeploy.runtime.options import RuntimeOptions
 
     splits = write_multilabel_review_splits(tmp_path / "data", train_size=1200, test_size=400, seed=0)
     trained = finetune(FinetuneOptions(
@@ -97,7 +98,7 @@ def test_minilm_learns_multilabel_reviews_and_int8_keeps_micro_f1(tmp_path):
     assert result.reference["micro_f1"] == pytest.approx(trained.micro_f1)
     assert int8.shipped and int8.eval["micro_f1_drop"] <= 1.0
     scored = predict_file(PredictFileOptions(tmp_path / "onnx", str(splits.test_file), tmp_path / "out.csv",
-                                             variant="int8"))
+                                             RuntimeOptions(variant="int8")))
     # the same file and labels; dynamic INT8 scales each batch's activations, so batching may flip a decision or two
     assert scored.report["micro_f1"] == pytest.approx(int8.eval["micro_f1"], abs=0.005)
 

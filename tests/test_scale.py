@@ -25,11 +25,15 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from conftest import make_rows, write_csv, write_jsonl
+from test_predict_cli import RUNTIME, RUNTIME_ARGS
 from test_predictor import _texts
+from test_server import SERVE_RUNTIME, SERVE_RUNTIME_ARGS
 
 from bertdeploy.cli import cli
+from bertdeploy.errors import BertdeployError
 from bertdeploy.predict.ray_engine import predict_file_ray
 from bertdeploy.predict.rows import PredictFileOptions
+from bertdeploy.runtime.options import RuntimeOptions
 from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.serve.httpapi import KEY_REFUSED, ServeOptions
 
@@ -164,8 +168,8 @@ def test_ray_serve_python_entry_point_with_autoscaling_and_an_api_key(ray_local,
                          "max_queued_requests": "7"})  # serve run's args
     assert isinstance(built, serve.Application) and built._bound_deployment.max_queued_requests == 7
     monkeypatch.setenv("TEST_KEY", "s3cret")
-    options = ServeOptions(tiny_artifacts, variant="fp32", min_replicas=1, max_replicas=2, threads=1,
-                           api_key_env="TEST_KEY", max_body_bytes=2000, model_name="tiny")
+    options = ServeOptions(tiny_artifacts, runtime=RuntimeOptions(variant="fp32", threads=1), min_replicas=1,
+                           max_replicas=2, api_key_env="TEST_KEY", max_body_bytes=2000, model_name="tiny")
 
     def start(port: int) -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -211,8 +215,8 @@ def test_predict_engine_ray_writes_what_the_local_engine_writes(ray_local, tiny_
     assert local.exit_code == 0, local.output
     # many small batches over 2 actors, so order has to be kept on purpose
     result = predict_file_ray(PredictFileOptions(tiny_artifacts, str(review_file), tmp_path / "ray.csv",
-                                                 variant="fp32", all_scores=True, engine="ray", chunk_rows=16,
-                                                 workers=2))
+                                                 RuntimeOptions(variant="fp32"), all_scores=True, engine="ray",
+                                                 chunk_rows=16, workers=2))
     assert (tmp_path / "ray.csv").read_text(encoding="utf-8") == (tmp_path / "local.csv").read_text(encoding="utf-8")
     assert result.rows == 300 and "2 Ray Data workers of 1 thread" in result.variant
     assert result.report is not None and result.scored == 300
@@ -251,13 +255,92 @@ def test_ray_engines_take_the_providers_as_the_local_ones_do(tiny_artifacts, tmp
                                     "cuda", "--allow-fallback"])
     assert done.exit_code == 2 and "provider CUDAExecutionProvider is not in this ONNX Runtime" in done.output
     columns = Columns("text", None, None, ["text", "label"], {"label": "label", "score": "score"})
-    options = PredictFileOptions(tiny_artifacts, str(source), providers="cuda", engine="ray")
+    options = PredictFileOptions(tiny_artifacts, str(source), runtime=RuntimeOptions(providers="cuda"), engine="ray")
     failed = _Scorer(options, "csv", "csv", columns)(pd.DataFrame(make_rows(4, seed=3)))
     assert "provider CUDAExecutionProvider is not in this ONNX Runtime" in failed[FAILED].iloc[0]
-    scored = _Scorer(PredictFileOptions(tiny_artifacts, str(source), providers="cpu", threads=1, engine="ray"), "csv",
-                     "csv", columns)
+    scored = _Scorer(PredictFileOptions(tiny_artifacts, str(source), runtime=RuntimeOptions(providers="cpu", threads=1),
+                                        engine="ray"), "csv", "csv", columns)
     assert scored.predictor.providers[0] == "CPUExecutionProvider"
     assert scored(pd.DataFrame(make_rows(4, seed=3)))[FAILED].tolist() == [""] * 4
+
+
+def test_the_runtime_options_reach_the_ray_predict_actors_predictor(tiny_artifacts, tmp_path, stopped_load,
+                                                                    monkeypatch):
+    """The CLI's options -> predict_file_ray -> each Ray Data actor -> its Predictor.load: one RuntimeOptions, its
+    threads those the actor reserves (1 without --threads). Ray is faked: map_batches builds the actor here."""
+    from unittest import mock
+
+    from bertdeploy.predict import ray_engine
+
+    reserved = []
+
+    def map_batches(actor, **settings):
+        reserved.append(settings["num_cpus"])
+        actor(**settings["fn_constructor_kwargs"])
+        raise BertdeployError("stopped after the actor")
+
+    fake = mock.MagicMock()
+    fake.cluster_resources.return_value = {"CPU": 4}
+    fake.data.read_csv.return_value.map_batches.side_effect = map_batches
+    monkeypatch.setattr(ray_engine, "ray_cluster", lambda address: contextlib.nullcontext(fake))
+    source = write_csv(tmp_path / "in.csv", make_rows(3, seed=12))
+    for args in (RUNTIME_ARGS, [], ["--threads", "2"]):
+        done = CliRunner().invoke(cli, ["predict", str(tiny_artifacts), str(source), "--engine", "ray", *args])
+        assert done.exit_code == 2 and "Error: stopped after the actor" in done.output, done.output
+    assert stopped_load == [(tiny_artifacts, RUNTIME, {}), (tiny_artifacts, RuntimeOptions(threads=1), {}),
+                            (tiny_artifacts, RuntimeOptions(threads=2), {})]
+    assert reserved == [1, 1, 2]
+
+
+def test_the_runtime_options_reach_the_ray_serve_replicas_predictor(tiny_artifacts, stopped_load, monkeypatch):
+    """The CLI's options -> the Serve application -> each replica -> its Predictor.load: one RuntimeOptions, its
+    threads those the replica reserves (without --threads: the cluster's CPUs over the replicas). No cluster:
+    the replica is built here from what the application binds, on 4 CPUs."""
+    from bertdeploy.serve import ray_engine
+
+    reserved = []
+
+    def serve_ray(options):
+        deployment = ray_engine.application(options, cpus=4)._bound_deployment
+        reserved.append(deployment.ray_actor_options["num_cpus"])
+        ray_engine.PredictorReplica(*deployment.init_args, **deployment.init_kwargs)
+
+    monkeypatch.setattr(ray_engine, "serve_ray", serve_ray)
+    for args in (SERVE_RUNTIME_ARGS, ["--replicas", "2"]):
+        done = CliRunner().invoke(cli, ["serve", str(tiny_artifacts), "--engine", "ray", *args])
+        assert done.exit_code == 2 and "Error: stopped at Predictor.load" in done.output, done.output
+    assert stopped_load == [(tiny_artifacts, SERVE_RUNTIME, {}),
+                            (tiny_artifacts, RuntimeOptions(threads=2, max_batch_size=64), {})]
+    assert reserved == [1, 2]
+
+
+def test_the_ray_serve_app_builder_takes_the_runtime_options_by_name(tiny_artifacts):
+    from bertdeploy.serve.ray_engine import app_builder
+
+    built = app_builder({"artifact_dir": str(tiny_artifacts), "replicas": "2", "variant": "fp32", "threads": "1",
+                         "providers": "cpu", "allow_fallback": "true", "spinning": "false", "max_batch_size": "8",
+                         "max_wait_ms": "2"})  # as `serve run` passes them: text
+    options = built._bound_deployment.init_args[0]
+    assert options.runtime == RuntimeOptions(variant="fp32", threads=1, providers="cpu", allow_fallback=True,
+                                             spinning=False, max_batch_size=8)
+    assert (options.replicas, options.max_wait_ms, options.engine) == (2, 2.0, "ray")
+    with pytest.raises(BertdeployError, match="^--threads must be at least 1$"):
+        app_builder({"artifact_dir": str(tiny_artifacts), "threads": 0})
+
+
+def test_ray_predict_actors_chunk_long_texts_when_asked(ray_local, tiny_artifacts, tmp_path):
+    """--long-text chunk reaches the actors' predictors: a text past the max length scores as on the local engine,
+    and not as truncated."""
+    rows = [{"text": "很好，喜欢！" * 10 + "差，失望，退货。" * 10, "label": "negative"}, *make_rows(5, seed=4)]
+    source = write_csv(tmp_path / "long.csv", rows)
+    for engine, long_text in (("local", "truncate"), ("local", "chunk"), ("ray", "chunk")):
+        done = CliRunner().invoke(cli, ["predict", str(tiny_artifacts), str(source), "--variant", "fp32",
+                                        "--all-scores", "--long-text", long_text, "--engine", engine, "-o",
+                                        str(tmp_path / f"{engine}-{long_text}.csv")])
+        assert done.exit_code == 0, done.output
+    chunked = (tmp_path / "ray-chunk.csv").read_text("utf-8")
+    assert chunked == (tmp_path / "local-chunk.csv").read_text("utf-8")
+    assert chunked != (tmp_path / "local-truncate.csv").read_text("utf-8")
 
 
 def test_serve_engine_ray_names_a_port_in_use(tiny_artifacts, short_tmp):

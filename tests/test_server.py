@@ -25,6 +25,7 @@ from conftest import make_rows
 from schemathesis.checks import not_a_server_error
 
 from bertdeploy.cli import cli
+from bertdeploy.runtime.options import RuntimeOptions
 from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.serve.batcher import Batcher, Overloaded
 from bertdeploy.serve.httpapi import ServeOptions
@@ -371,6 +372,24 @@ def test_serve_refuses_bad_settings_before_listening(tiny_artifacts, args, messa
     os.environ.pop("BERTDEPLOY_TEST_UNSET_KEY", None)
     result = CliRunner().invoke(cli, ["serve", *[a.format(artifacts=tiny_artifacts) for a in args]])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+# Every runtime option of `serve`, none at its default, and the RuntimeOptions they make.
+SERVE_RUNTIME_ARGS = ["--variant", "fp32", "--backend", "onnxruntime", "--threads", "1", "--providers", "cpu",
+                      "--allow-fallback", "--no-spinning", "--max-batch-tokens", "64", "--max-batch-size", "8"]
+SERVE_RUNTIME = RuntimeOptions(variant="fp32", backend="onnxruntime", threads=1, providers="cpu", allow_fallback=True,
+                               spinning=False, max_batch_tokens=64, max_batch_size=8)
+
+
+def test_the_runtime_options_reach_the_local_servers_predictor(tiny_artifacts, stopped_load):
+    result = CliRunner().invoke(cli, ["serve", str(tiny_artifacts), "--port", "0", *SERVE_RUNTIME_ARGS])
+    assert result.exit_code == 2 and "Error: stopped at Predictor.load" in result.output, result.output
+    assert stopped_load == [(tiny_artifacts, SERVE_RUNTIME, {})]
+    stopped_load.clear()
+    assert CliRunner().invoke(cli, ["serve", str(tiny_artifacts), "--port", "0"]).exit_code == 2
+    assert stopped_load == [(tiny_artifacts, RuntimeOptions(max_batch_size=64), {})]  # --max-batch-size's default
+    result = CliRunner().invoke(cli, ["serve", str(tiny_artifacts), "--threads", "0"])
+    assert result.exit_code == 2 and result.output == "Error: --threads must be at least 1\n"
 
 
 def test_the_batcher_keeps_requests_apart_and_bounds_batches(tiny_artifacts, fp32):

@@ -16,6 +16,7 @@ import numpy as np
 from bertdeploy.artifacts import read_manifest
 from bertdeploy.build.reference import PYTORCH, TorchModel
 from bertdeploy.runtime.backends import OpenVinoModel, OrtModel
+from bertdeploy.runtime.options import RuntimeOptions
 from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.runtime.routing import choose_routes
 
@@ -57,7 +58,7 @@ class AutoModel:
 
     def __init__(self, engine: Engine) -> None:
         # No spinning: engines take turns, and one's spinning threads would slow the next one's call.
-        self.predictor = Predictor.load(engine.path, threads=engine.threads, spinning=False)
+        self.predictor = Predictor.load(engine.path, options=RuntimeOptions(threads=engine.threads, spinning=False))
 
     def prepare(self, feed: dict) -> dict:
         return {name: feed[name] for name in self.predictor.input_names}

@@ -28,8 +28,8 @@ from bertdeploy.bench.cases import Case, fixed_length_cases, natural_cases
 from bertdeploy.bench.engines import AUTO, Engine
 from bertdeploy.bench.probe import probe
 from bertdeploy.bench.report import BenchResult, EngineReport, Timing
-from bertdeploy.build.export import SAMPLE_TEXTS
 from bertdeploy.build.reference import PYTORCH, PYTORCH_BF16, computes_bf16
+from bertdeploy.build.source import SAMPLE_TEXTS
 from bertdeploy.data import (
     Examples,
     check_known_labels,
@@ -39,9 +39,19 @@ from bertdeploy.data import (
     load_texts,
     sample_examples,
 )
+from bertdeploy.defaults import (
+    BENCH_BATCH_SIZES,
+    BENCH_RUNS,
+    BENCH_SEQ_LENGTHS,
+    BENCH_WARMUP,
+    DEVICE,
+    EVAL_SAMPLES,
+    MAX_ACCURACY_DROP,
+    RECORD_ROUTES,
+)
 from bertdeploy.errors import BertdeployError, check_options, require_training
 from bertdeploy.host import machine, usable_cpus
-from bertdeploy.labels import LabelScheme
+from bertdeploy.labels import LabelScheme, judge_drop
 from bertdeploy.runtime.backends import BACKENDS, OPENVINO, backend_of, import_openvino, openvino_installed
 from bertdeploy.runtime.encoding import (
     CPU_BATCH_TOKENS,
@@ -52,7 +62,7 @@ from bertdeploy.runtime.encoding import (
     run_batches,
 )
 from bertdeploy.runtime.routing import auto_section
-from bertdeploy.runtime.sessions import PROVIDERS, resolve_providers
+from bertdeploy.runtime.sessions import DEVICES, PROVIDERS, resolve_providers
 from bertdeploy.timing import distinct_shapes, interleave
 
 logger = logging.getLogger(__name__)
@@ -67,15 +77,15 @@ class BenchOptions:
     pytorch_model: Path | None = None  # default: the model directory the manifest names
     eval_file: Path | None = None  # real texts (and labels, for accuracy); the manifest's columns
     variants: list[str] | None = None  # default: every shipped variant (on CUDA, all but INT8)
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
-    seq_lengths: list[int] = field(default_factory=lambda: [32, 128])
-    runs: int = 100
-    warmup: int = 10
+    batch_sizes: list[int] = field(default_factory=lambda: list(BENCH_BATCH_SIZES))
+    seq_lengths: list[int] = field(default_factory=lambda: list(BENCH_SEQ_LENGTHS))
+    runs: int = BENCH_RUNS
+    warmup: int = BENCH_WARMUP
     threads: int | None = None  # default: the CPUs this process may use
-    device: str = "cpu"
-    eval_samples: int = 2000  # accuracy on at most this many eval texts (a stratified sample)
+    device: str = DEVICE
+    eval_samples: int = EVAL_SAMPLES  # accuracy on at most this many eval texts (a stratified sample)
     progress: bool = False
-    record: bool = True  # write the size ranges for backend="auto" into the manifest (CPU only)
+    record: bool = RECORD_ROUTES  # write the size ranges for backend="auto" into the manifest (CPU only)
 
     def __post_init__(self) -> None:
         self.artifact_dir = Path(self.artifact_dir)
@@ -85,7 +95,7 @@ class BenchOptions:
             (self.runs >= 1, "runs must be at least 1"),
             (self.warmup >= 0, "warmup must be 0 or more"),
             (self.threads is None or self.threads >= 1, "threads must be at least 1"),
-            (self.device in ("cpu", "cuda"), f"unknown device {self.device!r}; use cpu or cuda"),
+            (self.device in DEVICES, f"unknown device {self.device!r}; use {' or '.join(DEVICES)}"),
             (self.eval_samples >= 1, "eval_samples must be at least 1"),
         ])
         self.batch_sizes, self.seq_lengths = sorted(set(self.batch_sizes)), sorted(set(self.seq_lengths))
@@ -114,7 +124,7 @@ def bench(options: BenchOptions) -> BenchResult:
 
     scheme = LabelScheme.from_manifest(manifest)
     scoring = None if examples is None else (examples, encoder, names, scheme)
-    bound = manifest.get("evaluation", {}).get("max_accuracy_drop", 1.0)
+    bound = manifest.get("evaluation", {}).get("max_accuracy_drop", MAX_ACCURACY_DROP)
     reports, timings = measure(engines, cases, options, scoring, bound)
     measured = {e.name for e in engines}
     auto = None
@@ -133,7 +143,8 @@ def _runnable(manifest: dict) -> list[str]:
 
 
 def measure(engines: list[Engine], cases: list[Case], options: BenchOptions,
-            scoring: tuple[Examples, TextEncoder, list[str], LabelScheme] | None = None, max_accuracy_drop: float = 1.0,
+            scoring: tuple[Examples, TextEncoder, list[str], LabelScheme] | None = None,
+            max_accuracy_drop: float = MAX_ACCURACY_DROP,
             ) -> tuple[list[EngineReport], list[Timing]]:
     """Probe each engine in its own process, load them all, score them on `scoring` (examples, encoder,
     input names, label scheme), then time them on `cases`. The first engine is the reference for agreement and
@@ -162,16 +173,13 @@ def measure(engines: list[Engine], cases: list[Case], options: BenchOptions,
 
 
 def _within(r: EngineReport, reference: EngineReport, max_drop: float, warn: bool = False) -> bool:
-    """Whether `r` is within `max_drop` points of the reference: by accuracy (micro-F1 for multi-label models)
-    with labels, else by agreement; an engine not scored counts as within."""
-    if r.headline is not None and reference.headline is not None:
-        lost = (reference.headline - r.headline) * 100
-    else:
-        lost = 0.0 if r.agreement is None else (1 - r.agreement) * 100
-    if lost > max_drop and warn:
-        logger.warning("%s lost %.2f points against %s (allowed: %g): not a speed-up baseline", r.name, lost,
+    """Whether `r` is within `max_drop` points of the reference by the one rule (labels.judge_drop): by accuracy
+    (micro-F1 for multi-label models) with labels, else by agreement; an engine not scored counts as within."""
+    drop = judge_drop(reference.headline, r.headline, max_drop, r.agreement)
+    if not drop.within and warn:
+        logger.warning("%s lost %.2f points against %s (allowed: %g): not a speed-up baseline", r.name, drop.lost,
                        reference.name, max_drop)
-    return lost <= max_drop
+    return drop.within
 
 
 def pick_engines(options: BenchOptions, manifest: dict) -> list[Engine]:
@@ -222,7 +230,7 @@ def record_auto(options: BenchOptions, manifest: dict, reports: list[EngineRepor
     in padded tokens (the geometric mean of the cells of one size), among the variants within the accuracy
     bound."""
     variants = [r for r in reports if r.backend in BACKENDS]
-    bound = manifest.get("evaluation", {}).get("max_accuracy_drop", 1.0)
+    bound = manifest.get("evaluation", {}).get("max_accuracy_drop", MAX_ACCURACY_DROP)
     eligible = [r.name for r in variants if r.headline is None or _within(r, reports[0], bound)]
     p50: dict[str, dict[int, float]] = {}
     for r in variants:

@@ -7,8 +7,10 @@ labels every training text once, batched, with soft targets; unlabelled in-domai
 (`unlabeled_file`) add more. The student trains with `finetune`'s run (the stock Trainer, its data
 checks, evaluation every epoch, best epoch, seed, resume and atomic output) through the Trainer's
 documented loss hook: KL divergence to the teacher's temperature-softened distribution (x T^2),
-mixed with cross-entropy on the gold label where a row has one. A student more than
-`max_accuracy_drop` points below its teacher on the eval data is refused and nothing is written.
+mixed with cross-entropy on the gold label where a row has one (multi-label teachers: per label, the KL
+between the teacher's and the student's sigmoid at T, and binary cross-entropy on the gold label set). A
+student more than `max_accuracy_drop` points below its teacher on the eval data (by accuracy; micro-F1 for
+multi-label models: labels.judge_drop, the export guard's rule) is refused and nothing is written.
 The result is an ordinary fine-tuned model directory that export, bench, predict and serve take.
 """
 
@@ -25,18 +27,17 @@ import numpy as np
 
 from bertdeploy.artifacts import read_manifest, sha256_file
 from bertdeploy.build.guard import interleaved_latency
+from bertdeploy.build.pretrained import load_model
 from bertdeploy.build.reference import TorchModel, pytorch_logits
-from bertdeploy.build.train import MODEL_KIND, FinetuneOptions, FinetuneResult, Recipe, finetune, load_model
+from bertdeploy.build.train import MODEL_KIND, FinetuneOptions, FinetuneResult, Recipe, finetune
 from bertdeploy.data import Examples, file_format, load_texts
+from bertdeploy.defaults import ALPHA, DISTILL_EPOCHS, DISTILL_LEARNING_RATE, MAX_ACCURACY_DROP, TEMPERATURE
 from bertdeploy.errors import BertdeployError, ModelError, check_options, require_training
 from bertdeploy.host import usable_cpus
 from bertdeploy.labels import LabelScheme
 
 logger = logging.getLogger(__name__)
 
-# Chosen by benchmarks/distill_defaults.py (layer choice, learning rate, epochs; docs/distill.md says what won).
-DEFAULT_EPOCHS = 5.0
-DEFAULT_LEARNING_RATE = 1e-4
 TEACHER_BATCH = 32
 SPEED_ROUNDS = 5
 
@@ -52,9 +53,9 @@ class DistillOptions:
     student: str | None = None  # ...or train this checkpoint (Hub id or path)
     train_file: str | Path | None = None  # default: the teacher's training file
     unlabeled_file: str | Path | None = None  # texts the teacher labels with soft targets
-    temperature: float = 2.0
-    alpha: float = 0.5  # the soft targets' share of the loss on labelled rows (unlabelled rows: all of it)
-    max_accuracy_drop: float = 1.0  # points of accuracy the student may lose against its teacher
+    temperature: float = TEMPERATURE
+    alpha: float = ALPHA  # the soft targets' share of the loss on labelled rows (unlabelled rows: all of it)
+    max_accuracy_drop: float = MAX_ACCURACY_DROP  # points of accuracy (micro-F1, multi-label) lost to the teacher
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -69,7 +70,7 @@ class DistillOptions:
             (0 <= self.alpha <= 1, "--alpha must be between 0 and 1"),
             (0 <= self.max_accuracy_drop <= 100, "max_accuracy_drop is in points, between 0 and 100"),
         ])
-        self.training = {"epochs": DEFAULT_EPOCHS, "learning_rate": DEFAULT_LEARNING_RATE, **self.training}
+        self.training = {"epochs": DISTILL_EPOCHS, "learning_rate": DISTILL_LEARNING_RATE, **self.training}
 
 
 @dataclass
@@ -79,9 +80,17 @@ class DistillResult:
     layers: list[int] | None  # the teacher's layers kept, or None for a --student checkpoint
     depth: dict[str, int]  # teacher, student: encoder layers
     parameters: dict[str, int]  # teacher, student
-    figures: dict[str, dict]  # teacher, student: accuracy, macro_f1; student also agreement with the teacher
+    # teacher, student: the scheme's figures (accuracy, macro_f1; multi-label: micro_f1, macro_f1, subset_accuracy);
+    # the student also agreement with the teacher and the points lost (accuracy_drop; micro_f1_drop)
+    figures: dict[str, dict]
     latency_ms: dict[str, dict[str, float]]  # teacher, student: PyTorch fp32 p50 at batch_1 and batch_8
     unlabeled_texts: int
+    metric: str = "accuracy"  # the figure the student is judged by: accuracy, or micro_f1 for multi-label models
+
+    @property
+    def drop_key(self) -> str:
+        """Where `figures['student']` holds the points lost: accuracy_drop, or micro_f1_drop."""
+        return f"{self.metric}_drop"
 
     def speedups(self) -> dict[str, float]:
         return {batch: self.latency_ms["teacher"][batch] / ms for batch, ms in self.latency_ms["student"].items()}
@@ -101,7 +110,7 @@ def distill(options: DistillOptions) -> DistillResult:
     output = Path(finetune_options.output_dir)
     timings = _latency(teacher_dir, output, recipe.eval_texts)
     return DistillResult(student, teacher_dir, recipe.kept, {"teacher": depth, "student": _depth(output)},
-                         recipe.parameters, recipe.figures, timings, len(unlabeled))
+                         recipe.parameters, recipe.figures, timings, len(unlabeled), recipe.scheme.metric)
 
 
 def _check_layers(layers: int | list[int] | None, depth: int) -> None:
@@ -119,10 +128,7 @@ def _teacher_manifest(teacher_dir: Path) -> dict:
     if not (teacher_dir / "manifest.json").is_file() or not (teacher_dir / "config.json").is_file():
         raise ModelError(f"{teacher_dir}: not a `bertdeploy finetune` output (no manifest.json and config.json); "
                          "distill a model fine-tuned with bertdeploy")
-    manifest = read_manifest(teacher_dir, MODEL_KIND)
-    if LabelScheme.from_manifest(manifest).multi_label:
-        raise ModelError(f"{teacher_dir}: a multi-label model; distill takes single-label classifiers")
-    return manifest
+    return read_manifest(teacher_dir, MODEL_KIND)
 
 
 def _depth(model_dir: Path) -> int:
@@ -143,10 +149,16 @@ def _finetune_options(options: DistillOptions, manifest: dict, teacher_dir: Path
             held_out["eval_file"] = data["eval_file"]["path"]
         elif "val_split" in data:
             held_out = {"val_split": data["val_split"]["fraction"], "seed": data["val_split"]["seed"]}
+    scheme = LabelScheme.from_manifest(manifest)
+    labels: dict[str, Any] = ({"label_columns": manifest["label_columns"]} if manifest.get("label_columns")
+                              else {"labels": list(manifest["labels"])})
+    if scheme.multi_label:  # the teacher's label sets, and its thresholds tuned the same way
+        labels.update(multi_label=True, label_separator=scheme.separator,
+                      tune_thresholds=manifest.get("training", {}).get("tune_thresholds", False))
     training = {"text_column": manifest.get("text_column") or "text",
                 "label_column": manifest.get("label_column") or "label",
                 "text_pair_column": manifest.get("text_pair_column"),
-                "labels": list(manifest["labels"]), "max_length": manifest["max_length"],
+                **labels, "max_length": manifest["max_length"],
                 "drop_empty": manifest.get("training", {}).get("drop_empty", False),
                 **options.training, **held_out}  # the teacher's split keeps its seed
     model = str(teacher_dir) if options.layers is not None else options.student
@@ -171,6 +183,7 @@ class Distillation(Recipe):
 
     def __init__(self, options: DistillOptions, teacher_dir: Path, manifest: dict, unlabeled: list[str]) -> None:
         self.options, self.teacher_dir, self.manifest, self.unlabeled = options, teacher_dir, manifest, unlabeled
+        self.scheme = LabelScheme.from_manifest(manifest)  # the teacher's, with its thresholds
         self.kept: list[int] | None = None
         self.parameters: dict[str, int] = {}
         self.figures: dict[str, dict] = {}
@@ -190,7 +203,8 @@ class Distillation(Recipe):
         self.parameters["teacher"] = teacher.num_parameters()
         self.teacher, self.teacher_tokenizer = teacher.eval(), AutoTokenizer.from_pretrained(self.teacher_dir)
         if self.options.student is not None:  # a classifier already gets a fresh head for the teacher's labels
-            tokenizer, student = load_model(self.options.student, labels, seed=options.seed)
+            tokenizer, student = load_model(self.options.student, labels, seed=options.seed,
+                                            problem_type=scheme.problem_type)
         else:
             set_seed(options.seed)
             student = AutoModelForSequenceClassification.from_pretrained(self.teacher_dir)
@@ -207,34 +221,39 @@ class Distillation(Recipe):
                         None if train.pairs is None else train.pairs + [""] * len(self.unlabeled))
 
     def targets(self, examples: Examples, scheme: LabelScheme, split: str) -> list:
-        """Per row: the gold label's id (-1 for none), then the teacher's logits."""
+        """Per row: the gold label's id (-1 for none), or for multi-label models a 0/1 per label (-1s for none),
+        then the teacher's logits."""
         logits = self._teacher_logits(examples, split)
         if split == "eval":
             self.teacher_eval, self.eval_texts = logits, examples.texts
-        index = {label: i for i, label in enumerate(scheme.labels)}
-        gold = np.array([index[y] if y is not None else -1 for y in examples.labels], dtype=np.float32)
-        return np.concatenate([gold[:, None], logits], axis=1).tolist()
+        labelled = [i for i, y in enumerate(examples.labels) if y is not None]
+        gold = np.full((len(examples), len(scheme.labels) if scheme.multi_label else 1), -1, dtype=np.float32)
+        gold[labelled] = scheme.encode([examples.labels[i] for i in labelled]).reshape(len(labelled), gold.shape[1])
+        return np.concatenate([gold, logits], axis=1).tolist()
 
     def truth(self, label_ids: np.ndarray, scheme: LabelScheme) -> np.ndarray:
+        if scheme.multi_label:
+            return np.asarray(label_ids)[:, :len(scheme.labels)] > 0.5
         return np.asarray(label_ids)[:, 0].astype(np.int64)
 
     @property
     def compute_loss_func(self):
-        return functools.partial(distillation_loss, temperature=self.options.temperature, alpha=self.options.alpha)
+        return functools.partial(distillation_loss, temperature=self.options.temperature, alpha=self.options.alpha,
+                                 multi_label=self.scheme.multi_label)
 
     def finish(self, result: FinetuneResult, scores: np.ndarray, truth: np.ndarray, scheme: LabelScheme) -> dict:
-        """The teacher against the student on the eval data; refuse a student that lost too much."""
-        teacher_decided = scheme.decide(scheme.activate(self.teacher_eval))
-        teacher = scheme.report(truth, teacher_decided)
+        """The teacher (at its own thresholds) against the student on the eval data, by the guard's rule
+        (labels.judge_drop: accuracy, or micro-F1 for multi-label models); refuse a student that lost too much."""
+        teacher_decided = self.scheme.decide(self.scheme.activate(self.teacher_eval))
+        report = self.scheme.report(truth, teacher_decided)
+        teacher = {k: report[k] for k in self.scheme.figures}
         agreement = scheme.agreement(scheme.decide(scores), teacher_decided)
-        lost = (teacher["accuracy"] - result.accuracy) * 100
-        self.figures = {"teacher": {"accuracy": teacher["accuracy"], "macro_f1": teacher["macro_f1"]},
-                        "student": {"accuracy": result.accuracy, "macro_f1": result.macro_f1,
-                                    "agreement": agreement, "accuracy_drop": lost}}
-        if lost > self.options.max_accuracy_drop:
+        drop = self.scheme.drop(teacher, result.figures, self.options.max_accuracy_drop)
+        self.figures = {"teacher": teacher,
+                        "student": {**result.figures, "agreement": agreement, self.scheme.drop_key: drop.lost}}
+        if not drop.within:
             raise BertdeployError(
-                f"the student's accuracy {result.accuracy:.4f} is {lost:.2f} points below its teacher's "
-                f"{teacher['accuracy']:.4f} (allowed: {self.options.max_accuracy_drop:g}); nothing was written. "
+                f"{drop.reason('its teacher', len(truth), subject='the student')}; nothing was written. "
                 "Keep more layers, train longer (--epochs), or add unlabelled texts (--unlabeled-file)")
         o = self.options
         return {"distillation": {
@@ -280,12 +299,18 @@ def keep_layers(model, layers: int | list[int]) -> list[int]:
     return kept
 
 
-def distillation_loss(outputs, labels, num_items_in_batch=None, temperature: float = 2.0, alpha: float = 0.5):
+def distillation_loss(outputs, labels, num_items_in_batch=None, temperature: float = TEMPERATURE, alpha: float = ALPHA,
+                      multi_label: bool = False):
     """The Trainer's loss hook: per row, KL(teacher || student) at `temperature` (x T^2) and, where the row has a
-    gold label (column 0 >= 0), cross-entropy on it, mixed `alpha` : 1 - alpha; rows without one: the KL only."""
+    gold label (column 0 >= 0), cross-entropy on it, mixed `alpha` : 1 - alpha; rows without one: the KL only.
+    Multi-label (`labels`: a 0/1 per label, then the teacher's logits): per label, the KL between the teacher's and
+    the student's sigmoid at `temperature` (x T^2) and binary cross-entropy on the gold label, averaged over the
+    labels, then mixed the same way."""
     import torch.nn.functional as F
 
     logits = outputs["logits"].float()
+    if multi_label:
+        return _multilabel_loss(logits, labels.float(), temperature, alpha)
     gold, soft = labels[:, 0].long(), labels[:, 1:].float()
     log_student = F.log_softmax(logits / temperature, dim=-1)
     log_teacher = F.log_softmax(soft / temperature, dim=-1)
@@ -293,6 +318,21 @@ def distillation_loss(outputs, labels, num_items_in_batch=None, temperature: flo
     labelled = gold >= 0
     ce = F.cross_entropy(logits, gold.clamp(min=0), reduction="none")
     return (kl * alpha + ce * (1 - alpha)).where(labelled, kl).mean()
+
+
+def _multilabel_loss(logits, labels, temperature: float, alpha: float):
+    """`distillation_loss` for sigmoid outputs: each label a two-way distribution (score, 1 - score)."""
+    import torch.nn.functional as F
+
+    width = logits.shape[-1]
+    gold, soft = labels[:, :width], labels[:, width:]
+    student_on, student_off = F.logsigmoid(logits / temperature), F.logsigmoid(-logits / temperature)
+    teacher_on, teacher_off = F.logsigmoid(soft / temperature), F.logsigmoid(-soft / temperature)
+    kl = (teacher_on.exp() * (teacher_on - student_on) + teacher_off.exp() * (teacher_off - student_off))
+    kl = kl.mean(dim=-1) * temperature ** 2
+    labelled = gold[:, 0] >= 0
+    bce = F.binary_cross_entropy_with_logits(logits, gold.clamp(min=0), reduction="none").mean(dim=-1)
+    return (kl * alpha + bce * (1 - alpha)).where(labelled, kl).mean()
 
 
 def _latency(teacher_dir: Path, student_dir: Path, texts: list[str]) -> dict[str, dict[str, float]]:

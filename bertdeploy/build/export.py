@@ -7,14 +7,14 @@ labels, keep the nodes most sensitive to quantization in float until a variant h
 accuracy bound, refuse those that cannot, time the survivors and name the fastest the default.
 The directory holds the ONNX files, `tokenizer.json` and `manifest.json`; it appears only when
 complete.
-The predictor, bench and server read it; this module does not serve or benchmark at length.
+The predictor, bench and server read it; this module does not serve or benchmark at length, and
+it leaves reading the model directory and choosing the texts to score and calibrate on to source.py.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import logging
 import shutil
 import warnings
@@ -24,30 +24,26 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.artifacts import (
-    MANIFEST_NAME,
-    check_output_dir,
-    read_manifest,
-    sha256_file,
-    staging_dir,
-    write_manifest,
-)
+from bertdeploy.artifacts import check_output_dir, staging_dir, write_manifest
 from bertdeploy.build import quantize as q
 from bertdeploy.build.guard import Judge, Variant, build_to_the_bound, time_and_pick
 from bertdeploy.build.optimize import check_level, fused_operators, optimize_graph, unfused_attention
 from bertdeploy.build.reference import PYTORCH, PYTORCH_BF16, TorchModel, computes_bf16, pytorch_logits
-from bertdeploy.data import (
-    Examples,
-    check_known_labels,
-    example_columns,
-    load_examples,
-    load_texts,
-    sample_examples,
-    split_examples,
+from bertdeploy.build.source import ModelSource, calibration_texts, read_model_dir, scoring_texts
+from bertdeploy.data import Examples
+from bertdeploy.defaults import (
+    AUTO,
+    CALIBRATION_METHOD,
+    CALIBRATION_SAMPLES,
+    DEVICE,
+    EVAL_SAMPLES,
+    MAX_ACCURACY_DROP,
+    NO_QUANTIZATION,
+    PER_CHANNEL,
+    QUANTIZATIONS,
 )
 from bertdeploy.errors import BertdeployError, DataError, ModelError, check_options, require_training
 from bertdeploy.host import usable_cpus
-from bertdeploy.labels import PROBLEM_TYPES, SINGLE_LABEL, LabelScheme
 from bertdeploy.runtime.backends import ONNXRUNTIME, OPENVINO, import_openvino
 from bertdeploy.runtime.encoding import encode, load_encoder
 from bertdeploy.runtime.sessions import DEVICES, check_device, create_session
@@ -55,18 +51,7 @@ from bertdeploy.runtime.sessions import DEVICES, check_device, create_session
 logger = logging.getLogger(__name__)
 
 ARTIFACT_KIND = "onnx"
-QUANTIZATIONS = ("int8", "int8-static", "fp16", "int8-ov")
 CALIBRATED = ("int8-static", "int8-ov")
-SAMPLE_SEED = 0
-PARITY_TEXTS_WITHOUT_LABELS = 256
-SAMPLE_TEXTS = [  # parity texts of last resort: short and long, Chinese and English
-    "这个手机很好用，电池也耐用。", "质量太差了，用了两天就坏了，非常失望！", "物流很快", "一般般吧，价格还可以。",
-    "The service was excellent and the staff were friendly.", "Terrible. Never again.", "ok",
-    "I bought this for my daughter and she has used it every day since; the battery lasts, the screen is bright "
-    "and it survived two drops, though the charger stopped working after a month.",
-    "书的内容不错，但是印刷质量一般，有几页字迹模糊，希望卖家以后注意。总体来说还是值得一读的。", "不推荐",
-    "Works as described.", "客服态度很差，问了三次都没人回复，退货流程也很麻烦，再也不会在这家买了。",
-]
 
 
 @dataclass
@@ -82,16 +67,16 @@ class ExportOptions:
     # also ship the fp32 graph on the OpenVINO runtime (variant fp32-ov); None: where OpenVINO is installed,
     # unless `quantize` names the variants
     openvino: bool | None = None
-    quant_preset: str = "auto"
-    per_channel: bool = True
+    quant_preset: str = AUTO
+    per_channel: bool = PER_CHANNEL
     calibration_file: str | Path | None = None
-    calibration_samples: int = 300
-    calibration_method: str = "minmax"
+    calibration_samples: int = CALIBRATION_SAMPLES
+    calibration_method: str = CALIBRATION_METHOD
     eval_file: str | Path | None = None
-    eval_samples: int = 2000  # a stratified sample of larger eval sets; 0 scores every row
-    max_accuracy_drop: float = 1.0
+    eval_samples: int = EVAL_SAMPLES  # a stratified sample of larger eval sets; 0 scores every row
+    max_accuracy_drop: float = MAX_ACCURACY_DROP
     opset: int | None = None
-    device: str = "cpu"
+    device: str = DEVICE
     overwrite: bool = False
     progress: bool = False
     defaulted: bool = field(init=False, default=False)  # the variants were chosen here, not named
@@ -102,7 +87,7 @@ class ExportOptions:
         if not named:
             openvino_int8 = _installed("nncf") and _installed("openvino")
             self.quantize = ["fp16"] if self.device == "cuda" else ["int8"] + (["int8-ov"] if openvino_int8 else [])
-        self.quantize = [x for x in dict.fromkeys(self.quantize) if x != "none"]
+        self.quantize = [x for x in dict.fromkeys(self.quantize) if x != NO_QUANTIZATION]
         if self.openvino is None:
             self.openvino = not named and self.device == "cpu" and _installed("openvino")
         unknown = [x for x in self.quantize if x not in QUANTIZATIONS]
@@ -158,19 +143,6 @@ class ExportResult:
         return out
 
 
-@dataclass
-class _Source:
-    path: Path
-    scheme: LabelScheme
-    max_length: int
-    columns: dict  # text_column, label_column, pair_column and the multi-label settings: load_examples' keywords
-    manifest: dict | None
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.scheme.labels)
-
-
 def export(options: ExportOptions) -> ExportResult:
     """Export, build, check and score every variant; write the artifact directory."""
     require_training("export", "torch", "transformers", "optimum.exporters.onnx", "onnx")
@@ -182,29 +154,30 @@ def export(options: ExportOptions) -> ExportResult:
         import_openvino()
     if "int8-ov" in kinds:
         q.import_nncf()
-    scored, eval_source = _scoring_texts(options, source)
+    scored, eval_source = scoring_texts(source, options.eval_file, options.eval_samples)
     calibration = None
     if set(CALIBRATED) & set(kinds):
         try:
-            calibration = _calibration_texts(options, source)
+            calibration = calibration_texts(source, options.calibration_file, options.calibration_samples,
+                                            [k for k in CALIBRATED if k in options.quantize])
         except DataError as e:
             if not options.defaulted:
                 raise
             logger.warning("not building int8-ov, which nobody named: %s", e)  # the rest still pays
             kinds = [kind for kind in kinds if kind not in CALIBRATED]
-    reference = _pytorch_logits(source, scored, options.device)
+    reference = reference_logits(source, scored, options.device)
     # One line of autocast makes PyTorch much faster on CPUs that compute bf16: the baseline a user would run there.
-    bf16 = _pytorch_logits(source, scored, options.device, autocast=True) if computes_bf16(options.device) else None
+    bf16 = reference_logits(source, scored, options.device, autocast=True) if computes_bf16(options.device) else None
     if not scored.labels:
         logger.warning("no labelled eval data (give --eval-file): variants are judged by agreement with PyTorch on "
                        "%d texts", len(scored))
 
     with staging_dir(options.output_dir) as out:
         work = out / ".work"
-        _export_fp32(source.path, work, options)
+        export_fp32(source.path, work, options)
         fp32 = out / _file_name("fp32")
         shutil.copyfile(work / "model.onnx", fp32)
-        tokenizer = _write_tokenizer(source, out / "tokenizer.json")
+        tokenizer = write_tokenizer(source, out / "tokenizer.json")
         judge = Judge(scored, source.scheme, reference, tokenizer, options.device, options.max_accuracy_drop)
         variants = [judge.check_fp32(fp32)]
         if options.openvino:  # the same file on the other runtime: no second export
@@ -257,138 +230,11 @@ def _report_fusions(variants: list[Variant], out: Path, level: str | None) -> No
         logger.warning("%s", warning)
 
 
-# -- the model directory ---------------------------------------------------------------------
-
-def read_model_dir(model_dir: str | Path) -> _Source:
-    """Labels, max length and columns of a fine-tuned classifier directory, with a clear error if it is not one."""
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise ModelError(f"{path}: no such directory")
-    if not (path / "config.json").is_file():
-        raise ModelError(f"{path}: not a model directory (no config.json); give a directory written by "
-                         "`bertdeploy finetune` or save_pretrained")
-    if not (path / "tokenizer.json").is_file():
-        raise ModelError(f"{path}: no tokenizer.json; deployment needs the fast tokenizer saved beside the model "
-                         "(tokenizer.save_pretrained(dir) with a fast tokenizer)")
-    manifest = read_manifest(path, "model") if (path / MANIFEST_NAME).is_file() else None
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path / 'config.json'}: not valid JSON ({e})") from None
-    architectures = config.get("architectures") or []
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise ModelError(f"{path}: not a text classifier (architectures: {', '.join(architectures) or 'none'}), so "
-                         "it has no labels; fine-tune it first with `bertdeploy finetune`")
-    id2label = config.get("id2label") or {}
-    labels = [id2label.get(str(i)) for i in range(len(id2label))]
-    if not labels or None in labels:
-        raise ModelError(f"{path / 'config.json'}: no labels (id2label is missing or incomplete)")
-    if manifest is not None and manifest.get("labels") != labels:
-        raise ModelError(f"{path}: the labels in manifest.json and config.json differ; re-run the fine-tuning")
-    if manifest is None and all(label == f"LABEL_{i}" for i, label in enumerate(labels)):
-        logger.warning("%s: the labels are generic names (%s); predictions will use them", path, ", ".join(labels))
-    problem_type = config.get("problem_type") or SINGLE_LABEL
-    if problem_type not in PROBLEM_TYPES:
-        raise ModelError(f"{path}: problem type {problem_type!r}; bertdeploy exports classifiers "
-                         f"({', '.join(PROBLEM_TYPES)})")
-    scheme = LabelScheme.from_manifest({**(manifest or {}), "labels": labels, "problem_type": problem_type})
-    return _Source(path, scheme, _max_length(path, config, manifest), _columns(manifest, scheme), manifest)
-
-
-def _max_length(path: Path, config: dict, manifest: dict | None) -> int:
-    positions = config.get("max_position_embeddings") or 512
-    if manifest is not None:
-        return min(int(manifest["max_length"]), positions)
-    try:
-        saved = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8")).get("model_max_length")
-    except (OSError, json.JSONDecodeError):
-        saved = None
-    return min(int(saved), positions) if isinstance(saved, int | float) and saved < 1e6 else min(512, positions)
-
-
-def _columns(manifest: dict | None, scheme: LabelScheme) -> dict:
-    return example_columns({**(manifest or {}), **scheme.manifest_fields()})
-
-
-# -- texts -------------------------------------------------------------------------------------
-
-def _scoring_texts(options: ExportOptions, source: _Source) -> tuple[Examples, str]:
-    """The texts every variant runs on: labelled eval data when there is some, else unlabelled texts."""
-    examples, where = _eval_examples(options, source)
-    if examples is not None:
-        if options.eval_samples and len(examples) > options.eval_samples:
-            logger.info("scoring on a stratified sample of %d of the %d eval rows (--eval-samples)",
-                        options.eval_samples, len(examples))
-            examples = sample_examples(examples, options.eval_samples, SAMPLE_SEED)
-        return examples, where
-    texts, pairs, where = _unlabelled_texts(source)
-    texts, pairs = _sample_texts(texts, pairs, PARITY_TEXTS_WITHOUT_LABELS)
-    return Examples(Path(where), texts, [], pairs), where
-
-
-def _sample_texts(texts: list[str], pairs: list[str] | None, n: int) -> tuple[list[str], list[str] | None]:
-    """A seeded sample of `n` texts (all of them if fewer), in file order."""
-    if len(texts) <= n:
-        return texts, pairs
-    keep = sorted(np.random.default_rng(SAMPLE_SEED).choice(len(texts), n, replace=False))
-    return [texts[i] for i in keep], None if pairs is None else [pairs[i] for i in keep]
-
-
-def _eval_examples(options: ExportOptions, source: _Source) -> tuple[Examples | None, str | None]:
-    columns = source.columns
-    if options.eval_file is not None:
-        examples = load_examples(options.eval_file, **columns)
-        check_known_labels(examples, source.labels)
-        return examples, str(options.eval_file)
-    data = (source.manifest or {}).get("data", {})
-    drop_empty = (source.manifest or {}).get("training", {}).get("drop_empty", False)
-    named = data.get("eval_file") or (data.get("train_file") if "val_split" in data else None)
-    if named is None:
-        return None, None
-    path = Path(named["path"])
-    if not path.is_file():
-        logger.warning("%s, named in the model's manifest, is gone; pass --eval-file to score the variants", path)
-        return None, None
-    if sha256_file(path) != named["sha256"]:
-        logger.warning("%s changed since training; scoring on it as it is now", path)
-    examples = load_examples(path, **columns, drop_empty=drop_empty)
-    check_known_labels(examples, source.labels)
-    if "val_split" in data:
-        split = data["val_split"]
-        _, examples = split_examples(examples, split["fraction"], split["seed"])
-        return examples, f"{path} (the validation split held out in training)"
-    return examples, f"{path} (the training run's eval file)"
-
-
-def _unlabelled_texts(source: _Source) -> tuple[list[str], list[str] | None, str]:
-    train = (source.manifest or {}).get("data", {}).get("train_file")
-    if train and Path(train["path"]).is_file():
-        texts, pairs = load_texts(train["path"], source.columns["text_column"], source.columns["pair_column"])
-        return texts, pairs, train["path"]
-    pairs = list(reversed(SAMPLE_TEXTS)) if source.columns["pair_column"] else None
-    return list(SAMPLE_TEXTS), pairs, "built-in sample texts"
-
-
-def _calibration_texts(options: ExportOptions, source: _Source) -> tuple[list[str], list[str] | None]:
-    if options.calibration_file is not None:
-        path = Path(options.calibration_file)
-    else:
-        train = (source.manifest or {}).get("data", {}).get("train_file")
-        if not train or not Path(train["path"]).is_file():
-            raise DataError(f"{' and '.join(k for k in CALIBRATED if k in options.quantize)} needs calibration "
-                            "texts and the model's training file is not at hand: pass --calibration-file with a "
-                            "few hundred typical texts")
-        path = Path(train["path"])
-    texts, pairs = load_texts(path, source.columns["text_column"], source.columns["pair_column"])
-    texts, pairs = _sample_texts(texts, pairs, options.calibration_samples)
-    logger.info("calibrating on %d texts from %s", len(texts), path)
-    return texts, pairs
-
-
 # -- PyTorch, the export and the tokenizer -----------------------------------------------------
 
-def _pytorch_logits(source: _Source, examples: Examples, device: str, batch_size: int = 32,
-                    autocast: bool = False) -> np.ndarray:
+def reference_logits(source: ModelSource, examples: Examples, device: str, batch_size: int = 32,
+                     autocast: bool = False) -> np.ndarray:
+    """PyTorch's logits for `examples` from the model directory: what every variant is judged against."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source.path)
@@ -398,7 +244,8 @@ def _pytorch_logits(source: _Source, examples: Examples, device: str, batch_size
                           autocast)
 
 
-def _export_fp32(model_dir: Path, work: Path, options: ExportOptions) -> None:
+def export_fp32(model_dir: Path, work: Path, options: ExportOptions) -> None:
+    """Optimum's ONNX export of `model_dir` into `work` (model.onnx), without Optimum's warn-only validation."""
     from optimum.exporters.onnx import main_export
 
     logger.info("exporting %s to ONNX", model_dir)
@@ -418,7 +265,7 @@ def _export_fp32(model_dir: Path, work: Path, options: ExportOptions) -> None:
                          "does not package yet")
 
 
-def _write_tokenizer(source: _Source, destination: Path):
+def write_tokenizer(source: ModelSource, destination: Path):
     """`tokenizer.json` that truncates at the max length and pads right, as the graphs expect."""
     from transformers import AutoTokenizer
 
@@ -481,7 +328,7 @@ def _build(kind: str, graph: Path, destination: Path, options: ExportOptions, to
 
 # -- the manifest ----------------------------------------------------------------------------
 
-def _write_manifest(out: Path, options: ExportOptions, source: _Source, variants: list[Variant], default: str,
+def _write_manifest(out: Path, options: ExportOptions, source: ModelSource, variants: list[Variant], default: str,
                     inputs: list[str], reference: dict, guard: str, eval_source: str | None, texts: int,
                     auto: dict | None, pytorch: dict) -> None:
     write_manifest(out, ARTIFACT_KIND, {

@@ -23,7 +23,7 @@ from bertdeploy.artifacts import sha256_file
 from bertdeploy.data import Examples
 from bertdeploy.errors import BertdeployError, first_line
 from bertdeploy.host import usable_cpus
-from bertdeploy.labels import METRIC_NAMES, LabelScheme
+from bertdeploy.labels import Drop, LabelScheme
 from bertdeploy.runtime.backends import ONNXRUNTIME, open_model
 from bertdeploy.runtime.encoding import MAX_BATCH_TOKENS, encode, run_batches
 from bertdeploy.runtime.routing import auto_section
@@ -87,28 +87,21 @@ class Judge:
     def baseline(self, logits: np.ndarray) -> dict:
         """A PyTorch baseline (bf16 autocast, say) against fp32 PyTorch: its figures, and whether it kept accuracy,
         by the variants' rule; only one that did counts as a speed-up baseline."""
-        agreement, report, lost = self._compare(logits)
-        figures = {**dict.fromkeys(self.scheme.figures), self.drop_key: None, "agreement": agreement}
+        agreement, report, drop = self._compare(logits)
+        key = self.scheme.drop_key
+        figures = {**dict.fromkeys(self.scheme.figures), key: None, "agreement": agreement}
         if report is not None:
-            figures.update(report, **{self.drop_key: lost})
-        return {**figures, "kept_accuracy": bool(np.isfinite(logits).all()) and lost <= self.max_drop}
+            figures.update(report, **{key: drop.lost})
+        return {**figures, "kept_accuracy": bool(np.isfinite(logits).all()) and drop.within}
 
-    @property
-    def drop_key(self) -> str:
-        """The name of the points lost: accuracy_drop, or micro_f1_drop for multi-label models."""
-        return f"{self.scheme.metric}_drop"
-
-    def _compare(self, logits: np.ndarray) -> tuple[float, dict | None, float]:
+    def _compare(self, logits: np.ndarray) -> tuple[float, dict | None, Drop]:
         """Agreement with PyTorch's decisions (the label, or the whole label set), the figures (with labels), and
-        the points lost by the guard's rule: the metric below PyTorch's with labels, else the share of texts
-        whose decision differs."""
+        the points lost by the one rule (labels.judge_drop): the metric below PyTorch's with labels, else the share
+        of texts whose decision differs."""
         decided = self.scheme.decide(self.scheme.activate(logits))
         agreement = self.scheme.agreement(decided, self.reference_decided)
-        if self.truth is not None:
-            report = self._report(decided)
-            metric = self.scheme.metric
-            return agreement, report, (self.reference_figures[metric] - report[metric]) * 100
-        return agreement, None, (1 - agreement) * 100
+        report = self._report(decided) if self.truth is not None else None
+        return agreement, report, self.scheme.drop(self.reference_figures, report, self.max_drop, agreement)
 
     def difference(self, logits: np.ndarray) -> float:
         """Largest difference from PyTorch's outputs: logits, or for multi-label models sigmoid scores (the
@@ -146,18 +139,10 @@ class Judge:
                                 optimization, quantization, backend)
         finite = bool(np.isfinite(scores).all())
         diff = self.difference(scores) if finite else float("inf")
-        agreement, report, lost = self._compare(scores)
+        agreement, report, drop = self._compare(scores)
         parity = {"texts": len(self.examples), "max_abs_diff": diff, "label_agreement": agreement}
-        evaluation, reason = None, None
-        if report is not None:
-            evaluation = {**report, self.drop_key: lost}
-            if lost > self.max_drop:
-                metric = self.scheme.metric
-                reason = (f"{METRIC_NAMES[metric]} {report[metric]:.4f} is {lost:.2f} points below PyTorch's "
-                          f"{self.reference_figures[metric]:.4f} (allowed: {self.max_drop:g})")
-        elif lost > self.max_drop:
-            reason = (f"disagrees with PyTorch on {lost:.2f}% of {len(self.examples)} texts, so it "
-                      f"may lose that much accuracy (allowed: {self.max_drop:g} points)")
+        evaluation = None if report is None else {**report, self.scheme.drop_key: drop.lost}
+        reason = None if drop.within else drop.reason("PyTorch", len(self.examples))
         if not finite:
             reason = "produces NaN or infinite logits"
         logger.info("%s: %s in %.1fs", name, reason or "passed", seconds)

@@ -11,9 +11,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from bertdeploy.defaults import OPTIMIZATION_LEVELS
 from bertdeploy.errors import BertdeployError
 
-LEVELS = ("O1", "O2", "O3", "O4")
 # ONNX Runtime's fused transformer operators (com.microsoft domain), by what they replace
 FUSED = {
     "attention": ("Attention", "MultiHeadAttention", "QAttention", "PackedAttention", "GroupQueryAttention"),
@@ -38,8 +38,8 @@ def unfused_attention(level: str | None, fused: dict[str, int]) -> str | None:
 
 
 def check_level(level: str, device: str) -> None:
-    if level not in LEVELS:
-        raise BertdeployError(f"unknown optimization level {level!r}; use one of {', '.join(LEVELS)}")
+    if level not in OPTIMIZATION_LEVELS:
+        raise BertdeployError(f"unknown optimization level {level!r}; use one of {', '.join(OPTIMIZATION_LEVELS)}")
     if level == "O4" and device != "cuda":
         raise BertdeployError("--optimize O4 makes an fp16 graph that only pays off on a GPU: pass --device cuda, "
                               "or use O2/O3 on CPU")

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bertdeploy.defaults import AUTO, CALIBRATION_METHOD, CALIBRATION_METHODS, PER_CHANNEL, QUANT_PRESETS
 from bertdeploy.errors import BertdeployError, import_extra
 from bertdeploy.host import cpu_flags
 
-PRESETS = ("avx2", "avx512", "avx512_vnni", "arm64")
-CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 # Kept in fp32 by the FP16 conversion: reductions, exponentials and normalisations over- or
 # underflow in half precision (NaN/inf); everything else runs in fp16.
 FP16_FRAGILE_OPS = ["Softmax", "LayerNormalization", "SkipLayerNormalization", "ReduceMean", "Pow", "Sqrt", "Erf",
@@ -49,10 +48,10 @@ def detect_preset() -> str:
 
 
 def resolve_preset(preset: str) -> str:
-    if preset == "auto":
+    if preset == AUTO:
         return detect_preset()
-    if preset not in PRESETS:
-        raise BertdeployError(f"unknown quantization preset {preset!r}; use auto or one of {', '.join(PRESETS)}")
+    if preset not in QUANT_PRESETS:
+        raise BertdeployError(f"unknown quantization preset {preset!r}; use auto or one of {', '.join(QUANT_PRESETS)}")
     return preset
 
 
@@ -151,7 +150,7 @@ def _quiet_onnxruntime_logs() -> Iterator[None]:
             root.removeHandler(guard)
 
 
-def quantize_dynamic_int8(source: Path, destination: Path, preset: str, per_channel: bool = True,
+def quantize_dynamic_int8(source: Path, destination: Path, preset: str, per_channel: bool = PER_CHANNEL,
                           exclude: Iterable[str] = ()) -> Path:
     """Dynamic INT8: weights of MatMul/Gather/Attention in int8, activations quantized per call."""
     import onnx
@@ -168,7 +167,7 @@ def quantize_dynamic_int8(source: Path, destination: Path, preset: str, per_chan
 
 
 def quantize_static_int8(source: Path, destination: Path, preset: str, feeds: Iterable[dict], count: int,
-                         method: str = "minmax", per_channel: bool = True, exclude: Iterable[str] = (),
+                         method: str = CALIBRATION_METHOD, per_channel: bool = PER_CHANNEL, exclude: Iterable[str] = (),
                          progress: bool = False) -> Path:
     """Static INT8 (QDQ): activation ranges calibrated by running `feeds` (one input dict per text)."""
     import onnx

@@ -12,7 +12,8 @@ they skew each batch's labels and cost accuracy (see benchmarks/RESULTS.md). It 
 While it runs, checkpoints live in `<output_dir>.partial/`, which `resume` continues from.
 The output directory appears only when the model, tokenizer, `metrics.json` and
 `manifest.json` are all written, so a directory that exists is a finished one.
-This module does not export, quantize or serve.
+This module runs the Trainer and writes the result; loading the checkpoint (`pretrained.py`) and the
+work directory's resume checks (`workdir.py`) live beside it. It does not export, quantize or serve.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from bertdeploy.artifacts import check_output_dir, move_into_place, sha256_file, write_manifest
+from bertdeploy.artifacts import move_into_place, sha256_file, write_manifest
+from bertdeploy.build.pretrained import encode_rows, load_model
+from bertdeploy.build.workdir import check_same_run, last_checkpoint, plan_output, run_fingerprint, start_work_dir
 from bertdeploy.data import (
     Examples,
     check_known_labels,
@@ -37,15 +40,26 @@ from bertdeploy.data import (
     sample_examples,
     split_examples,
 )
-from bertdeploy.errors import BertdeployError, ModelError, OutputDirError, check_options, first_line, require_training
-from bertdeploy.labels import DEFAULT_SEPARATOR, LabelScheme, figure_names
+from bertdeploy.defaults import (
+    BATCH_SIZE,
+    EPOCHS,
+    LABEL_COLUMN,
+    LABEL_SEPARATOR,
+    LEARNING_RATE,
+    MAX_LENGTH,
+    SEED,
+    TEXT_COLUMN,
+    VAL_SPLIT,
+    WARMUP_RATIO,
+    WEIGHT_DECAY,
+)
+from bertdeploy.errors import BertdeployError, check_options, require_training
+from bertdeploy.labels import LabelScheme, figure_names
 from bertdeploy.metrics import tune_thresholds
 
 logger = logging.getLogger(__name__)
 
 MODEL_KIND = "model"
-# Settings that may change between an interrupted run and its --resume.
-_RESUMABLE_CHANGES = {"epochs", "early_stopping_patience", "resume", "overwrite", "output_dir"}
 
 
 @dataclass
@@ -56,25 +70,25 @@ class FinetuneOptions:
     train_file: str | Path
     output_dir: str | Path
     eval_file: str | Path | None = None
-    val_split: float | None = None  # 0.1 when there is no eval file
-    text_column: str = "text"
-    label_column: str = "label"
+    val_split: float | None = None  # VAL_SPLIT when there is no eval file
+    text_column: str = TEXT_COLUMN
+    label_column: str = LABEL_COLUMN
     text_pair_column: str | None = None
     labels: list[str] | None = None
     multi_label: bool = False  # a label cell holds zero or more labels joined by label_separator
-    label_separator: str = DEFAULT_SEPARATOR
+    label_separator: str = LABEL_SEPARATOR
     label_columns: list[str] | None = None  # multi-label: one 0/1 column per label, named after it
     tune_thresholds: bool = False  # multi-label: each label's threshold maximizes its F1 on the eval data
-    epochs: float = 3.0
-    batch_size: int = 16
-    learning_rate: float = 2e-5
-    weight_decay: float = 0.01
-    max_length: int = 128
-    warmup_ratio: float = 0.1
+    epochs: float = EPOCHS
+    batch_size: int = BATCH_SIZE
+    learning_rate: float = LEARNING_RATE
+    weight_decay: float = WEIGHT_DECAY
+    max_length: int = MAX_LENGTH
+    warmup_ratio: float = WARMUP_RATIO
     freeze_encoder: bool = False
     group_by_length: bool = False
     early_stopping_patience: int | None = None
-    seed: int = 42
+    seed: int = SEED
     max_train_samples: int | None = None
     drop_empty: bool = False
     resume: bool = False
@@ -85,7 +99,7 @@ class FinetuneOptions:
         if self.eval_file is not None and self.val_split is not None:
             raise BertdeployError("give either an eval file or a validation split, not both")
         if self.eval_file is None and self.val_split is None:
-            self.val_split = 0.1
+            self.val_split = VAL_SPLIT
         self.multi_label = self.multi_label or bool(self.label_columns)
         check_options([
             (not (self.labels and self.label_columns), "the label columns name the labels: leave out --labels"),
@@ -186,26 +200,24 @@ def finetune(options: FinetuneOptions, recipe: Recipe | None = None) -> Finetune
     recipe = recipe or Recipe()
     output_dir = Path(options.output_dir).absolute()
     work_dir = output_dir.with_name(output_dir.name + ".partial")
-    checkpoint = _plan_output(output_dir, work_dir, options)
+    checkpoint = plan_output(output_dir, work_dir, options.resume, options.overwrite)
     train, evaluation, labels, data_info = _load_data(options)
     scheme = LabelScheme(tuple(labels), options.multi_label, separator=options.label_separator)
-    fingerprint = {**_fingerprint(options, data_info), **recipe.fingerprint()}
+    fingerprint = {**run_fingerprint(asdict(options), data_info), **recipe.fingerprint()}
     if checkpoint is not None:
-        _check_same_run(work_dir, fingerprint)
+        check_same_run(work_dir, fingerprint)
     tokenizer, model = recipe.load(options, labels, scheme)
 
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 
-    args = _training_arguments(options, work_dir / "checkpoints")
+    args = training_arguments(options, work_dir / "checkpoints")
     with args.main_process_first(local=False, desc="preparing the work directory"):
         if args.process_index == 0 and checkpoint is None:
-            shutil.rmtree(work_dir, ignore_errors=True)
-            work_dir.mkdir(parents=True)
-            (work_dir / "run.json").write_text(json.dumps(fingerprint, indent=2, ensure_ascii=False))
+            start_work_dir(work_dir, fingerprint)
     rows = recipe.train_examples(train)
-    train_set, truncated = _encode(tokenizer, rows, recipe.targets(rows, scheme, "train"), options.max_length)
-    eval_set, _ = _encode(tokenizer, evaluation, recipe.targets(evaluation, scheme, "eval"), options.max_length)
+    train_set, truncated = encode_rows(tokenizer, rows, recipe.targets(rows, scheme, "train"), options.max_length)
+    eval_set, _ = encode_rows(tokenizer, evaluation, recipe.targets(evaluation, scheme, "eval"), options.max_length)
     if truncated:
         logger.info("%d of %d training texts reach max_length %d and are truncated",
                     truncated, len(rows), options.max_length)
@@ -216,7 +228,7 @@ def finetune(options: FinetuneOptions, recipe: Recipe | None = None) -> Finetune
         eval_dataset=eval_set,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
-        compute_metrics=_metric_function(scheme, recipe),
+        compute_metrics=metric_function(scheme, recipe),
         compute_loss_func=recipe.compute_loss_func,
         callbacks=[EarlyStoppingCallback(options.early_stopping_patience)] if options.early_stopping_patience else [],
     )
@@ -226,7 +238,7 @@ def finetune(options: FinetuneOptions, recipe: Recipe | None = None) -> Finetune
         prediction = trainer.predict(eval_set)
     except BaseException:
         if args.process_index == 0:
-            if _last_checkpoint(work_dir) is None:
+            if last_checkpoint(work_dir) is None:
                 shutil.rmtree(work_dir, ignore_errors=True)
             else:
                 logger.warning("stopped; checkpoints kept in %s: run again with --resume to continue", work_dir)
@@ -273,39 +285,6 @@ def finetune(options: FinetuneOptions, recipe: Recipe | None = None) -> Finetune
     return result
 
 
-def _plan_output(output_dir: Path, work_dir: Path, options: FinetuneOptions) -> Path | None:
-    """Check the output and work directories; return the checkpoint to resume from, if any."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise OutputDirError(f"{output_dir}: exists and is not a directory")
-    if not options.resume:
-        check_output_dir(output_dir, options.overwrite)
-        if work_dir.exists() and not options.overwrite:
-            raise OutputDirError(
-                f"{work_dir}: an interrupted run is there; pass --resume to continue it or --overwrite to start again"
-            )
-        return None
-    checkpoint = _last_checkpoint(work_dir)
-    if checkpoint is None and output_dir.is_dir() and any(output_dir.iterdir()):
-        raise OutputDirError(
-            f"{output_dir}: finished, and no interrupted run in {work_dir} to resume; pass --overwrite to train again"
-        )
-    if checkpoint is None:
-        logger.warning("no checkpoint in %s to resume from; starting from the beginning", work_dir)
-    else:
-        logger.info("resuming from %s", checkpoint)
-    return checkpoint
-
-
-def _last_checkpoint(work_dir: Path) -> Path | None:
-    """The newest complete checkpoint: the Trainer writes trainer_state.json last, so a run
-    killed while saving leaves a folder without it, which must not be resumed from."""
-    complete = [
-        p for p in (work_dir / "checkpoints").glob("checkpoint-*")
-        if p.name.removeprefix("checkpoint-").isdigit() and (p / "trainer_state.json").is_file()
-    ]
-    return max(complete, key=lambda p: int(p.name.removeprefix("checkpoint-")), default=None)
-
-
 def _load_data(options: FinetuneOptions) -> tuple[Examples, Examples, list[str], dict]:
     columns = dict(text_column=options.text_column, label_column=options.label_column,
                    pair_column=options.text_pair_column, drop_empty=options.drop_empty,
@@ -333,70 +312,8 @@ def _file_info(examples: Examples) -> dict:
     return {"path": str(examples.path.absolute()), "sha256": sha256_file(examples.path), "rows": len(examples)}
 
 
-def _looks_like_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or Path(source).is_absolute() or source.count("/") > 1
-
-
-def check_model_source(source: str) -> None:
-    """Fail fast on a local path that cannot be a model; Hub ids are checked when loaded."""
-    path = Path(source).expanduser()
-    if path.exists() and not (path / "config.json").is_file():
-        raise ModelError(f"{source}: not a model directory (no config.json); give a Hugging Face id or a "
-                         "directory written by save_pretrained")
-    if not path.exists() and _looks_like_path(source):
-        raise ModelError(f"{source}: no such directory")
-
-
-def load_model(source: str, labels: list[str], freeze_encoder: bool = False, seed: int | None = None,
-               problem_type: str = "single_label_classification"):
-    """Tokenizer and sequence-classification model with a fresh head for `labels`.
-
-    `seed` makes the new head's initial weights reproducible; the Trainer seeds only later.
-    """
-    check_model_source(source)
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, set_seed
-
-    try:
-        config = AutoConfig.from_pretrained(
-            source,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            problem_type=problem_type,
-        )
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"{source}: cannot load a model config: {first_line(e)}") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelError(f"{source}: cannot load its tokenizer: {first_line(e)}") from None
-    if not tokenizer.is_fast:
-        raise ModelError(f"{source}: has no fast (Rust) tokenizer, which deployment needs as tokenizer.json")
-    if seed is not None:
-        set_seed(seed)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{source}: cannot load it as a sequence classifier: {first_line(e)}") from None
-    if freeze_encoder:
-        for parameter in model.base_model.parameters():
-            parameter.requires_grad = False
-    return tokenizer, model
-
-
-def _encode(tokenizer, examples: Examples, targets: list, max_length: int) -> tuple[list[dict], int]:
-    """Tokenize without padding (the collator pads each batch), each row with its target; count texts cut at
-    max_length."""
-    encoded = tokenizer(examples.texts, examples.pairs, truncation=True, max_length=max_length)
-    rows = [
-        {**{key: encoded[key][i] for key in encoded.keys()}, "labels": target}
-        for i, target in enumerate(targets)
-    ]
-    truncated = sum(len(ids) >= max_length for ids in encoded["input_ids"])
-    return rows, truncated
-
-
-def _training_arguments(options: FinetuneOptions, checkpoints: Path):
+def training_arguments(options: FinetuneOptions, checkpoints: Path):
+    """The TrainingArguments of a run: the recipe's settings, then `options.training_args` over them."""
     import torch
     from transformers import TrainingArguments
 
@@ -435,7 +352,8 @@ def _training_arguments(options: FinetuneOptions, checkpoints: Path):
     return args
 
 
-def _metric_function(scheme: LabelScheme, recipe: Recipe):
+def metric_function(scheme: LabelScheme, recipe: Recipe):
+    """The Trainer's `compute_metrics`: the scheme's figures, from the targets as `recipe.truth` reads them."""
     def compute(prediction) -> dict[str, float]:
         truth = recipe.truth(prediction.label_ids, scheme)
         report = scheme.report(truth, scheme.decide(scheme.activate(prediction.predictions)))
@@ -454,26 +372,6 @@ def _epoch_history(log_history: list[dict], figures: tuple[str, ...]) -> list[di
             rows.append({"epoch": epoch, "train_loss": train_loss.get(epoch), "eval_loss": entry.get("eval_loss"),
                          **{k: entry[f"eval_{k}"] for k in figures}})
     return rows
-
-
-def _fingerprint(options: FinetuneOptions, data_info: dict) -> dict:
-    settings = {k: v for k, v in asdict(options).items() if k not in _RESUMABLE_CHANGES}
-    settings = json.loads(json.dumps(settings, default=str))
-    settings["data_sha256"] = {k: v["sha256"] for k, v in data_info.items() if isinstance(v, dict) and "sha256" in v}
-    return settings
-
-
-def _check_same_run(work_dir: Path, fingerprint: dict) -> None:
-    try:
-        before = json.loads((work_dir / "run.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        raise OutputDirError(f"{work_dir}: no readable run.json; pass --overwrite to start again") from None
-    changed = sorted(k for k in fingerprint.keys() | before.keys() if fingerprint.get(k) != before.get(k))
-    if changed:
-        raise OutputDirError(
-            f"cannot resume: {', '.join(changed)} differ from the interrupted run in {work_dir}; "
-            "use the same settings, or --overwrite to start again"
-        )
 
 
 def _write_output(trainer, tokenizer, options, data_info, args, result: FinetuneResult, scheme: LabelScheme,

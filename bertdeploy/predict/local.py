@@ -5,7 +5,7 @@ file. Every input column is kept and `label` and `score` are added (every class'
 `all_scores`; a multi-label model's `label` is the label set joined by its separator, and every
 label's score is added). An output file is written beside its destination and moved into place only when
 complete. When the input also holds the label column, the predictions are scored as they go.
-What the Ray engine (raybulk.py) shares with this one lives in rows.py. Like the predictor, this
+What the Ray engine (ray_engine.py) shares with this one lives in rows.py. Like the predictor, this
 never imports torch.
 """
 
@@ -42,7 +42,7 @@ def predict_file(options: PredictFileOptions, stdin: BinaryIO | None = None,
                  stdout: TextIO | None = None) -> PredictFileResult:
     """Predict every row of `options.input` in this process and write the rows with their labels to the output.
 
-    For `engine="ray"`, `raybulk.predict_file_ray` takes the same options."""
+    For `engine="ray"`, `ray_engine.predict_file_ray` takes the same options."""
     check_options([(options.engine == "local", "predict_file runs the local engine; for engine='ray' call "
                                                 "bertdeploy.predict.ray_engine.predict_file_ray")])
     (count, variant, tally), seconds = stopwatch(_predict, options, stdin, stdout)
@@ -51,9 +51,7 @@ def predict_file(options: PredictFileOptions, stdin: BinaryIO | None = None,
 
 def _predict(options: PredictFileOptions, stdin: BinaryIO | None, stdout: TextIO | None) -> tuple[int, str, Tally]:
     source, in_format, out_format = check_files(options)
-    predictor = Predictor.load(options.artifact_dir, options.variant, options.providers, options.threads,
-                               options.long_text, options.max_batch_tokens, allow_fallback=options.allow_fallback,
-                               spinning=options.spinning, backend=options.backend)
+    predictor = Predictor.load(options.artifact_dir, options=options.runtime)
     with contextlib.ExitStack() as stack:
         if options.input == STDIO:
             stream = stdin or sys.stdin.buffer

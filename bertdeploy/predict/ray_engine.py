@@ -11,6 +11,7 @@ extra.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -46,10 +47,7 @@ class _Scorer:
         self.out_format, self.columns = out_format, columns
         self.predictor, self.failed = None, ""
         try:
-            self.predictor = Predictor.load(options.artifact_dir, options.variant, options.providers, options.threads,
-                                            options.long_text, options.max_batch_tokens,
-                                            allow_fallback=options.allow_fallback,
-                                            spinning=options.spinning, backend=options.backend)
+            self.predictor = Predictor.load(options.artifact_dir, options=options.runtime)
         except BertdeployError as e:
             self.failed = str(e)
 
@@ -111,8 +109,9 @@ def _truth(value: object, separator: str) -> str:
 
 
 def predict_file_ray(options: PredictFileOptions, stdout: TextIO | None = None) -> rows.PredictFileResult:
-    """`bulk.predict_file` on Ray Data: the same output, computed by `options.workers` actors, on the providers
-    asked for (a fall-back to the CPU is an error unless `allow_fallback`, as on the local engine)."""
+    """`local.predict_file` on Ray Data: the same output, computed by `options.workers` actors, each loading the
+    predictor with `options.runtime` (its threads default to 1 here; a fall-back to the CPU is an error unless
+    `allow_fallback`, as on the local engine)."""
     (count, variant, tally), seconds = stopwatch(_predict, options, stdout)
     return rows.PredictFileResult.of_run(options, count, variant, seconds, tally)
 
@@ -121,9 +120,10 @@ def _predict(options: PredictFileOptions, stdout: TextIO | None) -> tuple[int, s
     if options.input == rows.STDIO:
         raise BertdeployError("--engine ray reads files, not stdin; save the texts to a file first")
     source, in_format, out_format = rows.check_files(options)
+    runtime = options.runtime
     manifest = read_manifest(options.artifact_dir, "onnx")
-    plan = choose_routes(options.artifact_dir, manifest, options.variant, options.backend)
-    resolve_providers(options.providers)  # names a provider this ONNX Runtime lacks before any cluster work
+    plan = choose_routes(options.artifact_dir, manifest, runtime.variant, runtime.backend)
+    resolve_providers(runtime.providers)  # names a provider this ONNX Runtime lacks before any cluster work
     scheme = LabelScheme.from_manifest(manifest)
     with source.open("rb") as stream:  # check the columns on the first row before any cluster work
         header, lines = iter_rows(source, in_format, stream)
@@ -136,14 +136,16 @@ def _predict(options: PredictFileOptions, stdout: TextIO | None) -> tuple[int, s
         context.enable_progress_bars = options.progress
         if logging.getLogger("bertdeploy").level > logging.DEBUG:
             logging.getLogger("ray.data").setLevel(logging.WARNING)  # its progress, logged every 10 s
-        threads = options.threads or 1
+        threads = runtime.threads or 1
         cpus = int(ray.cluster_resources().get("CPU", 1))
         workers = options.workers or max(1, cpus // threads)
+        # each actor runs the threads it reserves (left unset, a model takes every CPU of its node)
+        actors = dataclasses.replace(options, runtime=dataclasses.replace(runtime, threads=threads))
         dataset = _read(ray, source, in_format, header)
         scored = dataset.map_batches(
             _Scorer, batch_size=options.chunk_rows, batch_format="pandas", num_cpus=threads,
             compute=ray.data.ActorPoolStrategy(size=workers),
-            fn_constructor_kwargs={"options": options, "in_format": in_format, "out_format": out_format,
+            fn_constructor_kwargs={"options": actors, "in_format": in_format, "out_format": out_format,
                                    "columns": columns})
         out = rows.open_output(options, stack, stdout)
         if header is not None:

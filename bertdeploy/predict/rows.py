@@ -1,10 +1,11 @@
-"""The rows of `bertdeploy predict`, shared by its engines: the local one (bulk.py) and Ray Data (raybulk.py).
+"""The rows of `bertdeploy predict`, shared by its engines: the local one (local.py) and Ray Data (ray_engine.py).
 
-Options and result, checking the input and output files and the columns, opening the output
-(a hidden file moved into place when complete), writing each input row with the columns added
-(`label`, `score`, every class's score with `all_scores`; for multi-label models `label` holds the
-label set joined by the model's separator and every label's score is written), and tallying the
-predictions against a label column as rows stream past. No model runs here.
+Options (the predictor's settings among them as one `RuntimeOptions`) and result, checking the input
+and output files and the columns, opening the output (a hidden file moved into place when complete),
+writing each input row with the columns added (`label`, `score`, every class's score with `all_scores`;
+for multi-label models `label` holds the label set joined by the model's separator and every label's
+score is written), and tallying the predictions against a label column as rows stream past. No model
+runs here.
 """
 
 from __future__ import annotations
@@ -23,16 +24,14 @@ import numpy as np
 
 from bertdeploy.artifacts import atomic_file
 from bertdeploy.data import FORMATS, check_columns, check_file, file_format, parse_label_set
+from bertdeploy.defaults import INPUT_FORMATS, LOCAL, OUTPUT_FORMATS
 from bertdeploy.errors import BertdeployError, DataError, check_options
 from bertdeploy.labels import LabelScheme
 from bertdeploy.metrics import multilabel_counts, multilabel_report_from_counts, report_from_confusion
-from bertdeploy.runtime.predictor import LONG_TEXT
+from bertdeploy.runtime.options import ENGINES, RuntimeOptions
 
 logger = logging.getLogger(__name__)
 
-INPUT_FORMATS = ("csv", "tsv", "jsonl", "text")
-OUTPUT_FORMATS = ("csv", "tsv", "jsonl")
-ENGINES = ("local", "ray")
 STDIO = "-"
 
 
@@ -41,24 +40,17 @@ class PredictFileOptions:
     artifact_dir: Path
     input: str  # a path, or "-" for stdin
     output: Path | None = None  # None: stdout
-    variant: str | None = None
-    backend: str = "auto"  # auto, onnxruntime or openvino
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)  # how the predictor loads and runs
     text_column: str | None = None  # default: the column the model was trained on
     text_pair_column: str | None = None
     label_column: str | None = None  # scored when present; default: the training label column
     all_scores: bool = False
-    max_batch_tokens: int | None = None  # default: the predictor's for the provider
-    threads: int | None = None
-    providers: str | None = None
-    allow_fallback: bool = False
-    spinning: bool = True  # ONNX Runtime's threads spin a moment after each call for the next one
-    long_text: str = "truncate"
     input_format: str | None = None  # default: from the extension; "text" for stdin
     output_format: str | None = None  # default: from the output's extension, else the input's
     chunk_rows: int = 2048
     progress: bool = False
-    engine: str = "local"  # local: this process (bulk.py); ray: Ray Data actors (raybulk.py)
-    workers: int | None = None  # ray: actors (default: the cluster's CPUs / threads)
+    engine: str = LOCAL  # local: this process (local.py); ray: Ray Data actors (ray_engine.py)
+    workers: int | None = None  # ray: actors of runtime.threads threads (default: the cluster's CPUs / threads)
     ray_address: str | None = None  # ray: a running cluster (default: $RAY_ADDRESS, else a local one)
 
     def __post_init__(self) -> None:
@@ -69,9 +61,6 @@ class PredictFileOptions:
             (self.input_format in (None, *INPUT_FORMATS), f"input format must be one of {', '.join(INPUT_FORMATS)}"),
             (self.output_format in (None, *OUTPUT_FORMATS),
              f"output format must be one of {', '.join(OUTPUT_FORMATS)}"),
-            (self.long_text in LONG_TEXT, f"long text handling must be one of {', '.join(LONG_TEXT)}"),
-            (self.max_batch_tokens is None or self.max_batch_tokens >= 8, "--max-batch-tokens must be at least 8"),
-            (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
             (self.chunk_rows >= 1, "chunk_rows must be at least 1"),
             (self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}"),
             (self.workers is None or self.workers >= 1, "--workers must be at least 1"),

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bertdeploy.defaults import BACKENDS, ONNXRUNTIME, OPENVINO
 from bertdeploy.errors import BertdeployError, first_line, import_extra
 from bertdeploy.host import usable_cpus
 from bertdeploy.runtime.sessions import GPU_PROVIDERS, create_session
 
 logger = logging.getLogger(__name__)
 
-ONNXRUNTIME, OPENVINO = "onnxruntime", "openvino"
-BACKENDS = (ONNXRUNTIME, OPENVINO)
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 
 

@@ -10,6 +10,9 @@ on different runtimes. One `Predictor` may be shared by many threads.
 
     p = Predictor.load("artifacts/")
     p.predict(["这个手机真的很好用！"])  # [Prediction(label='positive', score=0.97, scores={...}, labels=['positive'])]
+    Predictor.load("artifacts/", variant="int8", threads=2)  # or options=RuntimeOptions(variant="int8", threads=2)
+
+The settings are one `RuntimeOptions` (options.py), the object every engine passes.
 
 A multi-label model (sigmoid per label) predicts each text's label set: every label whose score reaches
 its threshold (from the manifest), possibly none.
@@ -17,6 +20,7 @@ its threshold (from the manifest), possibly none.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,7 +39,6 @@ from bertdeploy.runtime.backends import (
 from bertdeploy.runtime.encoding import (
     CPU_BATCH_TOKENS,
     GPU_BATCH_TOKENS,
-    MAX_BATCH_SIZE,
     MAX_PADDING,
     PAD_MULTIPLE,
     TextEncoder,
@@ -44,12 +47,13 @@ from bertdeploy.runtime.encoding import (
     padded_length,
     run_batches,
 )
+from bertdeploy.runtime.options import LONG_TEXT, RuntimeOptions
 from bertdeploy.runtime.routing import choose_routes, describe_routes
 from bertdeploy.runtime.sessions import GPU_PROVIDERS, provider_name, resolve_providers
 
 logger = logging.getLogger(__name__)
 
-LONG_TEXT = ("truncate", "chunk")
+__all__ = ["LONG_TEXT", "Prediction", "Predictor", "RuntimeOptions"]  # LONG_TEXT, RuntimeOptions: from options.py
 
 
 @dataclass(frozen=True)
@@ -77,9 +81,9 @@ class Predictor:
     """A loaded model: call `predict` for labels or `predict_proba` for the score matrix."""
 
     def __init__(self, directory: Path, manifest: dict, routes: list[Route], encoder: TextEncoder,
-                 long_text: str = "truncate", max_batch_tokens: int | None = None,
-                 max_batch_size: int = MAX_BATCH_SIZE) -> None:
+                 options: RuntimeOptions) -> None:
         self.directory, self.manifest, self.routes, self.encoder = directory, manifest, routes, encoder
+        self.options = options
         self.scheme = LabelScheme.from_manifest(manifest)
         self.labels: list[str] = list(self.scheme.labels)
         self.max_length: int = manifest["max_length"]
@@ -91,51 +95,36 @@ class Predictor:
         single = len(routes) == 1
         self.variant = routes[0].variant if single else "auto"
         self.backend = first.backend if single else "auto"
-        self.long_text, self.max_batch_size = long_text, max_batch_size
-        self.max_batch_tokens = max_batch_tokens or (GPU_BATCH_TOKENS if first.on_gpu else CPU_BATCH_TOKENS)
+        self.long_text, self.max_batch_size = options.long_text, options.max_batch_size
+        self.max_batch_tokens = options.max_batch_tokens or (GPU_BATCH_TOKENS if first.on_gpu else CPU_BATCH_TOKENS)
 
     @classmethod
-    def load(cls, directory: str | Path, variant: str | None = None, providers: str | Sequence | None = None,
-             threads: int | None = None, long_text: str = "truncate", max_batch_tokens: int | None = None,
-             max_batch_size: int = MAX_BATCH_SIZE, allow_fallback: bool = False, spinning: bool = True,
-             backend: str = "auto", hint: str = "latency") -> Predictor:
-        """Load the artifact directory `directory`.
+    def load(cls, directory: str | Path, *, options: RuntimeOptions | None = None, **settings) -> Predictor:
+        """Load the artifact directory `directory` with `options` (default: `RuntimeOptions()`), any of its
+        fields given by name taking their place: `Predictor.load(dir, variant="int8", threads=2)`.
 
-        backend: 'auto' runs each batch on the variant measured fastest for its size in padded tokens, texts x
-        padded length (bench records the ranges in the manifest; without them, export's default variant),
-        among the runtimes installed; 'onnxruntime' the default variant, 'openvino' the fastest OpenVINO
-        variant. variant: this variant only, on its own runtime. providers (ONNX Runtime): 'cpu' (default),
-        'cuda', 'tensorrt' or ONNX Runtime names, first choice first; a silent fall-back to the CPU is an error unless
-        `allow_fallback`. threads: per model (default: the CPUs this process may use). long_text:
-        'truncate' at the model's max length, or 'chunk' into overlapping windows whose scores are
-        averaged. max_batch_tokens: texts per batch x padded length (default: 1,024 on the CPU, 16,384 on
-        a GPU). hint (OpenVINO): 'latency' or 'throughput'. spinning (ONNX Runtime on the CPU): the intra-op
-        threads spin a moment after each call to catch the next one, as ONNX Runtime and Optimum do by
-        default: single texts in a stream run ~1.4x faster, and a process idle after a burst burns ~2% of a
-        core (benchmarks/RESULTS.md); False never spins.
+        The settings (backend, variant, providers, allow_fallback, threads, spinning, hint, long_text,
+        max_batch_tokens, max_batch_size) are RuntimeOptions' fields; its docstring says what each does.
         """
         directory = Path(directory)
-        if long_text not in LONG_TEXT:
-            raise ValueError(f"long_text must be one of {LONG_TEXT}, not {long_text!r}")
-        if (max_batch_tokens is not None and max_batch_tokens < 1) or max_batch_size < 1:
-            raise ValueError("max_batch_tokens and max_batch_size must be at least 1")
+        options = dataclasses.replace(options or RuntimeOptions(), **settings)
         manifest = read_manifest(directory, "onnx")
         for key in ("labels", "max_length", "variants", "default_variant", "tokenizer"):
             if key not in manifest:
                 raise BertdeployError(f"{directory / 'manifest.json'}: no {key!r}; re-export the model")
-        gpu = any(provider_name(p) in GPU_PROVIDERS for p in resolve_providers(providers))
-        plan = choose_routes(directory, manifest, variant, backend, gpu)
+        gpu = any(provider_name(p) in GPU_PROVIDERS for p in resolve_providers(options.providers))
+        plan = choose_routes(directory, manifest, options.variant, options.backend, gpu)
         max_length = manifest["max_length"]
-        stride = max(1, max_length // 4) if long_text == "chunk" else None
+        stride = max(1, max_length // 4) if options.long_text == "chunk" else None
         encoder = load_encoder(directory / manifest["tokenizer"], max_length, stride)
         routes = []
         for upper, name in plan:  # serially: creating sessions concurrently is not safe
             entry = manifest["variants"][name]
-            model = open_model(directory / entry["file"], backend_of(entry), providers, threads, spinning,
-                               allow_fallback, hint)
+            model = open_model(directory / entry["file"], backend_of(entry), options.providers, options.threads,
+                               options.spinning, options.allow_fallback, options.hint)
             logger.debug("loaded %s variant %s on %s", directory, name, model.providers[0])
             routes.append(Route(upper, name, model))
-        return cls(directory, manifest, routes, encoder, long_text, max_batch_tokens, max_batch_size)
+        return cls(directory, manifest, routes, encoder, options)
 
     def describe(self) -> str:
         """Which variant runs which batches, on what: for logs and summaries."""

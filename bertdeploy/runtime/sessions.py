@@ -10,13 +10,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from bertdeploy.defaults import DEVICES
 from bertdeploy.errors import BertdeployError
 from bertdeploy.host import usable_cpus
 
 logger = logging.getLogger(__name__)
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-DEVICES = {"cpu": PROVIDERS["cpu"], "cuda": PROVIDERS["cuda"]}
 GPU_PROVIDERS = {PROVIDERS["cuda"], PROVIDERS["tensorrt"]}
 
 

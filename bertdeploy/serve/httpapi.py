@@ -1,10 +1,10 @@
-"""The HTTP contract of `bertdeploy serve`, the same on both engines: the local server (server.py) and
-Ray Serve (rayserve.py).
+"""The HTTP contract of `bertdeploy serve`, the same on both engines: the local server (local.py) and
+Ray Serve (ray_engine.py).
 
-Their options; the `/predict` request and answer (pydantic models, the texts a body asks for, the
-answer's shape); the messages of refused requests (a body that is not JSON or has a wrong field,
-a missing or wrong API key, a body too large), so both answer word for word alike; the health
-routes, which never need the key.
+Their options (the predictor's settings among them as one `RuntimeOptions`); the `/predict` request
+and answer (pydantic models, the texts a body asks for, the answer's shape); the messages of refused
+requests (a body that is not JSON or has a wrong field, a missing or wrong API key, a body too large),
+so both answer word for word alike; the health routes, which never need the key.
 """
 
 from __future__ import annotations
@@ -12,42 +12,40 @@ from __future__ import annotations
 import hmac
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from bertdeploy import defaults
 from bertdeploy.errors import BertdeployError, check_options
 from bertdeploy.labels import LabelScheme
+from bertdeploy.runtime.options import ENGINES, RuntimeOptions
 
 HEALTH = ("/v2/health/live", "/v2/health/ready")
-ENGINES = ("local", "ray")
 
 
 @dataclass
 class ServeOptions:
     artifact_dir: Path
-    host: str = "127.0.0.1"
-    port: int = 8000
-    variant: str | None = None
-    backend: str = "auto"  # auto, onnxruntime or openvino
-    max_batch_tokens: int | None = None  # default: the predictor's (1,024 on the CPU, 16,384 on a GPU)
-    max_batch_size: int = 64
-    max_wait_ms: float = 5.0
-    max_queue: int = 1024  # local: texts waiting to be batched before requests get 429
-    max_texts_per_request: int = 256
-    max_body_bytes: int = 1_000_000
+    host: str = defaults.HOST
+    port: int = defaults.PORT
+    # how the predictor loads and runs; its max_batch_size also caps the texts batched across requests
+    runtime: RuntimeOptions = field(
+        default_factory=lambda: RuntimeOptions(max_batch_size=defaults.SERVE_MAX_BATCH_SIZE))
+    max_wait_ms: float = defaults.MAX_WAIT_MS
+    max_queue: int = defaults.MAX_QUEUE  # local: texts waiting to be batched before requests get 429
+    max_texts_per_request: int = defaults.MAX_TEXTS_PER_REQUEST
+    max_body_bytes: int = defaults.MAX_BODY_BYTES
     api_key_env: str | None = None
-    threads: int | None = None
-    providers: str = "cpu"
     model_name: str | None = None  # default: the artifact directory's name
-    allow_fallback: bool = False
-    spinning: bool = True  # ONNX Runtime's threads spin a moment after each call for the next one
-    engine: str = "local"  # local: this process (uvicorn); ray: a Ray Serve deployment (rayserve.py)
-    replicas: int = 1  # ray: a fixed number of replicas...
-    min_replicas: int = 1  # ...or, with max_replicas, autoscaled between these on ongoing requests
+    engine: str = defaults.LOCAL  # local: this process (uvicorn); ray: a Ray Serve deployment (ray_engine.py)
+    replicas: int = defaults.REPLICAS  # ray: a fixed number of replicas, each a model of runtime.threads threads...
+    min_replicas: int = defaults.MIN_REPLICAS  # ...or, with max_replicas, autoscaled between these on ongoing requests
     max_replicas: int | None = None
-    target_ongoing_requests: float = 2.0
-    max_ongoing_requests: int = 32  # ray: requests one replica holds at once (what Serve can batch)
-    max_queued_requests: int = 1024  # ray: requests Serve holds waiting for a replica before it refuses more
+    target_ongoing_requests: float = defaults.TARGET_ONGOING_REQUESTS
+    # ray: requests one replica holds at once (what Serve can batch)
+    max_ongoing_requests: int = defaults.MAX_ONGOING_REQUESTS
+    # ray: requests Serve holds waiting for a replica before it refuses more
+    max_queued_requests: int = defaults.MAX_QUEUED_REQUESTS
     ray_address: str | None = None  # ray: a running cluster (default: $RAY_ADDRESS, else a local one)
 
     def __post_init__(self) -> None:
@@ -55,8 +53,6 @@ class ServeOptions:
         self.model_name = self.model_name or self.artifact_dir.absolute().name
         check_options([
             (0 <= self.port <= 65535, f"port {self.port} is not between 0 and 65535"),
-            (self.max_batch_tokens is None or self.max_batch_tokens >= 1, "max_batch_tokens must be at least 1"),
-            (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
             (self.max_wait_ms >= 0, "max_wait_ms must be 0 or more"),
             (self.max_texts_per_request >= 1, "max_texts_per_request must be at least 1"),
             (self.max_queue >= self.max_texts_per_request,

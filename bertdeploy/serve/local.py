@@ -8,7 +8,7 @@ only after the model has been loaded and warmed up. Inference runs in the batche
 for a wrong field or too many texts, 429 when the queue is full, 401 without the API key (every
 route but health, compared in constant time). Errors are JSON `{"error": ...}` without stack
 traces. On SIGTERM uvicorn stops accepting, finishes the requests in flight, then the batcher
-drains its queue. Ray Serve (rayserve.py) answers the same `/predict`.
+drains its queue. Ray Serve (ray_engine.py) answers the same `/predict`.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, some of them local classes.
@@ -50,10 +50,7 @@ def serve(options: ServeOptions) -> None:
     import uvicorn
 
     key = options.api_key()
-    predictor = Predictor.load(options.artifact_dir, options.variant, options.providers, options.threads,
-                               max_batch_tokens=options.max_batch_tokens, max_batch_size=options.max_batch_size,
-                               allow_fallback=options.allow_fallback,
-                               spinning=options.spinning, backend=options.backend)
+    predictor = Predictor.load(options.artifact_dir, options=options.runtime)
     app = create_app(predictor, options, key)
     listening = _listen(options.host, options.port)
     host, port = listening.getsockname()[:2]
@@ -111,11 +108,12 @@ class _Served:
 
 
 def create_app(predictor, options: ServeOptions, api_key: str | None = None):
-    """The ASGI app for a loaded `Predictor`; warm-up starts with the app's lifespan."""
+    """The ASGI app for a loaded `Predictor` (batching up to its max_batch_size texts; `options.runtime` is what
+    `serve` loads it with); warm-up starts with the app's lifespan."""
     from fastapi import FastAPI
 
     metrics = _Metrics()
-    batcher = Batcher(predictor, options.max_batch_size, options.max_wait_ms, options.max_queue, metrics.batch)
+    batcher = Batcher(predictor, predictor.max_batch_size, options.max_wait_ms, options.max_queue, metrics.batch)
     metrics.queue.set_function(lambda: batcher.queued)
     served = _Served(predictor, options, batcher)
 

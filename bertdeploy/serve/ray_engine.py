@@ -15,6 +15,7 @@ Needs the `ray` extra.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -27,6 +28,7 @@ from ray import serve
 
 from bertdeploy.errors import BertdeployError
 from bertdeploy.host import usable_cpus
+from bertdeploy.runtime.options import RuntimeOptions
 from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.runtime.raycluster import ray_cluster
 from bertdeploy.serve import httpapi
@@ -40,16 +42,13 @@ REPLICA_HEADER = "x-bertdeploy-replica"
 class PredictorReplica:
     """One Serve replica: a Predictor, with requests batched by `@serve.batch` (counted in texts)."""
 
-    def __init__(self, options: ServeOptions, threads: int, api_key: str | None) -> None:
+    def __init__(self, options: ServeOptions, api_key: str | None) -> None:
         self.options, self.api_key = options, api_key
-        self.predictor = Predictor.load(options.artifact_dir, options.variant, options.providers, threads,
-                                        max_batch_tokens=options.max_batch_tokens,
-                                        max_batch_size=options.max_batch_size, allow_fallback=options.allow_fallback,
-                                        spinning=options.spinning, backend=options.backend)
+        self.predictor = Predictor.load(options.artifact_dir, options=options.runtime)
         self.predictor.warm_up()  # before Serve marks the replica healthy and routes to it
         self.request_model = httpapi.predict_models(options.max_texts_per_request)[0]
         self.replica = serve.get_replica_context().replica_id.unique_id
-        self._score.set_max_batch_size(options.max_batch_size)
+        self._score.set_max_batch_size(self.predictor.max_batch_size)
         self._score.set_batch_wait_timeout_s(options.max_wait_ms / 1000)
         logger.info("replica %s: %s", self.replica, self.predictor.describe())
 
@@ -97,10 +96,11 @@ class PredictorReplica:
 def application(options: ServeOptions, cpus: int | None = None):
     """The bound Serve application for `options`: fixed replicas, or autoscaling when max_replicas is set.
 
-    Threads per replica default to the cluster's CPUs (`cpus`, else this machine's) over the most replicas.
+    Threads per replica default to the cluster's CPUs (`cpus`, else this machine's) over the most replicas; the
+    replicas get `options` with them set in `options.runtime`.
     """
     most = options.max_replicas or options.replicas
-    threads = options.threads or max(1, (cpus or usable_cpus()) // most)
+    threads = options.runtime.threads or max(1, (cpus or usable_cpus()) // most)
     scaling = {"num_replicas": options.replicas} if options.max_replicas is None else {
         "num_replicas": "auto",
         "autoscaling_config": {"min_replicas": options.min_replicas, "max_replicas": options.max_replicas,
@@ -108,18 +108,26 @@ def application(options: ServeOptions, cpus: int | None = None):
     deployment = serve.deployment(
         PredictorReplica, name=options.model_name, ray_actor_options={"num_cpus": threads},
         max_ongoing_requests=options.max_ongoing_requests, max_queued_requests=options.max_queued_requests, **scaling)
-    return deployment.bind(options, threads, options.api_key())
+    replicas = dataclasses.replace(options, runtime=dataclasses.replace(options.runtime, threads=threads))
+    return deployment.bind(replicas, options.api_key())
+
+
+def _flag(value: object) -> bool:
+    """A boolean from a Serve config (true/false) or `serve run`'s key=value (the text 'true', 'false', '1', '0')."""
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
 
 
 def app_builder(args: dict):
-    """For `serve run bertdeploy.serve.ray_engine:app_builder artifact_dir=DIR replicas=2 ...` and Serve config
-    files."""
-    numbers = {"port": int, "replicas": int, "min_replicas": int, "max_replicas": int, "threads": int,
-               "max_batch_size": int, "max_batch_tokens": int, "max_queued_requests": int, "max_texts_per_request": int,
-               "max_body_bytes": int, "max_ongoing_requests": int, "max_wait_ms": float,
-               "target_ongoing_requests": float}
-    return application(ServeOptions(**{k: numbers[k](v) if k in numbers else v for k, v in args.items()},
-                                    engine="ray"))
+    """For `serve run bertdeploy.serve.ray_engine:app_builder artifact_dir=DIR replicas=2 threads=1 ...` and Serve
+    config files: ServeOptions' and RuntimeOptions' fields by name, side by side."""
+    kinds = {"port": int, "replicas": int, "min_replicas": int, "max_replicas": int, "threads": int,
+             "max_batch_size": int, "max_batch_tokens": int, "max_queued_requests": int, "max_texts_per_request": int,
+             "max_body_bytes": int, "max_ongoing_requests": int, "max_wait_ms": float,
+             "target_ongoing_requests": float, "allow_fallback": _flag, "spinning": _flag}
+    values = {k: kinds[k](v) if k in kinds else v for k, v in args.items()}
+    runtime = {f.name for f in dataclasses.fields(RuntimeOptions)}
+    return application(ServeOptions(**{k: v for k, v in values.items() if k not in runtime}, engine="ray",
+                                    runtime=RuntimeOptions(**{k: v for k, v in values.items() if k in runtime})))
 
 
 def serve_ray(options: ServeOptions) -> None:

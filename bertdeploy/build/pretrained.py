@@ -1,0 +1,77 @@
+"""Load a pretrained checkpoint for training, and tokenize labelled rows for the Trainer.
+
+`load_model` gives a fast tokenizer and a sequence classifier with a fresh head for the given labels
+(a Hugging Face id, or a directory written by save_pretrained), with one clear error per way the
+source can be wrong. `encode_rows` tokenizes without padding, each row with its target.
+This module does not read data files, train or save; finetune and distill do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bertdeploy.data import Examples
+from bertdeploy.errors import ModelError, first_line
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).is_absolute() or source.count("/") > 1
+
+
+def check_model_source(source: str) -> None:
+    """Fail fast on a local path that cannot be a model; Hub ids are checked when loaded."""
+    path = Path(source).expanduser()
+    if path.exists() and not (path / "config.json").is_file():
+        raise ModelError(f"{source}: not a model directory (no config.json); give a Hugging Face id or a "
+                         "directory written by save_pretrained")
+    if not path.exists() and _looks_like_path(source):
+        raise ModelError(f"{source}: no such directory")
+
+
+def load_model(source: str, labels: list[str], freeze_encoder: bool = False, seed: int | None = None,
+               problem_type: str = "single_label_classification"):
+    """Tokenizer and sequence-classification model with a fresh head for `labels`.
+
+    `seed` makes the new head's initial weights reproducible; the Trainer seeds only later.
+    """
+    check_model_source(source)
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+    try:
+        config = AutoConfig.from_pretrained(
+            source,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            problem_type=problem_type,
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"{source}: cannot load a model config: {first_line(e)}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{source}: cannot load its tokenizer: {first_line(e)}") from None
+    if not tokenizer.is_fast:
+        raise ModelError(f"{source}: has no fast (Rust) tokenizer, which deployment needs as tokenizer.json")
+    if seed is not None:
+        set_seed(seed)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{source}: cannot load it as a sequence classifier: {first_line(e)}") from None
+    if freeze_encoder:
+        for parameter in model.base_model.parameters():
+            parameter.requires_grad = False
+    return tokenizer, model
+
+
+def encode_rows(tokenizer, examples: Examples, targets: list, max_length: int) -> tuple[list[dict], int]:
+    """Tokenize without padding (the collator pads each batch), each row with its target; count texts cut at
+    max_length."""
+    encoded = tokenizer(examples.texts, examples.pairs, truncation=True, max_length=max_length)
+    rows = [
+        {**{key: encoded[key][i] for key in encoded.keys()}, "labels": target}
+        for i, target in enumerate(targets)
+    ]
+    truncated = sum(len(ids) >= max_length for ids in encoded["input_ids"])
+    return rows, truncated
