@@ -36,6 +36,13 @@ def user_errors() -> Iterator[None]:
 
 
 _RUNTIME_OPTIONS = [
+    click.option("--variant", help="Run this exported variant only (default: see --backend)."),
+    click.option("--backend", default=defaults.AUTO, show_default=True,
+                 type=click.Choice([defaults.AUTO, *defaults.BACKENDS]),
+                 help="auto: each batch on the variant measured fastest for its size (see `bench`)."),
+    click.option("--max-batch-tokens", type=int,
+                 help=f"Texts per model run x padded length [{defaults.CPU_BATCH_TOKENS} on the CPU, "
+                      f"{defaults.GPU_BATCH_TOKENS} on a GPU]."),
     click.option("--threads", type=int, help="Intra-op threads (default: the CPUs this process may use)."),
     click.option("--providers", default=defaults.PROVIDERS, show_default=True,
                  help="cpu, cuda or tensorrt (comma-separated, first choice first)."),
@@ -47,7 +54,7 @@ _RUNTIME_OPTIONS = [
 
 
 def _runtime_options(command):
-    """The runtime's options, shared by predict and serve."""
+    """The runtime's options (RuntimeOptions' fields), shared by predict and serve."""
     for option in reversed(_RUNTIME_OPTIONS):
         command = option(command)
     return command
@@ -237,18 +244,12 @@ def export(quantize: tuple[str, ...], as_json: bool, **options: object) -> None:
 @click.argument("artifact_dir", type=click.Path(path_type=Path))
 @click.argument("input", metavar="INPUT")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write here (default: stdout).")
-@click.option("--variant", help="Run this exported variant only (default: see --backend).")
-@click.option("--backend", default=defaults.AUTO, show_default=True,
-              type=click.Choice([defaults.AUTO, *defaults.BACKENDS]),
-              help="auto: each batch on the variant measured fastest for its size (see `bench`).")
+@_runtime_options
 @click.option("--text-column", help="Column holding the text (default: the one the model was trained on).")
 @click.option("--text-pair-column", help="Column holding the second text, for models trained on pairs.")
 @click.option("--label-column", help="Score the predictions against this column (default: the training one, "
                                      "when the input has it).")
 @click.option("--all-scores", is_flag=True, help="Add every class's score, not only the best one's.")
-@click.option("--max-batch-tokens", type=int,
-              help="Texts per batch x padded length [1024 on the CPU, 16384 on a GPU].")
-@_runtime_options
 @click.option("--long-text", default=defaults.TRUNCATE, show_default=True, type=click.Choice(defaults.LONG_TEXT),
               help="Texts over the max length: cut, or split into overlapping windows and average.")
 @click.option("--input-format", type=click.Choice(defaults.INPUT_FORMATS),
@@ -309,27 +310,16 @@ def _numbers(value: str, name: str) -> list[int]:
 @click.option("--record/--no-record", default=defaults.RECORD_ROUTES, show_default=True,
               help="Write the fastest variant per range of batch sizes in padded tokens (texts x padded length) "
                    "into the manifest, for --backend auto.")
-def bench(variants: str | None, batch_sizes: str, seq_lengths: str, json_file: Path | None, plot_file: Path | None,
-          **options: object) -> None:
+def bench(variants: str | None, batch_sizes: str, seq_lengths: str, **options: object) -> None:
     """Time PyTorch and every exported variant on the same inputs."""
-    from bertdeploy.bench import report
     from bertdeploy.bench.run import BenchOptions
     from bertdeploy.bench.run import bench as run
 
     progress = logging.getLogger("bertdeploy").level <= logging.INFO
     with user_errors():
-        for path in (json_file, plot_file):
-            if path is not None and not path.absolute().parent.is_dir():
-                raise BertdeployError(f"{path}: its directory does not exist")
-        if plot_file is not None:
-            report.check_plotting()
         result = run(BenchOptions(
             variants=variants.split(",") if variants else None, batch_sizes=_numbers(batch_sizes, "--batch-sizes"),
             seq_lengths=_numbers(seq_lengths, "--seq-lengths"), progress=progress, **options))
-        if json_file is not None:
-            report.write_json(result, json_file)
-        if plot_file is not None:
-            report.plot(result, plot_file)
     click.echo(render.bench(result))
 
 
@@ -338,12 +328,7 @@ def bench(variants: str | None, batch_sizes: str, seq_lengths: str, json_file: P
 @click.option("--host", default=defaults.HOST, show_default=True, help="0.0.0.0 to accept other machines.")
 @click.option("--port", default=defaults.PORT, show_default=True,
               help="0 takes a free port, named in the log (local engine).")
-@click.option("--variant", help="Run this exported variant only (default: see --backend).")
-@click.option("--backend", default=defaults.AUTO, show_default=True,
-              type=click.Choice([defaults.AUTO, *defaults.BACKENDS]),
-              help="auto: each batch on the variant measured fastest for its size (see `bench`).")
-@click.option("--max-batch-tokens", type=int,
-              help="Texts per model run x padded length [1024 on the CPU, 16384 on a GPU].")
+@_runtime_options
 @click.option("--max-batch-size", default=defaults.SERVE_MAX_BATCH_SIZE, show_default=True,
               help="Texts of concurrent requests batched together; 1 turns batching off.")
 @click.option("--max-wait-ms", default=defaults.MAX_WAIT_MS, show_default=True,
@@ -354,7 +339,6 @@ def bench(variants: str | None, batch_sizes: str, seq_lengths: str, json_file: P
 @click.option("--max-body-bytes", default=defaults.MAX_BODY_BYTES, show_default=True)
 @click.option("--api-key-env", metavar="NAME",
               help="Require 'Authorization: Bearer <key>', the key read from this environment variable.")
-@_runtime_options
 @click.option("--model-name", help="The model's name in the v2 protocol (default: the directory's name).")
 @click.option("--engine", default=defaults.LOCAL, show_default=True, type=click.Choice(defaults.ENGINES),
               help="ray: a Ray Serve deployment, on this machine or a cluster (the ray extra).")

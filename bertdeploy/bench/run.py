@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bertdeploy.artifacts import MANIFEST_NAME, atomic_file, read_manifest
+from bertdeploy.bench import report as reporting
 from bertdeploy.bench.cases import Case, fixed_length_cases, natural_cases
 from bertdeploy.bench.engines import AUTO, Engine
 from bertdeploy.bench.probe import probe
@@ -86,6 +87,8 @@ class BenchOptions:
     eval_samples: int = EVAL_SAMPLES  # accuracy on at most this many eval texts (a stratified sample)
     progress: bool = False
     record: bool = RECORD_ROUTES  # write the size ranges for backend="auto" into the manifest (CPU only)
+    json_file: Path | None = None  # write every figure here as JSON
+    plot_file: Path | None = None  # write charts here (PNG; the plot extra)
 
     def __post_init__(self) -> None:
         self.artifact_dir = Path(self.artifact_dir)
@@ -100,6 +103,11 @@ class BenchOptions:
         ])
         self.batch_sizes, self.seq_lengths = sorted(set(self.batch_sizes)), sorted(set(self.seq_lengths))
         self.threads = self.threads or usable_cpus()
+        for path in (self.json_file, self.plot_file):
+            if path is not None and not Path(path).absolute().parent.is_dir():
+                raise BertdeployError(f"{path}: its directory does not exist")
+        if self.plot_file is not None:
+            reporting.check_plotting()
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -132,9 +140,14 @@ def bench(options: BenchOptions) -> BenchResult:
         auto = record_auto(options, manifest, reports, timings)
     elif options.record and options.device == "cpu":
         logger.info("not recording the auto ranges: only some variants were measured")
-    return BenchResult(str(options.artifact_dir), options.device, options.threads, options.runs, options.warmup,
-                       None if examples is None else str(examples.path), 0 if examples is None else len(examples),
-                       machine(options.device), reports, timings, auto, scheme.multi_label)
+    result = BenchResult(str(options.artifact_dir), options.device, options.threads, options.runs, options.warmup,
+                         None if examples is None else str(examples.path), 0 if examples is None else len(examples),
+                         machine(options.device), reports, timings, auto, scheme.multi_label)
+    if options.json_file is not None:
+        reporting.write_json(result, options.json_file)
+    if options.plot_file is not None:
+        reporting.plot(result, options.plot_file)
+    return result
 
 
 def _runnable(manifest: dict) -> list[str]:

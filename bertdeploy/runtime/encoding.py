@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bertdeploy.defaults import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS  # noqa: F401 (the runtime's names for them)
 from bertdeploy.errors import BertdeployError
 
 logger = logging.getLogger(__name__)
 
 PAD_MULTIPLE = 8
-CPU_BATCH_TOKENS = 1024  # the fastest budget from 1k to 16k on 2 CPU cores (benchmarks/predictor_speed.py)
-GPU_BATCH_TOKENS = 16384
 # Export scores variants with larger batches: dynamic INT8's scores depend on a text's batch-mates
 # (benchmarks/batch_invariance.py), and these are the batches the accuracy guard was tuned on.
 MAX_BATCH_TOKENS = 8192
