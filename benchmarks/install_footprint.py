@@ -32,7 +32,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "install_footprint.json"
 INSTALLS = {"runtime (pip install bertdeploy)": ".", "runtime + serve": ".[serve]",
             "full (train + serve)": ".[train,serve]"}
 TEXT = "这个手机很好用，电池也耐用。"
-FIRST_LABEL = ("from bertdeploy.runtime.predictor import Predictor\n"
+FIRST_LABEL = ("from bertdeploy.predictor import Predictor\n"
                "p = Predictor.load({artifacts!r}, backend='onnxruntime')\n"
                "print(p.predict([{text!r}])[0].label, flush=True)")
 
@@ -100,7 +100,7 @@ def main() -> None:
         for name, venv in venvs.items():
             python = str(venv / "bin" / "python")
             calls[(name, "import")] = functools.partial(
-                run, [python, "-c", "import bertdeploy.runtime.predictor; print(1)"], None)
+                run, [python, "-c", "import bertdeploy.predictor; print(1)"], None)
             calls[(name, "first_label")] = functools.partial(
                 first_label, [python, "-c", FIRST_LABEL.format(artifacts=artifacts, text=TEXT)], labelled[name])
             calls[(name, "cli")] = functools.partial(

@@ -160,10 +160,10 @@ def bulk(artifacts: Path, hf: dict, texts: list[str], work: Path) -> dict:
 # rusage figure would carry the forking parent's size).
 PEAK = "\nprint([x for x in open('/proc/self/status') if x.startswith('VmHWM')][0].split()[1], flush=True)"
 COLD = {
-    "bertdeploy Predictor": "from bertdeploy.runtime.predictor import Predictor\n"
+    "bertdeploy Predictor": "from bertdeploy.predictor import Predictor\n"
                             "p = Predictor.load({artifacts!r})\nprint(p.predict([{text!r}])[0].label, flush=True)"
                             + PEAK,
-    "bertdeploy Predictor, backend onnxruntime": "from bertdeploy.runtime.predictor import Predictor\n"
+    "bertdeploy Predictor, backend onnxruntime": "from bertdeploy.predictor import Predictor\n"
                                                  "p = Predictor.load({artifacts!r}, backend='onnxruntime')\n"
                                                  "print(p.predict([{text!r}])[0].label, flush=True)" + PEAK,
     "transformers pipeline": "from transformers import pipeline\n"

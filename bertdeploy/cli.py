@@ -263,23 +263,14 @@ def export(quantize: tuple[str, ...], as_json: bool, **options: object) -> None:
 @click.option("--ray-address", help="A running Ray cluster (default: $RAY_ADDRESS, else a local one for this run).")
 def predict(artifact_dir: Path, input: str, **options: object) -> None:
     """Label every text of a CSV, TSV, JSONL or text file (INPUT, or - for stdin)."""
+    from bertdeploy.predict import run
     from bertdeploy.predict.rows import PredictFileOptions
 
-    stdin, stdout = click.get_binary_stream("stdin"), click.get_text_stream("stdout")
     progress = logging.getLogger("bertdeploy").level <= logging.INFO
     with user_errors():
-        runtime = _runtime(options)
-        settings = PredictFileOptions(artifact_dir, input, runtime=runtime, progress=progress, **options)
-        if settings.engine == "ray":
-            from bertdeploy.predict.ray_engine import predict_file_ray
-
-            result = predict_file_ray(settings, stdout)
-        else:
-            from bertdeploy.predict.local import predict_file
-
-            result = predict_file(settings, stdin, stdout)
-    report = render.predict(result)
-    click.echo(report, err=result.output == "<stdout>")
+        settings = PredictFileOptions(artifact_dir, input, runtime=_runtime(options), progress=progress, **options)
+        result = run(settings, click.get_binary_stream("stdin"), click.get_text_stream("stdout"))
+    click.echo(render.predict(result), err=result.output == "<stdout>")
 
 
 def _numbers(value: str, name: str) -> list[int]:
@@ -356,19 +347,11 @@ def bench(variants: str | None, batch_sizes: str, seq_lengths: str, **options: o
 @click.option("--ray-address", help="ray: a running cluster (default: $RAY_ADDRESS, else a local one).")
 def serve(**options: object) -> None:
     """Serve an exported model over HTTP with dynamic batching (Ctrl-C or SIGTERM to stop)."""
+    from bertdeploy.serve import run
     from bertdeploy.serve.httpapi import ServeOptions
 
     with user_errors():
-        runtime = _runtime(options)
-        settings = ServeOptions(runtime=runtime, **options)
-        if settings.engine == "ray":
-            from bertdeploy.runtime.raycluster import import_ray
-
-            import_ray()  # names the extra when Ray is missing
-            from bertdeploy.serve.ray_engine import serve_ray as run
-        else:
-            from bertdeploy.serve.local import serve as run
-        run(settings)
+        run(ServeOptions(runtime=_runtime(options), **options))
 
 
 def main() -> None:

@@ -79,7 +79,8 @@ def machine(device: str = "cpu", threads: int | None = None) -> dict:
 
 
 def gpu() -> dict:
-    """The first GPU's name and the driver's CUDA version, from nvidia-smi (empty without one)."""
+    """The first GPU's name and the highest CUDA version its driver supports, from nvidia-smi (empty without one;
+    bench records the CUDA version PyTorch was built for instead)."""
     try:
         name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                               text=True, timeout=30, check=True).stdout.splitlines()

@@ -15,12 +15,11 @@ import numpy as np
 
 from bertdeploy.artifacts import read_manifest
 from bertdeploy.build.reference import PYTORCH, TorchModel
+from bertdeploy.defaults import AUTO  # as an engine: the predictor's routing among the variants
 from bertdeploy.runtime.backends import OpenVinoModel, OrtModel
 from bertdeploy.runtime.options import RuntimeOptions
 from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.runtime.routing import choose_routes
-
-AUTO = "auto"  # the predictor's routing among the variants
 
 
 @dataclass(frozen=True)

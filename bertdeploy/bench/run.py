@@ -2,13 +2,13 @@
 
 Every engine (PyTorch and each ONNX variant) runs exactly the same inputs: fixed lengths (batch x
 tokens, cut from real texts) for the classic table, and real eval texts at their natural lengths,
-padded per batch as the predictor pads them (bench_cases.py). Engines take turns call by call, in
+padded per batch as the predictor pads them (cases.py). Engines take turns call by call, in
 an order shuffled every round (timing.py, the project's one harness); warm-up calls are not timed;
 every engine gets the same thread count. Load time and peak RSS come from a fresh process per
 engine, so one engine's memory never counts against another's. On CUDA, inputs are placed on the
 device before the clock starts (IO binding for ONNX Runtime) and every call is synchronised.
 This module runs the measurement; the engines, inputs, memory probe and report have modules of their
-own (bench_*.py). It does not pick the default variant (export does).
+own (engines.py, cases.py, probe.py, report.py). It does not pick the default variant (export does).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from bertdeploy.defaults import (
     BENCH_SEQ_LENGTHS,
     BENCH_WARMUP,
     DEVICE,
+    DEVICES,
     EVAL_SAMPLES,
     MAX_ACCURACY_DROP,
     RECORD_ROUTES,
@@ -63,7 +64,7 @@ from bertdeploy.runtime.encoding import (
     run_batches,
 )
 from bertdeploy.runtime.routing import auto_section
-from bertdeploy.runtime.sessions import DEVICES, PROVIDERS, resolve_providers
+from bertdeploy.runtime.sessions import PROVIDERS, resolve_providers
 from bertdeploy.timing import distinct_shapes, interleave
 
 logger = logging.getLogger(__name__)
@@ -142,12 +143,22 @@ def bench(options: BenchOptions) -> BenchResult:
         logger.info("not recording the auto ranges: only some variants were measured")
     result = BenchResult(str(options.artifact_dir), options.device, options.threads, options.runs, options.warmup,
                          None if examples is None else str(examples.path), 0 if examples is None else len(examples),
-                         machine(options.device), reports, timings, auto, scheme.multi_label)
+                         _machine(options.device), reports, timings, auto, scheme.multi_label)
     if options.json_file is not None:
         reporting.write_json(result, options.json_file)
     if options.plot_file is not None:
         reporting.plot(result, options.plot_file)
     return result
+
+
+def _machine(device: str) -> dict:
+    """host.machine(), with the GPU and the CUDA version PyTorch was built for, as PyTorch reports them."""
+    info = machine(device)
+    if device == "cuda":
+        import torch
+
+        info.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda)
+    return info
 
 
 def _runnable(manifest: dict) -> list[str]:

@@ -24,11 +24,11 @@ import numpy as np
 
 from bertdeploy.artifacts import atomic_file
 from bertdeploy.data import FORMATS, check_columns, check_file, file_format, parse_label_set
-from bertdeploy.defaults import INPUT_FORMATS, LOCAL, OUTPUT_FORMATS
+from bertdeploy.defaults import ENGINES, INPUT_FORMATS, LOCAL, OUTPUT_FORMATS
 from bertdeploy.errors import BertdeployError, DataError, check_options
 from bertdeploy.labels import LabelScheme
 from bertdeploy.metrics import multilabel_counts, multilabel_report_from_counts, report_from_confusion
-from bertdeploy.runtime.options import ENGINES, RuntimeOptions
+from bertdeploy.runtime.options import RuntimeOptions
 
 logger = logging.getLogger(__name__)
 

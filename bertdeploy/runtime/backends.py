@@ -1,11 +1,10 @@
-"""Where a graph runs: ONNX Runtime or the OpenVINO runtime, behind one small interface, and which to use when.
+"""Where a graph runs: ONNX Runtime or the OpenVINO runtime, behind one small interface.
 
 `open_model` gives an object with `input_names`, `providers` and `run(feed) -> logits` for an
 ONNX file on either runtime. OpenVINO reads the same ONNX files (no second export), compiled for
 the CPU with its settings made explicit: inference precision bf16 where the CPU has it (f32
-otherwise), the thread count, and the latency or throughput hint. `plan_routes` turns latencies
-measured per variant and batch size (in padded tokens: texts x padded length) into size ranges,
-each run by its fastest variant: one short text and one long text may be best on different runtimes.
+otherwise), the thread count, and the latency or throughput hint. Which variant runs which batch is
+routing.py's.
 Imports only onnxruntime, numpy and (when asked for) openvino: the predictor stands on it.
 """
 

@@ -1,9 +1,8 @@
-"""ONNX Runtime sessions, tokenization and batching for exported classifiers: onnxruntime, tokenizers, numpy.
+"""Texts to model inputs, in batches: tokenizers and numpy.
 
-`create_session` puts a graph on the providers asked for and fails instead of silently falling
-back to the CPU; `TextEncoder` turns texts into exactly the inputs a graph declares;
-`plan_batches` groups texts of similar length under a token budget; `logits` runs many texts
-that way and returns them in the caller's order.
+`TextEncoder` turns texts into exactly the inputs a graph declares, padded on the right per batch;
+`plan_batches` groups texts of similar length under a token budget; `run_batches` and `logits` run many
+texts that way and return them in the caller's order. Sessions live in sessions.py, runtimes in backends.py.
 It never imports torch, transformers or optimum: the predictor and the server stand on it.
 """
 

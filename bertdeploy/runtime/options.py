@@ -3,7 +3,7 @@
 `RuntimeOptions` is built once (by the CLI, or by you) and handed as it is to the predictor by the local and
 Ray engines of `predict` and `serve` (it pickles, for Ray's actors and replicas). Its own values are checked
 here; what depends on the directory or the machine (does the variant exist, has this ONNX Runtime the
-providers) is checked when a predictor loads. `ENGINES` names the engines `predict` and `serve` run on.
+providers) is checked when a predictor loads.
 Standard library only, plus the names defaults.py, backends.py and encoding.py define.
 """
 
@@ -12,12 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bertdeploy.defaults import AUTO, ENGINES, LONG_TEXT, PROVIDERS, SPINNING, TRUNCATE
+from bertdeploy.defaults import AUTO, LONG_TEXT, PROVIDERS, SPINNING, TRUNCATE
 from bertdeploy.errors import check_options
 from bertdeploy.runtime.backends import BACKENDS, HINTS
-from bertdeploy.runtime.encoding import MAX_BATCH_SIZE
-
-__all__ = ["ENGINES", "LONG_TEXT", "RuntimeOptions"]  # ENGINES, LONG_TEXT: from defaults.py
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,7 @@ class RuntimeOptions:
     hint: str = "latency"
     long_text: str = TRUNCATE
     max_batch_tokens: int | None = None
-    max_batch_size: int = MAX_BATCH_SIZE
+    max_batch_size: int | None = None  # default: the engine's (the predictor's 128, serve's 64)
 
     def __post_init__(self) -> None:
         check_options([
@@ -57,5 +54,5 @@ class RuntimeOptions:
             (self.long_text in LONG_TEXT, f"long_text must be one of {', '.join(LONG_TEXT)}"),
             (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
             (self.max_batch_tokens is None or self.max_batch_tokens >= 8, "--max-batch-tokens must be at least 8"),
-            (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
+            (self.max_batch_size is None or self.max_batch_size >= 1, "max_batch_size must be at least 1"),
         ])

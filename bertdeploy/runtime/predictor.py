@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bertdeploy.artifacts import read_manifest
+from bertdeploy.defaults import CHUNK, LONG_TEXT
 from bertdeploy.errors import BertdeployError
 from bertdeploy.labels import LabelScheme
 from bertdeploy.runtime.backends import (
@@ -39,6 +40,7 @@ from bertdeploy.runtime.backends import (
 from bertdeploy.runtime.encoding import (
     CPU_BATCH_TOKENS,
     GPU_BATCH_TOKENS,
+    MAX_BATCH_SIZE,
     MAX_PADDING,
     PAD_MULTIPLE,
     TextEncoder,
@@ -47,13 +49,14 @@ from bertdeploy.runtime.encoding import (
     padded_length,
     run_batches,
 )
-from bertdeploy.runtime.options import LONG_TEXT, RuntimeOptions
+from bertdeploy.runtime.options import RuntimeOptions
 from bertdeploy.runtime.routing import choose_routes, describe_routes
 from bertdeploy.runtime.sessions import GPU_PROVIDERS, provider_name, resolve_providers
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LONG_TEXT", "Prediction", "Predictor", "RuntimeOptions"]  # LONG_TEXT, RuntimeOptions: from options.py
+# LONG_TEXT (defaults.py) and RuntimeOptions (options.py) stay importable from here
+__all__ = ["LONG_TEXT", "Prediction", "Predictor", "RuntimeOptions"]
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ class Predictor:
         single = len(routes) == 1
         self.variant = routes[0].variant if single else "auto"
         self.backend = first.backend if single else "auto"
-        self.long_text, self.max_batch_size = options.long_text, options.max_batch_size
+        self.long_text, self.max_batch_size = options.long_text, options.max_batch_size or MAX_BATCH_SIZE
         self.max_batch_tokens = options.max_batch_tokens or (GPU_BATCH_TOKENS if first.on_gpu else CPU_BATCH_TOKENS)
 
     @classmethod
@@ -115,7 +118,7 @@ class Predictor:
         gpu = any(provider_name(p) in GPU_PROVIDERS for p in resolve_providers(options.providers))
         plan = choose_routes(directory, manifest, options.variant, options.backend, gpu)
         max_length = manifest["max_length"]
-        stride = max(1, max_length // 4) if options.long_text == "chunk" else None
+        stride = max(1, max_length // 4) if options.long_text == CHUNK else None
         encoder = load_encoder(directory / manifest["tokenizer"], max_length, stride)
         routes = []
         for upper, name in plan:  # serially: creating sessions concurrently is not safe
@@ -168,7 +171,7 @@ class Predictor:
         texts, pairs = self._check(texts, pairs)
         if not texts:
             return np.empty((0, len(self.labels)), dtype=np.float32)
-        if self.long_text == "chunk":
+        if self.long_text == CHUNK:
             encodings, owners = self.encoder.windows(texts)
             scores = self.scheme.activate(self._logits(encodings))
             summed = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
@@ -190,7 +193,7 @@ class Predictor:
             raise ValueError("this model was trained on single texts; do not pass pairs=")
         if pairs is not None and len(pairs) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs")
-        if pairs is not None and self.long_text == "chunk":
+        if pairs is not None and self.long_text == CHUNK:
             raise ValueError("long_text='chunk' splits single texts; pairs are truncated, use long_text='truncate'")
         return texts, pairs
 

@@ -1,4 +1,5 @@
-"""Ray start-up for the Ray engines (raybulk.py, rayserve.py): import Ray, join a cluster or start one.
+"""Ray start-up for the Ray engines (predict/ray_engine.py, serve/ray_engine.py): import Ray, join a cluster
+or start one.
 
 Needs the `ray` extra; without it, the error says so in one line.
 """

@@ -7,7 +7,7 @@ runs at once, so batching costs no latency at low load. It tokenizes the texts t
 the predictor run them in length-grouped batches under its token budget. The event loop only
 appends to the queue and awaits a future, so model inference never blocks it. A full queue is
 refused at once (`Overloaded`) rather than piling up latency.
-No HTTP here: server.py puts this behind its routes.
+No HTTP here: local.py puts this behind its routes.
 """
 
 from __future__ import annotations

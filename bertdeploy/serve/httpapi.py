@@ -9,6 +9,7 @@ so both answer word for word alike; the health routes, which never need the key.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import os
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 from bertdeploy import defaults
 from bertdeploy.errors import BertdeployError, check_options
 from bertdeploy.labels import LabelScheme
-from bertdeploy.runtime.options import ENGINES, RuntimeOptions
+from bertdeploy.runtime.options import RuntimeOptions
 
 HEALTH = ("/v2/health/live", "/v2/health/ready")
 
@@ -28,9 +29,9 @@ class ServeOptions:
     artifact_dir: Path
     host: str = defaults.HOST
     port: int = defaults.PORT
-    # how the predictor loads and runs; its max_batch_size also caps the texts batched across requests
-    runtime: RuntimeOptions = field(
-        default_factory=lambda: RuntimeOptions(max_batch_size=defaults.SERVE_MAX_BATCH_SIZE))
+    # how the predictor loads and runs; its max_batch_size (default here: 64) also caps the texts batched across
+    # requests
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     max_wait_ms: float = defaults.MAX_WAIT_MS
     max_queue: int = defaults.MAX_QUEUE  # local: texts waiting to be batched before requests get 429
     max_texts_per_request: int = defaults.MAX_TEXTS_PER_REQUEST
@@ -51,6 +52,8 @@ class ServeOptions:
     def __post_init__(self) -> None:
         self.artifact_dir = Path(self.artifact_dir)
         self.model_name = self.model_name or self.artifact_dir.absolute().name
+        if self.runtime.max_batch_size is None:
+            self.runtime = dataclasses.replace(self.runtime, max_batch_size=defaults.SERVE_MAX_BATCH_SIZE)
         check_options([
             (0 <= self.port <= 65535, f"port {self.port} is not between 0 and 65535"),
             (self.max_wait_ms >= 0, "max_wait_ms must be 0 or more"),
@@ -58,7 +61,7 @@ class ServeOptions:
             (self.max_queue >= self.max_texts_per_request,
              f"max_queue ({self.max_queue}) must hold at least one full request ({self.max_texts_per_request} texts)"),
             (self.max_body_bytes >= 1, "max_body_bytes must be at least 1"),
-            (self.engine in ENGINES, "engine must be local or ray"),
+            (self.engine in defaults.ENGINES, "engine must be local or ray"),
             (self.replicas >= 1 and self.min_replicas >= 0, "replicas must be at least 1 (min_replicas 0)"),
             (self.max_replicas is None or self.max_replicas >= max(1, self.min_replicas),
              "max_replicas must be at least min_replicas and 1"),

@@ -45,7 +45,7 @@ VERSION = "1"
 
 def serve(options: ServeOptions) -> None:
     """Load the model, then serve until SIGTERM or Ctrl-C. Port 0 takes a free port, named in the log."""
-    check_options([(options.engine == "local", "server.serve runs the local engine; for engine='ray' call "
+    check_options([(options.engine == "local", "serve.local.serve runs the local engine; for engine='ray' call "
                                                "bertdeploy.serve.ray_engine.serve_ray")])
     import uvicorn
 

@@ -26,6 +26,7 @@ import numpy as np
 import ray
 from ray import serve
 
+from bertdeploy import defaults
 from bertdeploy.errors import BertdeployError
 from bertdeploy.host import usable_cpus
 from bertdeploy.runtime.options import RuntimeOptions
@@ -82,8 +83,8 @@ class PredictorReplica:
         return answer(200, httpapi.predict_response(self.options.model_name, self.predictor.variant,
                                                     self.predictor.scheme, probabilities, body.all_scores))
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=lambda items: sum(
-        len(texts) for texts, _ in items))  # the options' values are set per replica in __init__
+    @serve.batch(max_batch_size=defaults.SERVE_MAX_BATCH_SIZE, batch_wait_timeout_s=defaults.MAX_WAIT_MS / 1000,
+                 batch_size_fn=lambda items: sum(len(texts) for texts, _ in items))  # options' values: in __init__
     async def _score(self, requests: list[tuple[list[str], list[str] | None]]) -> list[np.ndarray]:
         """One model pass over the texts of every request Serve batched, split back per request."""
         texts = [text for batch_texts, _ in requests for text in batch_texts]
