@@ -43,6 +43,9 @@ _RUNTIME_OPTIONS = [
     click.option("--spinning/--no-spinning", default=defaults.SPINNING, show_default=True,
                  help="ONNX Runtime's threads spin a moment after each call to catch the next one (faster single "
                       "texts; a stream of sparse requests costs more CPU)."),
+    click.option("--precision", type=click.Choice(defaults.PRECISIONS),
+                 help="OpenVINO variants' inference precision (default: the one export judged each at, in the "
+                      "manifest)."),
 ]
 
 
