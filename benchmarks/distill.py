@@ -118,7 +118,8 @@ def main() -> None:
         manifest = json.loads((directory / "manifest.json").read_text())
         for variant in VARIANTS:
             entry = manifest["variants"][variant]
-            model = open_model(directory / entry["file"], entry.get("backend", "onnxruntime"), "cpu", THREADS)
+            model = open_model(directory / entry["file"], entry.get("backend", "onnxruntime"), "cpu", THREADS,
+                               precision=entry.get("precision"))
             runs[f"{name} / {variant}"] = model.run
             names = model.input_names
     teacher_torch = TorchModel(Engine(PYTORCH, "pytorch", str(args.teacher), "fp32", "cpu", THREADS))

@@ -60,7 +60,8 @@ def main() -> None:
                     "attempts": [(a["nodes_kept_float"], a["passed"], a["eval"] and a["eval"]["accuracy_drop"])
                                  for a in v.attempts],
                 }
-        models = {f"{v.name} ({label})": open_model(result.output_dir / v.file, v.backend, "cpu", threads=THREADS)
+        models = {f"{v.name} ({label})": open_model(result.output_dir / v.file, v.backend, "cpu", threads=THREADS,
+                                                            precision=v.precision)
                   for label, result in runs.items() for v in result.variants
                   if v.shipped and (label == "searched" or v.name != "fp32")}
         manifest = json.loads((searched.output_dir / "manifest.json").read_text())

@@ -135,6 +135,10 @@ def export(result: ExportResult) -> str:
         elif v.quantization and v.quantization.get("float_nodes"):
             lines.append(f"{v.name}: kept the {kept_float(v.quantization)} weight nodes most sensitive to "
                          "quantization in float to hold the bound (named in the manifest)")
+        others = {a["precision"] for a in v.attempts if a.get("precision") not in (None, v.precision)}
+        if v.shipped and v.precision and others:
+            lines.append(f"{v.name}: runs at {v.precision} inference precision (at {' and '.join(sorted(others))} "
+                         "it missed the bound; the manifest's attempts)")
     for v in result.variants:
         if v.fused and any(v.fused.values()):
             counts = ", ".join(f"{n} {kind.replace('_', '-')}" for kind, n in v.fused.items() if n)

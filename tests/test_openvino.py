@@ -235,11 +235,206 @@ def test_the_guard_refuses_a_bad_int8_ov_after_searching_to_the_bound(tiny_class
     refused = next(v for v in result.variants if v.name == "int8-ov")
     assert not refused.shipped and "points below PyTorch" in refused.reason and refused.backend == "openvino"
     ranked = refused.quantization["float_candidates"]  # as asked, then 1, 2, 4, 8 and every ranked node in float
-    assert [len(c) for c in calls] == [a["nodes_kept_float"] for a in refused.attempts] == [0, 1, 2, 4, 8, ranked]
+    assert [len(c) for c in calls] == [0, 1, 2, 4, 8, ranked]
+    # where the CPU computes bf16, the plain build is judged again at f32 first (the same file: no rebuild)
+    again = [0] if _cpu_precision() == "bf16" else []
+    assert [a["nodes_kept_float"] for a in refused.attempts] == [0, *again, 1, 2, 4, 8, ranked]
+    assert [a["precision"] for a in refused.attempts[:1 + len(again)]] == [_cpu_precision(), *["f32"] * len(again)]
     assert not (tmp_path / "out" / "model_int8_ov.onnx").exists()
     manifest = read_manifest(tmp_path / "out")
     assert "int8-ov" not in manifest["variants"] and manifest["rejected"]["int8-ov"]["reason"] == refused.reason
     assert manifest["rejected"]["int8-ov"]["eval"]["accuracy_drop"] > 1.0
+
+
+# -- the inference precision is part of an OpenVINO variant ------------------------------------------------------
+
+def _judged(monkeypatch, tmp_path, lost: dict, default: str = "bf16", backend: str = "openvino"):
+    """build_to_the_bound with a stand-in judge whose points lost depend only on (nodes kept in float, precision),
+    as `lost` gives them (default: 0, a pass at bound 1): the guard's order of attempts, on any CPU. Returns the
+    variant and the node counts built."""
+    from bertdeploy.build import guard
+    from bertdeploy.build.guard import Variant, build_to_the_bound
+
+    monkeypatch.setattr(guard, "default_precision", lambda: default)
+    built: list[int] = []
+    destination = tmp_path / "model_int8_ov.onnx"
+
+    def build(settings: dict, nodes: list[str]) -> dict:
+        built.append(len(nodes))
+        destination.write_bytes(b"graph")
+        return {"type": "int8-ov", "float_nodes": nodes}
+
+    class Judge:
+        def score(self, name, path, kind, optimization=None, quantization=None, backend="onnxruntime",
+                  precision=None):
+            points = lost.get((built[-1], precision), 0.0)
+            return Variant(name, path.name, kind, optimization, quantization, 5, "", 17,
+                           {"texts": 10, "max_abs_diff": 0.1, "label_agreement": 1 - points / 100},
+                           {"accuracy": 0.9 - points / 100, "accuracy_drop": points}, points <= 1.0,
+                           None if points <= 1.0 else f"lost {points} points", backend=backend, precision=precision)
+
+        def lost(self, variant):
+            return variant.eval["accuracy_drop"]
+
+    variant = build_to_the_bound("int8-ov", "int8-ov", destination, Judge(), True, lambda: ["a", "b", "c", "d"],
+                                 build, backend=backend)
+    return variant, built
+
+
+def _tried(variant) -> list[tuple[int, str | None, bool]]:
+    return [(a["nodes_kept_float"], a.get("precision"), a["passed"]) for a in variant.attempts]
+
+
+def test_the_guard_judges_openvino_at_f32_before_keeping_nodes_in_float(monkeypatch, tmp_path):
+    # passes at the CPU's default precision: judged once, runs at it
+    variant, built = _judged(monkeypatch, tmp_path, {})
+    assert variant.shipped and variant.precision == "bf16" and _tried(variant) == [(0, "bf16", True)] and built == [0]
+    # misses the bound at bf16, holds it at f32: the same file judged again, no node kept in float
+    variant, built = _judged(monkeypatch, tmp_path, {(0, "bf16"): 3.0})
+    assert variant.shipped and variant.precision == "f32" and built == [0]
+    assert _tried(variant) == [(0, "bf16", False), (0, "f32", True)]
+    assert variant.quantization["float_nodes"] == []
+    # misses it at both: the search keeps nodes in float at the precision that lost fewer points
+    lost = {(0, "bf16"): 3.0, (0, "f32"): 2.0, (1, "f32"): 1.5, (1, "bf16"): 0.0}
+    variant, built = _judged(monkeypatch, tmp_path, lost)
+    assert variant.shipped and variant.precision == "f32" and built == [0, 1, 2]
+    assert _tried(variant) == [(0, "bf16", False), (0, "f32", False), (1, "f32", False), (2, "f32", True)]
+    lost = {(0, "bf16"): 2.0, (0, "f32"): 3.0, (1, "f32"): 0.0, (1, "bf16"): 0.5}
+    variant, built = _judged(monkeypatch, tmp_path, lost)
+    assert _tried(variant) == [(0, "bf16", False), (0, "f32", False), (1, "bf16", True)] and built == [0, 1]
+    # a tie goes to the safer precision
+    variant, _ = _judged(monkeypatch, tmp_path, {(0, "bf16"): 2.0, (0, "f32"): 2.0})
+    assert _tried(variant) == [(0, "bf16", False), (0, "f32", False), (1, "f32", True)]
+    # refused at every precision and node count: the reason counts every attempt, and the file is gone
+    every = {(n, p): 5.0 for n in range(5) for p in ("bf16", "f32")}
+    variant, built = _judged(monkeypatch, tmp_path, every)
+    assert not variant.shipped and variant.reason.endswith("after 5 attempts") and built == [0, 1, 2, 4]
+    assert not (tmp_path / "model_int8_ov.onnx").exists()
+    # a CPU without bf16 runs f32 anyway: nothing else to try; ONNX Runtime has no precision to choose
+    variant, _ = _judged(monkeypatch, tmp_path, {(0, "f32"): 3.0}, "f32")
+    assert _tried(variant) == [(0, "f32", False), (1, "f32", True)]
+    variant, _ = _judged(monkeypatch, tmp_path, {(0, None): 3.0}, backend="onnxruntime")
+    assert variant.precision is None and _tried(variant) == [(0, None, False), (1, None, True)]
+
+
+@pytest.fixture(scope="module")
+def f32_artifacts(tiny_classifier, tmp_path_factory):
+    """fp32-ov and int8-ov exported where the CPU's default precision is said to be bf16 and every OpenVINO run
+    at a precision other than f32 gives negated logits: both miss the bound there (by ~90 points) and hold it at
+    f32, on any CPU. The bound, 50 points, is one only the negation misses: what NNCF does to a random tiny
+    model's accuracy differs by CPU. Scored on texts of mixed lengths (from 9 to 32 tokens), so that the batches
+    and their padding matter. Returns the directory, the result, the int8-ov builds and the eval file."""
+    from bertdeploy.build import guard, quantize
+    from bertdeploy.build.guard import Judge
+
+    run, builds = Judge.run, []
+    build = quantize.quantize_openvino_int8
+
+    def negated_unless_f32(self, path, backend="onnxruntime", precision=None):
+        logits, model = run(self, path, backend, precision)
+        return (logits if backend != "openvino" or model.precision == "f32" else -logits), model
+
+    def counted(*args, **kwargs):
+        builds.append(kwargs.get("exclude"))
+        return build(*args, **kwargs)
+
+    folder = tmp_path_factory.mktemp("f32")
+    rows = [{**row, "text": row["text"] * (1 + i % 3)} for i, row in enumerate(make_rows(120, seed=3))]
+    eval_file, out = write_csv(folder / "eval.csv", rows), folder / "onnx"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(guard, "default_precision", lambda: "bf16")
+        patch.setattr(Judge, "run", negated_unless_f32)
+        patch.setattr(quantize, "quantize_openvino_int8", counted)
+        result = export(ExportOptions(tiny_classifier[0], out, quantize=["int8", "int8-ov"], openvino=True,
+                                      eval_file=eval_file, max_accuracy_drop=50.0))
+    return out, result, builds, eval_file
+
+
+def test_a_variant_that_misses_the_bound_at_bf16_ships_at_f32_and_runs_at_it(f32_artifacts):
+    out, result, builds, _ = f32_artifacts
+    manifest = read_manifest(out)
+    assert set(manifest["variants"]) == {"fp32", "fp32-ov", "int8", "int8-ov"} and not manifest["rejected"]
+    assert manifest["variants"]["int8"]["precision"] is None and len(manifest["variants"]["int8"]["attempts"]) == 1
+    for name in ("fp32-ov", "int8-ov"):
+        entry = manifest["variants"][name]
+        assert entry["precision"] == "f32", name
+        assert [(a["precision"], a["passed"]) for a in entry["attempts"]] == [("bf16", False), ("f32", True)], name
+        assert entry["attempts"][0]["eval"]["accuracy_drop"] > 50 >= entry["eval"]["accuracy_drop"], name
+    assert builds == [[]]  # int8-ov was built once, with no node in float: only the precision changed
+    assert manifest["variants"]["int8-ov"]["quantization"]["float_nodes"] == []
+    from bertdeploy import render
+
+    table = render.export(result)
+    assert "fp32-ov      openvino f32" in table and "int8-ov      openvino f32" in table
+    assert "int8-ov: runs at f32 inference precision (at bf16 it missed the bound" in table
+
+
+def test_the_predictor_bench_and_cli_run_a_variant_at_its_recorded_precision(f32_artifacts, tiny_classifier,
+                                                                            tmp_path):
+    out = f32_artifacts[0]
+    for name in ("fp32-ov", "int8-ov"):
+        model = Predictor.load(out, variant=name, threads=1).routes[0].model
+        assert model.precision == "f32" and model.providers[0].startswith("OpenVINO CPU (f32, 1 threads"), name
+    auto = Predictor.load(out, backend="openvino", threads=1)
+    assert {r.model.precision for r in auto.routes} == {"f32"}
+    # the user's override wins over the manifest, for every OpenVINO variant; ONNX Runtime's take no precision
+    override = Predictor.load(out, variant="int8-ov", precision="bf16", threads=1)
+    assert override.routes[0].model.precision == "bf16" and override.options.precision == "bf16"
+    assert Predictor.load(out, variant="fp32", precision="bf16").backend == "onnxruntime"
+    with pytest.raises(BertdeployError, match="unknown OpenVINO precision 'f16'; use bf16 or f32"):
+        Predictor.load(out, precision="f16")
+    # a manifest without the field (an older export): the CPU's default, as before
+    copy = _copy(out, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["variants"]["int8-ov"]["precision"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert Predictor.load(copy, variant="int8-ov", threads=1).routes[0].model.precision == _cpu_precision()
+    # bench compiles each OpenVINO variant at its recorded precision
+    from bertdeploy.bench.run import pick_engines
+
+    engines = {e.name: e for e in pick_engines(BenchOptions(out, threads=1), read_manifest(out))}
+    assert engines["int8-ov"].precision == engines["fp32-ov"].precision == "f32"
+    assert engines["int8-ov"].load().precision == "f32" and engines["fp32"].precision is None
+    # predict (and serve) take --precision into the RuntimeOptions every engine passes
+    source = write_csv(tmp_path / "in.csv", make_rows(6, seed=24))
+    runner = CliRunner()
+    done = runner.invoke(cli, ["predict", str(out), str(source), "--variant", "int8-ov", "--threads", "1"])
+    assert done.exit_code == 0, done.output
+    assert "int8-ov on OpenVINO CPU (f32, 1 threads" in done.stderr
+    done = runner.invoke(cli, ["predict", str(out), str(source), "--variant", "int8-ov", "--threads", "1",
+                               "--precision", "bf16"])
+    assert done.exit_code == 0, done.output
+    assert "int8-ov on OpenVINO CPU (bf16, 1 threads" in done.stderr
+
+
+def test_the_accuracy_recorded_is_what_predict_gives(f32_artifacts, tmp_path):
+    """The guard scores each variant as the predictor runs it (its batches and padding, OpenVINO at the recorded
+    precision): `predict` on the eval file gives the figures the manifest records, and the guard's scores are
+    the predictor's, bit for bit. Dynamic INT8 scales each batch's activations, so other batches would move its
+    scores (a random tiny model's figures mean nothing else)."""
+    from bertdeploy.build.guard import Judge
+    from bertdeploy.data import load_examples
+    from bertdeploy.labels import LabelScheme
+    from bertdeploy.predict.local import predict_file
+    from bertdeploy.predict.rows import PredictFileOptions
+    from bertdeploy.runtime.encoding import load_encoder
+    from bertdeploy.runtime.options import RuntimeOptions
+
+    out, _, _, eval_file = f32_artifacts
+    manifest = read_manifest(out)
+    assert manifest["evaluation"]["source"] == str(eval_file) and manifest["evaluation"]["texts"] == 120
+    examples, scheme = load_examples(eval_file), LabelScheme.from_manifest(manifest)
+    encoder = load_encoder(out / "tokenizer.json", manifest["max_length"])
+    judge = Judge(examples, scheme, np.zeros((len(examples), 2), dtype=np.float32), encoder, "cpu", 1.0)
+    for name, entry in manifest["variants"].items():
+        scored = predict_file(PredictFileOptions(out, str(eval_file), tmp_path / f"{name}.csv",
+                                                 RuntimeOptions(variant=name)))
+        assert scored.scored == 120
+        for figure in ("accuracy", "macro_f1"):
+            assert scored.report[figure] == pytest.approx(entry["eval"][figure], abs=1e-9), (name, figure)
+        logits, _ = judge.run(out / entry["file"], backend_of(entry), entry["precision"])
+        predicted = Predictor.load(out, variant=name).predict_proba(examples.texts)
+        assert np.array_equal(scheme.activate(logits), predicted), name
 
 
 def test_cli_export_predict_and_errors(tiny_classifier, ov_artifacts, tmp_path):

@@ -20,9 +20,10 @@ from bertdeploy.runtime.predictor import Predictor
 
 # Every runtime option of `predict`, none at its default, and the RuntimeOptions they make.
 RUNTIME_ARGS = ["--variant", "fp32", "--backend", "onnxruntime", "--threads", "1", "--providers", "cpu",
-                "--allow-fallback", "--no-spinning", "--max-batch-tokens", "64", "--long-text", "chunk"]
+                "--allow-fallback", "--no-spinning", "--precision", "f32", "--max-batch-tokens", "64", "--long-text",
+                "chunk"]
 RUNTIME = RuntimeOptions(variant="fp32", backend="onnxruntime", threads=1, providers="cpu", allow_fallback=True,
-                         spinning=False, max_batch_tokens=64, long_text="chunk")
+                         spinning=False, precision="f32", max_batch_tokens=64, long_text="chunk")
 
 
 def _run(*args: str, input: str | None = None):

@@ -318,11 +318,11 @@ def test_the_ray_serve_app_builder_takes_the_runtime_options_by_name(tiny_artifa
     from bertdeploy.serve.ray_engine import app_builder
 
     built = app_builder({"artifact_dir": str(tiny_artifacts), "replicas": "2", "variant": "fp32", "threads": "1",
-                         "providers": "cpu", "allow_fallback": "true", "spinning": "false", "max_batch_size": "8",
-                         "max_wait_ms": "2"})  # as `serve run` passes them: text
+                         "providers": "cpu", "allow_fallback": "true", "spinning": "false", "precision": "f32",
+                         "max_batch_size": "8", "max_wait_ms": "2"})  # as `serve run` passes them: text
     options = built._bound_deployment.init_args[0]
     assert options.runtime == RuntimeOptions(variant="fp32", threads=1, providers="cpu", allow_fallback=True,
-                                             spinning=False, max_batch_size=8)
+                                             spinning=False, precision="f32", max_batch_size=8)
     assert (options.replicas, options.max_wait_ms, options.engine) == (2, 2.0, "ray")
     with pytest.raises(BertdeployError, match="^--threads must be at least 1$"):
         app_builder({"artifact_dir": str(tiny_artifacts), "threads": 0})

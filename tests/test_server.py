@@ -376,9 +376,10 @@ def test_serve_refuses_bad_settings_before_listening(tiny_artifacts, args, messa
 
 # Every runtime option of `serve`, none at its default, and the RuntimeOptions they make.
 SERVE_RUNTIME_ARGS = ["--variant", "fp32", "--backend", "onnxruntime", "--threads", "1", "--providers", "cpu",
-                      "--allow-fallback", "--no-spinning", "--max-batch-tokens", "64", "--max-batch-size", "8"]
+                      "--allow-fallback", "--no-spinning", "--precision", "f32", "--max-batch-tokens", "64",
+                      "--max-batch-size", "8"]
 SERVE_RUNTIME = RuntimeOptions(variant="fp32", backend="onnxruntime", threads=1, providers="cpu", allow_fallback=True,
-                               spinning=False, max_batch_tokens=64, max_batch_size=8)
+                               spinning=False, precision="f32", max_batch_tokens=64, max_batch_size=8)
 
 
 def test_the_runtime_options_reach_the_local_servers_predictor(tiny_artifacts, stopped_load):

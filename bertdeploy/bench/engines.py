@@ -30,6 +30,7 @@ class Engine:
     kind: str = "fp32"  # fp32, optimized, int8, int8-static, fp16, int8-ov, auto
     device: str = "cpu"
     threads: int = 1
+    precision: str | None = None  # OpenVINO's inference precision: the one the manifest records for the variant
 
     def load(self):
         if self.backend == PYTORCH:
@@ -37,7 +38,7 @@ class Engine:
         if self.backend == AUTO:
             return AutoModel(self)
         if self.backend == "openvino":
-            return OpenVinoModel(self.path, self.threads)
+            return OpenVinoModel(self.path, self.threads, precision=self.precision)
         return OrtModel(self.path, self.device, self.threads)
 
     def size_bytes(self) -> int:

@@ -54,12 +54,18 @@ from bertdeploy.defaults import (
 from bertdeploy.errors import BertdeployError, check_options, require_training
 from bertdeploy.host import machine, usable_cpus
 from bertdeploy.labels import LabelScheme, judge_drop
-from bertdeploy.runtime.backends import BACKENDS, OPENVINO, backend_of, import_openvino, openvino_installed
+from bertdeploy.runtime.backends import (
+    BACKENDS,
+    OPENVINO,
+    backend_of,
+    import_openvino,
+    openvino_installed,
+    precision_of,
+)
 from bertdeploy.runtime.encoding import (
-    CPU_BATCH_TOKENS,
-    GPU_BATCH_TOKENS,
     MAX_PADDING,
     TextEncoder,
+    batch_tokens,
     load_encoder,
     run_batches,
 )
@@ -245,7 +251,8 @@ def pick_engines(options: BenchOptions, manifest: dict) -> list[Engine]:
         path = directory / shipped[name]["file"]
         if not path.is_file():
             raise BertdeployError(f"{path}: missing; the manifest lists it as variant {name!r}")
-        engines.append(Engine(name, backend_of(shipped[name]), str(path), shipped[name]["kind"], device, threads))
+        engines.append(Engine(name, backend_of(shipped[name]), str(path), shipped[name]["kind"], device, threads,
+                              precision_of(shipped[name])))
     return engines
 
 
@@ -303,7 +310,7 @@ def _score(runners: dict, reports: list[EngineReport], examples: Examples, encod
     """Accuracy (micro-F1 for multi-label models), macro-F1 and agreement with PyTorch on the eval texts, batched
     as the predictor batches."""
     encodings = encoder.tokenize(examples.texts, examples.pairs)
-    budget = GPU_BATCH_TOKENS if device == "cuda" else CPU_BATCH_TOKENS
+    budget = batch_tokens(device == "cuda")
     truth = scheme.encode(examples.labels) if examples.labels else None
     predicted = {}
     for report in reports:

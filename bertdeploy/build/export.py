@@ -26,7 +26,7 @@ import numpy as np
 
 from bertdeploy.artifacts import check_output_dir, staging_dir, write_manifest
 from bertdeploy.build import quantize as q
-from bertdeploy.build.guard import Judge, Variant, build_to_the_bound, time_and_pick
+from bertdeploy.build.guard import Judge, Variant, build_to_the_bound, judge_at_precisions, time_and_pick
 from bertdeploy.build.optimize import check_level, fused_operators, optimize_graph, unfused_attention
 from bertdeploy.build.reference import PYTORCH, PYTORCH_BF16, TorchModel, computes_bf16, pytorch_logits
 from bertdeploy.build.source import ModelSource, calibration_texts, read_model_dir, scoring_texts
@@ -180,8 +180,8 @@ def export(options: ExportOptions) -> ExportResult:
         tokenizer = write_tokenizer(source, out / "tokenizer.json")
         judge = Judge(scored, source.scheme, reference, tokenizer, options.device, options.max_accuracy_drop)
         variants = [judge.check_fp32(fp32)]
-        if options.openvino:  # the same file on the other runtime: no second export
-            variants.append(judge.score("fp32-ov", fp32, "fp32", backend=OPENVINO))
+        if options.openvino:  # the same file on the other runtime (no second export), at the precision that holds
+            variants.append(judge_at_precisions(judge, "fp32-ov", fp32, "fp32", OPENVINO))
         level = options.optimize
         if level:
             optimized = optimize_graph(work, level, options.device, out / _file_name(level))

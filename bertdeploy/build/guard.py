@@ -1,15 +1,18 @@
 """Judge exported variants: parity with PyTorch, the accuracy guard, quantizing to the bound, speed.
 
-A variant runs on the same texts as PyTorch; it ships only if its logits are finite and it loses
+A variant runs on the same texts as PyTorch, exactly as the predictor will run it (its batches and
+padding, and for OpenVINO the inference precision); it ships only if its logits are finite and it loses
 no more accuracy than allowed (with labels), or disagrees with PyTorch on no more texts than that
-(without). A quantization that misses the bound is rebuilt with its most sensitive nodes kept in
-float, as few as hold the bound, before it is refused. The shipped variants are timed side by
-side and the fastest becomes the default.
+(without). An OpenVINO variant that misses the bound at the CPU's default precision (bf16 where the
+CPU has it) is judged again at f32, and runs at the precision it passed at. A quantization that still
+misses it is rebuilt with its most sensitive nodes kept in float, as few as hold the bound, before
+it is refused. The shipped variants are timed side by side and the fastest becomes the default.
 This module knows nothing of how variants are built: export.py passes a builder in.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import shutil
@@ -21,11 +24,12 @@ import numpy as np
 
 from bertdeploy.artifacts import sha256_file
 from bertdeploy.data import Examples
+from bertdeploy.defaults import F32
 from bertdeploy.errors import BertdeployError, first_line
 from bertdeploy.host import usable_cpus
 from bertdeploy.labels import Drop, LabelScheme
-from bertdeploy.runtime.backends import ONNXRUNTIME, open_model
-from bertdeploy.runtime.encoding import MAX_BATCH_TOKENS, encode, run_batches
+from bertdeploy.runtime.backends import ONNXRUNTIME, OPENVINO, default_precision, open_model
+from bertdeploy.runtime.encoding import MAX_BATCH_SIZE, MAX_PADDING, batch_tokens, encode, run_batches
 from bertdeploy.runtime.routing import auto_section
 from bertdeploy.timing import distinct_shapes, interleave, median_tokens, stopwatch
 
@@ -53,7 +57,7 @@ class Variant:
     attempts: list[dict] = field(default_factory=list)
     latency_ms: dict | None = None  # batch_1, batch_8, batch_32 medians
     backend: str = ONNXRUNTIME  # the runtime it was checked on and runs on
-    precision: str | None = None  # OpenVINO's inference precision when checked (bf16 or f32)
+    precision: str | None = None  # OpenVINO's inference precision, judged at and run at (bf16 or f32)
     fused: dict | None = None  # ONNX Runtime's fused operators in the graph, by kind (optimize.FUSED)
 
     @property
@@ -110,12 +114,22 @@ class Judge:
             return float(np.abs(self.scheme.activate(logits) - self.scheme.activate(self.reference)).max())
         return float(np.abs(logits - self.reference).max())
 
-    def run(self, path: Path, backend: str = ONNXRUNTIME) -> tuple[np.ndarray, object]:
-        """The logits of every scoring text, and the model that computed them."""
-        model = open_model(path, backend, self.device)
+    def run(self, path: Path, backend: str = ONNXRUNTIME, precision: str | None = None) -> tuple[np.ndarray, object]:
+        """The logits of every scoring text, and the model that computed them: run as the predictor runs it, in
+        its batches (the default token budget, texts per batch and padding cut), so that what passes here is
+        what users get (dynamic INT8 depends on a text's batch-mates, bf16 kernels on the padded width)."""
+        model = open_model(path, backend, self.device, precision=precision)
         encodings = self.tokenizer.tokenize(self.examples.texts, self.examples.pairs)
         return run_batches(model.run, self.tokenizer, encodings, model.input_names, len(self.scheme.labels),
-                           MAX_BATCH_TOKENS), model
+                           batch_tokens(model.on_gpu), MAX_BATCH_SIZE, MAX_PADDING), model
+
+    def lost(self, variant: Variant) -> float:
+        """The points `variant` lost by the guard's rule (what the bound is compared with); infinite for one
+        that did not run or gave non-finite logits."""
+        if not variant.ran or not np.isfinite(variant.parity["max_abs_diff"]):
+            return float("inf")
+        return self.scheme.drop(self.reference_figures, variant.eval, self.max_drop,
+                                variant.parity["label_agreement"]).lost
 
     def check_fp32(self, path: Path) -> Variant:
         variant = self.score("fp32", path, "fp32")
@@ -130,9 +144,10 @@ class Judge:
         return variant
 
     def score(self, name: str, path: Path, kind: str, optimization: str | None = None,
-              quantization: dict | None = None, backend: str = ONNXRUNTIME) -> Variant:
+              quantization: dict | None = None, backend: str = ONNXRUNTIME, precision: str | None = None) -> Variant:
+        """`path` run on `backend` (OpenVINO at inference `precision`; None: the CPU's default) and judged."""
         try:
-            (scores, model), seconds = stopwatch(self.run, path, backend)
+            (scores, model), seconds = stopwatch(self.run, path, backend, precision)
         except BertdeployError as e:  # e.g. OpenVINO cannot compile the graph: refuse this variant, keep the rest
             logger.warning("%s: %s", name, e)
             return self.refused(name, path, kind, str(e).split(": ", 1)[-1],
@@ -145,11 +160,11 @@ class Judge:
         reason = None if drop.within else drop.reason("PyTorch", len(self.examples))
         if not finite:
             reason = "produces NaN or infinite logits"
-        logger.info("%s: %s in %.1fs", name, reason or "passed", seconds)
+        at = f" at {model.precision}" if backend == OPENVINO else ""
+        logger.info("%s%s: %s in %.1fs", name, at, reason or "passed", seconds)
         return Variant(name, path.name, kind, optimization, quantization, path.stat().st_size, sha256_file(path),
                        _opset(path), parity, evaluation, reason is None, reason, backend=backend,
                        precision=getattr(model, "precision", None))
-
 
     def refused(self, name: str, path: Path, kind: str, reason: str, optimization: str | None = None,
                 quantization: dict | None = None, backend: str = ONNXRUNTIME) -> Variant:
@@ -177,19 +192,65 @@ def first_settings(kind: str, per_channel: bool) -> list[dict]:
     return [{"per_channel": per_channel}] + ([] if per_channel else [{"per_channel": True}])
 
 
+def precisions(backend: str) -> list[str | None]:
+    """The inference precisions to judge a variant at, in turn until one holds the bound: on OpenVINO the CPU's
+    default (what it runs at unless told: bf16 where the CPU has it), then f32 where that differs. On an AMX
+    Xeon, bf16 costs an NNCF INT8 graph accuracy at the padded widths the predictor's batches have, and f32
+    does not (docs/openvino.md). ONNX Runtime has no such setting: [None]."""
+    if backend != OPENVINO:
+        return [None]
+    default = default_precision()
+    return [default] + ([F32] if default != F32 else [])
+
+
+def _attempt(variant: Variant, settings: dict, nodes: int) -> dict:
+    """One attempt of the guard, as the manifest records it (OpenVINO's with the precision it was judged at)."""
+    return {"settings": settings, "nodes_kept_float": nodes,
+            **({"precision": variant.precision} if variant.precision else {}),
+            "passed": variant.shipped, "reason": variant.reason, "eval": variant.eval, "parity": variant.parity}
+
+
+def _named(variant: Variant) -> str:
+    """'int8-ov at bf16' for an OpenVINO variant, its name for the rest: for the guard's warnings."""
+    return f"{variant.name} at {variant.precision}" if variant.precision else variant.name
+
+
+def _after(variant: Variant, attempts: int) -> None:
+    variant.reason = f"{variant.reason}, after {attempts} attempt{'s' if attempts > 1 else ''}"
+
+
+def judge_at_precisions(judge: Judge, name: str, path: Path, kind: str, backend: str = OPENVINO) -> Variant:
+    """A variant with nothing to build (fp32-ov: the fp32 file on OpenVINO), judged at each of `precisions` in
+    turn until one holds the bound; it runs at that one. Every attempt is recorded."""
+    tried: list[dict] = []
+    for precision in precisions(backend):
+        variant = judge.score(name, path, kind, backend=backend, precision=precision)
+        tried.append(_attempt(variant, {}, 0))
+        if variant.shipped or not variant.ran:
+            break
+        logger.warning("%s: %s", _named(variant), variant.reason)
+    variant.attempts = tried
+    if not variant.shipped and len(tried) > 1:
+        _after(variant, len(tried))
+    return variant
+
+
 def build_to_the_bound(name: str, kind: str, destination: Path, judge: Judge, per_channel: bool,
                        rank: Callable[[], list[str]], build: Callable[[dict, list[str]], dict],
                        optimization: str | None = None, backend: str = ONNXRUNTIME) -> Variant:
-    """Build variant `name` with `build(settings, float_nodes)` and judge it; if it misses the bound, keep the
-    nodes `rank()` names in float, most sensitive first, as few as hold the bound.
+    """Build variant `name` with `build(settings, float_nodes)` and judge it; if it misses the bound, judge the
+    same file at a safer inference precision (OpenVINO: f32, see `precisions`), then keep the nodes `rank()`
+    names in float, most sensitive first, as few as hold the bound.
 
     The search doubles the nodes kept in float (1, 2, 4, ... all) until a build passes, then halves the gap
     to the last failure: the bound (--max-accuracy-drop, in the guard's own terms) is the target the quantizer
-    works to. A variant that misses it even with every ranked node in float is refused and its file deleted.
+    works to. It judges at the precision that lost the fewest points (the safer one on a tie). A variant that
+    misses the bound even with every ranked node in float is refused and its file deleted.
     """
     tried: list[dict] = []
+    order = precisions(backend)
 
-    def attempt(settings: dict, nodes: list[str]) -> Variant:
+    def attempt(settings: dict, nodes: list[str], precision: str | None) -> Variant:
         logger.info("building %s (attempt %d: %s, %d nodes kept in float)", name, len(tried) + 1, settings, len(nodes))
         try:
             described = build(settings, nodes)
@@ -200,26 +261,38 @@ def build_to_the_bound(name: str, kind: str, destination: Path, judge: Judge, pe
                                     optimization, None, backend)
         else:
             variant = judge.score(name, destination, kind, optimization=optimization, quantization=described,
-                                  backend=backend)
-        tried.append({"settings": settings, "nodes_kept_float": len(nodes), "passed": variant.shipped,
-                      "reason": variant.reason, "eval": variant.eval, "parity": variant.parity})
+                                  backend=backend, precision=precision)
+        return record(variant, settings, nodes)
+
+    def record(variant: Variant, settings: dict, nodes: list[str]) -> Variant:
+        tried.append(_attempt(variant, settings, len(nodes)))
         if not variant.shipped:
-            logger.warning("%s: %s", name, variant.reason)
+            logger.warning("%s: %s", _named(variant), variant.reason)
         return variant
 
     for settings in first_settings(kind, per_channel):
-        variant = attempt(settings, [])
+        judged = [attempt(settings, [], order[0])]
+        for precision in order[1:]:  # the same file at a safer precision: nothing to rebuild
+            if judged[-1].shipped or not judged[-1].ran:
+                break
+            logger.info("%s: judging it again at %s inference precision", name, precision)
+            again = judge.score(name, destination, kind, optimization, copy.deepcopy(judged[0].quantization),
+                                backend, precision)
+            judged.append(record(again, settings, []))
+        variant = judged[-1] if judged[-1].shipped or not judged[-1].ran else \
+            min(reversed(judged), key=judge.lost)  # the precision that did best: the search goes on at it
         if variant.shipped or not variant.ran:
             break
+    precision = variant.precision
     if not variant.shipped and variant.ran:  # it ran, and missed the bound: keeping nodes in float may help
         ranked = rank()
         if ranked:
             logger.info("%s: keeping the nodes most sensitive to quantization in float until it holds the bound "
-                        "(%d candidates)", name, len(ranked))
+                        "(%d candidates%s)", name, len(ranked), f", at {precision} precision" if precision else "")
         failed, count, best = 0, 1, None
         while ranked and best is None:
             count = min(count, len(ranked))
-            variant = attempt(settings, ranked[:count])
+            variant = attempt(settings, ranked[:count], precision)
             if variant.shipped:
                 best = _keep(variant, destination)
             elif count == len(ranked):
@@ -228,7 +301,7 @@ def build_to_the_bound(name: str, kind: str, destination: Path, judge: Judge, pe
                 failed, count = count, count * 2
         while best is not None and count - failed > 1:
             middle = (failed + count) // 2
-            variant = attempt(settings, ranked[:middle])
+            variant = attempt(settings, ranked[:middle], precision)
             if variant.shipped:
                 best, count = _keep(variant, destination), middle
             else:
@@ -241,7 +314,7 @@ def build_to_the_bound(name: str, kind: str, destination: Path, judge: Judge, pe
     variant.attempts = tried
     if not variant.shipped:
         destination.unlink(missing_ok=True)
-        variant.reason = f"{variant.reason}, after {len(tried)} attempt{'s' if len(tried) > 1 else ''}"
+        _after(variant, len(tried))
     return variant
 
 
@@ -263,7 +336,7 @@ def time_and_pick(variants: list[Variant], directory: Path, tokenizer, examples:
     the auto section and the baselines' latency.
     """
     shipped = [v for v in variants if v.shipped]
-    models = {v.name: open_model(directory / v.file, v.backend, device) for v in shipped}
+    models = {v.name: open_model(directory / v.file, v.backend, device, precision=v.precision) for v in shipped}
     names = next(iter(models.values())).input_names
     picks = np.linspace(0, len(examples) - 1, num=min(32, len(examples))).astype(int)
     texts = [examples.texts[i] for i in picks]

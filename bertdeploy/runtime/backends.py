@@ -2,9 +2,9 @@
 
 `open_model` gives an object with `input_names`, `providers` and `run(feed) -> logits` for an
 ONNX file on either runtime. OpenVINO reads the same ONNX files (no second export), compiled for
-the CPU with its settings made explicit: inference precision bf16 where the CPU has it (f32
-otherwise), the thread count, and the latency or throughput hint. Which variant runs which batch is
-routing.py's.
+the CPU with its settings made explicit: the inference precision (the one export judged the variant
+at, recorded in the manifest; without one, bf16 where the CPU has it, else f32), the thread count,
+and the latency or throughput hint. Which variant runs which batch sizes is routing.py's business.
 Imports only onnxruntime, numpy and (when asked for) openvino: the predictor stands on it.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.defaults import BACKENDS, ONNXRUNTIME, OPENVINO
+from bertdeploy.defaults import BACKENDS, BF16, F32, ONNXRUNTIME, OPENVINO, PRECISIONS
 from bertdeploy.errors import BertdeployError, first_line, import_extra
 from bertdeploy.host import usable_cpus
 from bertdeploy.runtime.sessions import GPU_PROVIDERS, create_session
@@ -30,6 +30,12 @@ HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 def backend_of(entry: dict) -> str:
     """The runtime a manifest variant was checked on (manifests before OpenVINO have no field: ONNX Runtime)."""
     return entry.get("backend", ONNXRUNTIME)
+
+
+def precision_of(entry: dict) -> str | None:
+    """The inference precision an OpenVINO variant of the manifest was judged at and runs at (None: not recorded,
+    or an ONNX Runtime variant: the CPU's default)."""
+    return entry.get("precision")
 
 
 def import_openvino():
@@ -46,8 +52,15 @@ def openvino_installed() -> bool:
 
 
 def cpu_precision(core) -> str:
-    """bf16 where this CPU computes it natively (AVX512-BF16, AMX), else f32."""
-    return "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+    """OpenVINO's default inference precision on this CPU: bf16 where it computes it natively (AVX512-BF16, AMX),
+    else f32."""
+    return BF16 if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else F32
+
+
+@functools.cache
+def default_precision() -> str:
+    """`cpu_precision` of this machine: what an OpenVINO variant runs at unless told otherwise."""
+    return cpu_precision(import_openvino().Core())
 
 
 class OrtModel:
@@ -97,8 +110,9 @@ class OrtModel:
 
 
 class OpenVinoModel:
-    """A graph compiled by OpenVINO for the CPU. Safe to share between threads: each concurrent call
-    takes an inference request of its own from a pool."""
+    """A graph compiled by OpenVINO for the CPU at inference precision `precision` (bf16 or f32; None: the CPU's
+    default, `cpu_precision`). Safe to share between threads: each concurrent call takes an inference request of
+    its own from a pool."""
 
     backend = OPENVINO
     on_gpu = False
@@ -107,6 +121,8 @@ class OpenVinoModel:
                  precision: str | None = None) -> None:
         if hint not in HINTS:
             raise BertdeployError(f"unknown OpenVINO hint {hint!r}; use {' or '.join(HINTS)}")
+        if precision is not None and precision not in PRECISIONS:
+            raise BertdeployError(f"unknown OpenVINO inference precision {precision!r}; use {' or '.join(PRECISIONS)}")
         ov = import_openvino()
         core = ov.Core()
         self.precision = precision or cpu_precision(core)
@@ -140,10 +156,12 @@ class OpenVinoModel:
 
 
 def open_model(path: str | Path, backend: str = ONNXRUNTIME, providers=None, threads: int | None = None,
-               spinning: bool = False, allow_fallback: bool = False, hint: str = "latency"):
-    """`path` ready to run on `backend`: ONNX Runtime on `providers`, or OpenVINO on the CPU."""
+               spinning: bool = False, allow_fallback: bool = False, hint: str = "latency",
+               precision: str | None = None):
+    """`path` ready to run on `backend`: ONNX Runtime on `providers`, or OpenVINO on the CPU at inference
+    `precision` (None: the CPU's default)."""
     if backend == OPENVINO:
-        return OpenVinoModel(path, threads, hint)
+        return OpenVinoModel(path, threads, hint, precision)
     if backend != ONNXRUNTIME:
         raise BertdeployError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
     return OrtModel(path, providers, threads, spinning, allow_fallback)

@@ -15,15 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.defaults import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS  # noqa: F401 (the runtime's names for them)
+from bertdeploy.defaults import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS
 from bertdeploy.errors import BertdeployError
 
 logger = logging.getLogger(__name__)
 
 PAD_MULTIPLE = 8
-# Export scores variants with larger batches: dynamic INT8's scores depend on a text's batch-mates
-# (benchmarks/batch_invariance.py), and these are the batches the accuracy guard was tuned on.
-MAX_BATCH_TOKENS = 8192
+# Export's accuracy guard and bench's scoring batch as the predictor does (`batch_tokens`, MAX_BATCH_SIZE,
+# MAX_PADDING), so a variant is judged on the batches it will run: dynamic INT8's scores depend on a text's
+# batch-mates (benchmarks/batch_invariance.py), and OpenVINO's bf16 INT8 kernels on the padded width
+# (docs/openvino.md). The token budgets themselves are in defaults.py.
 MAX_BATCH_SIZE = 128
 # The predictor cuts a batch where padding would add over a quarter to its texts' own padded length:
 # on 2 CPU cores that took groups of 8 reviews from 149 to 211 texts/s (benchmarks/batch_efficiency.py).
@@ -109,11 +110,16 @@ def encode(encoder: TextEncoder, texts: Sequence[str], pairs: Sequence[str] | No
     return encoder.pad(encoder.tokenize(texts, pairs), input_names)
 
 
+def batch_tokens(on_gpu: bool) -> int:
+    """The predictor's default token budget per batch on a GPU, or on the CPU."""
+    return GPU_BATCH_TOKENS if on_gpu else CPU_BATCH_TOKENS
+
+
 def padded_length(n: int) -> int:
     return -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
 
 
-def plan_batches(lengths: Sequence[int], max_batch_tokens: int = MAX_BATCH_TOKENS,
+def plan_batches(lengths: Sequence[int], max_batch_tokens: int = CPU_BATCH_TOKENS,
                  max_batch_size: int = MAX_BATCH_SIZE, max_padding: float | None = None) -> list[np.ndarray]:
     """Indices grouped into batches: sorted by token length, each batch's padded size (count x longest,
     rounded up to a multiple of 8) within `max_batch_tokens` and at most `max_batch_size` texts; with
@@ -136,7 +142,7 @@ def plan_batches(lengths: Sequence[int], max_batch_tokens: int = MAX_BATCH_TOKEN
 
 
 def iter_batches(run, encoder: TextEncoder, encodings: Sequence, input_names: Sequence[str],
-                 max_batch_tokens: int = MAX_BATCH_TOKENS, max_batch_size: int = MAX_BATCH_SIZE,
+                 max_batch_tokens: int = CPU_BATCH_TOKENS, max_batch_size: int = MAX_BATCH_SIZE,
                  max_padding: float | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(indices, `run(feed)`) for each length-grouped batch of `encodings`, as each is computed."""
     for index in plan_batches([len(e.ids) for e in encodings], max_batch_tokens, max_batch_size, max_padding):
@@ -144,7 +150,7 @@ def iter_batches(run, encoder: TextEncoder, encodings: Sequence, input_names: Se
 
 
 def run_batches(run, encoder: TextEncoder, encodings: Sequence, input_names: Sequence[str], width: int,
-                max_batch_tokens: int = MAX_BATCH_TOKENS, max_batch_size: int = MAX_BATCH_SIZE,
+                max_batch_tokens: int = CPU_BATCH_TOKENS, max_batch_size: int = MAX_BATCH_SIZE,
                 max_padding: float | None = None) -> np.ndarray:
     """`run(feed) -> (batch, width) array` over length-grouped batches of `encodings`, in input order."""
     out = np.empty((len(encodings), width), dtype=np.float32)
@@ -155,7 +161,7 @@ def run_batches(run, encoder: TextEncoder, encodings: Sequence, input_names: Seq
 
 
 def logits(session, encoder: TextEncoder, texts: Sequence[str], pairs: Sequence[str] | None = None,
-           max_batch_tokens: int = MAX_BATCH_TOKENS) -> np.ndarray:
+           max_batch_tokens: int = CPU_BATCH_TOKENS) -> np.ndarray:
     """Logits for every text, computed in length-grouped batches, in input order."""
     names = [i.name for i in session.get_inputs()]
     width = session.get_outputs()[0].shape[-1]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bertdeploy.defaults import AUTO, LONG_TEXT, PROVIDERS, SPINNING, TRUNCATE
+from bertdeploy.defaults import AUTO, LONG_TEXT, PRECISIONS, PROVIDERS, SPINNING, TRUNCATE
 from bertdeploy.errors import check_options
 from bertdeploy.runtime.backends import BACKENDS, HINTS
 
@@ -30,8 +30,10 @@ class RuntimeOptions:
     this process may use). spinning (ONNX Runtime on the CPU): the intra-op threads spin a moment after each
     call to catch the next one, as ONNX Runtime and Optimum do by default: single texts in a stream run ~1.4x
     faster, and a process idle after a burst burns ~2% of a core (benchmarks/RESULTS.md); False never spins.
-    hint (OpenVINO): 'latency' or 'throughput'. long_text: 'truncate' at the model's max length, or 'chunk'
-    into overlapping windows whose scores are averaged. max_batch_tokens: texts per model run x padded length
+    hint (OpenVINO): 'latency' or 'throughput'. precision (OpenVINO): the inference precision of its variants,
+    'bf16' or 'f32' (None: each variant's as export judged it, recorded in the manifest; a manifest without one:
+    the CPU's default, bf16 where it computes bf16 natively). long_text: 'truncate' at the model's max length,
+    or 'chunk' into overlapping windows whose scores are averaged. max_batch_tokens: texts per model run x padded length
     (default: 1,024 on the CPU, 16,384 on a GPU). max_batch_size: texts per model run (the server batches
     concurrent requests' texts up to it).
     """
@@ -43,6 +45,7 @@ class RuntimeOptions:
     threads: int | None = None
     spinning: bool = SPINNING
     hint: str = "latency"
+    precision: str | None = None
     long_text: str = TRUNCATE
     max_batch_tokens: int | None = None
     max_batch_size: int | None = None  # default: the engine's (the predictor's 128, serve's 64)
@@ -51,6 +54,8 @@ class RuntimeOptions:
         check_options([
             (self.backend in (AUTO, *BACKENDS), f"unknown backend {self.backend!r}; use auto, {', '.join(BACKENDS)}"),
             (self.hint in HINTS, f"unknown OpenVINO hint {self.hint!r}; use {' or '.join(HINTS)}"),
+            (self.precision is None or self.precision in PRECISIONS,
+             f"unknown OpenVINO precision {self.precision!r}; use {' or '.join(PRECISIONS)}"),
             (self.long_text in LONG_TEXT, f"long_text must be one of {', '.join(LONG_TEXT)}"),
             (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
             (self.max_batch_tokens is None or self.max_batch_tokens >= 8, "--max-batch-tokens must be at least 8"),

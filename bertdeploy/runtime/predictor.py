@@ -36,14 +36,14 @@ from bertdeploy.runtime.backends import (
     OPENVINO,
     backend_of,
     open_model,
+    precision_of,
 )
 from bertdeploy.runtime.encoding import (
-    CPU_BATCH_TOKENS,
-    GPU_BATCH_TOKENS,
     MAX_BATCH_SIZE,
     MAX_PADDING,
     PAD_MULTIPLE,
     TextEncoder,
+    batch_tokens,
     iter_batches,
     load_encoder,
     padded_length,
@@ -99,15 +99,17 @@ class Predictor:
         self.variant = routes[0].variant if single else "auto"
         self.backend = first.backend if single else "auto"
         self.long_text, self.max_batch_size = options.long_text, options.max_batch_size or MAX_BATCH_SIZE
-        self.max_batch_tokens = options.max_batch_tokens or (GPU_BATCH_TOKENS if first.on_gpu else CPU_BATCH_TOKENS)
+        self.max_batch_tokens = options.max_batch_tokens or batch_tokens(first.on_gpu)
 
     @classmethod
     def load(cls, directory: str | Path, *, options: RuntimeOptions | None = None, **settings) -> Predictor:
         """Load the artifact directory `directory` with `options` (default: `RuntimeOptions()`), any of its
         fields given by name taking their place: `Predictor.load(dir, variant="int8", threads=2)`.
 
-        The settings (backend, variant, providers, allow_fallback, threads, spinning, hint, long_text,
+        The settings (backend, variant, providers, allow_fallback, threads, spinning, hint, precision, long_text,
         max_batch_tokens, max_batch_size) are RuntimeOptions' fields; its docstring says what each does.
+        An OpenVINO variant runs at the inference precision export judged it at (the manifest's), unless
+        `precision` says otherwise.
         """
         directory = Path(directory)
         options = dataclasses.replace(options or RuntimeOptions(), **settings)
@@ -124,7 +126,8 @@ class Predictor:
         for upper, name in plan:  # serially: creating sessions concurrently is not safe
             entry = manifest["variants"][name]
             model = open_model(directory / entry["file"], backend_of(entry), options.providers, options.threads,
-                               options.spinning, options.allow_fallback, options.hint)
+                               options.spinning, options.allow_fallback, options.hint,
+                               options.precision or precision_of(entry))
             logger.debug("loaded %s variant %s on %s", directory, name, model.providers[0])
             routes.append(Route(upper, name, model))
         return cls(directory, manifest, routes, encoder, options)
