@@ -211,9 +211,9 @@ def _layers(value: str | None) -> int | list[int] | None:
               help="Add a quantized variant; repeat for several. int8-ov: INT8 for OpenVINO (NNCF); none: fp32 "
                    "only. Default: int8, and int8-ov where NNCF is installed (fp16 on CUDA).")
 @click.option("--openvino/--no-openvino", default=None,
-              help="Also ship the fp32 graph on the OpenVINO runtime (fp32-ov; bf16 compute where the CPU has it and the "
-                   "guard accepts it, else f32). "
-                   "Default: where OpenVINO is installed, unless --quantize names the variants.")
+              help="Also ship the fp32 graph on the OpenVINO runtime (fp32-ov; bf16 compute where the CPU has it and "
+                   "the guard accepts it, else f32). Default: where OpenVINO is installed, unless --quantize names "
+                   "the variants.")
 @click.option("--quant-preset", default=defaults.AUTO, show_default=True,
               type=click.Choice([defaults.AUTO, *defaults.QUANT_PRESETS]),
               help="The CPU the INT8 kernels target; auto reads this CPU's flags.")
