@@ -271,9 +271,10 @@ def predict(artifact_dir: Path, input: str, **options: object) -> None:
     from bertdeploy.predict.rows import PredictFileOptions
 
     progress = logging.getLogger("bertdeploy").level <= logging.INFO
+    stdin, stdout = click.get_binary_stream("stdin"), click.get_text_stream("stdout")  # before stdout is redirected
     with user_errors():
         settings = PredictFileOptions(artifact_dir, input, runtime=_runtime(options), progress=progress, **options)
-        result = run(settings, click.get_binary_stream("stdin"), click.get_text_stream("stdout"))
+        result = run(settings, stdin, stdout)
     click.echo(render.predict(result), err=result.output == "<stdout>")
 
 
