@@ -7,7 +7,6 @@ A `BertdeployError` becomes a one-line `Error: ...` with exit code 2 and no trac
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import sys
@@ -61,15 +60,6 @@ def _runtime_options(command):
     for option in reversed(_RUNTIME_OPTIONS):
         command = option(command)
     return command
-
-
-def _runtime(options: dict):
-    """One RuntimeOptions from a command's parsed options (--variant, --backend, --threads, ...), which it takes
-    out of `options`: the rest belong to the command's own options."""
-    from bertdeploy.runtime.options import RuntimeOptions
-
-    names = [f.name for f in dataclasses.fields(RuntimeOptions)]
-    return RuntimeOptions(**{name: options.pop(name) for name in names if name in options})
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -269,11 +259,13 @@ def predict(artifact_dir: Path, input: str, **options: object) -> None:
     """Label every text of a CSV, TSV, JSONL or text file (INPUT, or - for stdin)."""
     from bertdeploy.predict import run
     from bertdeploy.predict.rows import PredictFileOptions
+    from bertdeploy.runtime.options import RuntimeOptions
 
     progress = logging.getLogger("bertdeploy").level <= logging.INFO
     stdin, stdout = click.get_binary_stream("stdin"), click.get_text_stream("stdout")  # before stdout is redirected
     with user_errors():
-        settings = PredictFileOptions(artifact_dir, input, runtime=_runtime(options), progress=progress, **options)
+        runtime, rest = RuntimeOptions.split(options)
+        settings = PredictFileOptions(artifact_dir, input, runtime=runtime, progress=progress, **rest)
         result = run(settings, stdin, stdout)
     click.echo(render.predict(result), err=result.output == "<stdout>")
 
@@ -352,11 +344,13 @@ def bench(variants: str | None, batch_sizes: str, seq_lengths: str, **options: o
 @click.option("--ray-address", help="ray: a running cluster (default: $RAY_ADDRESS, else a local one).")
 def serve(**options: object) -> None:
     """Serve an exported model over HTTP with dynamic batching (Ctrl-C or SIGTERM to stop)."""
+    from bertdeploy.runtime.options import RuntimeOptions
     from bertdeploy.serve import run
     from bertdeploy.serve.httpapi import ServeOptions
 
     with user_errors():
-        run(ServeOptions(runtime=_runtime(options), **options))
+        runtime, rest = RuntimeOptions.split(options)
+        run(ServeOptions(runtime=runtime, **rest))
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ Standard library only, plus the names defaults.py, backends.py and encoding.py d
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,3 +62,11 @@ class RuntimeOptions:
             (self.max_batch_tokens is None or self.max_batch_tokens >= 8, "--max-batch-tokens must be at least 8"),
             (self.max_batch_size is None or self.max_batch_size >= 1, "max_batch_size must be at least 1"),
         ])
+
+    @classmethod
+    def split(cls, values: dict) -> tuple[RuntimeOptions, dict]:
+        """RuntimeOptions from the entries of `values` named like its fields, and the other entries (a command's
+        own options): for flat settings such as the CLI's or a Serve config's."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names}), {k: v for k, v in values.items()
+                                                                        if k not in names}

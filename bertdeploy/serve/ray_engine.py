@@ -126,9 +126,8 @@ def app_builder(args: dict):
              "max_body_bytes": int, "max_ongoing_requests": int, "max_wait_ms": float,
              "target_ongoing_requests": float, "allow_fallback": _flag, "spinning": _flag}
     values = {k: kinds[k](v) if k in kinds else v for k, v in args.items()}
-    runtime = {f.name for f in dataclasses.fields(RuntimeOptions)}
-    return application(ServeOptions(**{k: v for k, v in values.items() if k not in runtime}, engine="ray",
-                                    runtime=RuntimeOptions(**{k: v for k, v in values.items() if k in runtime})))
+    runtime, rest = RuntimeOptions.split(values)
+    return application(ServeOptions(**rest, engine="ray", runtime=runtime))
 
 
 def serve_ray(options: ServeOptions) -> None:
