@@ -37,7 +37,8 @@ def fp32(tiny_artifacts) -> Predictor:
 
 class Gate:
     """The real predictor; the texts the batcher tokenizes are recorded in `computed`, and its model runs wait
-    for `release` (`entered` is set when the first one would start)."""
+    for `release` (`entered` is set when the first one would start). As a context, released on the way out, so a
+    failing test does not leave the batcher held."""
 
     def __init__(self, predictor: Predictor) -> None:
         self._predictor, self.computed = predictor, []
@@ -50,6 +51,12 @@ class Gate:
                 return predictor.encoder.tokenize(texts, pairs)
 
         self.encoder = Encoder()
+
+    def __enter__(self) -> Gate:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release.set()
 
     def iter_encoded(self, encodings, on_batch=None):
         self.entered.set()
@@ -87,7 +94,7 @@ def _read_response(sock: socket.socket) -> tuple[int, dict, bytes]:
 
 def test_a_request_past_its_deadline_gets_504_and_its_texts_are_never_computed(fp32):
     gate = Gate(fp32)
-    with running(gate, request_timeout=0.5, max_wait_ms=0) as url, ThreadPoolExecutor(2) as pool:
+    with running(gate, request_timeout=0.5, max_wait_ms=0) as url, ThreadPoolExecutor(2) as pool, gate:
         first = pool.submit(_post, url, TEXTS[:1])  # taken, then held in the model
         assert gate.entered.wait(10)
         started = time.monotonic()
@@ -135,7 +142,8 @@ def test_the_batcher_skips_requests_found_expired_or_cancelled_in_its_queue(fp32
         with pytest.raises(asyncio.CancelledError):
             await cancelled
 
-    asyncio.run(main())
+    with gate:
+        asyncio.run(main())
     batcher.stop()
     assert gate.computed == TEXTS[:1]
     assert sorted(dropped) == [(DEADLINE, 2), (DISCONNECTED, 3)]
@@ -143,7 +151,7 @@ def test_the_batcher_skips_requests_found_expired_or_cancelled_in_its_queue(fp32
 
 def test_a_client_that_goes_away_while_queued_has_its_texts_skipped_and_counted(fp32):
     gate = Gate(fp32)
-    with running(gate, max_wait_ms=0) as url, ThreadPoolExecutor(1) as pool:
+    with running(gate, max_wait_ms=0) as url, ThreadPoolExecutor(1) as pool, gate:
         first = pool.submit(_post, url, TEXTS[:1])
         assert gate.entered.wait(10)
         body = json.dumps({"texts": TEXTS[1:5]}).encode()

@@ -89,20 +89,20 @@ def draining_server(app, options: ServeOptions):
 
     class Draining(uvicorn.Server):
         closing_at: float | None = None  # time.monotonic() when the delay after SIGTERM ends
-        signal: int | None = None
+        pending: int | None = None  # that SIGTERM, handed to uvicorn then
 
         def handle_exit(self, sig, frame) -> None:
             served.draining = True
             if sig == signal.SIGTERM and self.closing_at is None and delay > 0 and not self.should_exit:
                 logger.info("SIGTERM: not ready; serving %g s more, then waiting up to %g s for the requests in "
                             "flight", delay, options.drain_timeout)
-                self.closing_at, self.signal = time.monotonic() + delay, sig
+                self.closing_at, self.pending = time.monotonic() + delay, sig
                 return
             super().handle_exit(sig, frame)
 
         async def on_tick(self, counter: int) -> bool:
             if self.closing_at is not None and time.monotonic() >= self.closing_at and not self.should_exit:
-                super().handle_exit(self.signal, None)  # as if the signal came now: uvicorn re-raises it on exit
+                super().handle_exit(self.pending, None)  # as if the signal came now: uvicorn re-raises it on exit
             return await super().on_tick(counter)
 
     return Draining(uvicorn.Config(app, log_level="warning", access_log=False,
