@@ -325,6 +325,16 @@ def bench(variants: str | None, batch_sizes: str, seq_lengths: str, **options: o
               help="Texts waiting to be batched before requests get 429 (the local engine).")
 @click.option("--max-texts-per-request", default=defaults.MAX_TEXTS_PER_REQUEST, show_default=True)
 @click.option("--max-body-bytes", default=defaults.MAX_BODY_BYTES, show_default=True)
+@click.option("--request-timeout", default=defaults.REQUEST_TIMEOUT, show_default=True,
+              help="Seconds from a request's arrival to its answer; then 504, and its texts leave the queue (local).")
+@click.option("--body-timeout", default=defaults.BODY_TIMEOUT, show_default=True,
+              help="Seconds for a whole request body to arrive; then 408 and the connection closes (local).")
+@click.option("--max-concurrent-requests", default=defaults.MAX_CONCURRENT_REQUESTS, show_default=True,
+              help="Requests answered at once, health checks and /metrics aside; more get 503 (local).")
+@click.option("--drain-delay", default=defaults.DRAIN_DELAY, show_default=True,
+              help="On SIGTERM: seconds not ready but still serving, before the listener closes (local).")
+@click.option("--drain-timeout", default=defaults.DRAIN_TIMEOUT, show_default=True,
+              help="Then the most seconds the requests in flight get to finish (local).")
 @click.option("--api-key-env", metavar="NAME",
               help="Require 'Authorization: Bearer <key>', the key read from this environment variable.")
 @click.option("--model-name", help="The model's name in the v2 protocol (default: the directory's name).")

@@ -32,6 +32,12 @@ MAX_WAIT_MS = 5.0  # how long a batch waits for more texts
 MAX_QUEUE = 1024  # local: texts waiting to be batched before requests are refused
 MAX_TEXTS_PER_REQUEST = 256
 MAX_BODY_BYTES = 1_000_000
+# local: limits on one request and on shutdown, in seconds (docs/serve.md says why these values)
+REQUEST_TIMEOUT = 30.0  # from the request's arrival to its answer; then 504, and its texts leave the queue
+BODY_TIMEOUT = 10.0  # for the whole body to arrive; then 408, and the connection closes
+MAX_CONCURRENT_REQUESTS = 2048  # requests being answered at once (health checks and /metrics aside); then 503
+DRAIN_DELAY = 5.0  # after SIGTERM: readiness fails, requests are still served, then the listener closes
+DRAIN_TIMEOUT = 30.0  # then the requests in flight get this long to finish
 REPLICAS = MIN_REPLICAS = 1  # ray
 TARGET_ONGOING_REQUESTS = 2.0  # ray: what autoscaling aims at per replica
 MAX_ONGOING_REQUESTS = 32  # ray: requests one replica holds at once

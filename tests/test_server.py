@@ -23,44 +23,14 @@ import schemathesis
 from click.testing import CliRunner
 from conftest import make_rows
 from schemathesis.checks import not_a_server_error
+from serving import Held, running, serving_port
 
 from bertdeploy.cli import cli
 from bertdeploy.runtime.options import RuntimeOptions
 from bertdeploy.runtime.predictor import Predictor
-from bertdeploy.serve.batcher import Batcher, Overloaded
-from bertdeploy.serve.httpapi import ServeOptions
-from bertdeploy.serve.local import create_app
+from bertdeploy.serve.batcher import Batcher, Observer, Overloaded
 
 TEXTS = [r["text"] for r in make_rows(40, seed=11)]
-
-
-def _free_socket() -> socket.socket:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-@contextlib.contextmanager
-def running(predictor, wait_ready: bool = True, api_key: str | None = None, **settings):
-    """`create_app` served by uvicorn in a thread on a free loopback port; yields its base URL."""
-    import uvicorn
-
-    options = ServeOptions("tiny", **settings)
-    sock = _free_socket()
-    server = uvicorn.Server(uvicorn.Config(create_app(predictor, options, api_key), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    deadline = time.monotonic() + 30
-    while not server.started or (wait_ready and httpx.get(f"{url}/v2/health/ready").status_code != 200):
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +154,7 @@ def test_the_api_key_guards_every_route_but_health(fp32):
 
 
 def test_a_full_queue_answers_429_at_once(fp32):
-    held = _Held(fp32, "iter_encoded")  # the model stays busy with the first batch until a request is refused
+    held = Held(fp32, "iter_encoded")  # the model stays busy with the first batch until a request is refused
     with running(held, max_queue=8, max_texts_per_request=8, max_wait_ms=400) as base:
         barrier = threading.Barrier(10)
 
@@ -207,25 +177,8 @@ def test_a_full_queue_answers_429_at_once(fp32):
         assert 'bertdeploy_requests_total{route="/predict",status="429"}' in httpx.get(f"{base}/metrics").text
 
 
-class _Held:
-    """The real predictor, except that its method `method` (warm_up, iter_encoded) waits for `release`."""
-
-    def __init__(self, predictor: Predictor, method: str) -> None:
-        self._predictor, self._method, self.release = predictor, method, threading.Event()
-
-    def __getattr__(self, name: str):
-        value = getattr(self._predictor, name)
-        if name != self._method:
-            return value
-
-        def held(*args, **kwargs):
-            assert self.release.wait(30)
-            return value(*args, **kwargs)
-        return held
-
-
 def test_live_at_once_ready_only_after_the_warm_up(fp32):
-    held = _Held(fp32, "warm_up")
+    held = Held(fp32, "warm_up")
     with running(held, wait_ready=False) as base:
         assert httpx.get(f"{base}/v2/health/live").status_code == 200
         assert httpx.get(f"{base}/v2/health/ready").status_code == 503
@@ -289,16 +242,6 @@ def test_sentence_pair_models_take_pairs_on_both_apis(pair_predictor):
         assert np.allclose(client.infer("tiny", inputs).as_numpy("probabilities"), expected, atol=1e-5)
 
 
-def _serving_port(process: subprocess.Popen, log: list[str], seconds: float = 60) -> int:
-    """The port `serve --port 0` took, from its log (a thread collects the lines of stderr into `log`)."""
-    threading.Thread(target=lambda: log.extend(process.stderr), daemon=True).start()
-    deadline = time.monotonic() + seconds
-    while not (found := re.search(r"serving .* on http://127\.0\.0\.1:(\d+)", "".join(log))):
-        assert process.poll() is None and time.monotonic() < deadline, "".join(log)
-        time.sleep(0.02)
-    return int(found.group(1))
-
-
 def _ready(url: str) -> bool:
     with contextlib.suppress(httpx.TransportError):
         return httpx.get(f"{url}/v2/health/ready").status_code == 200
@@ -312,10 +255,10 @@ def _in_flight(url: str) -> float:
 
 def test_sigterm_finishes_the_requests_in_flight(tiny_artifacts):
     process = subprocess.Popen([sys.executable, "-m", "bertdeploy", "serve", str(tiny_artifacts), "--port", "0",
-                                "--variant", "fp32"], stderr=subprocess.PIPE, text=True)
+                                "--variant", "fp32", "--drain-delay", "0"], stderr=subprocess.PIPE, text=True)
     log: list[str] = []
     try:
-        base = f"http://127.0.0.1:{_serving_port(process, log)}"
+        base = f"http://127.0.0.1:{serving_port(process, log)}"
         deadline = time.monotonic() + 60
         while not _ready(base):
             assert process.poll() is None and time.monotonic() < deadline, "".join(log)
@@ -395,9 +338,13 @@ def test_the_runtime_options_reach_the_local_servers_predictor(tiny_artifacts, s
 
 def test_the_batcher_keeps_requests_apart_and_bounds_batches(tiny_artifacts, fp32):
     sizes = []
+
+    class Sizes(Observer):
+        def ran(self, variant: str, texts: int, length: int, seconds: float) -> None:
+            sizes.append(texts)
+
     predictor = Predictor.load(tiny_artifacts, variant="fp32", max_batch_size=8)
-    batcher = Batcher(predictor, max_batch_size=8, max_wait_ms=50, max_queue=64,
-                      on_batch=lambda texts, length: sizes.append(texts))
+    batcher = Batcher(predictor, max_batch_size=8, max_wait_ms=50, max_queue=64, observer=Sizes())
     batcher.start()
 
     async def main():

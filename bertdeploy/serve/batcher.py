@@ -6,7 +6,14 @@ most `max_wait_ms` after the oldest arrived for more to come; a lone request aft
 runs at once, so batching costs no latency at low load. It tokenizes the texts together and lets
 the predictor run them in length-grouped batches under its token budget. The event loop only
 appends to the queue and awaits a future, so model inference never blocks it. A full queue is
-refused at once (`Overloaded`) rather than piling up latency.
+refused at once (`Overloaded`) rather than piling up latency, and so is any request once the
+batcher is stopping (`ShuttingDown`).
+
+A request may carry a deadline: past it, it gets `DeadlineExceeded` and its texts leave the queue;
+a request whose caller gives up (its task is cancelled: the client went away) leaves the queue too.
+Texts already taken into a batch are computed anyway. The worker skips expired and cancelled
+requests when it takes a batch, so it never computes texts nobody waits for. What it measures
+(time in the queue, tokenization, each model run, texts dropped and why) goes to an `Observer`.
 No HTTP here: local.py puts this behind its routes.
 """
 
@@ -17,37 +24,65 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
+DEADLINE, DISCONNECTED = "deadline", "disconnected"  # why texts were dropped unscored
+
 
 class Overloaded(Exception):
-    """The queue has no room for the request's texts, or the batcher is shutting down."""
+    """The queue has no room for the request's texts."""
 
 
-@dataclass
+class ShuttingDown(Overloaded):
+    """The batcher is stopping (or its thread has died) and takes no more requests."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before all its texts were scored."""
+
+
+class Observer:
+    """What the batcher measures, in seconds; these do nothing, local.py's metrics record them.
+
+    Called from the worker thread, except `dropped`, which the event loop may call too."""
+
+    def queued(self, seconds: float) -> None:
+        """One request's time from arrival to being taken into a batch."""
+
+    def tokenized(self, texts: int, seconds: float) -> None:
+        """One batch's tokenization."""
+
+    def ran(self, variant: str, texts: int, length: int, seconds: float) -> None:
+        """One model run: the variant that ran it, its texts and padded length."""
+
+    def dropped(self, reason: str, texts: int) -> None:
+        """Texts left unscored: `DEADLINE` or `DISCONNECTED`."""
+
+
+@dataclass(eq=False)  # compared by identity: a request is removed from the queue by itself
 class _Request:
     texts: list[str]
     pairs: list[str] | None
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     arrived: float
+    deadline: float | None  # time.monotonic()'s clock
 
 
 class Batcher:
     def __init__(self, predictor, max_batch_size: int, max_wait_ms: float, max_queue: int,
-                 on_batch: Callable[[int, int], None] | None = None) -> None:
+                 observer: Observer | None = None) -> None:
         self.predictor, self.max_batch_size, self.max_queue = predictor, max_batch_size, max_queue
         self.max_wait = max_wait_ms / 1000
-        self.on_batch = on_batch  # (texts, padded length) of every model run, for metrics
+        self.observer = observer or Observer()
         self.queued = 0  # texts waiting
         self._requests: deque[_Request] = deque()
         self._lock = threading.Condition()
-        self._stopping = False
+        self._stopping = self._died = False
         self._concurrent = False  # the last batch held several requests: more are likely on their way
         self._thread = threading.Thread(target=self._work, name="bertdeploy-batcher", daemon=True)
 
@@ -61,47 +96,101 @@ class Batcher:
             self._lock.notify()
         self._thread.join()
 
-    async def predict(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
-        """Scores for `texts`, as `Predictor.predict_proba` gives them, computed with other requests' texts."""
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs (started, not stopped, not died)."""
+        return self._thread.is_alive() and not self._died
+
+    async def predict(self, texts: list[str], pairs: list[str] | None = None,
+                      deadline: float | None = None) -> np.ndarray:
+        """Scores for `texts`, as `Predictor.predict_proba` gives them, computed with other requests' texts.
+
+        `deadline` (on `time.monotonic()`'s clock): past it, `DeadlineExceeded`, and texts not yet taken into a
+        batch are dropped. Cancelling the call drops them too."""
         if not texts:
             return np.empty((0, len(self.predictor.labels)), dtype=np.float32)
         loop = asyncio.get_running_loop()
-        request = _Request(texts, pairs, loop.create_future(), loop, time.monotonic())
+        request = _Request(texts, pairs, loop.create_future(), loop, time.monotonic(), deadline)
         with self._lock:
             if self._stopping:
-                raise Overloaded("the server is shutting down")
+                raise ShuttingDown("the server is shutting down")
+            if not self.alive:
+                raise ShuttingDown("the batching thread is not running; see the server's log")
             if self.queued + len(texts) > self.max_queue:
                 raise Overloaded(f"the queue is full ({self.queued} texts waiting, at most {self.max_queue})")
             self._requests.append(request)
             self.queued += len(texts)
             self._lock.notify()
-        return await request.future
+        try:
+            if deadline is None:
+                return await request.future
+            return await asyncio.wait_for(request.future, deadline - request.arrived)
+        except TimeoutError:
+            self._drop(request, DEADLINE)
+            raise DeadlineExceeded("the deadline passed") from None
+        except asyncio.CancelledError:
+            self._drop(request, DISCONNECTED)
+            raise
+
+    def _drop(self, request: _Request, reason: str) -> None:
+        """Take `request` out of the queue if the worker has not taken it yet, and count its texts."""
+        with self._lock:
+            if request not in self._requests:
+                return
+            self._requests.remove(request)
+            self.queued -= len(request.texts)
+        self.observer.dropped(reason, len(request.texts))
 
     def _work(self) -> None:
-        while (requests := self._next()) is not None:
-            self._run(requests)
+        requests: list[_Request] = []
+        try:
+            while (requests := self._next()) is not None:
+                self._run(requests)
+        except BaseException:  # not an error of one batch (_run hands those over): the thread cannot go on
+            logger.critical("the batching thread died; the server is no longer live", exc_info=True)
+            with self._lock:
+                self._died = True
+                waiting, self.queued = [*(requests or []), *self._requests], 0
+                self._requests.clear()
+            for request in waiting:  # those already answered keep their answer
+                _hand_over(request, None, ShuttingDown("the batching thread died; see the server's log"))
 
     def _next(self) -> list[_Request] | None:
         """The oldest requests, up to max_batch_size texts (at least one request), once the batch is full
-        or the oldest has waited max_wait (no wait at all after a batch of one); None when stopping."""
+        or the oldest has waited max_wait (no wait at all after a batch of one); None when stopping.
+        Requests past their deadline or cancelled are dropped, not taken."""
         with self._lock:
-            while not self._requests:
-                if self._stopping:
-                    return None
-                self._lock.wait()
-            deadline = self._requests[0].arrived + (self.max_wait if self._concurrent else 0)
-            while self.queued < self.max_batch_size and not self._stopping:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._lock.wait(left)
-            taken, count = [], 0
-            while self._requests and (not taken or count + len(self._requests[0].texts) <= self.max_batch_size):
-                taken.append(self._requests.popleft())
-                count += len(taken[-1].texts)
-            self.queued -= count
-            self._concurrent = len(taken) > 1
-            return taken
+            while True:
+                while not self._requests:
+                    if self._stopping:
+                        return None
+                    self._lock.wait()
+                deadline = self._requests[0].arrived + (self.max_wait if self._concurrent else 0)
+                while self._requests and self.queued < self.max_batch_size and not self._stopping:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._lock.wait(left)
+                taken, count, now = [], 0, time.monotonic()
+                while self._requests and (not taken or count + len(self._requests[0].texts) <= self.max_batch_size):
+                    request = self._requests.popleft()
+                    self.queued -= len(request.texts)
+                    if request.future.cancelled() or (request.deadline is not None and request.deadline <= now):
+                        self._skip(request)
+                        continue
+                    taken.append(request)
+                    count += len(request.texts)
+                    self.observer.queued(now - request.arrived)
+                if taken:
+                    self._concurrent = len(taken) > 1
+                    return taken
+
+    def _skip(self, request: _Request) -> None:
+        """Drop a request the worker found cancelled or expired in the queue."""
+        expired = not request.future.cancelled()
+        if expired:
+            _hand_over(request, None, DeadlineExceeded("the deadline passed"))
+        self.observer.dropped(DEADLINE if expired else DISCONNECTED, len(request.texts))
 
     def _run(self, requests: list[_Request]) -> None:
         """Run the requests' texts together; answer each request as soon as all its texts are scored."""
@@ -111,9 +200,19 @@ class Batcher:
         first = np.cumsum([0] + [len(r.texts) for r in requests])
         scores = np.empty((len(texts), len(self.predictor.labels)), dtype=np.float32)
         left = [len(r.texts) for r in requests]
+        run: list = []  # (texts, padded length, start) of the model run under way
+
+        def started(count: int, length: int) -> None:  # iter_encoded calls it just before each model run
+            run[:] = [count, length, time.perf_counter()]
+
         try:
+            start = time.perf_counter()
             encodings = self.predictor.encoder.tokenize(texts, pairs)
-            for index, rows in self.predictor.iter_encoded(encodings, self.on_batch):
+            self.observer.tokenized(len(texts), time.perf_counter() - start)
+            for index, rows in self.predictor.iter_encoded(encodings, started):
+                count, length, start = run
+                self.observer.ran(_variant(self.predictor, count * length), count, length,
+                                  time.perf_counter() - start)
                 scores[index] = rows
                 for r in owner[index]:
                     left[r] -= 1
@@ -126,6 +225,14 @@ class Batcher:
                     _hand_over(request, None, e)
 
 
+def _variant(predictor, tokens: int) -> str:
+    """The variant that ran a batch of `tokens` padded tokens: its route's (as Predictor.run_batch picks it)."""
+    routes = getattr(predictor, "routes", None)
+    if not routes:
+        return predictor.variant
+    return next(r.variant for r in routes if r.max_tokens is None or tokens <= r.max_tokens)
+
+
 def _hand_over(request: _Request, result: np.ndarray | None, error: Exception | None) -> None:
     try:
         request.loop.call_soon_threadsafe(_settle, request.future, result, error)
@@ -134,7 +241,7 @@ def _hand_over(request: _Request, result: np.ndarray | None, error: Exception | 
 
 
 def _settle(future: asyncio.Future, result: np.ndarray | None, error: Exception | None) -> None:
-    if future.done():  # the client went away and the request was cancelled
+    if future.done():  # the client went away or the deadline passed, and the request was cancelled
         return
     if error is not None:
         future.set_exception(error)

@@ -22,6 +22,10 @@ from bertdeploy.labels import LabelScheme
 from bertdeploy.runtime.options import RuntimeOptions
 
 HEALTH = ("/v2/health/live", "/v2/health/ready")
+# the local engine's limits, which Ray Serve does not take (ServeOptions' fields, and their defaults)
+LOCAL_ONLY = (("request_timeout", defaults.REQUEST_TIMEOUT), ("body_timeout", defaults.BODY_TIMEOUT),
+              ("max_concurrent_requests", defaults.MAX_CONCURRENT_REQUESTS), ("drain_delay", defaults.DRAIN_DELAY),
+              ("drain_timeout", defaults.DRAIN_TIMEOUT))
 
 
 @dataclass
@@ -36,6 +40,15 @@ class ServeOptions:
     max_queue: int = defaults.MAX_QUEUE  # local: texts waiting to be batched before requests get 429
     max_texts_per_request: int = defaults.MAX_TEXTS_PER_REQUEST
     max_body_bytes: int = defaults.MAX_BODY_BYTES
+    # local: seconds from a request's arrival to its answer (504 after; its texts leave the queue)
+    request_timeout: float = defaults.REQUEST_TIMEOUT
+    body_timeout: float = defaults.BODY_TIMEOUT  # local: seconds for a whole body to arrive (408 after)
+    # local: requests answered at once, health checks and /metrics aside (503 beyond)
+    max_concurrent_requests: int = defaults.MAX_CONCURRENT_REQUESTS
+    # local, on SIGTERM: seconds not ready but still serving before the listener closes, then the most seconds
+    # the requests in flight get to finish
+    drain_delay: float = defaults.DRAIN_DELAY
+    drain_timeout: float = defaults.DRAIN_TIMEOUT
     api_key_env: str | None = None
     model_name: str | None = None  # default: the artifact directory's name
     engine: str = defaults.LOCAL  # local: this process (uvicorn); ray: a Ray Serve deployment (ray_engine.py)
@@ -61,6 +74,10 @@ class ServeOptions:
             (self.max_queue >= self.max_texts_per_request,
              f"max_queue ({self.max_queue}) must hold at least one full request ({self.max_texts_per_request} texts)"),
             (self.max_body_bytes >= 1, "max_body_bytes must be at least 1"),
+            (self.request_timeout > 0 and self.body_timeout > 0 and self.drain_timeout > 0,
+             "request_timeout, body_timeout and drain_timeout must be above 0 seconds"),
+            (self.drain_delay >= 0, "drain_delay must be 0 seconds or more"),
+            (self.max_concurrent_requests >= 1, "max_concurrent_requests must be at least 1"),
             (self.engine in defaults.ENGINES, "engine must be local or ray"),
             (self.replicas >= 1 and self.min_replicas >= 0, "replicas must be at least 1 (min_replicas 0)"),
             (self.max_replicas is None or self.max_replicas >= max(1, self.min_replicas),
@@ -72,6 +89,10 @@ class ServeOptions:
             (re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name) is not None,
              f"model name {self.model_name!r}: use letters, digits, '_', '.' and '-' only (--model-name)"),
         ])
+        if self.engine == defaults.RAY and (changed := [f"--{name.replace('_', '-')}" for name, default in LOCAL_ONLY
+                                                        if getattr(self, name) != default]):
+            raise BertdeployError(f"{', '.join(changed)}: the local engine's only; Ray Serve has settings of its "
+                                  "own for these (docs/serve.md)")
 
     def api_key(self) -> str | None:
         if self.api_key_env is None:

@@ -2,19 +2,25 @@
 and limits.
 
 Routes: `POST /predict` (our JSON, httpapi.py), the KServe v2 / Triton protocol under `/v2`
-(kserve.py), `GET /metrics` (Prometheus). Liveness answers as soon as the server listens; readiness
-only after the model has been loaded and warmed up. Inference runs in the batcher's thread
-(batcher.py), never on the event loop. Limits answer at once: 413 for a body too large, 422
-for a wrong field or too many texts, 429 when the queue is full, 401 without the API key (every
-route but health, compared in constant time). Errors are JSON `{"error": ...}` without stack
-traces. On SIGTERM uvicorn stops accepting, finishes the requests in flight, then the batcher
-drains its queue. Ray Serve (ray_engine.py) answers the same `/predict`.
+(kserve.py), `GET /metrics` (Prometheus: requests, batches, time in the queue, tokenization and
+inference, texts dropped). Liveness answers while the batching thread runs and warm-up has not
+failed; readiness only after the model has been loaded and warmed up, and no more once SIGTERM
+came. Inference runs in the batcher's thread (batcher.py), never on the event loop. Limits answer
+at once: 413 for a body too large, 408 for one that does not arrive within `body_timeout`, 422 for
+a wrong field or too many texts, 429 when the queue is full, 503 beyond `max_concurrent_requests`
+(health checks and /metrics aside) or when the batcher takes no more, 504 when `request_timeout`
+passes (its texts leave the queue, as do those of a client that went away), 401 without the API
+key (every route but health, compared in constant time). Errors are JSON `{"error": ...}` without
+stack traces. On SIGTERM readiness fails at once, requests are still served for `drain_delay`
+seconds, then uvicorn stops accepting and gives the requests in flight up to `drain_timeout`
+seconds, then the batcher drains its queue. Ray Serve (ray_engine.py) answers the same `/predict`.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, some of them local classes.
 import asyncio
 import json
 import logging
+import signal
 import socket
 import time
 from contextlib import asynccontextmanager
@@ -23,7 +29,15 @@ from bertdeploy import __version__
 from bertdeploy.errors import BertdeployError, check_options
 from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.serve import kserve
-from bertdeploy.serve.batcher import Batcher, Overloaded
+from bertdeploy.serve.batcher import (
+    DEADLINE,
+    DISCONNECTED,
+    Batcher,
+    DeadlineExceeded,
+    Observer,
+    Overloaded,
+    ShuttingDown,
+)
 from bertdeploy.serve.httpapi import (
     HEALTH,
     KEY_CHALLENGE,
@@ -41,14 +55,14 @@ from bertdeploy.serve.httpapi import (
 logger = logging.getLogger(__name__)
 
 VERSION = "1"
+ARRIVED = "bertdeploy.arrived"  # the scope's key for when a request came (time.monotonic()), set by _Limits
+UNCAPPED = (*HEALTH, "/metrics")  # routes max_concurrent_requests does not count: probes answer under load
 
 
 def serve(options: ServeOptions) -> None:
     """Load the model, then serve until SIGTERM or Ctrl-C. Port 0 takes a free port, named in the log."""
     check_options([(options.engine == "local", "serve.local.serve runs the local engine; for engine='ray' call "
                                                "bertdeploy.serve.ray_engine.serve_ray")])
-    import uvicorn
-
     key = options.api_key()
     predictor = Predictor.load(options.artifact_dir, options=options.runtime)
     app = create_app(predictor, options, key)
@@ -56,11 +70,43 @@ def serve(options: ServeOptions) -> None:
     host, port = listening.getsockname()[:2]
     logger.info("serving %s (%s) as model %r on http://%s:%d", options.artifact_dir, predictor.describe(),
                 options.model_name, f"[{host}]" if ":" in host else host, port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=30))
+    server = draining_server(app, options)
     with listening:
         server.run(sockets=[listening])
     if not server.started:
         raise BertdeployError("the server did not start; see the messages above")
+
+
+def draining_server(app, options: ServeOptions):
+    """uvicorn's Server for an app of `create_app`, which stops as a load balancer expects.
+
+    On SIGTERM readiness fails at once while requests are still served; `options.drain_delay` seconds later
+    (at once on SIGINT, or on a second SIGTERM) uvicorn closes the listener and idle connections and waits
+    up to `options.drain_timeout` seconds for the requests in flight, then the app's batcher drains."""
+    import uvicorn
+
+    served, delay = app.state.served, options.drain_delay
+
+    class Draining(uvicorn.Server):
+        closing_at: float | None = None  # time.monotonic() when the delay after SIGTERM ends
+        pending: int | None = None  # that SIGTERM, handed to uvicorn then
+
+        def handle_exit(self, sig, frame) -> None:
+            served.draining = True
+            if sig == signal.SIGTERM and self.closing_at is None and delay > 0 and not self.should_exit:
+                logger.info("SIGTERM: not ready; serving %g s more, then waiting up to %g s for the requests in "
+                            "flight", delay, options.drain_timeout)
+                self.closing_at, self.pending = time.monotonic() + delay, sig
+                return
+            super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.closing_at is not None and time.monotonic() >= self.closing_at and not self.should_exit:
+                super().handle_exit(self.pending, None)  # as if the signal came now: uvicorn re-raises it on exit
+            return await super().on_tick(counter)
+
+    return Draining(uvicorn.Config(app, log_level="warning", access_log=False,
+                                   timeout_graceful_shutdown=options.drain_timeout))
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -78,33 +124,73 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 class _Served:
-    """What the routes share: the predictor, its batcher, the options, and whether warm-up is done."""
+    """What the routes share: the predictor, its batcher, the options, and the server's state: warmed up (or
+    failed to), draining (SIGTERM came)."""
 
     def __init__(self, predictor, options: ServeOptions, batcher: Batcher) -> None:
         self.predictor, self.options, self.batcher = predictor, options, batcher
         self.name, self.labels = options.model_name, predictor.labels
         self.inputs = ["text", "text_pair"] if predictor.pairs else ["text"]
-        self.ready = False
+        self.warmed = self.failed = self.draining = False
+
+    @property
+    def ready(self) -> bool:
+        return self.warmed and not self.draining
+
+    @property
+    def live(self) -> bool:
+        return not self.failed and self.batcher.alive
+
+    @property
+    def state(self) -> str:
+        """Triton's model state, for the repository index."""
+        return "READY" if self.ready else "UNAVAILABLE" if self.failed or self.draining else "LOADING"
 
     async def warm_up(self) -> None:
         """Each model once at the longest length, so the first requests find memory allocated."""
         try:
             await asyncio.to_thread(self.predictor.warm_up)
         except Exception:
-            logger.exception("warm-up failed; the server stays not ready")
+            logger.exception("warm-up failed; the server is neither ready nor live")
+            self.failed = True
             return
-        self.ready = True
+        self.warmed = True
         logger.info("ready")
 
-    async def scores(self, texts: list[str], pairs: list[str] | None):
+    async def scores(self, texts: list[str], pairs: list[str] | None, request):
+        """The batcher's scores for a request's texts, within its deadline, unless its client goes away."""
         from starlette.exceptions import HTTPException
 
-        if not self.ready:
+        if self.failed:
+            raise HTTPException(503, "the model failed to warm up; see the server's log")
+        if not self.warmed:
             raise HTTPException(503, "the model is still warming up")
+        deadline = request.scope.get(ARRIVED, time.monotonic()) + self.options.request_timeout
+        work = asyncio.ensure_future(self.batcher.predict(texts, pairs, deadline))
+        gone = asyncio.ensure_future(_disconnected(request.receive))
         try:
-            return await self.batcher.predict(texts, pairs)
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work, gone):
+                if not task.done():
+                    task.cancel()  # work: the batcher drops the texts it has not taken
+        if not work.done():
+            raise HTTPException(499, "the client closed the connection")  # nobody reads it: for the metrics
+        try:
+            return work.result()
+        except ShuttingDown as e:
+            raise HTTPException(503, f"{e}; retry later", headers={"Retry-After": "1"}) from None
         except Overloaded as e:
             raise HTTPException(429, f"{e}; retry later", headers={"Retry-After": "1"}) from None
+        except DeadlineExceeded:
+            raise HTTPException(504, f"no answer within {self.options.request_timeout:g} s (the request "
+                                     "timeout); retry later or send fewer texts") from None
+
+
+async def _disconnected(receive) -> None:
+    """Returns when the client goes away (after the body was read, receive only waits for that)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def create_app(predictor, options: ServeOptions, api_key: str | None = None):
@@ -112,8 +198,8 @@ def create_app(predictor, options: ServeOptions, api_key: str | None = None):
     `serve` loads it with); warm-up starts with the app's lifespan."""
     from fastapi import FastAPI
 
-    metrics = _Metrics()
-    batcher = Batcher(predictor, predictor.max_batch_size, options.max_wait_ms, options.max_queue, metrics.batch)
+    metrics = _Metrics(options.model_name, predictor)
+    batcher = Batcher(predictor, predictor.max_batch_size, options.max_wait_ms, options.max_queue, metrics)
     metrics.queue.set_function(lambda: batcher.queued)
     served = _Served(predictor, options, batcher)
 
@@ -127,7 +213,8 @@ def create_app(predictor, options: ServeOptions, api_key: str | None = None):
 
     app = FastAPI(title="bertdeploy", version=__version__, lifespan=lifespan,
                   description=f"Text classifier {served.name}: labels {', '.join(served.labels)}.")
-    app.add_middleware(_Limits, max_body_bytes=options.max_body_bytes, api_key=api_key)
+    app.state.served = served  # for draining_server, and tests
+    app.add_middleware(_Limits, options=options, api_key=api_key)
     app.add_middleware(_Metered, metrics=metrics)
     _error_handlers(app)
     _predict_route(app, served)
@@ -165,29 +252,30 @@ def _error_handlers(app) -> None:
 
 
 def _predict_route(app, served: _Served) -> None:
+    from fastapi import Request
     from starlette.exceptions import HTTPException
 
     PredictRequest, PredictResponse = predict_models(served.options.max_texts_per_request)
 
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
               summary="Labels and scores for one text or many")
-    async def predict(body: PredictRequest) -> dict:
+    async def predict(body: PredictRequest, request: Request) -> dict:
         try:
             texts, pairs = request_texts(body, served.predictor.pairs)
         except BadRequest as e:
             raise HTTPException(422, str(e)) from None
         return predict_response(served.name, served.predictor.variant, served.predictor.scheme,
-                                await served.scores(texts, pairs), body.all_scores)
+                                await served.scores(texts, pairs, request), body.all_scores)
 
 
 def _health_routes(app, served: _Served) -> None:
     from fastapi.responses import JSONResponse
 
-    @app.get("/v2/health/live", summary="Liveness: the process serves requests")
-    async def live() -> dict:
-        return {"live": True}
+    @app.get("/v2/health/live", summary="Liveness: the batching thread runs and warm-up has not failed")
+    async def live() -> JSONResponse:
+        return JSONResponse({"live": served.live}, status_code=200 if served.live else 503)
 
-    @app.get("/v2/health/ready", summary="Readiness: the model is loaded and warmed up")
+    @app.get("/v2/health/ready", summary="Readiness: the model is loaded and warmed up, and not shutting down")
     async def ready() -> JSONResponse:
         return JSONResponse({"ready": served.ready}, status_code=200 if served.ready else 503)
 
@@ -228,7 +316,7 @@ def _kserve_routes(app, served: _Served) -> None:
 
     @app.post("/v2/repository/index", summary="The models this server has (Triton's repository extension)")
     async def repository_index() -> list:
-        return [{"name": name, "version": VERSION, "state": "READY" if served.ready else "LOADING"}]
+        return [{"name": name, "version": VERSION, "state": served.state}]
 
     infer_schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": _INFER_SCHEMA}}}}
 
@@ -247,7 +335,7 @@ def _kserve_routes(app, served: _Served) -> None:
                 raise kserve.InferError(f"{len(texts)} texts but {len(pairs)} text_pair elements")
         except kserve.InferError as e:
             return _error(400, str(e))
-        probabilities = await served.scores(texts, pairs)
+        probabilities = await served.scores(texts, pairs, request)
         scheme = served.predictor.scheme
         body, headers = kserve.encode_response(name, VERSION, parsed,
                                                [scheme.text(d) for d in scheme.decide(probabilities)], probabilities)
@@ -275,8 +363,10 @@ _INFER_SCHEMA = {"type": "object", "required": ["inputs"], "properties": {
         "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}
 
 
-class _Metrics:
-    def __init__(self) -> None:
+class _Metrics(Observer):
+    """The Prometheus metrics, the batcher's measurements among them (model and variant labels)."""
+
+    def __init__(self, model: str, predictor) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()  # one per app: several apps may live in one process (tests)
@@ -293,10 +383,38 @@ class _Metrics:
         self.queue = Gauge("bertdeploy_queue_texts", "Texts waiting to be batched", registry=self.registry)
         self.in_flight = Gauge("bertdeploy_requests_in_flight", "HTTP requests being answered (a scrape counts itself)",
                                registry=self.registry)
+        labels = ["model", "variant"]
+        self.queue_seconds = Histogram(
+            "bertdeploy_queue_seconds", "Time from a request's arrival in the batcher's queue to its batch",
+            labels, buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30),
+            registry=self.registry).labels(model, predictor.variant)
+        self.tokenization_seconds = Histogram(
+            "bertdeploy_tokenization_seconds", "Time to tokenize one batch's texts", labels,
+            buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1), registry=self.registry,
+        ).labels(model, predictor.variant)
+        inference = Histogram("bertdeploy_inference_seconds", "Time of one model run, by the variant that ran it",
+                              labels, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),
+                              registry=self.registry)
+        variants = {r.variant for r in getattr(predictor, "routes", ())} or {predictor.variant}
+        self.inference_seconds = {v: inference.labels(model, v) for v in sorted(variants)}  # each shown from the start
+        dropped = Counter("bertdeploy_dropped_texts", "Texts left unscored: their deadline passed (deadline) or "
+                          "their client went away (disconnected) before they were batched", ["reason"],
+                          registry=self.registry)
+        self.dropped_texts = {reason: dropped.labels(reason) for reason in (DEADLINE, DISCONNECTED)}
 
-    def batch(self, texts: int, length: int) -> None:
+    def queued(self, seconds: float) -> None:
+        self.queue_seconds.observe(seconds)
+
+    def tokenized(self, texts: int, seconds: float) -> None:
+        self.tokenization_seconds.observe(seconds)
+
+    def ran(self, variant: str, texts: int, length: int, seconds: float) -> None:
         self.batch_size.observe(texts)
         self.batch_tokens.observe(texts * length)
+        self.inference_seconds[variant].observe(seconds)
+
+    def dropped(self, reason: str, texts: int) -> None:
+        self.dropped_texts[reason].inc(texts)
 
 
 class _Metered:
@@ -326,36 +444,58 @@ class _Metered:
 
 
 class _Limits:
-    """The API key (all routes but health) and the body size limit, checked before any route runs.
+    """The API key (all routes but health), the cap on concurrent requests (not counting health checks and
+    /metrics), the body's size and the time it may take to arrive, checked before any route runs; stamps
+    the request's arrival (`scope[ARRIVED]`) for its deadline.
 
     The body is read here, at most `max_body_bytes` of it (chunked bodies too), and handed on whole."""
 
-    def __init__(self, app, max_body_bytes: int, api_key: str | None) -> None:
-        self.app, self.max_body_bytes = app, max_body_bytes
+    def __init__(self, app, options: ServeOptions, api_key: str | None) -> None:
+        self.app, self.options = app, options
         self.api_key = api_key.encode() if api_key else None
+        self.active = 0  # requests counted against max_concurrent_requests
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        scope[ARRIVED] = time.monotonic()
         headers = dict(scope["headers"])
         if self.api_key is not None and scope["path"] not in HEALTH:
             if not key_matches(headers.get(b"authorization", b""), self.api_key):
                 return await _send_error(send, 401, KEY_REFUSED, [tuple(x.encode() for x in KEY_CHALLENGE)])
-        too_large = body_too_large(self.max_body_bytes)
+        if scope["path"] in UNCAPPED:
+            return await self._read(scope, receive, send, headers)
+        if self.active >= self.options.max_concurrent_requests:
+            return await _send_error(send, 503, f"over {self.options.max_concurrent_requests} requests at once "
+                                                "(--max-concurrent-requests); retry later", [(b"retry-after", b"1")])
+        self.active += 1
+        try:
+            await self._read(scope, receive, send, headers)
+        finally:
+            self.active -= 1
+
+    async def _read(self, scope, receive, send, headers: dict) -> None:
+        limit = self.options.max_body_bytes
+        too_large = body_too_large(limit)
         length = headers.get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.max_body_bytes:
+        if not length.isdigit() or int(length) > limit:
             return await _send_error(send, 413, too_large)
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body_bytes:
-                return await _send_error(send, 413, too_large)
-            if not message.get("more_body"):
-                break
+        try:
+            async with asyncio.timeout(self.options.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunks.append(message.get("body", b""))
+                    size += len(chunks[-1])
+                    if size > limit:
+                        return await _send_error(send, 413, too_large)
+                    if not message.get("more_body"):
+                        break
+        except TimeoutError:  # the connection closes after the answer: the rest of the body never comes
+            return await _send_error(send, 408, f"the body did not arrive within {self.options.body_timeout:g} s "
+                                                "(--body-timeout)", [(b"connection", b"close")])
         body, delivered = b"".join(chunks), [False]
 
         async def replay():

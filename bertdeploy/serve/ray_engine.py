@@ -7,8 +7,11 @@ body limit), plus `/v2/health/live` and `/v2/health/ready`. Requests are batched
 number or autoscaled by Serve between `min_replicas` and `max_replicas` on ongoing requests per
 replica; `max_queued_requests` caps the requests Serve holds waiting for a replica (the local
 server's `max_queue` counts texts instead). Each answer names its replica in the
-`x-bertdeploy-replica` header. For your own Serve apps, `application(ServeOptions(...))` returns the
-bound application, and `app_builder` serves `serve run bertdeploy.serve.ray_engine:app_builder artifact_dir=DIR`.
+`x-bertdeploy-replica` header. The local server's request and body timeouts, concurrency cap and
+drain settings are not taken here (ServeOptions refuses them with engine ray): Serve's own
+`request_timeout_s`, `max_queued_requests` and `graceful_shutdown_timeout_s` do that work. For
+your own Serve apps, `application(ServeOptions(...))` returns the bound application, and
+`app_builder` serves `serve run bertdeploy.serve.ray_engine:app_builder artifact_dir=DIR`.
 Needs the `ray` extra.
 """
 
