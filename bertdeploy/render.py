@@ -132,6 +132,13 @@ def export(result: ExportResult) -> str:
                      f"{parity_cells(v)} {accuracy} {kept:>6} "
                      f"{speed}{mark}")
     lines.append("")
+    if vocabulary := result.vocabulary:
+        trimmed = vocabulary["pytorch"]
+        lost = trimmed.get(drop)
+        lines.append(f"vocabulary trimmed to {vocabulary['kept']:,} of {vocabulary['original']:,} tokens (those of "
+                     f"{vocabulary['texts']:,} texts and every single character): PyTorch with it agrees on "
+                     f"{trimmed['agreement']:.2%} of the texts"
+                     + (f", {lost:.2f} points lost" if lost is not None else "") + "; every variant is built from it")
     for v in result.variants:
         if not v.shipped:
             lines.append(f"refused {v.name}: {v.reason}")

@@ -137,3 +137,73 @@ def test_a_vocabulary_it_cannot_trim_is_refused_in_one_line(tmp_path):
     with pytest.raises(ModelError, match="cannot trim a WordLevel vocabulary"):
         trim(tmp_path, ["good"], None, tmp_path / "trimmed")
     assert not (tmp_path / "trimmed").exists()
+
+
+POSITIVE, NEGATIVE = ["great", "good", "love"], ["awful", "terrible", "broke"]
+FILLERS = ["the phone", "the battery", "shipping", "the hotel room", "this book", "the seller", "the screen"]
+
+
+def _rows(n: int, seed: int) -> list[dict]:
+    """Sentiment carried by whole English words only, so a trim that splits them into characters loses it."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        positive = i % 2 == 0
+        words = [rng.choice(FILLERS), rng.choice(POSITIVE if positive else NEGATIVE), rng.choice(FILLERS)]
+        rows.append({"text": " ".join(words), "label": "positive" if positive else "negative"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def word_classifier(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny WordPiece classifier fine-tuned on `_rows`, and its eval file."""
+    from conftest import write_csv
+
+    from bertdeploy.build.train import FinetuneOptions, finetune
+
+    folder = tmp_path_factory.mktemp("words")
+    train, test = write_csv(folder / "train.csv", _rows(48, 0)), write_csv(folder / "test.csv", _rows(40, 1))
+    result = finetune(FinetuneOptions(model=str(tiny_classifier(folder / "base", "bert")), train_file=train,
+                                      eval_file=test, output_dir=folder / "model", epochs=8, learning_rate=3e-3,
+                                      batch_size=8))
+    assert result.accuracy >= 0.9
+    return folder / "model", test
+
+
+def _export(model: Path, out: Path, **settings):
+    from bertdeploy.build.export import ExportOptions, export
+
+    return export(ExportOptions(model, out, quantize=[], openvino=False, trim_vocabulary=True, **settings))
+
+
+def test_export_trims_to_the_training_vocabulary_and_the_predictor_reads_it_unchanged(word_classifier, tmp_path):
+    from bertdeploy.artifacts import read_manifest
+    from bertdeploy.data import load_examples
+    from bertdeploy.runtime.predictor import Predictor
+
+    model, test = word_classifier
+    result = _export(model, tmp_path / "onnx")
+    vocabulary = read_manifest(tmp_path / "onnx", kind="onnx")["vocabulary"]
+    assert vocabulary["trimmed"] and vocabulary["kept"] < vocabulary["original"] == result.vocabulary["original"]
+    assert vocabulary["texts_from"].endswith("train.csv") and vocabulary["pytorch"]["kept_accuracy"]
+    assert json.loads((tmp_path / "onnx" / "tokenizer.json").read_text())["model"]["vocab"].__len__() == \
+        vocabulary["kept"]
+    examples = load_examples(test)
+    predicted = Predictor.load(tmp_path / "onnx").predict(examples.texts)
+    tokenizer, untrimmed = _load(model)
+    expected = [untrimmed.config.id2label[i] for i in _logits(tokenizer, untrimmed, examples.texts).argmax(-1).tolist()]
+    assert [p.label for p in predicted] == expected
+
+
+def test_a_trim_that_loses_accuracy_is_refused_and_nothing_is_written(word_classifier, tmp_path):
+    from conftest import write_csv
+
+    from bertdeploy.errors import BertdeployError
+
+    model, _ = word_classifier
+    fillers = write_csv(tmp_path / "fillers.csv", [{"text": f, "label": "positive"} for f in FILLERS])
+    with pytest.raises(BertdeployError, match=r"--trim-vocabulary: the model with \d+ of \d+ tokens loses"):
+        _export(model, tmp_path / "onnx", trim_texts=[fillers])  # the sentiment words become characters
+    assert not (tmp_path / "onnx").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["fillers.csv"]
