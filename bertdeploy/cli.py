@@ -221,6 +221,12 @@ def _layers(value: str | None) -> int | list[int] | None:
               help="Points of accuracy a variant may lose against PyTorch and still ship.")
 @click.option("--opset", type=int, help="ONNX opset (default: Optimum's choice).")
 @click.option("--device", default=defaults.DEVICE, show_default=True, type=click.Choice(defaults.DEVICES))
+@click.option("--trim-vocabulary", is_flag=True,
+              help="Keep only the tokens of the training texts (or --trim-texts) and every single character: a "
+                   "multilingual model shipped for one language loses most of its size. Judged like a variant.")
+@click.option("--trim-texts", multiple=True, type=click.Path(path_type=Path),
+              help="Texts whose vocabulary --trim-vocabulary keeps, instead of the training file (repeatable; "
+                   "unlabelled is fine).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export(quantize: tuple[str, ...], as_json: bool, **options: object) -> None:

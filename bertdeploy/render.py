@@ -63,7 +63,10 @@ def finetune(result: FinetuneResult) -> str:
         lines.append(f"{row['epoch']:>6g}  {train_loss:>10}  {row['eval_loss']:>9.4f}  "
                      + "  ".join(f"{row[k]:>{w}.4f}" for k, w in widths.items()) + mark)
     lines += ["", *per_class_table(result.per_class, "label" if result.multi_label else "class")]
-    lines += ["", f"{result.train_samples} training texts, {result.eval_samples} held out, "
+    vocabulary = result.vocabulary
+    unknown = f", {vocabulary['unknown_share']:.1%} of their tokens {vocabulary['unknown_token']}" \
+        if vocabulary["unknown_tokens"] else ""
+    lines += ["", f"{result.train_samples} training texts{unknown}, {result.eval_samples} held out, "
                   f"{result.train_samples_per_second:.1f} samples/s"]
     if result.multi_label:
         thresholds = ", ".join(f"{label} {t:.3f}" for label, t in result.thresholds.items())
@@ -129,6 +132,13 @@ def export(result: ExportResult) -> str:
                      f"{parity_cells(v)} {accuracy} {kept:>6} "
                      f"{speed}{mark}")
     lines.append("")
+    if vocabulary := result.vocabulary:
+        trimmed = vocabulary["pytorch"]
+        lost = trimmed.get(drop)
+        lines.append(f"vocabulary trimmed to {vocabulary['kept']:,} of {vocabulary['original']:,} tokens (those of "
+                     f"{vocabulary['texts']:,} texts and every single character): PyTorch with it agrees on "
+                     f"{trimmed['agreement']:.2%} of the texts"
+                     + (f", {lost:.2f} points lost" if lost is not None else "") + "; every variant is built from it")
     for v in result.variants:
         if not v.shipped:
             lines.append(f"refused {v.name}: {v.reason}")

@@ -64,12 +64,14 @@ def test_finetune_learns_and_writes_a_complete_directory(tiny_model_dir, tiny_da
     assert set(metrics["best"]["per_class"]) == {"negative", "positive"}
     matrix = metrics["best"]["confusion_matrix"]["rows_true_columns_predicted"]
     assert sum(map(sum, matrix)) == 40 and np.trace(matrix) / 40 == pytest.approx(result.accuracy)
+    assert metrics["vocabulary"]["unknown_tokens"] == 0 and metrics["vocabulary"]["texts"] == result.train_samples
 
     manifest = read_manifest(out, kind="model")
     assert manifest["labels"] == ["negative", "positive"] and manifest["max_length"] == 128
     assert manifest["source_model"] == str(tiny_model_dir)
     assert len(manifest["data"]["train_file"]["sha256"]) == 64 and manifest["data"]["eval_rows"] == 40
     assert manifest["training"]["learning_rate"] == 3e-3 and manifest["training"]["precision"] == "fp32"
+    assert manifest["vocabulary"] == metrics["vocabulary"]
 
     # the best epoch's weights were saved, not the last ones
     assert _accuracy_of_saved_model(out, make_rows(40, 2)) == pytest.approx(result.accuracy)

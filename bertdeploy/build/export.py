@@ -19,7 +19,7 @@ import logging
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,8 @@ from bertdeploy.build import quantize as q
 from bertdeploy.build.guard import Judge, Variant, build_to_the_bound, judge_at_precisions, time_and_pick
 from bertdeploy.build.optimize import check_level, fused_operators, optimize_graph, unfused_attention
 from bertdeploy.build.reference import PYTORCH, PYTORCH_BF16, TorchModel, computes_bf16, pytorch_logits
-from bertdeploy.build.source import ModelSource, calibration_texts, read_model_dir, scoring_texts
+from bertdeploy.build.source import ModelSource, calibration_texts, read_model_dir, scoring_texts, trimming_texts
+from bertdeploy.build.vocabulary import trim
 from bertdeploy.data import Examples
 from bertdeploy.defaults import (
     AUTO,
@@ -78,6 +79,9 @@ class ExportOptions:
     opset: int | None = None
     device: str = DEVICE
     overwrite: bool = False
+    # keep only the vocabulary of the training texts (or of `trim_texts`) and single characters
+    trim_vocabulary: bool = False
+    trim_texts: list[str | Path] = field(default_factory=list)
     progress: bool = False
     defaulted: bool = field(init=False, default=False)  # the variants were chosen here, not named
 
@@ -109,7 +113,10 @@ class ExportOptions:
             (self.eval_samples >= 0, "eval_samples must be 0 (all rows) or positive"),
             (0 <= self.max_accuracy_drop <= 100, "max_accuracy_drop is in points, between 0 and 100"),
             (self.opset is None or 14 <= self.opset <= 23, "opset must be between 14 and 23"),
+            (self.trim_vocabulary or not self.trim_texts, "--trim-texts names the texts for --trim-vocabulary; "
+                                                          "add --trim-vocabulary"),
         ])
+        self.trim_texts = list(self.trim_texts)
 
 
 def _installed(module: str) -> bool:
@@ -130,6 +137,7 @@ class ExportResult:
     pytorch: dict = field(default_factory=dict)
     metric: str = "accuracy"  # what the guard compares with labels: accuracy, or micro_f1 for multi-label models
     multi_label: bool = False
+    vocabulary: dict | None = None  # a trimmed vocabulary: tokens kept, of how many, from which texts, its figures
 
     def speedups(self) -> dict[str, tuple[str, float, str]]:
         """Per batch: the fastest shipped variant, its speed-up and the fastest PyTorch that kept accuracy."""
@@ -174,11 +182,17 @@ def export(options: ExportOptions) -> ExportResult:
 
     with staging_dir(options.output_dir) as out:
         work = out / ".work"
-        export_fp32(source.path, work, options)
+        exported, trimmed, vocabulary = source, None, None
+        if options.trim_vocabulary:
+            exported, trimmed, vocabulary = _trim(source, options, scored, work / "trimmed")
+        export_fp32(exported.path, work, options)
         fp32 = out / _file_name("fp32")
         shutil.copyfile(work / "model.onnx", fp32)
-        tokenizer = write_tokenizer(source, out / "tokenizer.json")
-        judge = Judge(scored, source.scheme, reference, tokenizer, options.device, options.max_accuracy_drop)
+        tokenizer = write_tokenizer(exported, out / "tokenizer.json")
+        judge = Judge(scored, source.scheme, reference, tokenizer, options.device, options.max_accuracy_drop,
+                      exported=trimmed)
+        if trimmed is not None:
+            vocabulary["pytorch"] = _judge_trim(judge, trimmed, vocabulary)
         variants = [judge.check_fp32(fp32)]
         if options.openvino:  # the same file on the other runtime (no second export), at the precision that holds
             variants.append(judge_at_precisions(judge, "fp32-ov", fp32, "fp32", OPENVINO))
@@ -212,9 +226,10 @@ def export(options: ExportOptions) -> ExportResult:
             figures["latency_ms"] = latency[name]
         inputs = [i.name for i in create_session(fp32, options.device).get_inputs()]
         _write_manifest(out, options, source, variants, default, inputs, judge.reference_figures, judge.guard,
-                        eval_source, len(scored), auto, pytorch)
+                        eval_source, len(scored), auto, pytorch, vocabulary)
     return ExportResult(Path(options.output_dir), default, judge.reference_figures, judge.guard, eval_source,
-                        len(scored), variants, auto, pytorch, source.scheme.metric, source.scheme.multi_label)
+                        len(scored), variants, auto, pytorch, source.scheme.metric, source.scheme.multi_label,
+                        vocabulary)
 
 
 def _report_fusions(variants: list[Variant], out: Path, level: str | None) -> None:
@@ -242,6 +257,33 @@ def reference_logits(source: ModelSource, examples: Examples, device: str, batch
     logger.info("running PyTorch%s on %d texts", " with bf16 autocast" if autocast else "", len(examples))
     return pytorch_logits(model, tokenizer, examples.texts, examples.pairs, source.max_length, device, batch_size,
                           autocast)
+
+
+def _trim(source: ModelSource, options: ExportOptions, scored: Examples,
+          destination: Path) -> tuple[ModelSource, np.ndarray, dict]:
+    """The model with its vocabulary trimmed (vocabulary.trim) to the training texts or `trim_texts`: its source, its
+    PyTorch logits on the scoring texts, and the manifest's `vocabulary` section."""
+    texts, pairs, where = trimming_texts(source, options.trim_texts)
+    result = trim(source.path, texts, pairs, destination)
+    logger.info("vocabulary trimmed to %d of %d tokens: the %d of %d texts (%s), the special tokens and every single "
+                "character", result.kept, result.original, result.seen, result.texts, where)
+    trimmed = replace(source, path=destination)
+    return trimmed, reference_logits(trimmed, scored, options.device), {**result.fields(), "texts_from": where}
+
+
+def _judge_trim(judge: Judge, logits: np.ndarray, vocabulary: dict) -> dict:
+    """The trimmed PyTorch model against the untrimmed one, by the variants' rule; refused beyond the bound, since
+    every variant is built from it."""
+    figures = judge.baseline(logits)
+    if not figures["kept_accuracy"]:
+        lost = figures.get(judge.scheme.drop_key)
+        what = (f"loses {lost:.2f} points of {judge.guard}" if lost is not None
+                else f"agrees with the untrimmed model on {figures['agreement']:.1%} of the texts")
+        raise BertdeployError(
+            f"--trim-vocabulary: the model with {vocabulary['kept']} of {vocabulary['original']} tokens {what} on "
+            f"{len(judge.examples)} held-out texts (at most {judge.max_drop} allowed); nothing was written. Give "
+            "more of the texts it will meet with --trim-texts, or export without --trim-vocabulary")
+    return figures
 
 
 def export_fp32(model_dir: Path, work: Path, options: ExportOptions) -> None:
@@ -330,7 +372,7 @@ def _build(kind: str, graph: Path, destination: Path, options: ExportOptions, to
 
 def _write_manifest(out: Path, options: ExportOptions, source: ModelSource, variants: list[Variant], default: str,
                     inputs: list[str], reference: dict, guard: str, eval_source: str | None, texts: int,
-                    auto: dict | None, pytorch: dict) -> None:
+                    auto: dict | None, pytorch: dict, vocabulary: dict | None) -> None:
     write_manifest(out, ARTIFACT_KIND, {
         "source_model": str(source.path.absolute()),
         "source_checkpoint": (source.manifest or {}).get("source_model"),
@@ -358,4 +400,5 @@ def _write_manifest(out: Path, options: ExportOptions, source: ModelSource, vari
         "variants": {v.name: v.entry() for v in variants if v.shipped},
         "rejected": {v.name: v.entry() for v in variants if not v.shipped},
         **({"auto": auto} if auto else {}),
+        **({"vocabulary": vocabulary} if vocabulary else {}),
     })

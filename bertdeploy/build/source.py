@@ -4,7 +4,8 @@
 max length and data columns, with one clear error per way it can fail to be a classifier. `scoring_texts`
 picks the texts PyTorch and every variant run on: labelled eval data (`--eval-file`, else the training
 run's eval file or validation split, as its manifest names them), else unlabelled texts for agreement;
-`calibration_texts` those static quantization calibrates on.
+`calibration_texts` those static quantization calibrates on; `trimming_texts` those whose vocabulary a
+trimmed model keeps.
 This module runs no model and builds or judges no variant; export.py does.
 """
 
@@ -190,3 +191,25 @@ def calibration_texts(source: ModelSource, calibration_file: str | Path | None, 
     logger.info("calibrating on %d texts from %s", len(texts), path)
     return texts, pairs
 
+
+
+def trimming_texts(source: ModelSource, files: list[str | Path]) -> tuple[list[str], list[str] | None, str]:
+    """The texts whose vocabulary a trimmed model keeps: every text of `files` (unlabelled, in the model's text
+    column), else the model's training file; and where they came from."""
+    if not files:
+        train = (source.manifest or {}).get("data", {}).get("train_file")
+        if not train or not Path(train["path"]).is_file():
+            raise DataError("--trim-vocabulary keeps the vocabulary of the training texts, and the model's training "
+                            "file is not at hand" + (f" ({train['path']})" if train else "") +
+                            ": give the texts with --trim-texts FILE")
+        if sha256_file(train["path"]) != train["sha256"]:
+            logger.warning("%s changed since training; trimming to its texts as they are now", train["path"])
+        files = [train["path"]]
+    texts: list[str] = []
+    pairs: list[str] | None = [] if source.columns["pair_column"] else None
+    for path in files:
+        more, more_pairs = load_texts(path, source.columns["text_column"], source.columns["pair_column"])
+        texts += more
+        if pairs is not None:
+            pairs += more_pairs or []
+    return texts, pairs, ", ".join(str(f) for f in files)

@@ -30,6 +30,7 @@ import numpy as np
 
 from bertdeploy.artifacts import move_into_place, sha256_file, write_manifest
 from bertdeploy.build.pretrained import encode_rows, load_model
+from bertdeploy.build.vocabulary import coverage
 from bertdeploy.build.workdir import check_same_run, last_checkpoint, plan_output, run_fingerprint, start_work_dir
 from bertdeploy.data import (
     Examples,
@@ -140,6 +141,7 @@ class FinetuneResult:
     train_samples: int
     eval_samples: int
     truncated_train_texts: int
+    vocabulary: dict  # how well the tokenizer's vocabulary covers the training texts (vocabulary.Coverage)
     train_runtime: float
     train_samples_per_second: float
     resumed_from: str | None
@@ -221,6 +223,9 @@ def finetune(options: FinetuneOptions, recipe: Recipe | None = None) -> Finetune
     if truncated:
         logger.info("%d of %d training texts reach max_length %d and are truncated",
                     truncated, len(rows), options.max_length)
+    vocabulary = coverage(tokenizer, (row["input_ids"] for row in train_set))
+    if warning := vocabulary.warning(options.model, rows.texts):
+        logger.warning(warning)
     trainer = Trainer(
         model=model,
         args=args,
@@ -270,6 +275,7 @@ def finetune(options: FinetuneOptions, recipe: Recipe | None = None) -> Finetune
         train_samples=len(train),
         eval_samples=len(evaluation),
         truncated_train_texts=truncated,
+        vocabulary=vocabulary.fields(),
         train_runtime=run.metrics["train_runtime"],
         train_samples_per_second=run.metrics["train_samples_per_second"],
         resumed_from=str(checkpoint) if checkpoint else None,
@@ -396,6 +402,7 @@ def _write_output(trainer, tokenizer, options, data_info, args, result: Finetune
         "best": best,
         "train_samples": result.train_samples,
         "eval_samples": result.eval_samples,
+        "vocabulary": result.vocabulary,
         "train_runtime_s": result.train_runtime,
         "train_samples_per_second": result.train_samples_per_second,
     }
@@ -411,6 +418,7 @@ def _write_output(trainer, tokenizer, options, data_info, args, result: Finetune
         "label_column": options.label_column,
         "label_columns": options.label_columns,
         "data": data_info,
+        "vocabulary": result.vocabulary,
         "training": {
             "epochs": options.epochs,
             "batch_size": options.batch_size,
