@@ -31,11 +31,15 @@ def wait_until(condition, seconds: float = 10, message: str = "the condition did
 
 
 @contextlib.contextmanager
-def running(predictor, wait_ready: bool = True, api_key: str | None = None, **settings):
-    """`create_app` served by `draining_server` in a thread on a free loopback port; yields its base URL."""
+def running(predictor, wait_ready: bool = True, api_key: str | None = None, apps: list | None = None, **settings):
+    """`create_app` served by `draining_server` in a thread on a free loopback port; yields its base URL (and
+    appends the app to `apps`, where given)."""
     options = ServeOptions("tiny", **settings)
     sock = free_socket()
-    server = draining_server(create_app(predictor, options, api_key), options)
+    app = create_app(predictor, options, api_key)
+    if apps is not None:
+        apps.append(app)
+    server = draining_server(app, options)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -293,6 +293,17 @@ def test_sigterm_turns_readiness_off_serves_the_requests_in_flight_then_closes(t
         process.wait()
 
 
+def test_once_the_drain_delay_is_over_a_request_on_an_open_connection_gets_503(fp32):
+    apps: list = []
+    with running(fp32, apps=apps) as url, httpx.Client(base_url=url) as client:
+        assert client.post("/predict", json={"text": TEXTS[0]}).status_code == 200  # the connection stays open
+        apps[0].state.served.closing = True  # what the end of the drain delay sets, as uvicorn starts to close
+        refused = client.post("/predict", json={"text": TEXTS[0]})
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "shutting down" in refused.json()["error"]
+        assert client.get("/v2/health/live").status_code == 200
+
+
 def _status(url: str) -> int | None:
     with contextlib.suppress(httpx.TransportError):
         return httpx.get(url, timeout=5).status_code

@@ -82,7 +82,8 @@ def draining_server(app, options: ServeOptions):
 
     On SIGTERM readiness fails at once while requests are still served; `options.drain_delay` seconds later
     (at once on SIGINT, or on a second SIGTERM) uvicorn closes the listener and idle connections and waits
-    up to `options.drain_timeout` seconds for the requests in flight, then the app's batcher drains."""
+    up to `options.drain_timeout` seconds for the requests in flight, then the app's batcher drains; a
+    request that still arrives on an open connection from then on gets 503."""
     import uvicorn
 
     served, delay = app.state.served, options.drain_delay
@@ -98,10 +99,12 @@ def draining_server(app, options: ServeOptions):
                             "flight", delay, options.drain_timeout)
                 self.closing_at, self.pending = time.monotonic() + delay, sig
                 return
+            served.closing = True
             super().handle_exit(sig, frame)
 
         async def on_tick(self, counter: int) -> bool:
             if self.closing_at is not None and time.monotonic() >= self.closing_at and not self.should_exit:
+                served.closing = True
                 super().handle_exit(self.pending, None)  # as if the signal came now: uvicorn re-raises it on exit
             return await super().on_tick(counter)
 
@@ -132,6 +135,7 @@ class _Served:
         self.name, self.labels = options.model_name, predictor.labels
         self.inputs = ["text", "text_pair"] if predictor.pairs else ["text"]
         self.warmed = self.failed = self.draining = False
+        self.closing = False  # the drain delay is over: the listener closes, new requests are refused (503)
 
     @property
     def ready(self) -> bool:
@@ -165,6 +169,9 @@ class _Served:
             raise HTTPException(503, "the model failed to warm up; see the server's log")
         if not self.warmed:
             raise HTTPException(503, "the model is still warming up")
+        if self.closing:
+            raise HTTPException(503, "the server is shutting down; retry on another instance",
+                                headers={"Retry-After": "1"})
         deadline = request.scope.get(ARRIVED, time.monotonic()) + self.options.request_timeout
         work = asyncio.ensure_future(self.batcher.predict(texts, pairs, deadline))
         gone = asyncio.ensure_future(_disconnected(request.receive))

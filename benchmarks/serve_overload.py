@@ -1,0 +1,216 @@
+"""`bertdeploy serve` past its capacity: open-loop load from 1x to 10x what it can answer, then recovery.
+
+One server of an exported classifier (the demo's, runs/demo/onnx, by default) runs on loopback with
+`--threads 1`, so the model has one core and the event loop and this load generator share the
+other. First its capacity: single-review POST /predict requests, 64 at a time (closed loop), for a
+few seconds. Then, per server configuration, open-loop phases: requests are sent on a fixed
+schedule whatever the answers (a new connection each, as a load balancer's surge looks), at 0.5x
+(the baseline), 1x, 2x, 5x and 10x the capacity, each for PHASE_S seconds and each followed by
+RECOVERY_S seconds at 0.5x, cut into one-second windows. Reported per phase: requests offered and
+actually sent (this generator is Python on a shared core: when it falls behind the schedule, the
+figures say so), the share answered 200, p50/p99 latency of those, refusals by status code,
+connection errors, the server's peak RSS; per recovery: p99 of each window and the seconds until a
+window's p99 is back within twice the baseline's. Configurations: the defaults, and a queue and
+deadline sized from the measured capacity (docs/serve.md explains the sizing).
+Writes benchmarks/results/serve_overload.json.
+
+    python benchmarks/serve_overload.py [--artifacts runs/demo/onnx] [--texts runs/demo/data/test.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from bertdeploy.data import load_texts
+from bertdeploy.host import machine
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_load import free_port, rss_mb  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "serve_overload.json"
+FACTORS = (1, 2, 5, 10)
+PHASE_S, RECOVERY_S, BASELINE_S = 6.0, 8.0, 6.0
+CLIENT_TIMEOUT_S = 60.0
+MAX_OUTSTANDING = 3000  # the generator's own bound on open requests: beyond it a request is counted unsent
+
+
+class Server:
+    def __init__(self, artifacts: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen([sys.executable, "-m", "bertdeploy", "-q", "serve", str(artifacts),
+                                         "--port", str(self.port), "--threads", "1", *extra])
+        deadline = time.monotonic() + 120
+        while asyncio.run(post(self.port, b"", path="/v2/health/ready", method="GET"))[0] != 200:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"{extra}: the server did not become ready")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
+
+
+async def post(port: int, body: bytes, path: str = "/predict", method: str = "POST") -> tuple[int | str, float]:
+    """One request on a new connection: (status code or error kind, seconds). Raw HTTP/1.1, so the generator
+    spends as little of the shared CPU as it can."""
+    started = time.perf_counter()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return "connect-error", time.perf_counter() - started
+    try:
+        writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        status_line = await asyncio.wait_for(reader.readline(), CLIENT_TIMEOUT_S)
+        await asyncio.wait_for(reader.read(), CLIENT_TIMEOUT_S)
+        parts = status_line.split()
+        return (int(parts[1]) if len(parts) > 1 else "closed"), time.perf_counter() - started
+    except asyncio.TimeoutError:
+        return "client-timeout", time.perf_counter() - started
+    except OSError:
+        return "reset", time.perf_counter() - started
+    finally:
+        writer.close()
+
+
+def bodies(texts: list[str]) -> list[bytes]:
+    return [json.dumps({"text": t}).encode() for t in texts]
+
+
+async def capacity(port: int, payloads: list[bytes], seconds: float = 6.0, concurrency: int = 64) -> float:
+    """Answered requests per second at saturation (closed loop, `concurrency` at a time)."""
+    done, stop = [0], time.perf_counter() + seconds
+
+    async def worker(offset: int) -> None:
+        i = offset
+        while time.perf_counter() < stop:
+            status, _ = await post(port, payloads[i % len(payloads)])
+            done[0] += status == 200
+            i += concurrency
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    return done[0] / (time.perf_counter() - started)
+
+
+async def open_loop(port: int, payloads: list[bytes], rate: float, seconds: float, pid: int,
+                    windows: bool = False) -> dict:
+    """Requests at `rate` per second for `seconds`, on schedule; what came back, and the server's peak RSS."""
+    results: list[tuple[float, int | str, float]] = []  # (send time from start, status, seconds)
+    outstanding, unsent, peak_rss = set(), 0, [rss_mb(pid)]
+    start = time.perf_counter()
+
+    async def one(i: int, sent_at: float) -> None:
+        status, took = await post(port, payloads[i % len(payloads)])
+        results.append((sent_at, status, took))
+
+    async def watch_rss() -> None:
+        while True:
+            peak_rss[0] = max(peak_rss[0], rss_mb(pid))
+            await asyncio.sleep(0.25)
+
+    watcher = asyncio.create_task(watch_rss())
+    total = int(rate * seconds)
+    for i in range(total):
+        due = start + i / rate
+        if (wait := due - time.perf_counter()) > 0:
+            await asyncio.sleep(wait)
+        if len(outstanding) >= MAX_OUTSTANDING:
+            unsent += 1
+            continue
+        task = asyncio.create_task(one(i, time.perf_counter() - start))
+        outstanding.add(task)
+        task.add_done_callback(outstanding.discard)
+    sending = time.perf_counter() - start
+    if outstanding:
+        await asyncio.wait(outstanding)
+    watcher.cancel()
+    return summarize(results, total, unsent, sending, seconds, peak_rss[0], windows)
+
+
+def summarize(results: list, offered: int, unsent: int, sending: float, seconds: float, peak_rss: float,
+              windows: bool) -> dict:
+    codes = Counter(str(status) for _, status, _ in results)
+    ok_ms = np.array([took * 1000 for _, status, took in results if status == 200])
+    summary = {"offered": offered, "offered_per_s": offered / seconds, "sent": len(results), "unsent": unsent,
+               "sent_per_s": len(results) / sending if sending else 0.0, "accepted_share": codes["200"] / max(offered, 1),
+               "codes": dict(sorted(codes.items())), "peak_rss_mb": round(peak_rss, 1),
+               **percentiles(ok_ms)}
+    if windows:
+        summary["windows_p99_ms"] = [percentiles(np.array([took * 1000 for sent_at, status, took in results
+                                                           if status == 200 and w <= sent_at < w + 1]))["p99_ms"]
+                                     for w in range(int(seconds))]
+    return summary
+
+
+def percentiles(ms: np.ndarray) -> dict:
+    if not len(ms):
+        return {"p50_ms": None, "p99_ms": None}
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1)}
+
+
+def recovered_after(windows: list[float | None], baseline_p99: float) -> float | None:
+    """Seconds from the burst's end until a one-second window's p99 is within twice the baseline's."""
+    for second, p99 in enumerate(windows):
+        if p99 is not None and p99 <= 2 * baseline_p99:
+            return float(second)
+    return None
+
+
+def run_config(name: str, artifacts: Path, payloads: list[bytes], rate: float, extra: list[str]) -> dict:
+    server = Server(artifacts, *extra)
+    try:
+        pid = server.process.pid
+        asyncio.run(capacity(server.port, payloads, seconds=2.0))  # warm: allocations, caches
+        baseline = asyncio.run(open_loop(server.port, payloads, 0.5 * rate, BASELINE_S, pid))
+        result = {"settings": extra or ["defaults"], "baseline_0.5x": baseline, "phases": {}}
+        print(name, "baseline", json.dumps(baseline), flush=True)
+        for factor in FACTORS:
+            burst = asyncio.run(open_loop(server.port, payloads, factor * rate, PHASE_S, pid))
+            after = asyncio.run(open_loop(server.port, payloads, 0.5 * rate, RECOVERY_S, pid, windows=True))
+            burst["recovery"] = {"windows_p99_ms": after["windows_p99_ms"], "accepted_share": after["accepted_share"],
+                                 "seconds_to_baseline_p99": recovered_after(after["windows_p99_ms"],
+                                                                            baseline["p99_ms"])}
+            result["phases"][f"{factor}x"] = burst
+            print(name, f"{factor}x", json.dumps(burst), flush=True)
+        return result
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, default=Path("runs/demo/onnx"))
+    parser.add_argument("--texts", type=Path, default=Path("runs/demo/data/test.csv"))
+    args = parser.parse_args()
+    texts, _ = load_texts(args.texts)
+    payloads = bodies(texts)
+    server = Server(args.artifacts)
+    try:
+        asyncio.run(capacity(server.port, payloads, seconds=2.0))
+        rate = asyncio.run(capacity(server.port, payloads))
+    finally:
+        server.stop()
+    print(f"capacity: {rate:.0f} requests/s", flush=True)
+    sized_queue = max(8, int(rate * 0.5))  # half a second of work waiting, at most
+    results = {"machine": machine(), "artifacts": str(args.artifacts), "texts": len(texts),
+               "capacity_requests_per_s": rate, "phase_s": PHASE_S, "recovery_s": RECOVERY_S,
+               "configs": {
+                   "defaults": run_config("defaults", args.artifacts, payloads, rate, []),
+                   "sized": run_config("sized", args.artifacts, payloads, rate,
+                                       ["--max-queue", str(sized_queue), "--request-timeout", "1"])}}
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
