@@ -143,7 +143,8 @@ def summarize(results: list, offered: int, unsent: int, sending: float, seconds:
     codes = Counter(str(status) for _, status, _ in results)
     ok_ms = np.array([took * 1000 for _, status, took in results if status == 200])
     summary = {"offered": offered, "offered_per_s": offered / seconds, "sent": len(results), "unsent": unsent,
-               "sent_per_s": len(results) / sending if sending else 0.0, "accepted_share": codes["200"] / max(offered, 1),
+               "sent_per_s": len(results) / sending if sending else 0.0,
+               "accepted_share": codes["200"] / max(offered, 1),
                "codes": dict(sorted(codes.items())), "peak_rss_mb": round(peak_rss, 1),
                **percentiles(ok_ms)}
     if windows:
