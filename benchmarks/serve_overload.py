@@ -38,7 +38,7 @@ from serve_load import free_port, rss_mb  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "serve_overload.json"
 FACTORS = (1, 2, 5, 10)
-PHASE_S, RECOVERY_S, BASELINE_S = 6.0, 8.0, 6.0
+PHASE_S, RECOVERY_S, BASELINE_S = 6.0, 8.0, 6.0  # --phase-seconds scales all three (a smoke run: 1)
 CLIENT_TIMEOUT_S = 60.0
 MAX_OUTSTANDING = 3000  # the generator's own bound on open requests: beyond it a request is counted unsent
 
@@ -168,17 +168,18 @@ def recovered_after(windows: list[float | None], baseline_p99: float) -> float |
     return None
 
 
-def run_config(name: str, artifacts: Path, payloads: list[bytes], rate: float, extra: list[str]) -> dict:
+def run_config(name: str, artifacts: Path, payloads: list[bytes], rate: float, extra: list[str],
+               scale: float) -> dict:
     server = Server(artifacts, *extra)
     try:
         pid = server.process.pid
         asyncio.run(capacity(server.port, payloads, seconds=2.0))  # warm: allocations, caches
-        baseline = asyncio.run(open_loop(server.port, payloads, 0.5 * rate, BASELINE_S, pid))
+        baseline = asyncio.run(open_loop(server.port, payloads, 0.5 * rate, BASELINE_S * scale, pid))
         result = {"settings": extra or ["defaults"], "baseline_0.5x": baseline, "phases": {}}
         print(name, "baseline", json.dumps(baseline), flush=True)
         for factor in FACTORS:
-            burst = asyncio.run(open_loop(server.port, payloads, factor * rate, PHASE_S, pid))
-            after = asyncio.run(open_loop(server.port, payloads, 0.5 * rate, RECOVERY_S, pid, windows=True))
+            burst = asyncio.run(open_loop(server.port, payloads, factor * rate, PHASE_S * scale, pid))
+            after = asyncio.run(open_loop(server.port, payloads, 0.5 * rate, RECOVERY_S * scale, pid, windows=True))
             burst["recovery"] = {"windows_p99_ms": after["windows_p99_ms"], "accepted_share": after["accepted_share"],
                                  "seconds_to_baseline_p99": recovered_after(after["windows_p99_ms"],
                                                                             baseline["p99_ms"])}
@@ -193,23 +194,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, default=Path("runs/demo/onnx"))
     parser.add_argument("--texts", type=Path, default=Path("runs/demo/data/test.csv"))
+    parser.add_argument("--phase-seconds", type=float, default=PHASE_S)
     args = parser.parse_args()
+    scale = args.phase_seconds / PHASE_S
     texts, _ = load_texts(args.texts)
     payloads = bodies(texts)
     server = Server(args.artifacts)
     try:
         asyncio.run(capacity(server.port, payloads, seconds=2.0))
-        rate = asyncio.run(capacity(server.port, payloads))
+        rate = asyncio.run(capacity(server.port, payloads, seconds=6.0 * scale))
     finally:
         server.stop()
     print(f"capacity: {rate:.0f} requests/s", flush=True)
-    sized_queue = max(8, int(rate * 0.5))  # half a second of work waiting, at most
+    sized_queue = max(16, int(rate * 0.5))  # half a second of work waiting, at most
     results = {"machine": machine(), "artifacts": str(args.artifacts), "texts": len(texts),
-               "capacity_requests_per_s": rate, "phase_s": PHASE_S, "recovery_s": RECOVERY_S,
+               "capacity_requests_per_s": rate, "phase_s": PHASE_S * scale, "recovery_s": RECOVERY_S * scale,
                "configs": {
-                   "defaults": run_config("defaults", args.artifacts, payloads, rate, []),
+                   "defaults": run_config("defaults", args.artifacts, payloads, rate, [], scale),
                    "sized": run_config("sized", args.artifacts, payloads, rate,
-                                       ["--max-queue", str(sized_queue), "--request-timeout", "1"])}}
+                                       ["--max-queue", str(sized_queue), "--max-texts-per-request",
+                                        str(min(sized_queue, 256)), "--request-timeout", "1"], scale)}}
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
 
 
