@@ -1,7 +1,10 @@
 """Output directories and their versioned `manifest.json`, the contract between stages.
 
 A stage writes into a staging directory beside its destination and moves it into place only
-when everything is written, so a directory with a manifest is always a finished one.
+when everything is written, so a directory with a manifest is always a finished one; the next stage
+writing to the same place removes staging directories whose process died (their names hold its host and
+pid). The files an export's manifest names must stay inside its directory, and a loaded file must have
+the sha256 the manifest records (`exported_files`, `verify_files`): a damaged or replaced file is refused.
 Standard library only: the predictor reads manifests through this module too.
 """
 
@@ -10,26 +13,91 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePath
 
 from bertdeploy.errors import BertdeployError, OutputDirError
 from bertdeploy.version import __version__
 
+logger = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+HASH_CHUNK = 1 << 20  # bytes read at a time: hashing a large model never holds it in memory
 
 
 def sha256_file(path: str | Path) -> str:
+    """The file's sha256 as hex, read in chunks of HASH_CHUNK bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(HASH_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class NamedFile:
+    """A file a manifest names: where it is, what it is (for messages), and its recorded sha256 (None: not
+    recorded, in manifests written before it was)."""
+
+    path: Path
+    what: str
+    sha256: str | None
+
+
+def inside(directory: Path, name: object, what: str) -> Path:
+    """`directory / name`, refused unless it stays inside `directory`: no absolute path, no `..`, no symlink
+    leading out."""
+    manifest = directory / MANIFEST_NAME
+    if not isinstance(name, str) or not name:
+        raise BertdeployError(f"{manifest}: {what} has no file name; re-export the model")
+    if PurePath(name).is_absolute() or ".." in PurePath(name).parts:
+        raise BertdeployError(f"{manifest}: {what} is {name!r}, outside the artifact directory; a manifest names "
+                              "files inside it only: re-export the model")
+    path = directory / name
+    if not path.resolve().is_relative_to(directory.resolve()):
+        raise BertdeployError(f"{path}: {what} is a link that leads out of the artifact directory, to "
+                              f"{path.resolve()}; copy the file in its place or re-export the model")
+    return path
+
+
+def exported_files(directory: str | Path, manifest: dict) -> tuple[NamedFile, dict[str, NamedFile]]:
+    """The tokenizer and every variant's file that an export's manifest names, each refused unless it lies
+    inside `directory`, with the sha256 recorded for it."""
+    directory = Path(directory)
+    tokenizer = NamedFile(inside(directory, manifest["tokenizer"], "the tokenizer"), "the tokenizer",
+                          manifest.get("tokenizer_sha256"))
+    variants = {name: NamedFile(inside(directory, entry.get("file"), f"variant {name!r}"), f"variant {name!r}",
+                                entry.get("sha256"))
+                for name, entry in manifest["variants"].items()}
+    return tokenizer, variants
+
+
+def verify_files(files: Iterable[NamedFile]) -> None:
+    """Refuse any of `files` whose sha256 is not the one the manifest records (each distinct file hashed once);
+    one with none recorded is not checked, which the debug log says."""
+    for file in {f.path: f for f in files}.values():
+        if file.sha256 is None:
+            logger.debug("%s: the manifest records no sha256 for %s (an older export); not verified", file.path,
+                         file.what)
+            continue
+        if not file.path.is_file():
+            raise BertdeployError(f"{file.path}: missing; the manifest lists it as {file.what}. "
+                                  "Copy the whole artifact directory")
+        found = sha256_file(file.path)
+        if found != file.sha256:
+            raise BertdeployError(
+                f"{file.path}: {file.what} has sha256 {found}, but the manifest records {file.sha256}: the file "
+                "changed after export (damaged or replaced); re-export the model, or pass --no-verify "
+                "(verify=False) to load it unchecked")
 
 
 def write_manifest(directory: str | Path, kind: str, fields: dict) -> dict:
@@ -97,12 +165,48 @@ def _ordinary_permissions(path: Path, mode: int) -> None:
     path.chmod(mode & ~umask)
 
 
+def _staging_prefix(destination: Path) -> str:
+    """The start of a staging directory's name: the destination's, this host's and this process's id."""
+    return f".{destination.name}.tmp-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(destination: str | Path) -> list[Path]:
+    """Remove the staging directories beside `destination` whose process is gone (killed before it could move
+    or delete its directory), logging each; those of live processes, and of other hosts sharing the folder,
+    stay."""
+    destination = Path(destination).absolute()
+    owned = re.compile(re.escape(f".{destination.name}.tmp-{socket.gethostname()}-") + r"(\d+)-[^-]+")
+    removed = []
+    if not destination.parent.is_dir():
+        return removed
+    for path in destination.parent.iterdir():
+        match = owned.fullmatch(path.name)
+        if match and path.is_dir() and not path.is_symlink() and not _alive(int(match[1])):
+            shutil.rmtree(path, ignore_errors=True)
+            logger.info("removed %s, left by process %s, which died before finishing", path.name, match[1])
+            removed.append(path)
+    return removed
+
+
 @contextmanager
 def staging_dir(destination: str | Path) -> Iterator[Path]:
-    """Yield an empty directory beside `destination`; move it there on success, delete it on failure."""
+    """Yield an empty directory beside `destination`; move it there on success, delete it on failure. Stale
+    staging directories of earlier runs to the same place are removed first (`remove_stale_staging`)."""
     destination = Path(destination).absolute()
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp-", dir=destination.parent))
+    remove_stale_staging(destination)
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(destination), dir=destination.parent))
     _ordinary_permissions(staging, 0o777)  # mkdtemp makes it private; the result is an ordinary directory
     try:
         yield staging

@@ -52,7 +52,15 @@ _RUNTIME_OPTIONS = [
     click.option("--precision", type=click.Choice(defaults.PRECISIONS),
                  help="OpenVINO variants' inference precision (default: the one export judged each at, in the "
                       "manifest)."),
+    click.option("--verify/--no-verify", default=defaults.VERIFY, show_default=True,
+                 help="Refuse a model or tokenizer file whose sha256 is not the one the manifest records."),
 ]
+
+
+_ALLOW_PICKLE = click.option(
+    "--allow-pickle", is_flag=True,
+    help="Load a checkpoint whose weights are pickled only (pytorch_model.bin), which can run code as it loads; "
+         "without it only safetensors weights are read.")
 
 
 def _runtime_options(command):
@@ -98,6 +106,7 @@ def _training_options(epochs: float, learning_rate: float):
         click.option("--seed", default=defaults.SEED, show_default=True),
         click.option("--max-train-samples", type=int, help="Train on a stratified sample of N rows."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint."),
+        _ALLOW_PICKLE,
         click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
     ]
@@ -227,6 +236,7 @@ def _layers(value: str | None) -> int | list[int] | None:
 @click.option("--trim-texts", multiple=True, type=click.Path(path_type=Path),
               help="Texts whose vocabulary --trim-vocabulary keeps, instead of the training file (repeatable; "
                    "unlabelled is fine).")
+@_ALLOW_PICKLE
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export(quantize: tuple[str, ...], as_json: bool, **options: object) -> None:
@@ -304,6 +314,9 @@ def _numbers(value: str, name: str) -> list[int]:
 @click.option("--record/--no-record", default=defaults.RECORD_ROUTES, show_default=True,
               help="Write the fastest variant per range of batch sizes in padded tokens (texts x padded length) "
                    "into the manifest, for --backend auto.")
+@click.option("--verify/--no-verify", default=defaults.VERIFY, show_default=True,
+              help="Refuse a variant or tokenizer file whose sha256 is not the one the manifest records.")
+@_ALLOW_PICKLE
 def bench(variants: str | None, batch_sizes: str, seq_lengths: str, **options: object) -> None:
     """Time PyTorch and every exported variant on the same inputs."""
     from bertdeploy.bench.run import BenchOptions

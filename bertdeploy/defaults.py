@@ -18,6 +18,7 @@ CPU_BATCH_TOKENS = 1024  # texts per model run x padded length: the fastest from
 GPU_BATCH_TOKENS = 16384  # (benchmarks/predictor_speed.py)
 PROVIDERS = "cpu"  # ONNX Runtime's providers, first choice first
 SPINNING = True  # ONNX Runtime's threads spin a moment after each call for the next one
+VERIFY = True  # check each loaded file of an export against the sha256 its manifest records
 # OpenVINO's inference precision for the float parts of a graph: bf16 (where the CPU computes it natively) or f32.
 # Each OpenVINO variant runs at the one export judged it at (recorded in the manifest); these override it.
 BF16, F32 = "bf16", "f32"

@@ -15,7 +15,7 @@ import numpy as np
 
 from bertdeploy.artifacts import read_manifest
 from bertdeploy.build.reference import PYTORCH, TorchModel
-from bertdeploy.defaults import AUTO  # as an engine: the predictor's routing among the variants
+from bertdeploy.defaults import AUTO, VERIFY  # AUTO as an engine: the predictor's routing among the variants
 from bertdeploy.runtime.backends import OpenVinoModel, OrtModel
 from bertdeploy.runtime.options import RuntimeOptions
 from bertdeploy.runtime.predictor import Predictor
@@ -31,10 +31,12 @@ class Engine:
     device: str = "cpu"
     threads: int = 1
     precision: str | None = None  # OpenVINO's inference precision: the one the manifest records for the variant
+    verify: bool = VERIFY  # auto: the predictor checks its files against the manifest's sha256
+    allow_pickle: bool = False  # pytorch: load weights that are pickled only (pytorch_model.bin)
 
     def load(self):
         if self.backend == PYTORCH:
-            return TorchModel(self.path, self.kind, self.device, self.threads)
+            return TorchModel(self.path, self.kind, self.device, self.threads, self.allow_pickle)
         if self.backend == AUTO:
             return AutoModel(self)
         if self.backend == "openvino":
@@ -58,7 +60,8 @@ class AutoModel:
 
     def __init__(self, engine: Engine) -> None:
         # No spinning: engines take turns, and one's spinning threads would slow the next one's call.
-        self.predictor = Predictor.load(engine.path, options=RuntimeOptions(threads=engine.threads, spinning=False))
+        self.predictor = Predictor.load(engine.path, options=RuntimeOptions(threads=engine.threads, spinning=False,
+                                                                            verify=engine.verify))
 
     def prepare(self, feed: dict) -> dict:
         return {name: feed[name] for name in self.predictor.input_names}

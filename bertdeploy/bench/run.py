@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.artifacts import MANIFEST_NAME, atomic_file, read_manifest
+from bertdeploy.artifacts import MANIFEST_NAME, atomic_file, exported_files, read_manifest, verify_files
 from bertdeploy.bench import report as reporting
 from bertdeploy.bench.cases import Case, fixed_length_cases, natural_cases
 from bertdeploy.bench.engines import AUTO, Engine
@@ -50,6 +50,7 @@ from bertdeploy.defaults import (
     EVAL_SAMPLES,
     MAX_ACCURACY_DROP,
     RECORD_ROUTES,
+    VERIFY,
 )
 from bertdeploy.errors import BertdeployError, check_options, require_training
 from bertdeploy.host import machine, usable_cpus
@@ -94,6 +95,8 @@ class BenchOptions:
     eval_samples: int = EVAL_SAMPLES  # accuracy on at most this many eval texts (a stratified sample)
     progress: bool = False
     record: bool = RECORD_ROUTES  # write the size ranges for backend="auto" into the manifest (CPU only)
+    verify: bool = VERIFY  # refuse a variant or tokenizer file whose sha256 is not the manifest's
+    allow_pickle: bool = False  # compare with a PyTorch model whose weights are pickled only (pytorch_model.bin)
     json_file: Path | None = None  # write every figure here as JSON
     plot_file: Path | None = None  # write charts here (PNG; the plot extra)
 
@@ -124,7 +127,7 @@ def bench(options: BenchOptions) -> BenchResult:
     require_training("bench")
     manifest = read_manifest(options.artifact_dir, "onnx")
     engines = pick_engines(options, manifest)
-    encoder = load_encoder(options.artifact_dir / manifest["tokenizer"], manifest["max_length"])
+    encoder = load_encoder(exported_files(options.artifact_dir, manifest)[0].path, manifest["max_length"])
     examples = load_eval(options, manifest)
     names = list(manifest["inputs"])
     lengths = [n for n in options.seq_lengths if n <= manifest["max_length"]]
@@ -222,6 +225,7 @@ def pick_engines(options: BenchOptions, manifest: dict) -> list[Engine]:
         raise BertdeployError(f"no PyTorch model to compare with: {model} ({where}) has no config.json; "
                               "pass --pytorch-model with the fine-tuned model directory")
     shipped = manifest["variants"]
+    tokenizer, files = exported_files(directory, manifest)
     wanted = options.variants
     for name in wanted or []:
         if name not in shipped and not (name == AUTO and "auto" in manifest):
@@ -239,20 +243,23 @@ def pick_engines(options: BenchOptions, manifest: dict) -> list[Engine]:
         wanted = [n for n in wanted if n not in skipped]
         if device == "cpu" and "auto" in manifest:
             wanted.append(AUTO)
-    engines = [Engine(PYTORCH, "pytorch", str(model), "fp32", device, threads)]
+    pickle = options.allow_pickle
+    engines = [Engine(PYTORCH, "pytorch", str(model), "fp32", device, threads, allow_pickle=pickle)]
     if computes_bf16(device):  # one line of autocast: the fastest PyTorch a user gets on such hardware
-        engines.append(Engine(PYTORCH_BF16, "pytorch", str(model), "bf16", device, threads))
+        engines.append(Engine(PYTORCH_BF16, "pytorch", str(model), "bf16", device, threads, allow_pickle=pickle))
     if device == "cuda":
-        engines.append(Engine(f"{PYTORCH}-fp16", "pytorch", str(model), "fp16", device, threads))
+        engines.append(Engine(f"{PYTORCH}-fp16", "pytorch", str(model), "fp16", device, threads, allow_pickle=pickle))
     for name in wanted:
         if name == AUTO:
-            engines.append(Engine(AUTO, "auto", str(directory), "auto", device, threads))
+            engines.append(Engine(AUTO, "auto", str(directory), "auto", device, threads, verify=options.verify))
             continue
-        path = directory / shipped[name]["file"]
+        path = files[name].path
         if not path.is_file():
             raise BertdeployError(f"{path}: missing; the manifest lists it as variant {name!r}")
         engines.append(Engine(name, backend_of(shipped[name]), str(path), shipped[name]["kind"], device, threads,
                               precision_of(shipped[name])))
+    if options.verify:  # the variants timed directly; the auto engine's predictor checks its own
+        verify_files([tokenizer, *(files[name] for name in wanted if name != AUTO)])
     return engines
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from bertdeploy.artifacts import read_manifest, sha256_file
 from bertdeploy.build.guard import interleaved_latency
-from bertdeploy.build.pretrained import load_model
+from bertdeploy.build.pretrained import load_classifier, load_model
 from bertdeploy.build.reference import TorchModel, pytorch_logits
 from bertdeploy.build.train import MODEL_KIND, FinetuneOptions, FinetuneResult, Recipe, finetune
 from bertdeploy.data import Examples, file_format, load_texts
@@ -108,7 +108,7 @@ def distill(options: DistillOptions) -> DistillResult:
     recipe = Distillation(options, teacher_dir, manifest, unlabeled)
     student = finetune(finetune_options, recipe)
     output = Path(finetune_options.output_dir)
-    timings = _latency(teacher_dir, output, recipe.eval_texts)
+    timings = _latency(teacher_dir, output, recipe.eval_texts, finetune_options.allow_pickle)
     return DistillResult(student, teacher_dir, recipe.kept, {"teacher": depth, "student": _depth(output)},
                          recipe.parameters, recipe.figures, timings, len(unlabeled), recipe.scheme.metric)
 
@@ -197,17 +197,17 @@ class Distillation(Recipe):
                 "unlabeled_sha256": sha256_file(o.unlabeled_file) if o.unlabeled_file else None}
 
     def load(self, options: FinetuneOptions, labels: list[str], scheme: LabelScheme):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+        from transformers import AutoTokenizer, set_seed
 
-        teacher = AutoModelForSequenceClassification.from_pretrained(self.teacher_dir)
+        teacher = load_classifier(self.teacher_dir, options.allow_pickle)
         self.parameters["teacher"] = teacher.num_parameters()
         self.teacher, self.teacher_tokenizer = teacher.eval(), AutoTokenizer.from_pretrained(self.teacher_dir)
         if self.options.student is not None:  # a classifier already gets a fresh head for the teacher's labels
             tokenizer, student = load_model(self.options.student, labels, seed=options.seed,
-                                            problem_type=scheme.problem_type)
+                                            problem_type=scheme.problem_type, allow_pickle=options.allow_pickle)
         else:
             set_seed(options.seed)
-            student = AutoModelForSequenceClassification.from_pretrained(self.teacher_dir)
+            student = load_classifier(self.teacher_dir, options.allow_pickle)
             self.kept = keep_layers(student, self.options.layers)
             tokenizer = self.teacher_tokenizer
         self.parameters["student"] = student.num_parameters()
@@ -335,7 +335,8 @@ def _multilabel_loss(logits, labels, temperature: float, alpha: float):
     return (kl * alpha + bce * (1 - alpha)).where(labelled, kl).mean()
 
 
-def _latency(teacher_dir: Path, student_dir: Path, texts: list[str]) -> dict[str, dict[str, float]]:
+def _latency(teacher_dir: Path, student_dir: Path, texts: list[str], allow_pickle: bool = False,
+             ) -> dict[str, dict[str, float]]:
     """PyTorch fp32 p50 ms of teacher and student on the same real texts (each through its own tokenizer) at
     batch 1 and 8, calls interleaved (guard.interleaved_latency): a few seconds."""
     from transformers import AutoTokenizer
@@ -343,7 +344,7 @@ def _latency(teacher_dir: Path, student_dir: Path, texts: list[str]) -> dict[str
     picks = [texts[i] for i in np.linspace(0, len(texts) - 1, num=min(8, len(texts))).astype(int)]
     runs, feeds = {}, {}
     for name, directory in (("teacher", teacher_dir), ("student", student_dir)):
-        runs[name] = TorchModel(str(directory), threads=usable_cpus()).run
+        runs[name] = TorchModel(str(directory), threads=usable_cpus(), allow_pickle=allow_pickle).run
         tokenizer = AutoTokenizer.from_pretrained(directory)
         feeds[name] = {"batch_1": [dict(tokenizer(picks[:1], truncation=True, return_tensors="np"))],
                        "batch_8": [dict(tokenizer(picks, padding=True, truncation=True, return_tensors="np"))]}

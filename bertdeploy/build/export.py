@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.artifacts import check_output_dir, staging_dir, write_manifest
+from bertdeploy.artifacts import check_output_dir, sha256_file, staging_dir, write_manifest
 from bertdeploy.build import quantize as q
 from bertdeploy.build.guard import Judge, Variant, build_to_the_bound, judge_at_precisions, time_and_pick
 from bertdeploy.build.optimize import check_level, fused_operators, optimize_graph, unfused_attention
+from bertdeploy.build.pretrained import check_safetensors, load_classifier
 from bertdeploy.build.reference import PYTORCH, PYTORCH_BF16, TorchModel, computes_bf16, pytorch_logits
 from bertdeploy.build.source import ModelSource, calibration_texts, read_model_dir, scoring_texts, trimming_texts
 from bertdeploy.build.vocabulary import trim
@@ -78,6 +79,7 @@ class ExportOptions:
     max_accuracy_drop: float = MAX_ACCURACY_DROP
     opset: int | None = None
     device: str = DEVICE
+    allow_pickle: bool = False  # export a model whose weights are pickled only (pytorch_model.bin)
     overwrite: bool = False
     # keep only the vocabulary of the training texts (or of `trim_texts`) and single characters
     trim_vocabulary: bool = False
@@ -156,6 +158,7 @@ def export(options: ExportOptions) -> ExportResult:
     require_training("export", "torch", "transformers", "optimum.exporters.onnx", "onnx")
     check_output_dir(options.output_dir, options.overwrite)
     source = read_model_dir(options.model_dir)
+    check_safetensors(source.path, options.allow_pickle)  # Optimum's export loads it too, as it finds it
     check_device(options.device)
     kinds = list(options.quantize)  # the quantized variants to build
     if options.openvino or "int8-ov" in kinds:  # name a missing extra before any work
@@ -173,9 +176,10 @@ def export(options: ExportOptions) -> ExportResult:
                 raise
             logger.warning("not building int8-ov, which nobody named: %s", e)  # the rest still pays
             kinds = [kind for kind in kinds if kind not in CALIBRATED]
-    reference = reference_logits(source, scored, options.device)
+    reference = reference_logits(source, scored, options.device, allow_pickle=options.allow_pickle)
     # One line of autocast makes PyTorch much faster on CPUs that compute bf16: the baseline a user would run there.
-    bf16 = reference_logits(source, scored, options.device, autocast=True) if computes_bf16(options.device) else None
+    bf16 = reference_logits(source, scored, options.device, autocast=True, allow_pickle=options.allow_pickle) \
+        if computes_bf16(options.device) else None
     if not scored.labels:
         logger.warning("no labelled eval data (give --eval-file): variants are judged by agreement with PyTorch on "
                        "%d texts", len(scored))
@@ -220,7 +224,7 @@ def export(options: ExportOptions) -> ExportResult:
         if bf16 is not None:
             pytorch[PYTORCH_BF16] = judge.baseline(bf16)
         runs = {name: TorchModel(str(source.path), "bf16" if name == PYTORCH_BF16 else "fp32", options.device,
-                                 usable_cpus()).run for name in pytorch}
+                                 usable_cpus(), options.allow_pickle).run for name in pytorch}
         default, auto, latency = time_and_pick(variants, out, tokenizer, scored, options.device, runs)
         for name, figures in pytorch.items():
             figures["latency_ms"] = latency[name]
@@ -248,12 +252,12 @@ def _report_fusions(variants: list[Variant], out: Path, level: str | None) -> No
 # -- PyTorch, the export and the tokenizer -----------------------------------------------------
 
 def reference_logits(source: ModelSource, examples: Examples, device: str, batch_size: int = 32,
-                     autocast: bool = False) -> np.ndarray:
+                     autocast: bool = False, allow_pickle: bool = False) -> np.ndarray:
     """PyTorch's logits for `examples` from the model directory: what every variant is judged against."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source.path)
-    model = AutoModelForSequenceClassification.from_pretrained(source.path).to(device).eval()
+    model = load_classifier(source.path, allow_pickle).to(device).eval()
     logger.info("running PyTorch%s on %d texts", " with bf16 autocast" if autocast else "", len(examples))
     return pytorch_logits(model, tokenizer, examples.texts, examples.pairs, source.max_length, device, batch_size,
                           autocast)
@@ -264,7 +268,7 @@ def _trim(source: ModelSource, options: ExportOptions, scored: Examples,
     """The model with its vocabulary trimmed (vocabulary.trim) to the training texts or `trim_texts`: its source, its
     PyTorch logits on the scoring texts, and the manifest's `vocabulary` section."""
     texts, pairs, where = trimming_texts(source, options.trim_texts)
-    result = trim(source.path, texts, pairs, destination)
+    result = trim(source.path, texts, pairs, destination, options.allow_pickle)
     logger.info("vocabulary trimmed to %d of %d tokens: the %d of %d texts (%s), the special tokens and every single "
                 "character", result.kept, result.original, result.seen, result.texts, where)
     trimmed = replace(source, path=destination)
@@ -382,6 +386,7 @@ def _write_manifest(out: Path, options: ExportOptions, source: ModelSource, vari
         "inputs": inputs,
         "outputs": ["logits"],
         "tokenizer": "tokenizer.json",
+        "tokenizer_sha256": sha256_file(out / "tokenizer.json"),
         "text_column": source.columns["text_column"],
         "text_pair_column": source.columns["pair_column"],
         "label_column": source.columns["label_column"],

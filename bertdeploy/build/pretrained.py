@@ -2,7 +2,10 @@
 
 `load_model` gives a fast tokenizer and a sequence classifier with a fresh head for the given labels
 (a Hugging Face id, or a directory written by save_pretrained), with one clear error per way the
-source can be wrong. `encode_rows` tokenizes without padding, each row with its target.
+source can be wrong. `load_classifier` is the one place a checkpoint's weights are read: safetensors
+only, unless the caller allows pickled weights (`pytorch_model.bin`, which can run code as it loads);
+`check_safetensors` refuses such a directory before anything else reads it (Optimum's export).
+`encode_rows` tokenizes without padding, each row with its target.
 This module does not read data files, train or save; finetune and distill do.
 """
 
@@ -12,6 +15,39 @@ from pathlib import Path
 
 from bertdeploy.data import Examples
 from bertdeploy.errors import ModelError, first_line
+
+SAFETENSORS = ("*.safetensors", "*.safetensors.index.json")  # one file, or the index of a sharded checkpoint
+
+
+def _pickle_only(source: str | Path) -> ModelError:
+    return ModelError(f"{source}: its weights are pickled only (pytorch_model.bin), which can run code as they load; "
+                      "save it with safetensors (save_pretrained(dir) does), or pass --allow-pickle "
+                      "(allow_pickle=True) if you trust it")
+
+
+def check_safetensors(source: str | Path, allow_pickle: bool = False) -> None:
+    """Refuse a local checkpoint directory without safetensors weights unless `allow_pickle` (Hub ids are
+    checked as they load: `load_classifier`)."""
+    path = Path(source).expanduser()
+    if allow_pickle or not path.is_dir() or any(next(path.glob(p), None) for p in SAFETENSORS):
+        return
+    if next(path.glob("pytorch_model*.bin"), None) is not None:
+        raise _pickle_only(source)
+
+
+def load_classifier(source: str | Path, allow_pickle: bool = False, **kwargs):
+    """`AutoModelForSequenceClassification.from_pretrained(source, **kwargs)` from safetensors weights only,
+    unless `allow_pickle` (then safetensors where there are some, else the pickled weights)."""
+    check_safetensors(source, allow_pickle)
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            source, use_safetensors=None if allow_pickle else True, **kwargs)
+    except OSError as e:
+        if not allow_pickle and "cannot be loaded with `safetensors`" in str(e):  # a Hub id without them
+            raise _pickle_only(source) from None
+        raise
 
 
 def _looks_like_path(source: str) -> bool:
@@ -29,13 +65,14 @@ def check_model_source(source: str) -> None:
 
 
 def load_model(source: str, labels: list[str], freeze_encoder: bool = False, seed: int | None = None,
-               problem_type: str = "single_label_classification"):
+               problem_type: str = "single_label_classification", allow_pickle: bool = False):
     """Tokenizer and sequence-classification model with a fresh head for `labels`.
 
-    `seed` makes the new head's initial weights reproducible; the Trainer seeds only later.
+    `seed` makes the new head's initial weights reproducible; the Trainer seeds only later. The weights are
+    read from safetensors only, unless `allow_pickle`.
     """
     check_model_source(source)
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from transformers import AutoConfig, AutoTokenizer, set_seed
 
     try:
         config = AutoConfig.from_pretrained(
@@ -56,7 +93,7 @@ def load_model(source: str, labels: list[str], freeze_encoder: bool = False, see
     if seed is not None:
         set_seed(seed)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
+        model = load_classifier(source, allow_pickle, config=config, ignore_mismatched_sizes=True)
     except (OSError, ValueError) as e:
         raise ModelError(f"{source}: cannot load it as a sequence classifier: {first_line(e)}") from None
     if freeze_encoder:

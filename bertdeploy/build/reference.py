@@ -27,17 +27,19 @@ def computes_bf16(device: str = "cpu", flags: set[str] | None = None) -> bool:
 
 
 class TorchModel:
-    """Eager PyTorch as users run it: `from_pretrained`, eval mode, inference mode; kind `bf16` under
-    `torch.autocast(dtype=torch.bfloat16)` (weights stay fp32, as a user adding one line gets); `fp16` with the
-    weights in fp16 (CUDA)."""
+    """Eager PyTorch as users run it: `from_pretrained` (safetensors weights only, unless `allow_pickle`), eval
+    mode, inference mode; kind `bf16` under `torch.autocast(dtype=torch.bfloat16)` (weights stay fp32, as a user
+    adding one line gets); `fp16` with the weights in fp16 (CUDA)."""
 
-    def __init__(self, path: str, kind: str = "fp32", device: str = "cpu", threads: int = 1) -> None:
+    def __init__(self, path: str, kind: str = "fp32", device: str = "cpu", threads: int = 1,
+                 allow_pickle: bool = False) -> None:
         import torch
-        from transformers import AutoModelForSequenceClassification
+
+        from bertdeploy.build.pretrained import load_classifier
 
         self.torch = torch
         torch.set_num_threads(threads)
-        model = AutoModelForSequenceClassification.from_pretrained(path)
+        model = load_classifier(path, allow_pickle)
         if kind == "fp16":
             model = model.half()
         self.model = model.to(device).eval()

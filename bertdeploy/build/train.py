@@ -92,6 +92,7 @@ class FinetuneOptions:
     seed: int = SEED
     max_train_samples: int | None = None
     drop_empty: bool = False
+    allow_pickle: bool = False  # load a checkpoint whose weights are pickled only (pytorch_model.bin)
     resume: bool = False
     overwrite: bool = False
     training_args: dict[str, Any] = field(default_factory=dict)
@@ -175,7 +176,7 @@ class Recipe:
     def load(self, options: FinetuneOptions, labels: list[str], scheme: LabelScheme):
         """The tokenizer and the model to train."""
         return load_model(options.model, labels, options.freeze_encoder, seed=options.seed,
-                          problem_type=scheme.problem_type)
+                          problem_type=scheme.problem_type, allow_pickle=options.allow_pickle)
 
     def train_examples(self, train: Examples) -> Examples:
         """The rows to train on."""

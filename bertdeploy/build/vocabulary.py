@@ -96,11 +96,14 @@ class Trim:
         return {"trimmed": True, **asdict(self), "fallback": "single characters"}
 
 
-def trim(model_dir: Path, texts: list[str], pairs: list[str] | None, destination: Path) -> Trim:
+def trim(model_dir: Path, texts: list[str], pairs: list[str] | None, destination: Path,
+         allow_pickle: bool = False) -> Trim:
     """Write into `destination` the classifier of `model_dir` with only the vocabulary `texts` (and `pairs`) use,
     plus the special tokens and single characters; the embedding rows follow, renumbered in order."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from bertdeploy.build.pretrained import load_classifier
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=True)
     state = json.loads(tokenizer.backend_tokenizer.to_str())
@@ -120,7 +123,7 @@ def trim(model_dir: Path, texts: list[str], pairs: list[str] | None, destination
     _renumber(state, family, pieces, kept, new_id)
     backend = type(tokenizer.backend_tokenizer).from_str(json.dumps(state))
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    model = load_classifier(model_dir, allow_pickle)
     old = model.get_input_embeddings()
     pad = new_id.get(model.config.pad_token_id) if model.config.pad_token_id is not None else None
     embedding = torch.nn.Embedding(len(kept), old.embedding_dim, padding_idx=pad)

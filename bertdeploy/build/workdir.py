@@ -19,7 +19,7 @@ from bertdeploy.errors import OutputDirError
 logger = logging.getLogger(__name__)
 
 # Settings that may change between an interrupted run and its --resume.
-RESUMABLE_CHANGES = {"epochs", "early_stopping_patience", "resume", "overwrite", "output_dir"}
+RESUMABLE_CHANGES = {"epochs", "early_stopping_patience", "resume", "overwrite", "output_dir", "allow_pickle"}
 
 
 def plan_output(output_dir: Path, work_dir: Path, resume: bool, overwrite: bool) -> Path | None:

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bertdeploy.defaults import AUTO, LONG_TEXT, PRECISIONS, PROVIDERS, SPINNING, TRUNCATE
+from bertdeploy.defaults import AUTO, LONG_TEXT, PRECISIONS, PROVIDERS, SPINNING, TRUNCATE, VERIFY
 from bertdeploy.errors import check_options
 from bertdeploy.runtime.backends import BACKENDS, HINTS
 
@@ -36,7 +36,9 @@ class RuntimeOptions:
     the CPU's default, bf16 where it computes bf16 natively). long_text: 'truncate' at the model's max length,
     or 'chunk' into overlapping windows whose scores are averaged. max_batch_tokens: texts per model run x padded length
     (default: 1,024 on the CPU, 16,384 on a GPU). max_batch_size: texts per model run (the server batches
-    concurrent requests' texts up to it).
+    concurrent requests' texts up to it). verify: check the tokenizer and each variant loaded against the sha256
+    the manifest records, refusing a file that changed since export (False: load unchecked; the paths the
+    manifest names must lie inside the directory either way).
     """
 
     variant: str | None = None
@@ -50,6 +52,7 @@ class RuntimeOptions:
     long_text: str = TRUNCATE
     max_batch_tokens: int | None = None
     max_batch_size: int | None = None  # default: the engine's (the predictor's 128, serve's 64)
+    verify: bool = VERIFY
 
     def __post_init__(self) -> None:
         check_options([

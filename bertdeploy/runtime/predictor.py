@@ -2,7 +2,8 @@
 
 Imports onnxruntime, tokenizers and numpy only, plus openvino for its variants (never torch,
 transformers, optimum or datasets), and reads only the artifact directory: `manifest.json`,
-`tokenizer.json` and the chosen variants' ONNX files. Texts are tokenized once, sorted by
+`tokenizer.json` and the chosen variants' ONNX files, each checked against the sha256 the manifest
+records unless `verify=False`. Texts are tokenized once, sorted by
 length, grouped under a token budget and padded per batch, then returned in the caller's order.
 With `backend="auto"` each batch runs on the variant (and runtime) measured fastest for its
 size in padded tokens (texts x padded length), so one short text and a batch of long ones may run
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.artifacts import read_manifest
+from bertdeploy.artifacts import exported_files, read_manifest, verify_files
 from bertdeploy.defaults import CHUNK, LONG_TEXT
 from bertdeploy.errors import BertdeployError
 from bertdeploy.labels import LabelScheme
@@ -107,9 +108,10 @@ class Predictor:
         fields given by name taking their place: `Predictor.load(dir, variant="int8", threads=2)`.
 
         The settings (backend, variant, providers, allow_fallback, threads, spinning, hint, precision, long_text,
-        max_batch_tokens, max_batch_size) are RuntimeOptions' fields; its docstring says what each does.
+        max_batch_tokens, max_batch_size, verify) are RuntimeOptions' fields; its docstring says what each does.
         An OpenVINO variant runs at the inference precision export judged it at (the manifest's), unless
-        `precision` says otherwise.
+        `precision` says otherwise. Every file the manifest names must lie inside `directory`, and (unless
+        `verify=False`) the tokenizer and the variants loaded must have the sha256 it records.
         """
         directory = Path(directory)
         options = dataclasses.replace(options or RuntimeOptions(), **settings)
@@ -117,15 +119,18 @@ class Predictor:
         for key in ("labels", "max_length", "variants", "default_variant", "tokenizer"):
             if key not in manifest:
                 raise BertdeployError(f"{directory / 'manifest.json'}: no {key!r}; re-export the model")
+        tokenizer, files = exported_files(directory, manifest)
         gpu = any(provider_name(p) in GPU_PROVIDERS for p in resolve_providers(options.providers))
         plan = choose_routes(directory, manifest, options.variant, options.backend, gpu)
+        if options.verify:
+            verify_files([tokenizer, *(files[name] for _, name in plan)])
         max_length = manifest["max_length"]
         stride = max(1, max_length // 4) if options.long_text == CHUNK else None
-        encoder = load_encoder(directory / manifest["tokenizer"], max_length, stride)
+        encoder = load_encoder(tokenizer.path, max_length, stride)
         routes = []
         for upper, name in plan:  # serially: creating sessions concurrently is not safe
             entry = manifest["variants"][name]
-            model = open_model(directory / entry["file"], backend_of(entry), options.providers, options.threads,
+            model = open_model(files[name].path, backend_of(entry), options.providers, options.threads,
                                options.spinning, options.allow_fallback, options.hint,
                                options.precision or precision_of(entry))
             logger.debug("loaded %s variant %s on %s", directory, name, model.providers[0])
