@@ -125,7 +125,7 @@ def create_app(predictor, options: ServeOptions, api_key: str | None = None):
         warming.cancel()
         await asyncio.to_thread(batcher.stop)
 
-    app = FastAPI(title="bertdeploy", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="bertdeploy", version=__version__, lifespan=lifespan, responses=_refusals(401, 413),
                   description=f"Text classifier {served.name}: labels {', '.join(served.labels)}.")
     app.add_middleware(_Limits, max_body_bytes=options.max_body_bytes, api_key=api_key)
     app.add_middleware(_Metered, metrics=metrics)
@@ -141,6 +141,20 @@ def _error(status: int, message: str, headers: dict | None = None):
     from fastapi.responses import JSONResponse
 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+_REFUSED = {400: "The body is not valid JSON, or (KServe) a malformed inference request",
+            401: "A missing or wrong API key (a server started with --api-key-env)",
+            404: "No such model or version", 413: "The body is over --max-body-bytes",
+            422: "A wrong field, or more texts than --max-texts-per-request", 429: "The queue is full; retry later",
+            503: "The model is still warming up"}
+
+
+def _refusals(*statuses: int) -> dict:
+    """The OpenAPI `responses` of the errors a route may answer, each a JSON `{"error": ...}`."""
+    error = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+    return {status: {"description": _REFUSED[status], "content": {"application/json": {"schema": error}}}
+            for status in statuses}
 
 
 def _error_handlers(app) -> None:
@@ -170,7 +184,7 @@ def _predict_route(app, served: _Served) -> None:
     PredictRequest, PredictResponse = predict_models(served.options.max_texts_per_request)
 
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
-              summary="Labels and scores for one text or many")
+              summary="Labels and scores for one text or many", responses=_refusals(400, 422, 429, 503))
     async def predict(body: PredictRequest) -> dict:
         try:
             texts, pairs = request_texts(body, served.predictor.pairs)
@@ -187,7 +201,7 @@ def _health_routes(app, served: _Served) -> None:
     async def live() -> dict:
         return {"live": True}
 
-    @app.get("/v2/health/ready", summary="Readiness: the model is loaded and warmed up")
+    @app.get("/v2/health/ready", summary="Readiness: the model is loaded and warmed up", responses=_refusals(503))
     async def ready() -> JSONResponse:
         return JSONResponse({"ready": served.ready}, status_code=200 if served.ready else 503)
 
@@ -210,7 +224,7 @@ def _kserve_routes(app, served: _Served) -> None:
             raise HTTPException(404, f"no model {model!r}" + (f" version {version!r}" if version else "") +
                                 f"; this server has {name!r} version {VERSION}")
 
-    @app.get("/v2/models/{model}", summary="Model metadata (KServe v2)")
+    @app.get("/v2/models/{model}", summary="Model metadata (KServe v2)", responses=_refusals(404))
     @app.get("/v2/models/{model}/versions/{version}", include_in_schema=False)
     async def model_metadata(model: str, version: str | None = None) -> dict:
         check_model(model, version)
@@ -220,7 +234,7 @@ def _kserve_routes(app, served: _Served) -> None:
                             {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]}],
                 "parameters": {**served.predictor.scheme.manifest_fields(), "variant": served.predictor.variant}}
 
-    @app.get("/v2/models/{model}/ready", summary="Model readiness (KServe v2)")
+    @app.get("/v2/models/{model}/ready", summary="Model readiness (KServe v2)", responses=_refusals(404, 503))
     @app.get("/v2/models/{model}/versions/{version}/ready", include_in_schema=False)
     async def model_ready(model: str, version: str | None = None) -> JSONResponse:
         check_model(model, version)
@@ -230,10 +244,11 @@ def _kserve_routes(app, served: _Served) -> None:
     async def repository_index() -> list:
         return [{"name": name, "version": VERSION, "state": "READY" if served.ready else "LOADING"}]
 
-    infer_schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": _INFER_SCHEMA}}}}
+    infer_schema = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": kserve.request_schema(inputs, served.options.max_texts_per_request)}}}}
 
     @app.post("/v2/models/{model}/infer", summary="Inference (KServe v2; JSON or Triton's binary tensors)",
-              openapi_extra=infer_schema)
+              openapi_extra=infer_schema, responses=_refusals(400, 404, 429, 503))
     @app.post("/v2/models/{model}/versions/{version}/infer", include_in_schema=False)
     async def infer(model: str, request: Request, version: str | None = None) -> Response:
         check_model(model, version)
@@ -241,7 +256,8 @@ def _kserve_routes(app, served: _Served) -> None:
             parsed = kserve.parse_request(await request.body(), request.headers.get(kserve.HEADER),
                                           served.options.max_texts_per_request)
             if sorted(parsed.inputs) != sorted(inputs):
-                raise kserve.InferError(f"inputs must be {' and '.join(inputs)}, got {', '.join(parsed.inputs)}")
+                raise kserve.InferError(f"inputs must be {' and '.join(inputs)}, got "
+                                        f"{', '.join(parsed.inputs) or 'none'}")
             texts, pairs = parsed.inputs["text"], parsed.inputs.get("text_pair")
             if pairs is not None and len(pairs) != len(texts):
                 raise kserve.InferError(f"{len(texts)} texts but {len(pairs)} text_pair elements")
@@ -262,17 +278,6 @@ def _metrics_route(app, metrics: "_Metrics") -> None:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-_TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
-    "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
-    "datatype": {"type": "string"}, "parameters": {"type": "object"},
-    "data": {"type": "array", "items": {"type": "string"}}}}
-_INFER_SCHEMA = {"type": "object", "required": ["inputs"], "properties": {
-    "id": {"type": "string"}, "parameters": {"type": "object"},
-    "inputs": {"type": "array", "items": _TENSOR},
-    "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
-        "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}
 
 
 class _Metrics:
