@@ -297,7 +297,7 @@ def test_once_the_drain_delay_is_over_a_request_on_an_open_connection_gets_503(f
     apps: list = []
     with running(fp32, apps=apps) as url, httpx.Client(base_url=url) as client:
         assert client.post("/predict", json={"text": TEXTS[0]}).status_code == 200  # the connection stays open
-        apps[0].state.served.closing = True  # what the end of the drain delay sets, as uvicorn starts to close
+        apps[0].state.served.closing_since = time.monotonic()  # what the end of the drain delay sets
         refused = client.post("/predict", json={"text": TEXTS[0]})
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         assert "shutting down" in refused.json()["error"]

@@ -16,13 +16,10 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import httpx
-import hypothesis
 import numpy as np
 import pytest
-import schemathesis
 from click.testing import CliRunner
 from conftest import make_rows
-from schemathesis.checks import not_a_server_error
 from serving import Held, running, serving_port
 
 from bertdeploy.cli import cli
@@ -191,21 +188,6 @@ def test_live_at_once_ready_only_after_the_warm_up(fp32):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert httpx.post(f"{base}/predict", json={"text": "好"}).status_code == 200
-
-
-def test_no_generated_request_gets_a_5xx(url):
-    """Schemathesis generates requests from the OpenAPI schema, valid and not, for every operation."""
-    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 9
-    for operation in operations:
-        @hypothesis.given(operation.as_strategy())
-        @hypothesis.settings(max_examples=25, deadline=None, database=None,
-                             suppress_health_check=list(hypothesis.HealthCheck))
-        def check(case) -> None:
-            case.call_and_validate(checks=[not_a_server_error])
-
-        check()
 
 
 @pytest.fixture(scope="module")

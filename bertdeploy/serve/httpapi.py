@@ -126,6 +126,12 @@ def request_texts(body, pairs_model: bool) -> tuple[list[str], list[str] | None]
         raise BadRequest(f"this model {'needs' if pairs_model else 'takes no'} 'pair'/'pairs'")
     if pairs is not None and len(pairs) != len(texts):
         raise BadRequest(f"{len(texts)} texts but {len(pairs)} pairs")
+    for where, values in (("text", texts), ("pair", pairs or [])):
+        for i, value in enumerate(values):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate from a \ud800-style JSON escape
+                raise BadRequest(f"{where} {i} is not valid UTF-8 (it has a lone surrogate)") from None
     return texts, pairs
 
 

@@ -38,10 +38,9 @@ class InferRequest:
 def parse_request(body: bytes, header_length: str | None, max_texts: int) -> InferRequest:
     header, binary = body, b""
     if header_length is not None:
-        try:
-            size = int(header_length)
-        except ValueError:
-            raise InferError(f"{HEADER} is not a number: {header_length!r}") from None
+        if not header_length.isascii() or not header_length.isdigit():
+            raise InferError(f"{HEADER} is not a number: {header_length!r}")
+        size = int(header_length)
         if not 0 < size <= len(body):
             raise InferError(f"{HEADER} is {size} but the body has {len(body)} bytes")
         header, binary = body[:size], body[size:]
@@ -49,23 +48,27 @@ def parse_request(body: bytes, header_length: str | None, max_texts: int) -> Inf
         request = json.loads(header)
     except (ValueError, UnicodeDecodeError) as e:
         raise InferError(f"the request is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InferError("the request is not valid JSON: nested too deeply") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise InferError("the request must be a JSON object with a list 'inputs'")
     parameters = _object(request.get("parameters", {}), "parameters")
+    everything_binary = _flag(parameters, "binary_data_output", "parameters") is True
     inputs, offset = {}, 0
     for i, tensor in enumerate(request["inputs"]):
         tensor = _object(tensor, f"inputs[{i}]")
         name = tensor.get("name")
-        if not isinstance(name, str) or name in inputs:
-            raise InferError(f"inputs[{i}] needs a 'name', once per input")
+        if not _is_text(name) or name in inputs:
+            raise InferError(f"inputs[{i}] needs a 'name' (a UTF-8 string), once per input")
         if tensor.get("datatype") != "BYTES":
             raise InferError(f"input {name!r} must have datatype BYTES, not {tensor.get('datatype')!r}")
         count = _count(tensor.get("shape"), name)
         if count > max_texts:
             raise InferError(f"input {name!r} has {count} texts; at most {max_texts} per request")
-        size = _object(tensor.get("parameters", {}), f"input {name!r} parameters").get("binary_data_size")
-        if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+        tensor_parameters = _object(tensor.get("parameters", {}), f"input {name!r} parameters")
+        if "binary_data_size" in tensor_parameters:
+            size = tensor_parameters["binary_data_size"]
+            if not _is_count(size) or offset + size > len(binary):
                 raise InferError(f"input {name!r}: binary_data_size {size!r} does not fit the body")
             values = _unpack_bytes(binary[offset:offset + size], name)
             offset += size
@@ -74,17 +77,42 @@ def parse_request(body: bytes, header_length: str | None, max_texts: int) -> Inf
         if len(values) != count:
             raise InferError(f"input {name!r} has shape {tensor['shape']} but {len(values)} elements")
         inputs[name] = values
-    everything_binary = parameters.get("binary_data_output") is True
+    if offset != len(binary):
+        raise InferError(f"{len(binary) - offset} bytes of binary data after the inputs' binary_data_size")
     outputs = {}
-    for i, tensor in enumerate(request.get("outputs") or []):
+    for i, tensor in enumerate(_list(request.get("outputs", []), "outputs")):
         tensor = _object(tensor, f"outputs[{i}]")
         if tensor.get("name") not in OUTPUTS:
             raise InferError(f"outputs[{i}]: unknown output {tensor.get('name')!r}; there are {', '.join(OUTPUTS)}")
-        binary_data = _object(tensor.get("parameters", {}), f"outputs[{i}] parameters").get("binary_data")
-        outputs[tensor["name"]] = everything_binary if binary_data is None else binary_data is True
+        binary_data = _flag(_object(tensor.get("parameters", {}), f"outputs[{i}] parameters"), "binary_data",
+                            f"outputs[{i}] parameters")
+        outputs[tensor["name"]] = everything_binary if binary_data is None else binary_data
     request_id = request.get("id")
-    return InferRequest(request_id if isinstance(request_id, str) else None, inputs,
-                        outputs or dict.fromkeys(OUTPUTS, everything_binary))
+    if "id" in request and not _is_text(request_id):
+        raise InferError(f"'id' must be a string, not {_kind(request_id)}")
+    return InferRequest(request_id, inputs, outputs or dict.fromkeys(OUTPUTS, everything_binary))
+
+
+def request_schema(inputs: list[str], max_texts: int) -> dict:
+    """The JSON Schema of a JSON request to a model with these inputs, for the OpenAPI document. (A binary
+    request, this JSON with `binary_data_size` in place of each input's `data`, then the tensors' bytes, is
+    beyond what OpenAPI can describe.)"""
+    strings = {"type": "array", "items": {"type": "string"}}
+    tensor = {"type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
+        "name": {"type": "string", "enum": inputs},
+        "shape": {"type": "array", "minItems": 1, "maxItems": 2,
+                  "items": {"type": "integer", "minimum": 0, "maximum": max_texts}},
+        "datatype": {"type": "string", "enum": ["BYTES"]},
+        "parameters": {"type": "object"},
+        "data": {"type": "array", "maxItems": max_texts, "items": {"anyOf": [{"type": "string"}, strings]}}}}
+    output = {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string", "enum": list(OUTPUTS)},
+        "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}
+    return {"type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
+        "inputs": {"type": "array", "minItems": len(inputs), "maxItems": len(inputs), "items": tensor},
+        "outputs": {"type": "array", "items": output}}}
 
 
 def encode_response(model: str, version: str, request: InferRequest, labels: list[str],
@@ -116,13 +144,48 @@ def encode_response(model: str, version: str, request: InferRequest, labels: lis
 
 def _object(value: object, where: str) -> dict:
     if not isinstance(value, dict):
-        raise InferError(f"{where} must be a JSON object")
+        raise InferError(f"{where} must be a JSON object, not {_kind(value)}")
     return value
 
 
+def _list(value: object, where: str) -> list:
+    if not isinstance(value, list):
+        raise InferError(f"{where} must be a JSON array, not {_kind(value)}")
+    return value
+
+
+def _flag(parameters: dict, key: str, where: str) -> bool | None:
+    value = parameters.get(key)
+    if key in parameters and not isinstance(value, bool):
+        raise InferError(f"{where}: {key} must be true or false, not {_kind(value)}")
+    return value
+
+
+def _kind(value: object) -> str:
+    """What a JSON value is, in JSON's words, for messages (a string UTF-8 cannot encode is "not UTF-8")."""
+    if isinstance(value, str) and not _is_text(value):
+        return "a string that is not valid UTF-8"
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_text(value: object) -> bool:
+    """A string that UTF-8 can encode: JSON's \\ud800-style escapes can make lone surrogates, which cannot."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _count(shape: object, name: str) -> int:
-    if (not isinstance(shape, list) or not 1 <= len(shape) <= 2 or
-            not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape) or
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 2 or not all(_is_count(d) for d in shape) or
             (len(shape) == 2 and shape[1] != 1)):
         raise InferError(f"input {name!r} needs a shape [n] or [n, 1], not {shape!r}")
     return shape[0]
@@ -132,8 +195,9 @@ def _flatten(data: object, name: str) -> list[str]:
     if not isinstance(data, list):
         raise InferError(f"input {name!r} needs 'data' (a list of strings) or binary data")
     values = [v for row in data for v in (row if isinstance(row, list) else [row])]
-    if not all(isinstance(v, str) for v in values):
-        raise InferError(f"input {name!r}: every element must be a string")
+    for i, value in enumerate(values):
+        if not _is_text(value):
+            raise InferError(f"input {name!r}: element {i} must be a UTF-8 string, not {_kind(value)}")
     return values
 
 

@@ -83,7 +83,7 @@ def draining_server(app, options: ServeOptions):
     On SIGTERM readiness fails at once while requests are still served; `options.drain_delay` seconds later
     (at once on SIGINT, or on a second SIGTERM) uvicorn closes the listener and idle connections and waits
     up to `options.drain_timeout` seconds for the requests in flight, then the app's batcher drains; a
-    request that still arrives on an open connection from then on gets 503."""
+    request that arrives on an open connection from then on gets 503."""
     import uvicorn
 
     served, delay = app.state.served, options.drain_delay
@@ -99,12 +99,12 @@ def draining_server(app, options: ServeOptions):
                             "flight", delay, options.drain_timeout)
                 self.closing_at, self.pending = time.monotonic() + delay, sig
                 return
-            served.closing = True
+            served.closing_since = served.closing_since or time.monotonic()
             super().handle_exit(sig, frame)
 
         async def on_tick(self, counter: int) -> bool:
             if self.closing_at is not None and time.monotonic() >= self.closing_at and not self.should_exit:
-                served.closing = True
+                served.closing_since = time.monotonic()
                 super().handle_exit(self.pending, None)  # as if the signal came now: uvicorn re-raises it on exit
             return await super().on_tick(counter)
 
@@ -135,7 +135,8 @@ class _Served:
         self.name, self.labels = options.model_name, predictor.labels
         self.inputs = ["text", "text_pair"] if predictor.pairs else ["text"]
         self.warmed = self.failed = self.draining = False
-        self.closing = False  # the drain delay is over: the listener closes, new requests are refused (503)
+        # when the drain delay ended and the listener began to close: requests arriving later are refused (503)
+        self.closing_since: float | None = None
 
     @property
     def ready(self) -> bool:
@@ -169,10 +170,11 @@ class _Served:
             raise HTTPException(503, "the model failed to warm up; see the server's log")
         if not self.warmed:
             raise HTTPException(503, "the model is still warming up")
-        if self.closing:
+        arrived = request.scope.get(ARRIVED, time.monotonic())
+        if self.closing_since is not None and arrived >= self.closing_since:
             raise HTTPException(503, "the server is shutting down; retry on another instance",
                                 headers={"Retry-After": "1"})
-        deadline = request.scope.get(ARRIVED, time.monotonic()) + self.options.request_timeout
+        deadline = arrived + self.options.request_timeout
         work = asyncio.ensure_future(self.batcher.predict(texts, pairs, deadline))
         gone = asyncio.ensure_future(_disconnected(request.receive))
         try:
@@ -218,7 +220,7 @@ def create_app(predictor, options: ServeOptions, api_key: str | None = None):
         warming.cancel()
         await asyncio.to_thread(batcher.stop)
 
-    app = FastAPI(title="bertdeploy", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="bertdeploy", version=__version__, lifespan=lifespan, responses=_refusals(401, 408, 413, 503),
                   description=f"Text classifier {served.name}: labels {', '.join(served.labels)}.")
     app.state.served = served  # for draining_server, and tests
     app.add_middleware(_Limits, options=options, api_key=api_key)
@@ -235,6 +237,22 @@ def _error(status: int, message: str, headers: dict | None = None):
     from fastapi.responses import JSONResponse
 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+_REFUSED = {400: "The body is not valid JSON, or (KServe) a malformed inference request",
+            401: "A missing or wrong API key (a server started with --api-key-env)",
+            404: "No such model or version", 413: "The body is over --max-body-bytes",
+            408: "The body did not arrive within --body-timeout",
+            422: "A wrong field, or more texts than --max-texts-per-request", 429: "The queue is full; retry later",
+            503: "Not ready (warming up, or shutting down), or more than --max-concurrent-requests at once",
+            504: "No answer within --request-timeout"}
+
+
+def _refusals(*statuses: int) -> dict:
+    """The OpenAPI `responses` of the errors a route may answer, each a JSON `{"error": ...}`."""
+    error = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+    return {status: {"description": _REFUSED[status], "content": {"application/json": {"schema": error}}}
+            for status in statuses}
 
 
 def _error_handlers(app) -> None:
@@ -265,7 +283,7 @@ def _predict_route(app, served: _Served) -> None:
     PredictRequest, PredictResponse = predict_models(served.options.max_texts_per_request)
 
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
-              summary="Labels and scores for one text or many")
+              summary="Labels and scores for one text or many", responses=_refusals(400, 422, 429, 503, 504))
     async def predict(body: PredictRequest, request: Request) -> dict:
         try:
             texts, pairs = request_texts(body, served.predictor.pairs)
@@ -282,7 +300,8 @@ def _health_routes(app, served: _Served) -> None:
     async def live() -> JSONResponse:
         return JSONResponse({"live": served.live}, status_code=200 if served.live else 503)
 
-    @app.get("/v2/health/ready", summary="Readiness: the model is loaded and warmed up, and not shutting down")
+    @app.get("/v2/health/ready", summary="Readiness: the model is loaded and warmed up, and not shutting down",
+             responses=_refusals(503))
     async def ready() -> JSONResponse:
         return JSONResponse({"ready": served.ready}, status_code=200 if served.ready else 503)
 
@@ -305,7 +324,7 @@ def _kserve_routes(app, served: _Served) -> None:
             raise HTTPException(404, f"no model {model!r}" + (f" version {version!r}" if version else "") +
                                 f"; this server has {name!r} version {VERSION}")
 
-    @app.get("/v2/models/{model}", summary="Model metadata (KServe v2)")
+    @app.get("/v2/models/{model}", summary="Model metadata (KServe v2)", responses=_refusals(404))
     @app.get("/v2/models/{model}/versions/{version}", include_in_schema=False)
     async def model_metadata(model: str, version: str | None = None) -> dict:
         check_model(model, version)
@@ -315,7 +334,7 @@ def _kserve_routes(app, served: _Served) -> None:
                             {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]}],
                 "parameters": {**served.predictor.scheme.manifest_fields(), "variant": served.predictor.variant}}
 
-    @app.get("/v2/models/{model}/ready", summary="Model readiness (KServe v2)")
+    @app.get("/v2/models/{model}/ready", summary="Model readiness (KServe v2)", responses=_refusals(404, 503))
     @app.get("/v2/models/{model}/versions/{version}/ready", include_in_schema=False)
     async def model_ready(model: str, version: str | None = None) -> JSONResponse:
         check_model(model, version)
@@ -325,10 +344,11 @@ def _kserve_routes(app, served: _Served) -> None:
     async def repository_index() -> list:
         return [{"name": name, "version": VERSION, "state": served.state}]
 
-    infer_schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": _INFER_SCHEMA}}}}
+    infer_schema = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": kserve.request_schema(inputs, served.options.max_texts_per_request)}}}}
 
     @app.post("/v2/models/{model}/infer", summary="Inference (KServe v2; JSON or Triton's binary tensors)",
-              openapi_extra=infer_schema)
+              openapi_extra=infer_schema, responses=_refusals(400, 404, 429, 503, 504))
     @app.post("/v2/models/{model}/versions/{version}/infer", include_in_schema=False)
     async def infer(model: str, request: Request, version: str | None = None) -> Response:
         check_model(model, version)
@@ -336,7 +356,8 @@ def _kserve_routes(app, served: _Served) -> None:
             parsed = kserve.parse_request(await request.body(), request.headers.get(kserve.HEADER),
                                           served.options.max_texts_per_request)
             if sorted(parsed.inputs) != sorted(inputs):
-                raise kserve.InferError(f"inputs must be {' and '.join(inputs)}, got {', '.join(parsed.inputs)}")
+                raise kserve.InferError(f"inputs must be {' and '.join(inputs)}, got "
+                                        f"{', '.join(parsed.inputs) or 'none'}")
             texts, pairs = parsed.inputs["text"], parsed.inputs.get("text_pair")
             if pairs is not None and len(pairs) != len(texts):
                 raise kserve.InferError(f"{len(texts)} texts but {len(pairs)} text_pair elements")
@@ -357,17 +378,6 @@ def _metrics_route(app, metrics: "_Metrics") -> None:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-_TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
-    "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
-    "datatype": {"type": "string"}, "parameters": {"type": "object"},
-    "data": {"type": "array", "items": {"type": "string"}}}}
-_INFER_SCHEMA = {"type": "object", "required": ["inputs"], "properties": {
-    "id": {"type": "string"}, "parameters": {"type": "object"},
-    "inputs": {"type": "array", "items": _TENSOR},
-    "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
-        "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}
 
 
 class _Metrics(Observer):
