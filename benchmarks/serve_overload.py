@@ -5,13 +5,13 @@ One server of an exported classifier (the demo's, runs/demo/onnx, by default) ru
 other. First its capacity: single-review POST /predict requests, 64 at a time (closed loop), for a
 few seconds. Then, per server configuration, open-loop phases: requests are sent on a fixed
 schedule whatever the answers (a new connection each, as a load balancer's surge looks), at 0.5x
-(the baseline), 1x, 2x, 5x and 10x the capacity, each for PHASE_S seconds and each followed by
-RECOVERY_S seconds at 0.5x, cut into one-second windows. Reported per phase: requests offered and
-actually sent (this generator is Python on a shared core: when it falls behind the schedule, the
-figures say so), the share answered 200, p50/p99 latency of those, refusals by status code,
-connection errors, the server's peak RSS; per recovery: p99 of each window and the seconds until a
-window's p99 is back within twice the baseline's. Configurations: the defaults, and a queue and
-deadline sized from the measured capacity (docs/serve.md explains the sizing).
+(the baseline), 1x, 2x, 5x and 10x the capacity, each for PHASE_S seconds and each followed at once,
+with the backlog it left, by RECOVERY_S seconds at 0.5x, cut into one-second windows of sending.
+Reported per phase: requests offered and actually sent (this generator is Python on a shared core:
+when it falls behind the schedule, the figures say so), the share answered 200, p50/p99 latency of
+those, refusals by status code, connection errors, the server's peak RSS; per recovery: p99 of each
+window and the seconds until a window's p99 is back within twice the baseline's. Configurations: the
+defaults, and a queue and deadline sized from the measured capacity (docs/serve.md explains the sizing).
 Writes benchmarks/results/serve_overload.json.
 
     python benchmarks/serve_overload.py [--artifacts runs/demo/onnx] [--texts runs/demo/data/test.csv]
@@ -38,7 +38,7 @@ from serve_load import free_port, rss_mb  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "serve_overload.json"
 FACTORS = (1, 2, 5, 10)
-PHASE_S, RECOVERY_S, BASELINE_S = 6.0, 8.0, 6.0  # --phase-seconds scales all three (a smoke run: 1)
+PHASE_S, RECOVERY_S, BASELINE_S = 6.0, 10.0, 6.0  # --phase-seconds scales all three (a smoke run: 1)
 CLIENT_TIMEOUT_S = 60.0
 MAX_OUTSTANDING = 3000  # the generator's own bound on open requests: beyond it a request is counted unsent
 
@@ -103,16 +103,16 @@ async def capacity(port: int, payloads: list[bytes], seconds: float = 6.0, concu
     return done[0] / (time.perf_counter() - started)
 
 
-async def open_loop(port: int, payloads: list[bytes], rate: float, seconds: float, pid: int,
-                    windows: bool = False) -> dict:
-    """Requests at `rate` per second for `seconds`, on schedule; what came back, and the server's peak RSS."""
-    results: list[tuple[float, int | str, float]] = []  # (send time from start, status, seconds)
-    outstanding, unsent, peak_rss = set(), 0, [rss_mb(pid)]
-    start = time.perf_counter()
+async def open_loop(port: int, payloads: list[bytes], segments: list[tuple[float, float]], pid: int) -> list[dict]:
+    """Requests on schedule, segment after segment without a pause ((rate per second, seconds) each), whatever
+    the answers; then the wait for the last answers. Per segment: what came back for the requests sent in it,
+    p99 per one-second window of sending, and the server's peak RSS over the whole run."""
+    results: list[tuple[int, float, int | str, float]] = []  # (segment, send time in it, status, seconds)
+    outstanding, unsent, peak_rss = set(), Counter(), [rss_mb(pid)]
 
-    async def one(i: int, sent_at: float) -> None:
+    async def one(i: int, segment: int, sent_at: float) -> None:
         status, took = await post(port, payloads[i % len(payloads)])
-        results.append((sent_at, status, took))
+        results.append((segment, sent_at, status, took))
 
     async def watch_rss() -> None:
         while True:
@@ -120,38 +120,36 @@ async def open_loop(port: int, payloads: list[bytes], rate: float, seconds: floa
             await asyncio.sleep(0.25)
 
     watcher = asyncio.create_task(watch_rss())
-    total = int(rate * seconds)
-    for i in range(total):
-        due = start + i / rate
-        if (wait := due - time.perf_counter()) > 0:
-            await asyncio.sleep(wait)
-        if len(outstanding) >= MAX_OUTSTANDING:
-            unsent += 1
-            continue
-        task = asyncio.create_task(one(i, time.perf_counter() - start))
-        outstanding.add(task)
-        task.add_done_callback(outstanding.discard)
-    sending = time.perf_counter() - start
+    sending = []
+    for segment, (rate, seconds) in enumerate(segments):
+        start = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            if (wait := start + i / rate - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            if len(outstanding) >= MAX_OUTSTANDING:
+                unsent[segment] += 1
+                continue
+            task = asyncio.create_task(one(i, segment, time.perf_counter() - start))
+            outstanding.add(task)
+            task.add_done_callback(outstanding.discard)
+        sending.append(time.perf_counter() - start)
     if outstanding:
         await asyncio.wait(outstanding)
     watcher.cancel()
-    return summarize(results, total, unsent, sending, seconds, peak_rss[0], windows)
+    return [summarize([r[1:] for r in results if r[0] == k], int(rate * seconds), unsent[k], sending[k], seconds,
+                      peak_rss[0]) for k, (rate, seconds) in enumerate(segments)]
 
 
-def summarize(results: list, offered: int, unsent: int, sending: float, seconds: float, peak_rss: float,
-              windows: bool) -> dict:
+def summarize(results: list, offered: int, unsent: int, sending: float, seconds: float, peak_rss: float) -> dict:
     codes = Counter(str(status) for _, status, _ in results)
     ok_ms = np.array([took * 1000 for _, status, took in results if status == 200])
-    summary = {"offered": offered, "offered_per_s": offered / seconds, "sent": len(results), "unsent": unsent,
-               "sent_per_s": len(results) / sending if sending else 0.0,
-               "accepted_share": codes["200"] / max(offered, 1),
-               "codes": dict(sorted(codes.items())), "peak_rss_mb": round(peak_rss, 1),
-               **percentiles(ok_ms)}
-    if windows:
-        summary["windows_p99_ms"] = [percentiles(np.array([took * 1000 for sent_at, status, took in results
-                                                           if status == 200 and w <= sent_at < w + 1]))["p99_ms"]
-                                     for w in range(int(seconds))]
-    return summary
+    windows = [np.array([took * 1000 for sent_at, status, took in results if status == 200 and w <= sent_at < w + 1])
+               for w in range(int(seconds))]
+    return {"offered": offered, "offered_per_s": offered / seconds, "sent": len(results), "unsent": unsent,
+            "sent_per_s": len(results) / sending if sending else 0.0,
+            "accepted_share": codes["200"] / max(offered, 1),
+            "codes": dict(sorted(codes.items())), "peak_rss_mb": round(peak_rss, 1), **percentiles(ok_ms),
+            "windows_p99_ms": [percentiles(w)["p99_ms"] for w in windows]}
 
 
 def percentiles(ms: np.ndarray) -> dict:
@@ -174,13 +172,14 @@ def run_config(name: str, artifacts: Path, payloads: list[bytes], rate: float, e
     try:
         pid = server.process.pid
         asyncio.run(capacity(server.port, payloads, seconds=2.0))  # warm: allocations, caches
-        baseline = asyncio.run(open_loop(server.port, payloads, 0.5 * rate, BASELINE_S * scale, pid))
+        [baseline] = asyncio.run(open_loop(server.port, payloads, [(0.5 * rate, BASELINE_S * scale)], pid))
         result = {"settings": extra or ["defaults"], "baseline_0.5x": baseline, "phases": {}}
         print(name, "baseline", json.dumps(baseline), flush=True)
-        for factor in FACTORS:
-            burst = asyncio.run(open_loop(server.port, payloads, factor * rate, PHASE_S * scale, pid))
-            after = asyncio.run(open_loop(server.port, payloads, 0.5 * rate, RECOVERY_S * scale, pid, windows=True))
+        for factor in FACTORS:  # the burst, then at once 0.5x again: the backlog it left is part of the recovery
+            burst, after = asyncio.run(open_loop(server.port, payloads, [(factor * rate, PHASE_S * scale),
+                                                                         (0.5 * rate, RECOVERY_S * scale)], pid))
             burst["recovery"] = {"windows_p99_ms": after["windows_p99_ms"], "accepted_share": after["accepted_share"],
+                                 "codes": after["codes"],
                                  "seconds_to_baseline_p99": recovered_after(after["windows_p99_ms"],
                                                                             baseline["p99_ms"])}
             result["phases"][f"{factor}x"] = burst
