@@ -221,11 +221,13 @@ class Predictor:
         return run_batches(self.run_batch, self.encoder, encodings, self.input_names, len(self.labels),
                            self.max_batch_tokens, self.max_batch_size, MAX_PADDING)
 
+    def route(self, tokens: int) -> Route:
+        """The route a batch of `tokens` padded tokens (texts x padded length) runs on."""
+        return next(r for r in self.routes if r.max_tokens is None or tokens <= r.max_tokens)
+
     def run_batch(self, feed: dict) -> np.ndarray:
         """Logits of one padded batch (the graph's inputs), on the variant routed for its size in tokens."""
-        tokens = feed["input_ids"].size
-        route = next(r for r in self.routes if r.max_tokens is None or tokens <= r.max_tokens)
-        return route.model.run(feed)
+        return self.route(feed["input_ids"].size).model.run(feed)
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.directory)!r}, {self.describe()})"

@@ -211,7 +211,7 @@ class Batcher:
             self.observer.tokenized(len(texts), time.perf_counter() - start)
             for index, rows in self.predictor.iter_encoded(encodings, started):
                 count, length, start = run
-                self.observer.ran(_variant(self.predictor, count * length), count, length,
+                self.observer.ran(self.predictor.route(count * length).variant, count, length,
                                   time.perf_counter() - start)
                 scores[index] = rows
                 for r in owner[index]:
@@ -223,14 +223,6 @@ class Batcher:
             for r, request in enumerate(requests):
                 if left[r]:
                     _hand_over(request, None, e)
-
-
-def _variant(predictor, tokens: int) -> str:
-    """The variant that ran a batch of `tokens` padded tokens: its route's (as Predictor.run_batch picks it)."""
-    routes = getattr(predictor, "routes", None)
-    if not routes:
-        return predictor.variant
-    return next(r.variant for r in routes if r.max_tokens is None or tokens <= r.max_tokens)
 
 
 def _hand_over(request: _Request, result: np.ndarray | None, error: Exception | None) -> None:
