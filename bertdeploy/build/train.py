@@ -87,6 +87,7 @@ class FinetuneOptions:
     max_length: int = MAX_LENGTH
     warmup_ratio: float = WARMUP_RATIO
     freeze_encoder: bool = False
+    freeze_embeddings: bool = False  # keep the word-embedding table as pretrained
     group_by_length: bool = False
     early_stopping_patience: int | None = None
     seed: int = SEED
@@ -176,7 +177,8 @@ class Recipe:
     def load(self, options: FinetuneOptions, labels: list[str], scheme: LabelScheme):
         """The tokenizer and the model to train."""
         return load_model(options.model, labels, options.freeze_encoder, seed=options.seed,
-                          problem_type=scheme.problem_type, allow_pickle=options.allow_pickle)
+                          problem_type=scheme.problem_type, allow_pickle=options.allow_pickle,
+                          freeze_embeddings=options.freeze_embeddings)
 
     def train_examples(self, train: Examples) -> Examples:
         """The rows to train on."""
@@ -241,6 +243,9 @@ def finetune(options: FinetuneOptions, recipe: Recipe | None = None) -> Finetune
     logger.info("training on %d texts, evaluating on %d; checkpoints in %s", len(rows), len(evaluation), work_dir)
     try:
         run = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        # the Trainer also groups evaluation batches by length (a shuffled order, fine for its per-epoch figures,
+        # which pair each prediction with its label id); the kept model's scores must follow the eval rows' order
+        trainer.args.group_by_length = False
         prediction = trainer.predict(eval_set)
     except BaseException:
         if args.process_index == 0:
@@ -427,6 +432,7 @@ def _write_output(trainer, tokenizer, options, data_info, args, result: Finetune
             "weight_decay": options.weight_decay,
             "warmup_ratio": options.warmup_ratio,
             "freeze_encoder": options.freeze_encoder,
+            "freeze_embeddings": options.freeze_embeddings,
             "group_by_length": options.group_by_length,
             "early_stopping_patience": options.early_stopping_patience,
             "seed": options.seed,
