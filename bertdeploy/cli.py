@@ -99,6 +99,9 @@ def _training_options(epochs: float, learning_rate: float):
         click.option("--learning-rate", default=learning_rate, show_default=True),
         click.option("--weight-decay", default=defaults.WEIGHT_DECAY, show_default=True),
         click.option("--warmup-ratio", default=defaults.WARMUP_RATIO, show_default=True),
+        click.option("--freeze-embeddings", is_flag=True,
+                     help="Keep the word-embedding table as pretrained: a multilingual model (most of whose weights it "
+                          "is) trains faster, and words the training texts lack keep vectors in step with the rest."),
         click.option("--group-by-length", is_flag=True,
                      help="Batch texts of similar length: faster, but may cost accuracy when length tracks the label."),
         click.option("--early-stopping-patience", type=int,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from safetensors.numpy import load_file
 from conftest import NO_VETO, make_multilabel_rows, make_rows, write_csv
 from test_train import _wait_for, _written
 
@@ -90,7 +91,7 @@ def test_distill_writes_a_student_that_export_and_predict_take(tiny_classifier, 
     unlabeled.write_text("\n".join(r["text"] for r in make_rows(64, seed=9)) + "\n", encoding="utf-8")
     done = _distill(model, tmp_path / "student", "--layers", "1", "--unlabeled-file", str(unlabeled),
                     "--epochs", "3", "--learning-rate", "3e-3", "--warmup-ratio", "0", "--max-accuracy-drop",
-                    str(NO_VETO), "--json")
+                    str(NO_VETO), "--freeze-embeddings", "--json")
     assert done.exit_code == 0, done.output
     result = json.loads(done.stdout)
     manifest = json.loads((tmp_path / "student" / "manifest.json").read_text())
@@ -109,6 +110,10 @@ def test_distill_writes_a_student_that_export_and_predict_take(tiny_classifier, 
     # the unlabelled texts were trained on: (160 labelled + 64 unlabelled) / 16 per step, 3 epochs
     assert manifest["training"]["optimizer_steps"] == 3 * 14
     assert set(result["latency_ms"]["student"]) == {"batch_1", "batch_8"}
+    words = "bert.embeddings.word_embeddings.weight"  # --freeze-embeddings: the teacher's table, kept as it was
+    np.testing.assert_array_equal(load_file(tmp_path / "student" / "model.safetensors")[words],
+                                  load_file(model / "model.safetensors")[words])
+    assert manifest["training"]["freeze_embeddings"] is True
 
     exported = CliRunner().invoke(cli, ["export", str(tmp_path / "student"), "--output-dir", str(tmp_path / "onnx"),
                                         "--quantize", "none", "--no-openvino"])

@@ -77,6 +77,16 @@ def test_finetune_learns_and_writes_a_complete_directory(tiny_model_dir, tiny_da
     assert _accuracy_of_saved_model(out, make_rows(40, 2)) == pytest.approx(result.accuracy)
 
 
+def test_group_by_length_reports_the_kept_models_own_figures(tiny_model_dir, tiny_data, tmp_path):
+    # the Trainer also shuffles evaluation batches by length: the final figures must still pair each text's
+    # prediction with its own label
+    train, test = tiny_data
+    result = finetune(_options(tiny_model_dir, train, tmp_path / "m", eval_file=test, group_by_length=True))
+    best = max(result.epochs, key=lambda e: e["macro_f1"])
+    assert result.accuracy >= 0.9 and result.macro_f1 == pytest.approx(best["macro_f1"])
+    assert _accuracy_of_saved_model(tmp_path / "m", make_rows(40, 2)) == pytest.approx(result.accuracy)
+
+
 def test_val_split_pairs_and_max_train_samples(tiny_model_dir, tmp_path):
     rows = [{"q": r["text"], "a": "回答", "y": r["label"]} for r in make_rows(100, 3)]
     train = write_jsonl(tmp_path / "pairs.jsonl", rows)
@@ -96,6 +106,18 @@ def test_freeze_encoder_trains_only_the_head(tiny_model_dir, tiny_data, tmp_path
     name = "bert.encoder.layer.0.attention.self.query.weight"
     np.testing.assert_array_equal(before[name], after[name])
     assert "classifier.weight" in after
+
+
+def test_freeze_embeddings_keeps_the_word_table_and_trains_the_rest(tiny_model_dir, tiny_data, tmp_path):
+    train, test = tiny_data
+    finetune(_options(tiny_model_dir, train, tmp_path / "m", eval_file=test, epochs=1, freeze_embeddings=True))
+    before = load_file(tiny_model_dir / "model.safetensors")
+    after = load_file(tmp_path / "m" / "model.safetensors")
+    words = "bert.embeddings.word_embeddings.weight"
+    np.testing.assert_array_equal(before[words], after[words])
+    query = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not np.array_equal(before[query], after[query])
+    assert read_manifest(tmp_path / "m")["training"]["freeze_embeddings"] is True
 
 
 def test_output_dir_refused_then_overwritten(tiny_model_dir, tiny_data, tmp_path):

@@ -27,7 +27,7 @@ import numpy as np
 
 from bertdeploy.artifacts import read_manifest, sha256_file
 from bertdeploy.build.guard import interleaved_latency
-from bertdeploy.build.pretrained import load_classifier, load_model
+from bertdeploy.build.pretrained import freeze, load_classifier, load_model
 from bertdeploy.build.reference import TorchModel, pytorch_logits
 from bertdeploy.build.train import MODEL_KIND, FinetuneOptions, FinetuneResult, Recipe, finetune
 from bertdeploy.data import Examples, file_format, load_texts
@@ -210,6 +210,7 @@ class Distillation(Recipe):
             student = load_classifier(self.teacher_dir, options.allow_pickle)
             self.kept = keep_layers(student, self.options.layers)
             tokenizer = self.teacher_tokenizer
+        freeze(student, embeddings=options.freeze_embeddings)
         self.parameters["student"] = student.num_parameters()
         return tokenizer, student
 

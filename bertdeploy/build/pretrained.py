@@ -65,8 +65,13 @@ def check_model_source(source: str) -> None:
 
 
 def load_model(source: str, labels: list[str], freeze_encoder: bool = False, seed: int | None = None,
-               problem_type: str = "single_label_classification", allow_pickle: bool = False):
+               problem_type: str = "single_label_classification", allow_pickle: bool = False,
+               freeze_embeddings: bool = False):
     """Tokenizer and sequence-classification model with a fresh head for `labels`.
+
+    `freeze_encoder` trains the head alone; `freeze_embeddings` keeps the word-embedding table as pretrained (most of
+    a multilingual model's weights: the optimizer then updates a fraction of them, and the rows of tokens the
+    training texts never hold stay in step with those they do).
 
     `seed` makes the new head's initial weights reproducible; the Trainer seeds only later. The weights are
     read from safetensors only, unless `allow_pickle`.
@@ -96,10 +101,17 @@ def load_model(source: str, labels: list[str], freeze_encoder: bool = False, see
         model = load_classifier(source, allow_pickle, config=config, ignore_mismatched_sizes=True)
     except (OSError, ValueError) as e:
         raise ModelError(f"{source}: cannot load it as a sequence classifier: {first_line(e)}") from None
-    if freeze_encoder:
+    freeze(model, encoder=freeze_encoder, embeddings=freeze_embeddings)
+    return tokenizer, model
+
+
+def freeze(model, encoder: bool = False, embeddings: bool = False) -> None:
+    """Keep the whole encoder (the head alone trains), or its word-embedding table, as loaded."""
+    if encoder:
         for parameter in model.base_model.parameters():
             parameter.requires_grad = False
-    return tokenizer, model
+    if embeddings:
+        model.get_input_embeddings().weight.requires_grad = False
 
 
 def encode_rows(tokenizer, examples: Examples, targets: list, max_length: int) -> tuple[list[dict], int]:
