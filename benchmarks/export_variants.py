@@ -83,7 +83,7 @@ def main() -> None:
     recipes = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        export_fp32(source.path, work, ExportOptions(args.model, work / "unused"))
+        export_fp32(source.path, work / "model.onnx", ExportOptions(args.model, work / "unused"))
         tokenizer = write_tokenizer(source, work / "tokenizer.json")
         files = build_recipes(work, preset)
         sessions = {}

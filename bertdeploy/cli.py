@@ -90,13 +90,16 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _training_options(epochs: float, learning_rate: float):
-    """The training run's options, shared by finetune and distill (whose defaults differ)."""
+def _training_options(epochs: float | None, learning_rate: float | None,
+                      defaults_shown: tuple[str, str] | None = None):
+    """The training run's options, shared by finetune and distill (whose defaults differ; None: decided later, as
+    `defaults_shown` says)."""
+    shown_epochs, shown_rate = defaults_shown or (True, True)
     options = [
         click.option("--eval-file", type=click.Path(path_type=Path), help="Held-out data; else a stratified split."),
-        click.option("--epochs", default=epochs, show_default=True),
+        click.option("--epochs", default=epochs, type=float, show_default=shown_epochs),
         click.option("--batch-size", default=defaults.BATCH_SIZE, show_default=True),
-        click.option("--learning-rate", default=learning_rate, show_default=True),
+        click.option("--learning-rate", default=learning_rate, type=float, show_default=shown_rate),
         click.option("--weight-decay", default=defaults.WEIGHT_DECAY, show_default=True),
         click.option("--warmup-ratio", default=defaults.WARMUP_RATIO, show_default=True),
         click.option("--freeze-embeddings", is_flag=True,
@@ -167,6 +170,11 @@ def _names(value: str | None) -> list[str] | None:
                    "numbered I,J,.. (from 0), with their weights, the embeddings and the head.")
 @click.option("--student", help="Or train this smaller checkpoint (Hugging Face id or directory) on the teacher's "
                                 "targets, with its own tokenizer.")
+@click.option("--static", is_flag=True,
+              help="Or a student with no transformer: a vector per token from the teacher's encoder (model2vec), "
+                   "their mean, a small head. Far faster, at a cost in accuracy the guard measures.")
+@click.option("--static-dims", default=defaults.STATIC_DIMS, show_default=True,
+              help="--static: dimensions of the token vectors (PCA of the teacher's).")
 @click.option("--train-file", type=click.Path(path_type=Path), help="Labelled data (default: the teacher's).")
 @click.option("--unlabeled-file", type=click.Path(path_type=Path),
               help="In-domain texts without labels (CSV/TSV/JSONL text column, or one per line), which the teacher "
@@ -178,9 +186,11 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--max-accuracy-drop", default=defaults.MAX_ACCURACY_DROP, show_default=True,
               help="Points of accuracy (micro-F1 for a multi-label teacher) the student may lose against its "
                    "teacher on the eval data and still be saved.")
-@_training_options(epochs=defaults.DISTILL_EPOCHS, learning_rate=defaults.DISTILL_LEARNING_RATE)
-def distill(teacher_dir: Path, output_dir: Path, layers: int | list[int] | None, student: str | None,
-            train_file: Path | None, unlabeled_file: Path | None, temperature: float, alpha: float,
+@_training_options(epochs=None, learning_rate=None,
+                   defaults_shown=(f"{defaults.DISTILL_EPOCHS:g}; {defaults.STATIC_EPOCHS:g} with --static",
+                                   f"{defaults.DISTILL_LEARNING_RATE:g}; {defaults.STATIC_LEARNING_RATE:g} with --static"))
+def distill(teacher_dir: Path, output_dir: Path, layers: int | list[int] | None, student: str | None, static: bool,
+            static_dims: int, train_file: Path | None, unlabeled_file: Path | None, temperature: float, alpha: float,
             max_accuracy_drop: float, as_json: bool,
             **training: object) -> None:
     """Train a smaller student of a fine-tuned model on its soft targets."""
@@ -188,8 +198,9 @@ def distill(teacher_dir: Path, output_dir: Path, layers: int | list[int] | None,
     from bertdeploy.build.distill import distill as run
 
     with user_errors():
-        result = run(DistillOptions(teacher_dir, output_dir, layers, student, train_file, unlabeled_file, temperature,
-                                    alpha, max_accuracy_drop, {k: v for k, v in training.items() if v is not None}))
+        result = run(DistillOptions(teacher_dir, output_dir, layers, student, static, static_dims, train_file,
+                                    unlabeled_file, temperature, alpha, max_accuracy_drop,
+                                    {k: v for k, v in training.items() if v is not None}))
     if _rank() == 0:
         click.echo(render.to_json(result) if as_json else render.distill(result))
 

@@ -31,7 +31,16 @@ from bertdeploy.build.pretrained import freeze, load_classifier, load_model
 from bertdeploy.build.reference import TorchModel, pytorch_logits
 from bertdeploy.build.train import MODEL_KIND, FinetuneOptions, FinetuneResult, Recipe, finetune
 from bertdeploy.data import Examples, file_format, load_texts
-from bertdeploy.defaults import ALPHA, DISTILL_EPOCHS, DISTILL_LEARNING_RATE, MAX_ACCURACY_DROP, TEMPERATURE
+from bertdeploy.defaults import (
+    ALPHA,
+    DISTILL_EPOCHS,
+    DISTILL_LEARNING_RATE,
+    MAX_ACCURACY_DROP,
+    STATIC_DIMS,
+    STATIC_EPOCHS,
+    STATIC_LEARNING_RATE,
+    TEMPERATURE,
+)
 from bertdeploy.errors import BertdeployError, ModelError, check_options, require_training
 from bertdeploy.host import usable_cpus
 from bertdeploy.labels import LabelScheme
@@ -50,7 +59,9 @@ class DistillOptions:
     teacher_dir: str | Path
     output_dir: str | Path
     layers: int | list[int] | None = None  # keep this many of the teacher's encoder layers, or these (0-based)...
-    student: str | None = None  # ...or train this checkpoint (Hub id or path)
+    student: str | None = None  # ...or train this checkpoint (Hub id or path)...
+    static: bool = False  # ...or a static student: token vectors from the teacher's encoder (static.py), a head
+    static_dims: int = STATIC_DIMS
     train_file: str | Path | None = None  # default: the teacher's training file
     unlabeled_file: str | Path | None = None  # texts the teacher labels with soft targets
     temperature: float = TEMPERATURE
@@ -62,7 +73,9 @@ class DistillOptions:
         if self.layers is not None and not isinstance(self.layers, int):
             self.layers = [int(i) for i in self.layers]
         check_options([
-            ((self.layers is None) != (self.student is None), "give --layers N or --student MODEL (one of them)"),
+            ((self.layers is not None) + (self.student is not None) + self.static == 1,
+             "give --layers N, --student MODEL or --static (one of them)"),
+            (self.static_dims >= 2, "--static-dims must be at least 2"),
             (self.layers is None or (self.layers >= 1 if isinstance(self.layers, int) else
                                      len(self.layers) >= 1 and min(self.layers) >= 0),
              "--layers must be at least 1, or a list of layer numbers from 0"),
@@ -70,7 +83,9 @@ class DistillOptions:
             (0 <= self.alpha <= 1, "--alpha must be between 0 and 1"),
             (0 <= self.max_accuracy_drop <= 100, "max_accuracy_drop is in points, between 0 and 100"),
         ])
-        self.training = {"epochs": DISTILL_EPOCHS, "learning_rate": DISTILL_LEARNING_RATE, **self.training}
+        defaults = ({"epochs": STATIC_EPOCHS, "learning_rate": STATIC_LEARNING_RATE} if self.static else
+                    {"epochs": DISTILL_EPOCHS, "learning_rate": DISTILL_LEARNING_RATE})
+        self.training = {**defaults, **self.training}
 
 
 @dataclass
@@ -161,7 +176,7 @@ def _finetune_options(options: DistillOptions, manifest: dict, teacher_dir: Path
                 **labels, "max_length": manifest["max_length"],
                 "drop_empty": manifest.get("training", {}).get("drop_empty", False),
                 **options.training, **held_out}  # the teacher's split keeps its seed
-    model = str(teacher_dir) if options.layers is not None else options.student
+    model = options.student if options.student is not None else str(teacher_dir)
     return FinetuneOptions(model=model, train_file=train_file, output_dir=options.output_dir, **training)
 
 
@@ -185,6 +200,7 @@ class Distillation(Recipe):
         self.options, self.teacher_dir, self.manifest, self.unlabeled = options, teacher_dir, manifest, unlabeled
         self.scheme = LabelScheme.from_manifest(manifest)  # the teacher's, with its thresholds
         self.kept: list[int] | None = None
+        self.vectors: dict | None = None  # a static student's: where its token vectors came from
         self.parameters: dict[str, int] = {}
         self.figures: dict[str, dict] = {}
         self.teacher_eval: np.ndarray | None = None
@@ -193,6 +209,7 @@ class Distillation(Recipe):
     def fingerprint(self) -> dict:
         o = self.options
         return {"teacher": str(self.teacher_dir), "layers": o.layers, "student": o.student,
+                "static": o.static_dims if o.static else None,
                 "temperature": o.temperature, "alpha": o.alpha,
                 "unlabeled_sha256": sha256_file(o.unlabeled_file) if o.unlabeled_file else None}
 
@@ -205,6 +222,13 @@ class Distillation(Recipe):
         if self.options.student is not None:  # a classifier already gets a fresh head for the teacher's labels
             tokenizer, student = load_model(self.options.student, labels, seed=options.seed,
                                             problem_type=scheme.problem_type, allow_pickle=options.allow_pickle)
+        elif self.options.static:
+            from bertdeploy.build import static
+
+            set_seed(options.seed)
+            tokenizer = self.teacher_tokenizer
+            student, self.vectors = static.student(teacher, tokenizer, self.options.static_dims, {
+                key: getattr(teacher.config, key) for key in ("id2label", "label2id", "problem_type", "pad_token_id")})
         else:
             set_seed(options.seed)
             student = load_classifier(self.teacher_dir, options.allow_pickle)
@@ -252,14 +276,17 @@ class Distillation(Recipe):
         drop = self.scheme.drop(teacher, result.figures, self.options.max_accuracy_drop)
         self.figures = {"teacher": teacher,
                         "student": {**result.figures, "agreement": agreement, self.scheme.drop_key: drop.lost}}
+        o = self.options
         if not drop.within:
             raise BertdeployError(
                 f"{drop.reason('its teacher', len(truth), subject='the student')}; nothing was written. "
-                "Keep more layers, train longer (--epochs), or add unlabelled texts (--unlabeled-file)")
-        o = self.options
+                + ("A static student averages token vectors and cannot read word order or negation: keep a "
+                   "transformer (--layers) for this task, or train longer (--epochs)" if o.static else
+                   "Keep more layers, train longer (--epochs), or add unlabelled texts (--unlabeled-file)"))
         return {"distillation": {
             "teacher_dir": str(self.teacher_dir), "teacher_checkpoint": self.manifest.get("source_model"),
-            "layers_kept": self.kept, "student_checkpoint": o.student, "temperature": o.temperature,
+            "layers_kept": self.kept, "student_checkpoint": o.student, "static": self.vectors,
+            "temperature": o.temperature,
             "alpha": o.alpha, "parameters": self.parameters,
             "unlabeled_file": None if o.unlabeled_file is None else {
                 "path": str(Path(o.unlabeled_file).absolute()), "sha256": sha256_file(o.unlabeled_file),

@@ -159,6 +159,12 @@ def export(options: ExportOptions) -> ExportResult:
     check_output_dir(options.output_dir, options.overwrite)
     source = read_model_dir(options.model_dir)
     check_safetensors(source.path, options.allow_pickle)  # Optimum's export loads it too, as it finds it
+    from bertdeploy.build import static
+
+    graph_of = static.export_onnx if static.is_static(source.path) else functools.partial(export_fp32, options=options)
+    if options.optimize and static.is_static(source.path):
+        raise BertdeployError(f"--optimize {options.optimize}: {source.path} is a static student, with no transformer "
+                              "layers to fuse; export it without --optimize")
     check_device(options.device)
     kinds = list(options.quantize)  # the quantized variants to build
     if options.openvino or "int8-ov" in kinds:  # name a missing extra before any work
@@ -189,7 +195,7 @@ def export(options: ExportOptions) -> ExportResult:
         exported, trimmed, vocabulary = source, None, None
         if options.trim_vocabulary:
             exported, trimmed, vocabulary = _trim(source, options, scored, work / "trimmed")
-        export_fp32(exported.path, work, options)
+        graph_of(exported.path, work / "model.onnx")
         fp32 = out / _file_name("fp32")
         shutil.copyfile(work / "model.onnx", fp32)
         tokenizer = write_tokenizer(exported, out / "tokenizer.json")
@@ -290,9 +296,12 @@ def _judge_trim(judge: Judge, logits: np.ndarray, vocabulary: dict) -> dict:
     return figures
 
 
-def export_fp32(model_dir: Path, work: Path, options: ExportOptions) -> None:
-    """Optimum's ONNX export of `model_dir` into `work` (model.onnx), without Optimum's warn-only validation."""
+def export_fp32(model_dir: Path, destination: Path, options: ExportOptions) -> None:
+    """Optimum's ONNX export of `model_dir` into `destination` (its folder's model.onnx), without Optimum's warn-only
+    validation."""
     from optimum.exporters.onnx import main_export
+
+    work = destination.parent
 
     logger.info("exporting %s to ONNX", model_dir)
     transformers_logger = logging.getLogger("transformers")

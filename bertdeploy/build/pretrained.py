@@ -41,6 +41,8 @@ def load_classifier(source: str | Path, allow_pickle: bool = False, **kwargs):
     check_safetensors(source, allow_pickle)
     from transformers import AutoModelForSequenceClassification
 
+    import bertdeploy.build.static  # noqa: F401  (registers the static student's model type)
+
     try:
         return AutoModelForSequenceClassification.from_pretrained(
             source, use_safetensors=None if allow_pickle else True, **kwargs)

@@ -124,12 +124,15 @@ def trim(model_dir: Path, texts: list[str], pairs: list[str] | None, destination
     backend = type(tokenizer.backend_tokenizer).from_str(json.dumps(state))
 
     model = load_classifier(model_dir, allow_pickle)
-    old = model.get_input_embeddings()
-    pad = new_id.get(model.config.pad_token_id) if model.config.pad_token_id is not None else None
-    embedding = torch.nn.Embedding(len(kept), old.embedding_dim, padding_idx=pad)
-    embedding.weight.data = old.weight.data[torch.tensor(kept)].clone()
-    model.set_input_embeddings(embedding)
-    model.config.vocab_size = len(kept)
+    if hasattr(model, "keep_tokens"):  # a static student: its vectors and their weights
+        model.keep_tokens(kept)
+    else:
+        old = model.get_input_embeddings()
+        pad = new_id.get(model.config.pad_token_id) if model.config.pad_token_id is not None else None
+        embedding = torch.nn.Embedding(len(kept), old.embedding_dim, padding_idx=pad)
+        embedding.weight.data = old.weight.data[torch.tensor(kept)].clone()
+        model.set_input_embeddings(embedding)
+        model.config.vocab_size = len(kept)
     for name in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id"):
         if getattr(model.config, name, None) is not None:
             setattr(model.config, name, new_id.get(getattr(model.config, name)))

@@ -1,0 +1,134 @@
+"""`bertdeploy distill --static`: a student of the tiny classifier with no transformer (model2vec token vectors from
+the teacher's encoder, their weighted mean, a head), its ONNX graph against PyTorch, export's variants (the INT8
+table, a trimmed vocabulary), predict, a multi-label teacher, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import NO_VETO
+from test_distill import multilabel_teacher  # noqa: F401  (a fixture)
+
+from bertdeploy.cli import cli
+
+pytest.importorskip("torch", reason="the runtime install: no PyTorch to train with")
+pytest.importorskip("model2vec", reason="distill --static needs the static extra")
+
+DIMS = "8"  # the tiny teacher's hidden size is 32
+
+
+def _run(*args: str):
+    return CliRunner().invoke(cli, [*args])
+
+
+@pytest.fixture(scope="module")
+def static_student(tiny_classifier, tmp_path_factory):
+    teacher, train, test = tiny_classifier
+    out = tmp_path_factory.mktemp("static") / "student"
+    done = _run("distill", str(teacher), "--output-dir", str(out), "--static", "--static-dims", DIMS,
+                "--max-accuracy-drop", str(NO_VETO), "--json")
+    assert done.exit_code == 0, done.output
+    return out, json.loads(done.stdout), teacher, test
+
+
+def test_the_static_student_is_recorded_with_its_vectors_origin(static_student):
+    out, result, teacher, _ = static_student
+    manifest = json.loads((out / "manifest.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    tokenizer = json.loads((teacher / "tokenizer.json").read_text())
+    d = manifest["distillation"]
+    assert config["model_type"] == "bertdeploy-static" and config["hidden_size"] == 8
+    assert config["vocab_size"] == len(tokenizer["model"]["vocab"])
+    assert d["static"]["tool"].startswith("model2vec ") and d["static"]["dims"] == 8
+    assert 0 < d["static"]["tokens"] < d["static"]["vocabulary"]  # the special tokens weigh nothing
+    assert d["layers_kept"] is None and result["depth"] == {"teacher": 2, "student": 0}
+    assert d["parameters"]["student"] < d["parameters"]["teacher"]
+    assert manifest["training"]["learning_rate"] == 1e-3 and manifest["training"]["epochs"] == 20
+    assert d["eval"]["student"]["accuracy"] == pytest.approx(manifest["metrics"]["accuracy"])
+
+
+def test_pytorch_and_the_graph_agree_and_special_tokens_weigh_nothing(static_student, tmp_path):
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoTokenizer
+
+    from bertdeploy.build import static
+    from bertdeploy.build.pretrained import load_classifier
+
+    out, *_ = static_student
+    model = load_classifier(out).eval()
+    assert isinstance(model, static.StaticForSequenceClassification)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.token_weights[tokenizer.all_special_ids].sum() == 0
+    static.export_onnx(out, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    texts = ["很好", "太差了，不喜欢", "", "好好好好好好好好好好好好好好"]
+    batch = tokenizer(texts, padding=True, return_tensors="np")
+    onnx_logits = session.run(None, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})[0]
+    with torch.no_grad():
+        torch_logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.numpy()
+    np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-5)
+    # padding and the [CLS]/[SEP] around a text change nothing: a text alone equals the text in a padded batch
+    alone = session.run(None, {k: v[:1, :int(batch["attention_mask"][0].sum())] for k, v in
+                               {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}.items()})
+    np.testing.assert_allclose(alone[0][0], onnx_logits[0], atol=1e-5)
+
+
+def test_export_ships_fp32_and_an_int8_table_that_predict_serves(static_student, tmp_path):
+    out, _, _, test = static_student
+    exported = _run("export", str(out), "--output-dir", str(tmp_path / "onnx"), "--quantize", "int8", "--no-openvino",
+                    "--max-accuracy-drop", str(NO_VETO))
+    assert exported.exit_code == 0, exported.output
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert set(manifest["variants"]) == {"fp32", "int8"} and manifest["inputs"] == ["input_ids", "attention_mask"]
+    assert manifest["variants"]["int8"]["size_bytes"] < manifest["variants"]["fp32"]["size_bytes"]
+    predicted = _run("predict", str(tmp_path / "onnx"), str(test), "-o", str(tmp_path / "p.csv"), "--variant", "fp32")
+    assert predicted.exit_code == 0, predicted.output
+    student = json.loads((out / "manifest.json").read_text())
+    assert f"accuracy {student['metrics']['accuracy']:.4f}" in predicted.stdout
+
+
+def test_a_static_students_vocabulary_can_be_trimmed(static_student, tmp_path):
+    out, *_ = static_student
+    exported = _run("export", str(out), "--output-dir", str(tmp_path / "onnx"), "--quantize", "none",
+                    "--no-openvino", "--trim-vocabulary", "--max-accuracy-drop", str(NO_VETO))
+    assert exported.exit_code == 0, exported.output
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert manifest["vocabulary"]["kept"] <= manifest["vocabulary"]["original"]
+
+
+def test_a_multilabel_teachers_static_student_is_judged_by_micro_f1(multilabel_teacher, tmp_path):  # noqa: F811
+    done = _run("distill", str(multilabel_teacher), "--output-dir", str(tmp_path / "s"), "--static", "--static-dims",
+                DIMS, "--epochs", "3", "--max-accuracy-drop", str(NO_VETO), "--json")
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.stdout)
+    assert result["metric"] == "micro_f1" and "micro_f1_drop" in result["figures"]["student"]
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    exported = _run("export", str(tmp_path / "s"), "--output-dir", str(tmp_path / "onnx"), "--quantize", "none",
+                    "--no-openvino", "--max-accuracy-drop", str(NO_VETO))
+    assert exported.exit_code == 0, exported.output
+    assert json.loads((tmp_path / "onnx" / "manifest.json").read_text())["evaluation"]["metric"] == "micro_f1"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--static", "--layers", "1"], "give --layers N, --student MODEL or --static (one of them)"),
+    (["--static", "--static-dims", "64"], "--static-dims 64: the teacher's vectors have 32 dimensions"),
+    (["--static", "--static-dims", "1"], "--static-dims must be at least 2"),
+])
+def test_bad_static_options_are_one_line_and_write_nothing(tiny_classifier, tmp_path, args, message):
+    teacher, *_ = tiny_classifier
+    done = _run("distill", str(teacher), "--output-dir", str(tmp_path / "s"), *args)
+    assert done.exit_code == 2 and message in done.output, done.output
+    assert "Traceback" not in done.output and not (tmp_path / "s").exists()
+
+
+def test_optimizing_a_static_student_is_refused(static_student, tmp_path):
+    out, *_ = static_student
+    done = _run("export", str(out), "--output-dir", str(tmp_path / "onnx"), "--optimize", "O2")
+    assert done.exit_code == 2 and "static student, with no transformer layers to fuse" in done.output
+    assert not (tmp_path / "onnx").exists()
