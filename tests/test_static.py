@@ -44,6 +44,7 @@ def test_the_static_student_is_recorded_with_its_vectors_origin(static_student):
     assert config["vocab_size"] == len(tokenizer["model"]["vocab"])
     assert d["static"]["tool"].startswith("model2vec ") and d["static"]["dims"] == 8
     assert 0 < d["static"]["tokens"] < d["static"]["vocabulary"]  # the special tokens weigh nothing
+    assert d["static"]["trimmed"] is None  # a vocabulary as small as a BERT's is kept whole
     assert d["layers_kept"] is None and result["depth"] == {"teacher": 2, "student": 0}
     assert d["parameters"]["student"] < d["parameters"]["teacher"]
     assert manifest["training"]["learning_rate"] == 1e-3 and manifest["training"]["epochs"] == 20
@@ -132,3 +133,23 @@ def test_optimizing_a_static_student_is_refused(static_student, tmp_path):
     done = _run("export", str(out), "--output-dir", str(tmp_path / "onnx"), "--optimize", "O2")
     assert done.exit_code == 2 and "static student, with no transformer layers to fuse" in done.output
     assert not (tmp_path / "onnx").exists()
+
+
+def test_a_large_vocabulary_is_cut_to_the_training_texts_tokens(tiny_classifier, tmp_path, monkeypatch):
+    from bertdeploy.build import static
+
+    teacher, _, test = tiny_classifier
+    monkeypatch.setattr(static, "MAX_VOCABULARY", 20)  # the tiny vocabulary stands in for a multilingual one
+    done = _run("distill", str(teacher), "--output-dir", str(tmp_path / "s"), "--static", "--static-dims", DIMS,
+                "--epochs", "2", "--max-accuracy-drop", str(NO_VETO))
+    assert done.exit_code == 0, done.output
+    vectors = json.loads((tmp_path / "s" / "manifest.json").read_text())["distillation"]["static"]
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    vocabulary = json.loads((tmp_path / "s" / "tokenizer.json").read_text())["model"]["vocab"]
+    # (the tiny vocabulary is single characters: all of them stay; test_trim.py shows what trimming drops)
+    assert vectors["trimmed"]["kept"] == config["vocab_size"] == len(vocabulary) <= vectors["trimmed"]["original"]
+    exported = _run("export", str(tmp_path / "s"), "--output-dir", str(tmp_path / "onnx"), "--quantize", "none",
+                    "--no-openvino", "--max-accuracy-drop", str(NO_VETO))
+    assert exported.exit_code == 0, exported.output
+    predicted = _run("predict", str(tmp_path / "onnx"), str(test), "-o", str(tmp_path / "p.csv"))
+    assert predicted.exit_code == 0, predicted.output

@@ -213,7 +213,7 @@ class Distillation(Recipe):
                 "temperature": o.temperature, "alpha": o.alpha,
                 "unlabeled_sha256": sha256_file(o.unlabeled_file) if o.unlabeled_file else None}
 
-    def load(self, options: FinetuneOptions, labels: list[str], scheme: LabelScheme):
+    def load(self, options: FinetuneOptions, labels: list[str], scheme: LabelScheme, rows: Examples):
         from transformers import AutoTokenizer, set_seed
 
         teacher = load_classifier(self.teacher_dir, options.allow_pickle)
@@ -226,9 +226,10 @@ class Distillation(Recipe):
             from bertdeploy.build import static
 
             set_seed(options.seed)
-            tokenizer = self.teacher_tokenizer
-            student, self.vectors = static.student(teacher, tokenizer, self.options.static_dims, {
-                key: getattr(teacher.config, key) for key in ("id2label", "label2id", "problem_type", "pad_token_id")})
+            student, tokenizer, self.vectors = static.student(
+                self.teacher_dir, teacher, self.teacher_tokenizer, self.options.static_dims, rows,
+                {key: getattr(teacher.config, key) for key in ("id2label", "label2id", "problem_type")},
+                options.allow_pickle)
         else:
             set_seed(options.seed)
             student = load_classifier(self.teacher_dir, options.allow_pickle)

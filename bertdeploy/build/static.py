@@ -13,6 +13,7 @@ normalization, head) for the variants and the torch-free runtime.
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from bertdeploy.data import Examples
 from bertdeploy.errors import BertdeployError, import_extra
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,9 @@ MODEL_TYPE = "bertdeploy-static"
 HEAD_SIZE = 512  # model2vec's classifier head: one hidden layer of 512
 OPSET = 17
 EPSILON = 1e-12
+# Above this many tokens (a multilingual vocabulary: XLM-R and e5 have 250,000) the student keeps only those of its
+# training texts and every single character; a BERT's 30,000 are kept whole
+MAX_VOCABULARY = 60_000
 
 
 class StaticConfig(PretrainedConfig):
@@ -106,15 +111,32 @@ def is_static(model_dir: str | Path) -> bool:
     return config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("model_type") == MODEL_TYPE
 
 
-def student(teacher, tokenizer, dims: int, config_fields: dict) -> tuple[StaticForSequenceClassification, dict]:
-    """A static student of `teacher` (a loaded classifier) over `tokenizer`'s vocabulary, its vectors from model2vec,
-    its head fresh; and what the manifest says of its vectors."""
-    vectors, weights, origin = token_vectors(teacher, tokenizer, dims)
-    config = StaticConfig(vocab_size=len(vectors), hidden_size=dims, **config_fields)
+def student(teacher_dir: Path, teacher, tokenizer, dims: int, rows: Examples, config_fields: dict,
+            allow_pickle: bool = False) -> tuple[StaticForSequenceClassification, object, dict]:
+    """A static student of `teacher` (the classifier loaded from `teacher_dir`), its vectors from model2vec, its head
+    fresh; its tokenizer; and what the manifest says of its vectors. Over `tokenizer`'s vocabulary, or for one of
+    over MAX_VOCABULARY tokens (a multilingual model's: most never read) over the tokens of the training `rows`, the
+    special tokens and every single character (vocabulary.trim), which keeps the table, its training and its
+    model2vec pass small."""
+    trimmed = None
+    with tempfile.TemporaryDirectory(prefix="bertdeploy-static-") as work:
+        if len(tokenizer) > MAX_VOCABULARY:
+            from transformers import AutoTokenizer
+
+            from bertdeploy.build.pretrained import load_classifier
+            from bertdeploy.build.vocabulary import trim
+
+            trimmed = trim(Path(teacher_dir), rows.texts, rows.pairs, Path(work), allow_pickle)
+            logger.info("the static student reads %d of the teacher's %d tokens: those of the %d training texts, the "
+                        "special tokens and every single character", trimmed.kept, trimmed.original, trimmed.texts)
+            teacher, tokenizer = load_classifier(work), AutoTokenizer.from_pretrained(work)
+        vectors, weights, origin = token_vectors(teacher, tokenizer, dims)
+    config = StaticConfig(vocab_size=len(vectors), hidden_size=dims, pad_token_id=tokenizer.pad_token_id,
+                          **config_fields)
     model = StaticForSequenceClassification(config)
     model.embeddings.weight.data = torch.from_numpy(vectors)
     model.token_weights = torch.from_numpy(weights)
-    return model, origin
+    return model, tokenizer, {**origin, "trimmed": None if trimmed is None else trimmed.fields()}
 
 
 def token_vectors(teacher, tokenizer, dims: int) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -174,8 +174,8 @@ class Recipe:
         """Settings of this recipe that an interrupted run must share with its --resume."""
         return {}
 
-    def load(self, options: FinetuneOptions, labels: list[str], scheme: LabelScheme):
-        """The tokenizer and the model to train."""
+    def load(self, options: FinetuneOptions, labels: list[str], scheme: LabelScheme, rows: Examples):
+        """The tokenizer and the model to train on `rows` (train_examples')."""
         return load_model(options.model, labels, options.freeze_encoder, seed=options.seed,
                           problem_type=scheme.problem_type, allow_pickle=options.allow_pickle,
                           freeze_embeddings=options.freeze_embeddings)
@@ -211,7 +211,8 @@ def finetune(options: FinetuneOptions, recipe: Recipe | None = None) -> Finetune
     fingerprint = {**run_fingerprint(asdict(options), data_info), **recipe.fingerprint()}
     if checkpoint is not None:
         check_same_run(work_dir, fingerprint)
-    tokenizer, model = recipe.load(options, labels, scheme)
+    rows = recipe.train_examples(train)
+    tokenizer, model = recipe.load(options, labels, scheme, rows)
 
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
@@ -220,7 +221,6 @@ def finetune(options: FinetuneOptions, recipe: Recipe | None = None) -> Finetune
     with args.main_process_first(local=False, desc="preparing the work directory"):
         if args.process_index == 0 and checkpoint is None:
             start_work_dir(work_dir, fingerprint)
-    rows = recipe.train_examples(train)
     train_set, truncated = encode_rows(tokenizer, rows, recipe.targets(rows, scheme, "train"), options.max_length)
     eval_set, _ = encode_rows(tokenizer, evaluation, recipe.targets(evaluation, scheme, "eval"), options.max_length)
     if truncated:
