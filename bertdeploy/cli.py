@@ -186,9 +186,9 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--max-accuracy-drop", default=defaults.MAX_ACCURACY_DROP, show_default=True,
               help="Points of accuracy (micro-F1 for a multi-label teacher) the student may lose against its "
                    "teacher on the eval data and still be saved.")
-@_training_options(epochs=None, learning_rate=None,
-                   defaults_shown=(f"{defaults.DISTILL_EPOCHS:g}; {defaults.STATIC_EPOCHS:g} with --static",
-                                   f"{defaults.DISTILL_LEARNING_RATE:g}; {defaults.STATIC_LEARNING_RATE:g} with --static"))
+@_training_options(epochs=None, learning_rate=None, defaults_shown=(
+    f"{defaults.DISTILL_EPOCHS:g}; {defaults.STATIC_EPOCHS:g} with --static",
+    f"{defaults.DISTILL_LEARNING_RATE:g}; {defaults.STATIC_LEARNING_RATE:g} with --static"))
 def distill(teacher_dir: Path, output_dir: Path, layers: int | list[int] | None, student: str | None, static: bool,
             static_dims: int, train_file: Path | None, unlabeled_file: Path | None, temperature: float, alpha: float,
             max_accuracy_drop: float, as_json: bool,

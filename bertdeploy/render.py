@@ -94,7 +94,11 @@ def distill(result: DistillResult) -> str:
                      f"{figures[metric]:>9.4f} {figures['macro_f1']:>9.4f} {agreement} "
                      f"{latency['batch_1']:>7.1f}ms {latency['batch_8']:>7.1f}ms")
     speed, student = result.speedups(), result.student
-    kept = f"the teacher's layers {', '.join(map(str, result.layers))}" if result.layers else "its own layers"
+    if result.static:
+        kept = (f"static: {result.static['tokens']:,} token vectors of {result.static['dims']} dimensions from "
+                f"{result.static['tool']}, no transformer")
+    else:
+        kept = f"the teacher's layers {', '.join(map(str, result.layers))}" if result.layers else "its own layers"
     lines += ["", f"student ({kept}): {figures_line(student.figures)}, "
                   f"{0.0 - result.figures['student'][result.drop_key]:+.2f} points against the teacher (epoch "
                   f"{student.best_epoch:g})",

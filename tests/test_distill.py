@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from safetensors.numpy import load_file
 from conftest import NO_VETO, make_multilabel_rows, make_rows, write_csv
+from safetensors.numpy import load_file
 from test_train import _wait_for, _written
 
 from bertdeploy.cli import cli

@@ -56,15 +56,15 @@ def test_pytorch_and_the_graph_agree_and_special_tokens_weigh_nothing(static_stu
     import torch
     from transformers import AutoTokenizer
 
-    from bertdeploy.build import static
+    from bertdeploy.build import staticmodel
     from bertdeploy.build.pretrained import load_classifier
 
     out, *_ = static_student
     model = load_classifier(out).eval()
-    assert isinstance(model, static.StaticForSequenceClassification)
+    assert isinstance(model, staticmodel.StaticForSequenceClassification)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert model.token_weights[tokenizer.all_special_ids].sum() == 0
-    static.export_onnx(out, tmp_path / "model.onnx")
+    staticmodel.export_onnx(out, tmp_path / "model.onnx")
     session = ort.InferenceSession(str(tmp_path / "model.onnx"))
     assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
     texts = ["很好", "太差了，不喜欢", "", "好好好好好好好好好好好好好好"]

@@ -101,6 +101,7 @@ class DistillResult:
     latency_ms: dict[str, dict[str, float]]  # teacher, student: PyTorch fp32 p50 at batch_1 and batch_8
     unlabeled_texts: int
     metric: str = "accuracy"  # the figure the student is judged by: accuracy, or micro_f1 for multi-label models
+    static: dict | None = None  # a static student: where its token vectors came from (static.token_vectors)
 
     @property
     def drop_key(self) -> str:
@@ -125,7 +126,8 @@ def distill(options: DistillOptions) -> DistillResult:
     output = Path(finetune_options.output_dir)
     timings = _latency(teacher_dir, output, recipe.eval_texts, finetune_options.allow_pickle)
     return DistillResult(student, teacher_dir, recipe.kept, {"teacher": depth, "student": _depth(output)},
-                         recipe.parameters, recipe.figures, timings, len(unlabeled), recipe.scheme.metric)
+                         recipe.parameters, recipe.figures, timings, len(unlabeled), recipe.scheme.metric,
+                         recipe.vectors)
 
 
 def _check_layers(layers: int | list[int] | None, depth: int) -> None:

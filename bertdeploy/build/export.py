@@ -159,10 +159,11 @@ def export(options: ExportOptions) -> ExportResult:
     check_output_dir(options.output_dir, options.overwrite)
     source = read_model_dir(options.model_dir)
     check_safetensors(source.path, options.allow_pickle)  # Optimum's export loads it too, as it finds it
-    from bertdeploy.build import static
+    from bertdeploy.build import staticmodel
 
-    graph_of = static.export_onnx if static.is_static(source.path) else functools.partial(export_fp32, options=options)
-    if options.optimize and static.is_static(source.path):
+    static = staticmodel.is_static(source.path)
+    graph_of = staticmodel.export_onnx if static else functools.partial(export_fp32, options=options)
+    if options.optimize and static:
         raise BertdeployError(f"--optimize {options.optimize}: {source.path} is a static student, with no transformer "
                               "layers to fuse; export it without --optimize")
     check_device(options.device)
