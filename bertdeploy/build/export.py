@@ -276,8 +276,8 @@ def _trim(source: ModelSource, options: ExportOptions, scored: Examples,
     PyTorch logits on the scoring texts, and the manifest's `vocabulary` section."""
     texts, pairs, where = trimming_texts(source, options.trim_texts)
     result = trim(source.path, texts, pairs, destination, options.allow_pickle)
-    logger.info("vocabulary trimmed to %d of %d tokens: the %d of %d texts (%s), the special tokens and every single "
-                "character", result.kept, result.original, result.seen, result.texts, where)
+    logger.info("vocabulary trimmed to %d of %d tokens: the %d that the %d texts of %s use, the special tokens and "
+                "every single character", result.kept, result.original, result.seen, result.texts, where)
     trimmed = replace(source, path=destination)
     return trimmed, reference_logits(trimmed, scored, options.device), {**result.fields(), "texts_from": where}
 
