@@ -207,3 +207,15 @@ def test_a_trim_that_loses_accuracy_is_refused_and_nothing_is_written(word_class
     with pytest.raises(BertdeployError, match=r"--trim-vocabulary: the model with \d+ of \d+ tokens loses"):
         _export(model, tmp_path / "onnx", trim_texts=[fillers])  # the sentiment words become characters
     assert not (tmp_path / "onnx").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["fillers.csv"]
+
+
+def test_bench_runs_pytorch_on_a_trimmed_exports_inputs_as_the_trimmed_model(word_classifier, tmp_path):
+    # the feeds hold the trimmed tokenizer's ids; the untrimmed PyTorch model reads them through their tokens
+    from bertdeploy.bench.run import BenchOptions, bench
+
+    model, test = word_classifier
+    _export(model, tmp_path / "onnx")
+    result = bench(BenchOptions(tmp_path / "onnx", eval_file=test, batch_sizes=[2], seq_lengths=[16], runs=2,
+                                warmup=1, record=False))
+    reports = {r.name: r for r in result.engines}
+    assert reports["fp32"].agreement == 1.0 and reports["fp32"].accuracy == reports["pytorch"].accuracy >= 0.9

@@ -33,10 +33,11 @@ class Engine:
     precision: str | None = None  # OpenVINO's inference precision: the one the manifest records for the variant
     verify: bool = VERIFY  # auto: the predictor checks its files against the manifest's sha256
     allow_pickle: bool = False  # pytorch: load weights that are pickled only (pytorch_model.bin)
+    ids_from: str | None = None  # pytorch: the trimmed tokenizer.json the feeds were made with (TorchModel)
 
     def load(self):
         if self.backend == PYTORCH:
-            return TorchModel(self.path, self.kind, self.device, self.threads, self.allow_pickle)
+            return TorchModel(self.path, self.kind, self.device, self.threads, self.allow_pickle, self.ids_from)
         if self.backend == AUTO:
             return AutoModel(self)
         if self.backend == "openvino":

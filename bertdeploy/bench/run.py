@@ -243,12 +243,14 @@ def pick_engines(options: BenchOptions, manifest: dict) -> list[Engine]:
         wanted = [n for n in wanted if n not in skipped]
         if device == "cpu" and "auto" in manifest:
             wanted.append(AUTO)
-    pickle = options.allow_pickle
-    engines = [Engine(PYTORCH, "pytorch", str(model), "fp32", device, threads, allow_pickle=pickle)]
+    # PyTorch reads the feeds of a trimmed export's tokenizer through their tokens (reference.TorchModel)
+    pytorch = {"allow_pickle": options.allow_pickle,
+               "ids_from": str(tokenizer.path) if manifest.get("vocabulary", {}).get("trimmed") else None}
+    engines = [Engine(PYTORCH, "pytorch", str(model), "fp32", device, threads, **pytorch)]
     if computes_bf16(device):  # one line of autocast: the fastest PyTorch a user gets on such hardware
-        engines.append(Engine(PYTORCH_BF16, "pytorch", str(model), "bf16", device, threads, allow_pickle=pickle))
+        engines.append(Engine(PYTORCH_BF16, "pytorch", str(model), "bf16", device, threads, **pytorch))
     if device == "cuda":
-        engines.append(Engine(f"{PYTORCH}-fp16", "pytorch", str(model), "fp16", device, threads, allow_pickle=pickle))
+        engines.append(Engine(f"{PYTORCH}-fp16", "pytorch", str(model), "fp16", device, threads, **pytorch))
     for name in wanted:
         if name == AUTO:
             engines.append(Engine(AUTO, "auto", str(directory), "auto", device, threads, verify=options.verify))

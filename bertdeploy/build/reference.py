@@ -5,9 +5,11 @@ bf16 autocast, fp16 on CUDA) and its logits over many texts. Needs torch and tra
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 
+from bertdeploy.errors import BertdeployError
 from bertdeploy.host import cpu_flags
 
 PYTORCH = "pytorch"
@@ -32,13 +34,16 @@ class TorchModel:
     adding one line gets); `fp16` with the weights in fp16 (CUDA)."""
 
     def __init__(self, path: str, kind: str = "fp32", device: str = "cpu", threads: int = 1,
-                 allow_pickle: bool = False) -> None:
+                 allow_pickle: bool = False, ids_from: str | None = None) -> None:
         import torch
 
         from bertdeploy.build.pretrained import load_classifier
 
         self.torch = torch
         torch.set_num_threads(threads)
+        # feeds tokenized by `ids_from` (a trimmed export's tokenizer.json: some of this model's tokens, numbered
+        # anew) are read through their tokens' ids here: the model then computes what the trimmed one does
+        self.ids = None if ids_from is None else token_ids(ids_from, Path(path) / "tokenizer.json")
         model = load_classifier(path, allow_pickle)
         if kind == "fp16":
             model = model.half()
@@ -47,6 +52,8 @@ class TorchModel:
         self.names = ("input_ids", "attention_mask", "token_type_ids")
 
     def prepare(self, feed: dict) -> dict:
+        if self.ids is not None:
+            feed = {**feed, "input_ids": self.ids[feed["input_ids"]]}
         return {k: self.torch.from_numpy(v).to(self.device) for k, v in feed.items() if k in self.names}
 
     def run_prepared(self, prepared: dict):
@@ -59,6 +66,21 @@ class TorchModel:
 
     def run(self, feed: dict) -> np.ndarray:
         return self.run_prepared(self.prepare(feed)).float().cpu().numpy()
+
+
+def token_ids(subset: str | Path, full: str | Path) -> np.ndarray:
+    """Per id of the tokenizer `subset` (a trimmed one), the id of the same token in the tokenizer `full`."""
+    from tokenizers import Tokenizer
+
+    theirs, ours = Tokenizer.from_file(str(subset)).get_vocab(), Tokenizer.from_file(str(full)).get_vocab()
+    missing = [token for token in theirs if token not in ours]
+    if missing:
+        raise BertdeployError(f"{subset}: {len(missing)} of its tokens ({missing[0]!r}, ...) are not in {full}; "
+                              "compare the export with the model it was trimmed from (--pytorch-model)")
+    table = np.zeros(max(theirs.values()) + 1, dtype=np.int64)
+    for token, i in theirs.items():
+        table[i] = ours[token]
+    return table
 
 
 def pytorch_logits(model, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, device: str = "cpu",
