@@ -120,3 +120,24 @@ def test_minilm_distils_into_three_layers(minilm, tmp_path):
     assert result.figures["teacher"]["accuracy"] == pytest.approx(teacher.accuracy)
     assert student["accuracy"] >= MIN_ACCURACY - 0.03 and student["agreement"] >= 0.6
     assert read_manifest(tmp_path / "student")["distillation"]["layers_kept"] == [0, 2, 5]
+
+
+def test_minilm_distils_into_a_static_student(minilm, tmp_path):
+    """The reviews model's static student (model2vec vectors of its 30,522 tokens, 256 dimensions, a head trained on
+    its soft targets; 5 epochs here): it learns from the teacher (agreement well above chance) and the export of it
+    answers as the student does."""
+    from bertdeploy.build.distill import DistillOptions, distill
+
+    folder, teacher = minilm
+    pytest.importorskip("model2vec", reason="needs the static extra")
+    result = distill(DistillOptions(folder / "m", tmp_path / "static", static=True, max_accuracy_drop=100.0,
+                                    training={"epochs": 5}))
+    student = result.figures["student"]
+    print(f"static student: accuracy {student['accuracy']:.4f} (teacher {teacher.accuracy:.4f}), agreement "
+          f"{student['agreement']:.4f}, PyTorch speed-up {result.speedups()}")
+    assert result.static["tokens"] > 25_000 and result.static["dims"] == 256 and result.static["trimmed"] is None
+    assert student["accuracy"] >= MIN_ACCURACY - 0.03 and student["agreement"] >= 0.6
+    exported = export(ExportOptions(tmp_path / "static", tmp_path / "onnx", quantize=["int8"], openvino=False,
+                                    max_accuracy_drop=100.0))
+    fp32 = next(v for v in exported.variants if v.name == "fp32")
+    assert fp32.parity["label_agreement"] == 1.0 and fp32.eval["accuracy"] == pytest.approx(student["accuracy"])
