@@ -153,3 +153,16 @@ def test_a_large_vocabulary_is_cut_to_the_training_texts_tokens(tiny_classifier,
     assert exported.exit_code == 0, exported.output
     predicted = _run("predict", str(tmp_path / "onnx"), str(test), "-o", str(tmp_path / "p.csv"))
     assert predicted.exit_code == 0, predicted.output
+
+
+def test_a_static_student_below_the_bound_is_refused_with_what_to_do(tiny_classifier, tmp_path):
+    from bertdeploy.build.distill import DistillOptions, distill
+    from bertdeploy.errors import BertdeployError
+
+    teacher, *_ = tiny_classifier
+    options = DistillOptions(teacher, tmp_path / "s", static=True, static_dims=8, training={"epochs": 1})
+    options.max_accuracy_drop = -100.5  # past the options' check: a bound no student can hold
+    with pytest.raises(BertdeployError, match=r"nothing was written\. A static student averages token vectors and "
+                                              r"reads no word order .*--layers.*--max-accuracy-drop"):
+        distill(options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

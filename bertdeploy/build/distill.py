@@ -283,8 +283,8 @@ class Distillation(Recipe):
         if not drop.within:
             raise BertdeployError(
                 f"{drop.reason('its teacher', len(truth), subject='the student')}; nothing was written. "
-                + ("A static student averages token vectors and cannot read word order or negation: keep a "
-                   "transformer (--layers) for this task, or train longer (--epochs)" if o.static else
+                + ("A static student averages token vectors and reads no word order (negation, contrast): keep a "
+                   "transformer for this task (--layers), or allow the loss with --max-accuracy-drop" if o.static else
                    "Keep more layers, train longer (--epochs), or add unlabelled texts (--unlabeled-file)"))
         return {"distillation": {
             "teacher_dir": str(self.teacher_dir), "teacher_checkpoint": self.manifest.get("source_model"),
