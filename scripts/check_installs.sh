@@ -11,7 +11,7 @@ python=${PYTHON:-python3}
 pip=("$work/venv/bin/python" -m pip)
 echo "checking the documented installs with a fresh venv's $("${pip[@]}" --version | cut -d' ' -f1-2)" >&2
 failed=()
-for extra in "" serve openvino "train,serve,openvino-int8" demo dev; do
+for extra in "" serve openvino "train,serve,openvino-int8" "train,static" demo dev; do
   spec="$root${extra:+[$extra]}"
   torch=()
   [[ $extra == *train* || $extra == demo || $extra == dev ]] && torch=(torch==2.13.0)
