@@ -148,8 +148,8 @@ def test_a_student_too_far_below_its_teacher_is_refused_and_nothing_is_written(t
 @pytest.mark.parametrize("args, message", [
     (["--layers", "0"], "--layers must be at least 1"),
     (["--layers", "2"], "--layers 2: the teacher has 2 layers; keep fewer"),
-    ([], "give --layers N or --student MODEL"),
-    (["--layers", "1", "--student", "x"], "give --layers N or --student MODEL"),
+    ([], "give --layers N, --student MODEL or --static (one of them)"),
+    (["--layers", "1", "--student", "x"], "give --layers N, --student MODEL or --static (one of them)"),
     (["--layers", "1", "--alpha", "1.5"], "--alpha must be between 0 and 1"),
     (["--layers", "0,2"], "--layers 0,2: the teacher's layers are 0 to 1"),
     (["--layers", "1,0"], "--layers 1,0: that is every layer of the teacher; keep fewer"),
