@@ -98,21 +98,22 @@ def test_val_split_pairs_and_max_train_samples(tiny_model_dir, tmp_path):
     assert manifest["text_pair_column"] == "a"
 
 
+def _weights_before_and_after(model_dir, data, out, **settings) -> tuple[dict, dict]:
+    """The checkpoint's weights, and the fine-tuned model's after one epoch with `settings`."""
+    train, test = data
+    finetune(_options(model_dir, train, out, eval_file=test, epochs=1, **settings))
+    return load_file(model_dir / "model.safetensors"), load_file(out / "model.safetensors")
+
+
 def test_freeze_encoder_trains_only_the_head(tiny_model_dir, tiny_data, tmp_path):
-    train, test = tiny_data
-    finetune(_options(tiny_model_dir, train, tmp_path / "m", eval_file=test, epochs=1, freeze_encoder=True))
-    before = load_file(tiny_model_dir / "model.safetensors")
-    after = load_file(tmp_path / "m" / "model.safetensors")
+    before, after = _weights_before_and_after(tiny_model_dir, tiny_data, tmp_path / "m", freeze_encoder=True)
     name = "bert.encoder.layer.0.attention.self.query.weight"
     np.testing.assert_array_equal(before[name], after[name])
     assert "classifier.weight" in after
 
 
 def test_freeze_embeddings_keeps_the_word_table_and_trains_the_rest(tiny_model_dir, tiny_data, tmp_path):
-    train, test = tiny_data
-    finetune(_options(tiny_model_dir, train, tmp_path / "m", eval_file=test, epochs=1, freeze_embeddings=True))
-    before = load_file(tiny_model_dir / "model.safetensors")
-    after = load_file(tmp_path / "m" / "model.safetensors")
+    before, after = _weights_before_and_after(tiny_model_dir, tiny_data, tmp_path / "m", freeze_embeddings=True)
     words = "bert.embeddings.word_embeddings.weight"
     np.testing.assert_array_equal(before[words], after[words])
     query = "bert.encoder.layer.0.attention.self.query.weight"
