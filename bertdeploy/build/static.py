@@ -58,7 +58,8 @@ def token_vectors(teacher, tokenizer, dims: int) -> tuple[np.ndarray, np.ndarray
     """Per id of `tokenizer`: model2vec's vector of the token from the teacher's encoder (zeros where model2vec drops
     the token), and its weight (0 for special tokens and the tokens model2vec drops, else 1)."""
     model2vec = import_extra("model2vec", "static", "distill --static")
-    from model2vec.distill.distillation import distill_from_model
+    distill_from_model = import_extra("model2vec.distill.distillation", "static", "distill --static",
+                                      "model2vec[distill]").distill_from_model
 
     width = teacher.config.hidden_size
     if dims > width:
@@ -72,7 +73,7 @@ def token_vectors(teacher, tokenizer, dims: int) -> tuple[np.ndarray, np.ndarray
                 len(vocab))
     try:
         distilled = distill_from_model(teacher.base_model, tokenizer, pca_dims=dims, quantize_to="float32",
-                                    device="cpu")
+                                       device="cpu")
     except (ValueError, KeyError, TypeError, NotImplementedError) as e:
         raise BertdeployError(f"model2vec cannot read the teacher's tokenizer or encoder ({type(e).__name__}: {e}); "
                               "use --layers for a smaller transformer instead") from None
