@@ -330,6 +330,8 @@ def _numbers(value: str, name: str) -> list[int]:
                    "into the manifest, for --backend auto.")
 @click.option("--verify/--no-verify", default=defaults.VERIFY, show_default=True,
               help="Refuse a variant or tokenizer file whose sha256 is not the one the manifest records.")
+@click.option("--compare", type=click.Path(path_type=Path), multiple=True,
+              help="Another exported artifact (a student's teacher, say) to time in the same table; repeatable.")
 @_ALLOW_PICKLE
 def bench(variants: str | None, batch_sizes: str, seq_lengths: str, **options: object) -> None:
     """Time PyTorch and every exported variant on the same inputs."""

@@ -258,6 +258,9 @@ def bench(result: BenchResult) -> str:
     if result.eval_file:
         lines.append(f"\n{metric} and natural lengths: {result.eval_texts} texts from {result.eval_file}; "
                      "load s and peak RSS: a fresh process per engine")
+    for directory in result.compared:
+        label = next(e.name for e in engines if e.artifact == directory).rpartition(":")[0]
+        lines.append(f"{label}: {directory} (its engines: the same texts through its own tokenizer)")
     if result.auto:
         lines.append(f"recorded for --backend auto in {Path(result.artifact_dir) / 'manifest.json'}: "
                      f"{auto_routes(result.auto)}")

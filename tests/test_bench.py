@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_rows, pytorch_logits, write_csv
+from conftest import NO_VETO, make_rows, pytorch_logits, write_csv
 
 from bertdeploy.bench.cases import fixed_length_cases, natural_cases
 from bertdeploy.bench.run import BenchOptions, bench
@@ -180,6 +180,105 @@ def test_options_are_checked():
         BenchOptions("x", batch_sizes=[0, 8])
     with pytest.raises(BertdeployError, match="unknown device 'tpu'"):
         BenchOptions("x", device="tpu")
+
+
+@pytest.fixture(scope="module")
+def static_export(tiny_classifier, tmp_path_factory):
+    """A static student of the tiny classifier, exported to fp32 and int8: a graph of input_ids and attention_mask
+    only, where its teacher's export also takes token_type_ids."""
+    pytest.importorskip("model2vec", reason="distill --static needs the static extra")
+    folder = tmp_path_factory.mktemp("static")
+    steps = [["distill", str(tiny_classifier[0]), "--output-dir", str(folder / "student"), "--static",
+              "--static-dims", "8", "--epochs", "2", "--max-accuracy-drop", str(NO_VETO)],
+             ["export", str(folder / "student"), "--output-dir", str(folder / "student-onnx"), "--quantize", "int8",
+              "--no-openvino", "--max-accuracy-drop", str(NO_VETO)]]
+    for args in steps:
+        done = CliRunner().invoke(cli, args)
+        assert done.exit_code == 0, done.output
+    return folder / "student-onnx"
+
+
+def test_compare_times_a_student_beside_its_teachers_export(static_export, tiny_artifacts, tiny_classifier,
+                                                            tmp_path):
+    teacher = json.loads((tiny_artifacts / "manifest.json").read_text())
+    done = CliRunner().invoke(cli, ["bench", str(static_export), "--compare", str(tiny_artifacts), "--eval-file",
+                                    str(tiny_classifier[2]), "--batch-sizes", "1,4", "--seq-lengths", "16",
+                                    "--runs", "2", "--warmup", "0", "--threads", "1", "--json",
+                                    str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")])
+    assert done.exit_code == 0, done.output
+    result = json.loads((tmp_path / "b.json").read_text())
+    names = [e["name"] for e in result["engines"]]
+    own = [*PYTORCHS, "fp32", "int8", "auto"]  # auto: export's ranges
+    assert names == [*own, *(f"onnx:{n}" for n in own)]  # the compared export is named by its directory
+    assert result["compared"] == [str(tiny_artifacts)]
+    artifact = {e["name"]: e["artifact"] for e in result["engines"]}
+    assert [n for n in names if artifact[n] == str(static_export)] == own
+    # each engine scored through its own artifact's tokenizer, as its predictor runs it; agreement with the first
+    examples = load_examples(tiny_classifier[2])
+    engines = {e["name"]: e for e in result["engines"]}
+    predicted = {name: np.argmax(Predictor.load(directory, variant="fp32").predict_proba(examples.texts), axis=-1)
+                 for name, directory in (("fp32", static_export), ("onnx:fp32", tiny_artifacts))}
+    truth = [["negative", "positive"].index(y) for y in examples.labels]
+    for name, labels in predicted.items():
+        assert engines[name]["accuracy"] == pytest.approx(np.mean(labels == truth)), name
+    assert engines["onnx:fp32"]["agreement"] == pytest.approx(np.mean(predicted["onnx:fp32"] == predicted["fp32"]))
+    assert engines["pytorch"]["agreement"] == 1.0 and all(e["accuracy"] is not None for e in engines.values())
+    cells = {(t["inputs"], t["batch_size"]) for t in result["timings"]}
+    assert cells == {("16 tokens", 1), ("16 tokens", 4), ("natural", 1), ("natural", 4)}
+    assert len(result["timings"]) == len(cells) * len(names)
+    assert {t["baseline"] for t in result["timings"]} <= {*PYTORCHS, "onnx:pytorch", "onnx:pytorch-bf16"}
+    # the run's own manifest gets the auto ranges, of its own variants only; the compared one is left alone
+    auto = json.loads((static_export / "manifest.json").read_text())["auto"]
+    assert auto["measured_by"] == "bench" and set(auto["p50_ms"]) == {"fp32", "int8"}
+    assert {route["variant"] for route in auto["routes"]} <= {"fp32", "int8"}
+    assert json.loads((tiny_artifacts / "manifest.json").read_text()) == teacher
+    assert "onnx:int8" in done.stdout and f"onnx: {tiny_artifacts}" in done.stdout
+    assert (tmp_path / "b.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_compare_feeds_each_engine_its_own_artifacts_inputs(static_export, tiny_artifacts, monkeypatch):
+    from bertdeploy.bench import run
+
+    seen: dict[str, list[set]] = {}
+
+    def measure(engines, cases, options, scoring=None, max_accuracy_drop=1.0, own=None):
+        for engine in engines:
+            feeds = (own or {}).get(engine.artifact, run.Inputs(cases)).cases
+            seen[engine.name] = [set(feed) for case in feeds for feed in case.feeds]
+        raise BertdeployError("stopped at measure")
+
+    monkeypatch.setattr(run, "measure", measure)
+    with pytest.raises(BertdeployError, match="stopped at measure"):
+        bench(BenchOptions(static_export, compare=[tiny_artifacts], batch_sizes=[2], seq_lengths=[8], threads=1))
+    student, teacher = {"input_ids", "attention_mask"}, {"input_ids", "attention_mask", "token_type_ids"}
+    assert seen["fp32"] == seen["pytorch"] == [student] and seen["onnx:fp32"] == seen["onnx:auto"] == [teacher]
+
+
+def test_compare_refuses_other_labels_and_what_is_no_export(tiny_artifacts, tiny_classifier, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_artifacts, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "labels": manifest["labels"][::-1]}))
+    cases = {str(other): f"--compare {other}: its labels (positive, negative; single_label_classification) are "
+                         f"not those of {tiny_artifacts} (negative, positive; single_label_classification)",
+             str(tiny_classifier[0]): "expected 'onnx' (--compare takes a directory that bertdeploy export wrote)",
+             str(tiny_artifacts): "that is the artifact being measured"}
+    for path, message in cases.items():
+        done = CliRunner().invoke(cli, ["bench", str(tiny_artifacts), "--compare", path])
+        assert done.exit_code == 2 and message in done.stderr, done.output
+    with pytest.raises(BertdeployError, match="given twice"):
+        BenchOptions(tiny_artifacts, compare=[other, other / "."])
+
+
+def test_compared_labels_are_unique(tiny_artifacts, tmp_path):
+    from bertdeploy.bench.run import compared_artifacts
+
+    copies = [tmp_path / "a" / "onnx", tmp_path / "b" / "onnx", tmp_path / "onnx-2"]
+    for copy in copies:
+        shutil.copytree(tiny_artifacts, copy)
+    options = BenchOptions(tmp_path / "main", compare=copies)
+    compared = compared_artifacts(options, json.loads((tiny_artifacts / "manifest.json").read_text()))
+    assert [c.label for c in compared] == ["onnx", "onnx-2", "onnx-2-2"]
 
 
 @pytest.mark.gpu

@@ -34,6 +34,7 @@ class Engine:
     verify: bool = VERIFY  # auto: the predictor checks its files against the manifest's sha256
     allow_pickle: bool = False  # pytorch: load weights that are pickled only (pytorch_model.bin)
     ids_from: str | None = None  # pytorch: the trimmed tokenizer.json the feeds were made with (TorchModel)
+    artifact: str | None = None  # the exported artifact directory it belongs to, whose tokenizer makes its feeds
 
     def load(self):
         if self.backend == PYTORCH:

@@ -35,7 +35,7 @@ def probe(engine: Engine, feeds: Path) -> EngineReport:
         raise BertdeployError(f"{engine.name}: the memory probe failed:\n{tail}")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     return EngineReport(engine.name, engine.backend, engine.kind, engine.device, engine.path, engine.size_bytes(),
-                        figures["load_s"], figures["peak_rss_mb"])
+                        figures["load_s"], figures["peak_rss_mb"], artifact=engine.artifact)
 
 
 def main(engine_json: str, feeds_path: str) -> None:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bertdeploy.artifacts import atomic_file
@@ -47,6 +47,7 @@ class EngineReport:
     macro_f1: float | None = None
     agreement: float | None = None  # share of eval texts given PyTorch's label (multi-label: its whole label set)
     micro_f1: float | None = None  # multi-label models, instead of accuracy
+    artifact: str | None = None  # the exported artifact directory it belongs to (the run's, or a compared one)
 
     @property
     def headline(self) -> float | None:
@@ -68,6 +69,7 @@ class BenchResult:
     timings: list[Timing]
     auto: dict | None = None  # the ranges recorded in the manifest for backend="auto"
     multi_label: bool = False  # engines are scored by micro-F1 instead of accuracy
+    compared: list[str] = field(default_factory=list)  # other artifact directories timed beside it (--compare)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False)
@@ -78,7 +80,8 @@ def check_plotting() -> None:
 
 
 def plot(result: BenchResult, path: str | Path) -> None:
-    """PNG: p50 latency against batch size, one panel per kind of input, and accuracy against latency."""
+    """PNG: p50 latency against batch size, one panel per kind of input (compared artifacts' engines dashed), and
+    accuracy against latency."""
     check_plotting()
     import matplotlib
 
@@ -97,7 +100,8 @@ def plot(result: BenchResult, path: str | Path) -> None:
         for engine in result.engines:
             rows = [t for t in result.timings if t.engine == engine.name and t.inputs == setting]
             sizes = [t.batch_size for t in rows]
-            ax.plot(sizes, [t.p50_ms for t in rows], marker="o", color=colours[engine.name], label=engine.name)
+            ax.plot(sizes, [t.p50_ms for t in rows], marker="o", color=colours[engine.name], label=engine.name,
+                    linestyle="--" if engine.artifact in result.compared else "-")  # a compared artifact's: dashed
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))

@@ -7,6 +7,9 @@ an order shuffled every round (timing.py, the project's one harness); warm-up ca
 every engine gets the same thread count. Load time and peak RSS come from a fresh process per
 engine, so one engine's memory never counts against another's. On CUDA, inputs are placed on the
 device before the clock starts (IO binding for ONNX Runtime) and every call is synchronised.
+Other exported artifacts (`compare`: a distilled student's teacher, say) join the same run: their variants and
+PyTorch models are engines named `<label>:<variant>`, each fed the same texts through its own artifact's
+tokenizer and input names, cell by cell.
 This module runs the measurement; the engines, inputs, memory probe and report have modules of their
 own (engines.py, cases.py, probe.py, report.py). It does not pick the default variant (export does).
 """
@@ -18,8 +21,9 @@ import json
 import logging
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -99,6 +103,7 @@ class BenchOptions:
     allow_pickle: bool = False  # compare with a PyTorch model whose weights are pickled only (pytorch_model.bin)
     json_file: Path | None = None  # write every figure here as JSON
     plot_file: Path | None = None  # write charts here (PNG; the plot extra)
+    compare: list[Path] = field(default_factory=list)  # other exported artifacts to time beside it, same texts
 
     def __post_init__(self) -> None:
         self.artifact_dir = Path(self.artifact_dir)
@@ -118,33 +123,58 @@ class BenchOptions:
                 raise BertdeployError(f"{path}: its directory does not exist")
         if self.plot_file is not None:
             reporting.check_plotting()
+        self.compare = [Path(p) for p in self.compare]
+        seen = [self.artifact_dir.resolve()]
+        for other in self.compare:
+            check_options([(other.resolve() != seen[0], f"--compare {other}: that is the artifact being measured"),
+                           (other.resolve() not in seen, f"--compare {other}: given twice")])
+            seen.append(other.resolve())
+
+
+class Compared(NamedTuple):
+    """Another exported artifact in the run: its engines are named `label:variant`."""
+
+    directory: Path
+    label: str  # the directory's name, made unique
+    manifest: dict
+
+
+@dataclass(eq=False)  # one per artifact, told apart by identity
+class Inputs:
+    """The run's texts through one artifact's tokenizer: its cases (aligned by index with every other artifact's)
+    and, for scoring, its encoder, input names and label scheme."""
+
+    cases: list[Case]
+    encoder: TextEncoder | None = None
+    names: list[str] | None = None
+    scheme: LabelScheme | None = None
 
 
 # -- the run ---------------------------------------------------------------------------------------
 
 def bench(options: BenchOptions) -> BenchResult:
-    """PyTorch against every variant of `options.artifact_dir`, on the same inputs."""
+    """PyTorch against every variant of `options.artifact_dir`, and of each `options.compare` artifact, on the
+    same inputs."""
     require_training("bench")
     manifest = read_manifest(options.artifact_dir, "onnx")
+    compared = compared_artifacts(options, manifest)
     engines = pick_engines(options, manifest)
-    encoder = load_encoder(exported_files(options.artifact_dir, manifest)[0].path, manifest["max_length"])
+    measured = {e.name for e in engines}  # the run's own artifact's, for the auto ranges
+    for c in compared:
+        engines += [replace(e, name=f"{c.label}:{e.name}") for e in pick_engines(options, c.manifest, c.directory)]
     examples = load_eval(options, manifest)
-    names = list(manifest["inputs"])
-    lengths = [n for n in options.seq_lengths if n <= manifest["max_length"]]
+    max_length = min(m["max_length"] for m in [manifest, *(c.manifest for c in compared)])
+    lengths = [n for n in options.seq_lengths if n <= max_length]
     if len(lengths) < len(options.seq_lengths):
-        logger.warning("sequence lengths over the model's max length %d skipped", manifest["max_length"])
-    check_options([(lengths or examples is not None,
-                    f"every sequence length is over the model's max length {manifest['max_length']}")])
-    cases = fixed_length_cases(encoder, examples.texts if examples else SAMPLE_TEXTS, options.batch_sizes,
-                               lengths, names)
-    if examples is not None:
-        cases += natural_cases(encoder, examples, options.batch_sizes, options.runs, names)
+        logger.warning("sequence lengths over the max length %d skipped", max_length)
+    check_options([(lengths or examples is not None, f"every sequence length is over the max length {max_length}")])
+    texts = examples.texts if examples else SAMPLE_TEXTS
+    main = _inputs(options.artifact_dir, manifest, texts, examples, lengths, options)
+    own = {str(c.directory): _inputs(c.directory, c.manifest, texts, examples, lengths, options) for c in compared}
 
-    scheme = LabelScheme.from_manifest(manifest)
-    scoring = None if examples is None else (examples, encoder, names, scheme)
+    scoring = None if examples is None else (examples, main.encoder, main.names, main.scheme)
     bound = manifest.get("evaluation", {}).get("max_accuracy_drop", MAX_ACCURACY_DROP)
-    reports, timings = measure(engines, cases, options, scoring, bound)
-    measured = {e.name for e in engines}
+    reports, timings = measure(engines, main.cases, options, scoring, bound, own)
     auto = None
     if options.record and options.device == "cpu" and all(n in measured for n in _runnable(manifest)):
         auto = record_auto(options, manifest, reports, timings)
@@ -152,12 +182,48 @@ def bench(options: BenchOptions) -> BenchResult:
         logger.info("not recording the auto ranges: only some variants were measured")
     result = BenchResult(str(options.artifact_dir), options.device, options.threads, options.runs, options.warmup,
                          None if examples is None else str(examples.path), 0 if examples is None else len(examples),
-                         _machine(options.device), reports, timings, auto, scheme.multi_label)
+                         _machine(options.device), reports, timings, auto, main.scheme.multi_label,
+                         [str(c.directory) for c in compared])
     if options.json_file is not None:
         reporting.write_json(result, options.json_file)
     if options.plot_file is not None:
         reporting.plot(result, options.plot_file)
     return result
+
+
+def compared_artifacts(options: BenchOptions, manifest: dict) -> list[Compared]:
+    """Each `options.compare` directory, its label (the directory's name, made unique) and its manifest; refused
+    unless it is an exported artifact with the same labels, in the same order, and the same problem type."""
+    scheme, compared, labels = LabelScheme.from_manifest(manifest), [], set()
+    for directory in options.compare:
+        try:
+            other = read_manifest(directory, "onnx")
+        except BertdeployError as e:
+            raise BertdeployError(f"{e} (--compare takes a directory that bertdeploy export wrote)") from None
+        theirs = LabelScheme.from_manifest(other)
+        if (theirs.labels, theirs.multi_label) != (scheme.labels, scheme.multi_label):
+            raise BertdeployError(
+                f"--compare {directory}: its labels ({', '.join(theirs.labels)}; {theirs.problem_type}) are not "
+                f"those of {options.artifact_dir} ({', '.join(scheme.labels)}; {scheme.problem_type})")
+        name, n = directory.resolve().name, 1
+        label = name
+        while label in labels:
+            n += 1
+            label = f"{name}-{n}"
+        labels.add(label)
+        compared.append(Compared(directory, label, other))
+    return compared
+
+
+def _inputs(directory: Path, manifest: dict, texts: list[str], examples: Examples | None, lengths: list[int],
+            options: BenchOptions) -> Inputs:
+    """The run's texts through `directory`'s own tokenizer and input names: fixed lengths, then natural ones."""
+    encoder = load_encoder(exported_files(directory, manifest)[0].path, manifest["max_length"])
+    names = list(manifest["inputs"])
+    cases = fixed_length_cases(encoder, texts, options.batch_sizes, lengths, names)
+    if examples is not None:
+        cases += natural_cases(encoder, examples, options.batch_sizes, options.runs, names)
+    return Inputs(cases, encoder, names, LabelScheme.from_manifest(manifest))
 
 
 def _machine(device: str) -> dict:
@@ -177,24 +243,39 @@ def _runnable(manifest: dict) -> list[str]:
 
 def measure(engines: list[Engine], cases: list[Case], options: BenchOptions,
             scoring: tuple[Examples, TextEncoder, list[str], LabelScheme] | None = None,
-            max_accuracy_drop: float = MAX_ACCURACY_DROP,
+            max_accuracy_drop: float = MAX_ACCURACY_DROP, own: dict[str, Inputs] | None = None,
             ) -> tuple[list[EngineReport], list[Timing]]:
     """Probe each engine in its own process, load them all, score them on `scoring` (examples, encoder,
-    input names, label scheme), then time them on `cases`. The first engine is the reference for agreement and
-    accuracy; each cell's speed-ups are against its fastest PyTorch engine among those within
-    `max_accuracy_drop` points of the first (by accuracy or micro-F1, else by agreement; unscored ones count)."""
+    input names, label scheme), then time them on `cases`. `own`: the engines of the artifacts named there
+    (`Engine.artifact`) take these inputs instead, cases aligned by index with `cases` (the same texts through
+    another tokenizer). The first engine is the reference for agreement and accuracy.
+
+    Each cell's speed-ups are against its fastest PyTorch engine among those within `max_accuracy_drop` points
+    of the first (by accuracy or micro-F1, else by agreement; unscored ones count), whichever artifact it comes
+    from: a compared artifact's PyTorch is a model a user could run instead, so a student's speed-ups are against
+    its teacher's PyTorch where that is the fastest that kept accuracy, and a teacher's against a student's
+    PyTorch that kept it. No speed-up is quoted against a PyTorch slower than one the table shows keeping
+    accuracy; without eval texts nothing is judged, and every PyTorch counts, a compared student's too."""
+    main = Inputs(cases, *(scoring[1:] if scoring else ()))
+    inputs = {e.name: (own or {}).get(e.artifact, main) for e in engines}
+    cells = [(c.inputs, c.batch_size) for c in cases]
+    if any([(c.inputs, c.batch_size) for c in group.cases] != cells for group in inputs.values()):
+        raise ValueError("every artifact's cases must be the same cells, in the same order")
     with tempfile.TemporaryDirectory(prefix="bertdeploy-bench-") as work:
-        feeds = Path(work) / "feeds.npz"  # written once, read by every engine's probe
-        np.savez(feeds, **{f"{i}/{k}": v for i, case in enumerate(cases) for k, v in case.feeds[0].items()})
-        reports = [probe(engine, feeds) for engine in engines]
+        feeds = {}  # each artifact's written once, read by each of its engines' probes
+        for i, group in enumerate(dict.fromkeys(inputs.values())):
+            feeds[group] = Path(work) / f"feeds-{i}.npz"
+            np.savez(feeds[group], **{f"{c}/{k}": v for c, case in enumerate(group.cases)
+                                      for k, v in case.feeds[0].items()})
+        reports = [probe(engine, feeds[inputs[engine.name]]) for engine in engines]
     runners = {}
     for engine in engines:  # serially: creating sessions concurrently is not safe
         logger.info("loading %s", engine.name)
         runners[engine.name] = engine.load()
     if scoring is not None:
-        _score(runners, reports, *scoring, options.device)
-    samples = _time(runners, cases, options)
-    timings = [_timing(name, case, samples[name][i], options.warmup) for i, case in enumerate(cases)
+        _score(runners, reports, scoring[0], inputs, options.device)
+    samples = _time(runners, inputs, len(cases), options)
+    timings = [_timing(name, inputs[name].cases[i], samples[name][i], options.warmup) for i in range(len(cases))
                for name in runners]
     baselines = [r.name for r in reports if r.backend == PYTORCH and
                  (r is reports[0] or _within(r, reports[0], max_accuracy_drop, warn=True))]
@@ -215,18 +296,21 @@ def _within(r: EngineReport, reference: EngineReport, max_drop: float, warn: boo
     return drop.within
 
 
-def pick_engines(options: BenchOptions, manifest: dict) -> list[Engine]:
-    directory, device, threads = options.artifact_dir, options.device, options.threads
+def pick_engines(options: BenchOptions, manifest: dict, compared: Path | None = None) -> list[Engine]:
+    """PyTorch and the variants of `options.artifact_dir`, or of the `compared` artifact (`manifest` is its): all
+    it ships (`options.variants` and `pytorch_model` are the run's own artifact's), and its manifest's model."""
+    directory, device, threads = compared or options.artifact_dir, options.device, options.threads
     if device == "cuda":
         _check_cuda()
-    model = Path(options.pytorch_model or manifest.get("source_model") or "")
+    given = None if compared else options.pytorch_model
+    model = Path(given or manifest.get("source_model") or "")
     if not (model / "config.json").is_file():
-        where = "given with --pytorch-model" if options.pytorch_model else "named in the manifest"
-        raise BertdeployError(f"no PyTorch model to compare with: {model} ({where}) has no config.json; "
-                              "pass --pytorch-model with the fine-tuned model directory")
+        where = "given with --pytorch-model" if given else f"named in {directory / MANIFEST_NAME}"
+        hint = "" if compared else "; pass --pytorch-model with the fine-tuned model directory"
+        raise BertdeployError(f"no PyTorch model to compare with: {model} ({where}) has no config.json{hint}")
     shipped = manifest["variants"]
     tokenizer, files = exported_files(directory, manifest)
-    wanted = options.variants
+    wanted = None if compared else options.variants
     for name in wanted or []:
         if name not in shipped and not (name == AUTO and "auto" in manifest):
             refused = " (it was refused at export)" if name in manifest.get("rejected", {}) else ""
@@ -262,14 +346,15 @@ def pick_engines(options: BenchOptions, manifest: dict) -> list[Engine]:
                               precision_of(shipped[name])))
     if options.verify:  # the variants timed directly; the auto engine's predictor checks its own
         verify_files([tokenizer, *(files[name] for name in wanted if name != AUTO)])
-    return engines
+    return [replace(e, artifact=str(directory)) for e in engines]
 
 
 def record_auto(options: BenchOptions, manifest: dict, reports: list[EngineReport], timings: list[Timing]) -> dict:
     """Write the size ranges for `backend="auto"` into the manifest, from this run's p50 latencies per batch size
     in padded tokens (the geometric mean of the cells of one size), among the variants within the accuracy
-    bound."""
-    variants = [r for r in reports if r.backend in BACKENDS]
+    bound. Only the artifact's own variants count, not those of a compared one."""
+    variants = [r for r in reports if r.backend in BACKENDS and r.artifact == str(options.artifact_dir)]
+    timings = [t for t in timings if t.engine in {r.name for r in variants}]
     bound = manifest.get("evaluation", {}).get("max_accuracy_drop", MAX_ACCURACY_DROP)
     eligible = [r.name for r in variants if r.headline is None or _within(r, reports[0], bound)]
     p50: dict[str, dict[int, float]] = {}
@@ -314,41 +399,46 @@ def load_eval(options: BenchOptions, manifest: dict) -> Examples | None:
     return Examples(path, texts[:n], [], None if pairs is None else pairs[:n])
 
 
-def _score(runners: dict, reports: list[EngineReport], examples: Examples, encoder, names: list[str],
-           scheme: LabelScheme, device: str) -> None:
+def _score(runners: dict, reports: list[EngineReport], examples: Examples, inputs: dict[str, Inputs],
+           device: str) -> None:
     """Accuracy (micro-F1 for multi-label models), macro-F1 and agreement with PyTorch on the eval texts, batched
-    as the predictor batches."""
-    encodings = encoder.tokenize(examples.texts, examples.pairs)
+    as the predictor batches; each engine's texts through its own artifact's tokenizer (`inputs`)."""
+    encodings = {group: group.encoder.tokenize(examples.texts, examples.pairs)
+                 for group in dict.fromkeys(inputs.values())}
     budget = batch_tokens(device == "cuda")
-    truth = scheme.encode(examples.labels) if examples.labels else None
     predicted = {}
     for report in reports:
         logger.info("scoring %s on %d eval texts", report.name, len(examples))
-        scores = run_batches(runners[report.name].run, encoder, encodings, names, len(scheme.labels), budget,
-                             max_padding=MAX_PADDING)
+        own = inputs[report.name]
+        scheme = own.scheme
+        scores = run_batches(runners[report.name].run, own.encoder, encodings[own], own.names, len(scheme.labels),
+                             budget, max_padding=MAX_PADDING)
         predicted[report.name] = scheme.decide(scheme.activate(scores))
-        if truth is not None:
-            scored = scheme.report(truth, predicted[report.name])
+        if examples.labels:
+            scored = scheme.report(scheme.encode(examples.labels), predicted[report.name])
             report.accuracy, report.micro_f1 = scored.get("accuracy"), scored.get("micro_f1")
             report.macro_f1 = scored["macro_f1"]
+    reference = predicted[reports[0].name]
     for report in reports:
-        report.agreement = scheme.agreement(predicted[report.name], predicted[reports[0].name])
+        report.agreement = inputs[report.name].scheme.agreement(predicted[report.name], reference)
 
 
-def _time(runners: dict, cases: list[Case], options: BenchOptions) -> dict[str, list[list[float]]]:
-    """ms per call, per engine and case, every engine taking its turn each round (timing.interleave), after one
-    untimed call per input shape."""
+def _time(runners: dict, inputs: dict[str, Inputs], count: int, options: BenchOptions) -> dict[str, list[list[float]]]:
+    """ms per call, per engine and case (the first `count` of each engine's `inputs`), every engine taking its turn
+    each round (timing.interleave), after one untimed call per input shape."""
     from tqdm.auto import tqdm
 
     samples: dict[str, list[list[float]]] = {name: [] for name in runners}
-    total = len(cases) * (options.warmup + options.runs) * len(runners)
+    total = count * (options.warmup + options.runs) * len(runners)
     with tqdm(total=total, desc="timing", unit=" calls", file=sys.stderr,
               disable=None if options.progress else True) as bar:  # None: only on a terminal
-        for c, case in enumerate(cases):
-            logger.info("timing %s x %d (%d of %d)", case.inputs, case.batch_size, c + 1, len(cases))
-            prepared = {name: [runner.prepare(f) for f in case.feeds] for name, runner in runners.items()}
+        for c in range(count):
+            case = {name: inputs[name].cases[c] for name in runners}  # one cell, through each engine's tokenizer
+            first = next(iter(case.values()))
+            logger.info("timing %s x %d (%d of %d)", first.inputs, first.batch_size, c + 1, count)
+            prepared = {name: [runner.prepare(f) for f in case[name].feeds] for name, runner in runners.items()}
             for name, runner in runners.items():
-                for i in distinct_shapes(case.feeds):
+                for i in distinct_shapes(case[name].feeds):
                     runner.run_prepared(prepared[name][i])
             calls = {name: functools.partial(_turn, runner.run_prepared, prepared[name]) for name, runner in
                      runners.items()}
