@@ -207,6 +207,27 @@ def test_an_outlier_feature_ranks_first(tiny_classifier, tmp_path):
     assert len(ranking) == 12 and len(set(ranking)) == 12
 
 
+@pytest.mark.parametrize("variant", ["int8", "int8-static"])
+def test_int8_embedding_tables_keep_a_scale_per_row(exported, variant):
+    """Each table is stored in int8 with its own scale per token (not one scale for the whole table), and reads back
+    within half a step of every row's fp32 values."""
+    out, payload = exported
+    manifest = read_manifest(out, "onnx")
+
+    def initializers(file):
+        return {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(out / file)).graph.initializer}
+
+    fp32, quantized = initializers(manifest["variants"]["fp32"]["file"]), initializers(
+        manifest["variants"][variant]["file"])
+    tables = [name for name, value in fp32.items() if "embeddings" in name and value.ndim == 2]
+    assert any("word_embeddings" in name for name in tables)
+    for name in tables:
+        values, scale = quantized[f"{name}_int8"], quantized[f"{name}_scale"]
+        assert values.dtype == np.int8 and values.shape == fp32[name].shape and scale.shape == (len(values), 1)
+        assert len(np.unique(scale)) > 1
+        assert np.all(np.abs(values * scale - fp32[name]) <= scale / 2 + 1e-7)
+
+
 def _fp32_graph(model_dir, tmp_path):
     from optimum.exporters.onnx import main_export
 

@@ -127,9 +127,54 @@ def _fake_uint8(x: np.ndarray) -> np.ndarray:
 
 def _fake_int8_weight(w: np.ndarray) -> np.ndarray:
     """`w` (in x out) quantized to int8 with one symmetric scale per output channel, and back."""
-    scale = np.abs(w).max(axis=0, keepdims=True) / 127
+    values, scale = int8_rows(w.T)
+    return (values * scale).T
+
+
+def int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`w` in int8 with one symmetric scale per row: (values, scales as a column)."""
+    scale = np.abs(w).max(axis=1, keepdims=True) / 127
     scale[scale == 0] = 1.0
-    return np.round(w / scale) * scale
+    return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale.astype(w.dtype)
+
+
+def int8_tables(model) -> list[str]:
+    """Store each embedding table of `model` (an onnx ModelProto, changed in place: a 2-D float initializer that a
+    Gather reads rows of) in int8 with one scale per row, read back as Gather, Cast, Gather of the scales, Mul.
+
+    ONNX Runtime's quantizer gives a table one scale for all its rows, set by its largest value; a row's own
+    scale keeps each token's vector as exact as a per-channel weight. Returns the new nodes' names, for the
+    quantizer to leave alone."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    tables = {i.name: i for i in graph.initializer if len(i.dims) == 2 and i.data_type == onnx.TensorProto.FLOAT}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    made: list[str] = []
+    for position, node in reversed(list(enumerate(graph.node))):
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        table = node.input[0] if node.op_type == "Gather" and node.input else None
+        if table not in tables or axis != 0 or readers[table] != 1:
+            continue
+        values, scale = int8_rows(numpy_helper.to_array(tables[table]))
+        graph.initializer.remove(tables[table])
+        graph.initializer.extend([numpy_helper.from_array(values, f"{table}_int8"),
+                                  numpy_helper.from_array(scale, f"{table}_scale")])
+        ids, out = node.input[1], node.output[0]
+        nodes = [helper.make_node("Gather", [f"{table}_int8", ids], [f"{out}_int8"], name=f"{node.name}_int8"),
+                 helper.make_node("Cast", [f"{out}_int8"], [f"{out}_float"], name=f"{node.name}_cast",
+                                  to=onnx.TensorProto.FLOAT),
+                 helper.make_node("Gather", [f"{table}_scale", ids], [f"{out}_scale"], name=f"{node.name}_scale"),
+                 helper.make_node("Mul", [f"{out}_float", f"{out}_scale"], [out], name=f"{node.name}_rows")]
+        graph.node.remove(node)
+        for offset, new in enumerate(nodes):
+            graph.node.insert(position + offset, new)
+        made += [n.name for n in nodes]
+    return made
 
 
 @contextlib.contextmanager
@@ -152,15 +197,18 @@ def _quiet_onnxruntime_logs() -> Iterator[None]:
 
 def quantize_dynamic_int8(source: Path, destination: Path, preset: str, per_channel: bool = PER_CHANNEL,
                           exclude: Iterable[str] = ()) -> Path:
-    """Dynamic INT8: weights of MatMul/Gather/Attention in int8, activations quantized per call."""
+    """Dynamic INT8: weights of MatMul/Attention in int8, embedding tables in int8 per row (int8_tables),
+    activations quantized per call."""
     import onnx
     from onnxruntime.quantization import quantize_dynamic
 
     settings = _preset_settings(preset, is_static=False, per_channel=per_channel)
     # Without a default type the quantizer fails on fused graphs whose contrib ops defeat shape inference.
     settings["extra_options"]["DefaultTensorType"] = onnx.TensorProto.FLOAT
+    model = onnx.load(str(source))
+    exclude = [*exclude, *int8_tables(model)]
     with _quiet_onnxruntime_logs():
-        quantize_dynamic(source, destination, per_channel=per_channel, nodes_to_exclude=list(exclude),
+        quantize_dynamic(model, destination, per_channel=per_channel, nodes_to_exclude=exclude,
                          weight_type=settings["weight_type"], reduce_range=settings["reduce_range"],
                          extra_options=settings["extra_options"])
     return destination
@@ -192,9 +240,11 @@ def quantize_static_int8(source: Path, destination: Path, preset: str, feeds: It
 
     settings = _preset_settings(preset, is_static=True, per_channel=per_channel)
     settings["extra_options"].update(DefaultTensorType=onnx.TensorProto.FLOAT, CalibMaxIntermediateOutputs=64)
+    model = onnx.load(str(source))
+    exclude = [*exclude, *int8_tables(model)]
     with _quiet_onnxruntime_logs():
-        quantize_static(source, destination, Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        op_types_to_quantize=["MatMul", "Gather"], nodes_to_exclude=list(exclude),
+        quantize_static(model, destination, Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        op_types_to_quantize=["MatMul"], nodes_to_exclude=exclude,
                         calibrate_method=CalibrationMethod[CALIBRATION_METHODS[method]],
                         activation_type=settings["activation_type"], weight_type=settings["weight_type"],
                         reduce_range=settings["reduce_range"], extra_options=settings["extra_options"])
