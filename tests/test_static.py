@@ -166,3 +166,14 @@ def test_a_static_student_below_the_bound_is_refused_with_what_to_do(tiny_classi
                                               r"reads no word order .*--layers.*--max-accuracy-drop"):
         distill(options)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("layers", [False, True])
+def test_a_static_teacher_is_refused_in_one_line(static_student, tmp_path, layers):
+    """A static student has no encoder for model2vec to read, nor layers to keep."""
+    out, *_ = static_student
+    what = ["--layers", "1"] if layers else ["--static", "--static-dims", "4"]
+    done = _run("distill", str(out), "--output-dir", str(tmp_path / "s"), *what)
+    assert done.exit_code == 2 and "Traceback" not in done.output, done.output
+    assert "a static student has no encoder for model2vec to read and no layers to keep; distill its teacher (" \
+        in done.output and not (tmp_path / "s").exists()

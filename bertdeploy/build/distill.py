@@ -29,6 +29,7 @@ from bertdeploy.artifacts import read_manifest, sha256_file
 from bertdeploy.build.guard import interleaved_latency
 from bertdeploy.build.pretrained import freeze, load_classifier, load_model
 from bertdeploy.build.reference import TorchModel, pytorch_logits
+from bertdeploy.build.staticmodel import is_static
 from bertdeploy.build.train import MODEL_KIND, FinetuneOptions, FinetuneResult, Recipe, finetune
 from bertdeploy.data import Examples, file_format, load_texts
 from bertdeploy.defaults import (
@@ -117,6 +118,10 @@ def distill(options: DistillOptions) -> DistillResult:
     require_training("distill", "torch", "transformers", "accelerate")
     teacher_dir = Path(options.teacher_dir).absolute()
     manifest = _teacher_manifest(teacher_dir)
+    if is_static(teacher_dir):
+        origin = manifest.get("distillation", {}).get("teacher_dir")
+        raise ModelError(f"{teacher_dir}: a static student has no encoder for model2vec to read and no layers to keep; "
+                         f"distill its teacher{f' ({origin})' if origin else ''} instead")
     depth = _depth(teacher_dir)
     _check_layers(options.layers, depth)
     finetune_options = _finetune_options(options, manifest, teacher_dir)
