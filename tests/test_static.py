@@ -177,3 +177,20 @@ def test_a_static_teacher_is_refused_in_one_line(static_student, tmp_path, layer
     assert done.exit_code == 2 and "Traceback" not in done.output, done.output
     assert "a static student has no encoder for model2vec to read and no layers to keep; distill its teacher (" \
         in done.output and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("kind", ["bert", "xlmr", "roberta"])
+def test_model2vec_reads_every_tokenizer_family(tmp_path, kind):
+    """WordPiece, Unigram (SentencePiece) and byte-level BPE: every token but the special ones gets a vector."""
+    from test_trim import tiny_classifier as tiny_of_kind
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from bertdeploy.build.static import token_vectors
+
+    folder = tiny_of_kind(tmp_path / kind, kind)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    vectors, weights, origin = token_vectors(AutoModelForSequenceClassification.from_pretrained(folder), tokenizer, 8)
+    special = set(tokenizer.all_special_ids)
+    assert vectors.shape == (len(tokenizer), 8) and origin["tokens"] == len(tokenizer) - len(special)
+    assert all(weights[i] == 0 for i in special)
+    assert all(weights[i] == 1 and np.abs(vectors[i]).sum() > 0 for i in range(len(tokenizer)) if i not in special)
