@@ -40,6 +40,7 @@ from bertdeploy.bench.engines import Engine
 from bertdeploy.bench.report import BenchResult, plot
 from bertdeploy.bench.run import BenchOptions, load_eval, measure, pick_engines
 from bertdeploy.host import machine
+from bertdeploy.labels import LabelScheme
 from bertdeploy.runtime.encoding import load_encoder
 
 RESULTS = Path(__file__).parent / "results"
@@ -109,7 +110,8 @@ def main() -> None:
         names = list(manifest["inputs"])
         cases = fixed_length_cases(encoder, examples.texts, options.batch_sizes, options.seq_lengths, names)
         cases += natural_cases(encoder, examples, options.batch_sizes, options.runs, names)
-        reports, timings = measure(engines, cases, options, (examples, encoder, names, manifest["labels"]))
+        reports, timings = measure(engines, cases, options,
+                                   (examples, encoder, names, LabelScheme.from_manifest(manifest)))
         result = BenchResult(str(args.artifacts), "cpu", THREADS, options.runs, options.warmup, str(args.eval_file),
                              len(examples), machine(), reports, timings)
 

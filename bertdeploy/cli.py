@@ -230,7 +230,8 @@ def _layers(value: str | None) -> int | list[int] | None:
 @click.option("--quant-preset", default=defaults.AUTO, show_default=True,
               type=click.Choice([defaults.AUTO, *defaults.QUANT_PRESETS]),
               help="The CPU the INT8 kernels target; auto reads this CPU's flags.")
-@click.option("--per-channel/--per-tensor", default=defaults.PER_CHANNEL, show_default=True, help="INT8 weight scales.")
+@click.option("--per-channel/--per-tensor", default=defaults.PER_CHANNEL, show_default=True,
+              help="INT8 MatMul weight scales (embedding tables: a scale per row).")
 @click.option("--calibration-file", type=click.Path(path_type=Path),
               help="Texts for int8-static (default: the training file).")
 @click.option("--calibration-samples", default=defaults.CALIBRATION_SAMPLES, show_default=True)

@@ -259,8 +259,12 @@ def test_compare_refuses_other_labels_and_what_is_no_export(tiny_artifacts, tiny
     shutil.copytree(tiny_artifacts, other)
     manifest = json.loads((other / "manifest.json").read_text())
     (other / "manifest.json").write_text(json.dumps({**manifest, "labels": manifest["labels"][::-1]}))
+    pairs = tmp_path / "pairs"
+    shutil.copytree(tiny_artifacts, pairs)
+    (pairs / "manifest.json").write_text(json.dumps({**manifest, "text_pair_column": "second"}))
     cases = {str(other): f"--compare {other}: its labels (positive, negative; single_label_classification) are "
                          f"not those of {tiny_artifacts} (negative, positive; single_label_classification)",
+             str(pairs): f"--compare {pairs}: one of it and {tiny_artifacts} classifies text pairs and the other",
              str(tiny_classifier[0]): "expected 'onnx' (--compare takes a directory that bertdeploy export wrote)",
              str(tiny_artifacts): "that is the artifact being measured"}
     for path, message in cases.items():

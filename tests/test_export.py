@@ -207,7 +207,7 @@ def test_an_outlier_feature_ranks_first(tiny_classifier, tmp_path):
     assert len(ranking) == 12 and len(set(ranking)) == 12
 
 
-@pytest.mark.parametrize("variant", ["int8", "int8-static"])
+@pytest.mark.parametrize("variant", ["int8", "O2-int8", "int8-static"])
 def test_int8_embedding_tables_keep_a_scale_per_row(exported, variant):
     """Each table is stored in int8 with its own scale per token (not one scale for the whole table), and reads back
     within half a step of every row's fp32 values."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 from conftest import NO_VETO
@@ -87,6 +88,14 @@ def test_export_ships_fp32_and_an_int8_table_that_predict_serves(static_student,
     manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
     assert set(manifest["variants"]) == {"fp32", "int8"} and manifest["inputs"] == ["input_ids", "attention_mask"]
     assert manifest["variants"]["int8"]["size_bytes"] < manifest["variants"]["fp32"]["size_bytes"]
+    fp32, int8 = ({i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "onnx" / v["file"])).graph
+                   .initializer} for v in (manifest["variants"]["fp32"], manifest["variants"]["int8"]))
+    scale = np.abs(fp32["token_vectors"]).max(axis=1) / 127  # a scale per row, folded into the token weights
+    scale[scale == 0] = 1
+    assert int8["token_vectors_int8"].dtype == np.int8 and "token_vectors_scale" not in int8
+    np.testing.assert_allclose(int8["token_weights"], fp32["token_weights"] * scale, rtol=1e-6)
+    np.testing.assert_allclose(int8["token_vectors_int8"] * scale[:, None] * fp32["token_weights"][:, None],
+                               fp32["token_vectors"] * fp32["token_weights"][:, None], atol=float(scale.max()) / 2)
     predicted = _run("predict", str(tmp_path / "onnx"), str(test), "-o", str(tmp_path / "p.csv"), "--variant", "fp32")
     assert predicted.exit_code == 0, predicted.output
     student = json.loads((out / "manifest.json").read_text())
@@ -168,15 +177,16 @@ def test_a_static_student_below_the_bound_is_refused_with_what_to_do(tiny_classi
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("layers", [False, True])
-def test_a_static_teacher_is_refused_in_one_line(static_student, tmp_path, layers):
-    """A static student has no encoder for model2vec to read, nor layers to keep."""
-    out, *_ = static_student
-    what = ["--layers", "1"] if layers else ["--static", "--static-dims", "4"]
+@pytest.mark.parametrize("what", [["--static", "--static-dims", "4"], ["--layers", "1"], ["--student", "TEACHER"]])
+def test_a_static_teacher_is_refused_in_one_line(static_student, tmp_path, what):
+    """A static student has no encoder for model2vec to read, nor layers to keep, nor more to teach than its teacher."""
+    out, _, teacher, _ = static_student
+    what = [str(teacher) if arg == "TEACHER" else arg for arg in what]
     done = _run("distill", str(out), "--output-dir", str(tmp_path / "s"), *what)
     assert done.exit_code == 2 and "Traceback" not in done.output, done.output
-    assert "a static student has no encoder for model2vec to read and no layers to keep; distill its teacher (" \
-        in done.output and not (tmp_path / "s").exists()
+    assert f"a static student cannot teach: no encoder for model2vec to read, no layers to keep, and less to learn " \
+        f"from than its own teacher; distill its teacher ({teacher}) instead" in done.output
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("kind", ["bert", "xlmr", "roberta"])

@@ -201,6 +201,9 @@ def compared_artifacts(options: BenchOptions, manifest: dict) -> list[Compared]:
         except BertdeployError as e:
             raise BertdeployError(f"{e} (--compare takes a directory that bertdeploy export wrote)") from None
         theirs = LabelScheme.from_manifest(other)
+        if bool(other.get("text_pair_column")) != bool(manifest.get("text_pair_column")):
+            raise BertdeployError(f"--compare {directory}: one of it and {options.artifact_dir} classifies text pairs "
+                                  "and the other single texts; compare models of the same task")
         if (theirs.labels, theirs.multi_label) != (scheme.labels, scheme.multi_label):
             raise BertdeployError(
                 f"--compare {directory}: its labels ({', '.join(theirs.labels)}; {theirs.problem_type}) are not "

@@ -120,8 +120,9 @@ def distill(options: DistillOptions) -> DistillResult:
     manifest = _teacher_manifest(teacher_dir)
     if is_static(teacher_dir):
         origin = manifest.get("distillation", {}).get("teacher_dir")
-        raise ModelError(f"{teacher_dir}: a static student has no encoder for model2vec to read and no layers to keep; "
-                         f"distill its teacher{f' ({origin})' if origin else ''} instead")
+        raise ModelError(f"{teacher_dir}: a static student cannot teach: no encoder for model2vec to read, no layers "
+                         f"to keep, and less to learn from than its own teacher; distill its teacher"
+                         f"{f' ({origin})' if origin else ''} instead")
     depth = _depth(teacher_dir)
     _check_layers(options.layers, depth)
     finetune_options = _finetune_options(options, manifest, teacher_dir)

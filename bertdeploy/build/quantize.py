@@ -138,9 +138,15 @@ def int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale.astype(w.dtype)
 
 
+# Graph metadata naming, for a table, a 1-D initializer of per-row weights read with the same ids and multiplied into
+# its rows (a static student's token weights): its per-row scales are folded into those weights
+ROW_WEIGHTS = "bertdeploy.row_weights"
+
+
 def int8_tables(model) -> list[str]:
     """Store each embedding table of `model` (an onnx ModelProto, changed in place: a 2-D float initializer that a
-    Gather reads rows of) in int8 with one scale per row, read back as Gather, Cast, Gather of the scales, Mul.
+    Gather reads rows of) in int8 with one scale per row: Gather, Cast, then the scales gathered and multiplied in,
+    or folded into the table's row weights where the graph's ROW_WEIGHTS metadata names them ("table:weights").
 
     ONNX Runtime's quantizer gives a table one scale for all its rows, set by its largest value; a row's own
     scale keeps each token's vector as exact as a per-channel weight. Returns the new nodes' names, for the
@@ -150,6 +156,9 @@ def int8_tables(model) -> list[str]:
 
     graph = model.graph
     tables = {i.name: i for i in graph.initializer if len(i.dims) == 2 and i.data_type == onnx.TensorProto.FLOAT}
+    inputs = {i.name for i in graph.input}
+    folds = dict(pair.split(":") for prop in model.metadata_props if prop.key == ROW_WEIGHTS
+                 for pair in prop.value.split(","))
     readers: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
@@ -158,18 +167,26 @@ def int8_tables(model) -> list[str]:
     for position, node in reversed(list(enumerate(graph.node))):
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         table = node.input[0] if node.op_type == "Gather" and node.input else None
-        if table not in tables or axis != 0 or readers[table] != 1:
+        if table not in tables or table in inputs or axis != 0 or readers[table] != 1:
             continue
         values, scale = int8_rows(numpy_helper.to_array(tables[table]))
         graph.initializer.remove(tables[table])
-        graph.initializer.extend([numpy_helper.from_array(values, f"{table}_int8"),
-                                  numpy_helper.from_array(scale, f"{table}_scale")])
-        ids, out = node.input[1], node.output[0]
-        nodes = [helper.make_node("Gather", [f"{table}_int8", ids], [f"{out}_int8"], name=f"{node.name}_int8"),
-                 helper.make_node("Cast", [f"{out}_int8"], [f"{out}_float"], name=f"{node.name}_cast",
-                                  to=onnx.TensorProto.FLOAT),
-                 helper.make_node("Gather", [f"{table}_scale", ids], [f"{out}_scale"], name=f"{node.name}_scale"),
-                 helper.make_node("Mul", [f"{out}_float", f"{out}_scale"], [out], name=f"{node.name}_rows")]
+        graph.initializer.append(numpy_helper.from_array(values, f"{table}_int8"))
+        ids, out, base = node.input[1], node.output[0], node.name or node.output[0]
+        nodes = [helper.make_node("Gather", [f"{table}_int8", ids], [f"{out}_int8"], name=f"{base}_int8")]
+        weights = next((i for i in graph.initializer if i.name == folds.get(table)), None)
+        if weights is not None:  # the rows' weights carry their scales: rows x scale x weight = int8 x (scale x weight)
+            folded = numpy_helper.to_array(weights) * scale[:, 0]
+            weights.CopyFrom(numpy_helper.from_array(folded.astype(np.float32), weights.name))
+            nodes.append(helper.make_node("Cast", [f"{out}_int8"], [out], name=f"{base}_cast",
+                                          to=onnx.TensorProto.FLOAT))
+            made += [n.name for n in graph.node if weights.name in n.input]  # in float: the scales are in them
+        else:
+            graph.initializer.append(numpy_helper.from_array(scale, f"{table}_scale"))
+            nodes += [helper.make_node("Cast", [f"{out}_int8"], [f"{out}_float"], name=f"{base}_cast",
+                                       to=onnx.TensorProto.FLOAT),
+                      helper.make_node("Gather", [f"{table}_scale", ids], [f"{out}_scale"], name=f"{base}_scale"),
+                      helper.make_node("Mul", [f"{out}_float", f"{out}_scale"], [out], name=f"{base}_rows")]
         graph.node.remove(node)
         for offset, new in enumerate(nodes):
             graph.node.insert(position + offset, new)
@@ -217,7 +234,8 @@ def quantize_dynamic_int8(source: Path, destination: Path, preset: str, per_chan
 def quantize_static_int8(source: Path, destination: Path, preset: str, feeds: Iterable[dict], count: int,
                          method: str = CALIBRATION_METHOD, per_channel: bool = PER_CHANNEL, exclude: Iterable[str] = (),
                          progress: bool = False) -> Path:
-    """Static INT8 (QDQ): activation ranges calibrated by running `feeds` (one input dict per text)."""
+    """Static INT8 (QDQ): MatMul weights in int8, activation ranges calibrated by running `feeds` (one input dict per
+    text); embedding tables in int8 per row (int8_tables)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
     from tqdm import tqdm

@@ -21,6 +21,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from bertdeploy.build.quantize import ROW_WEIGHTS
 from bertdeploy.errors import BertdeployError
 
 MODEL_TYPE = "bertdeploy-static"
@@ -145,6 +146,8 @@ def export_onnx(model_dir: Path, destination: Path) -> None:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch_size", config.num_labels])],
         initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="bertdeploy")
+    # INT8 folds the table's per-row scales into the token weights (quantize.int8_tables)
+    helper.set_model_props(model, {ROW_WEIGHTS: "token_vectors:token_weights"})
     onnx.checker.check_model(model)
     destination.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(destination))
