@@ -18,7 +18,9 @@ The demo model (MiniLM fine-tuned on the Chinese reviews by scripts/demo.sh) and
   4. the default Predictor's texts/s on 2,000 reviews for token budgets per batch from 1,024 to
      16,384, interleaved, three rounds (for the default of --max-batch-tokens).
 Every run uses 2 threads (this machine's CPUs), truncation at the model's 128 tokens.
-Writes benchmarks/results/predictor_speed.json.
+Writes benchmarks/results/predictor_speed.json. Optimum's pipeline needs optimum-onnx, which holds transformers below
+4.58 and so does not install beside bertdeploy's build stack (transformers 5.3 or newer): run this script in a venv
+with bertdeploy's runtime, transformers 4.57.6 and optimum-onnx 0.1.0.
 
     python benchmarks/predictor_speed.py [--model runs/demo/model] [--artifacts runs/demo/onnx]
 """

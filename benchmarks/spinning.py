@@ -9,7 +9,8 @@ after each call; `False`: they never spin) and Optimum's
 at a time (a stream of requests, where spinning threads catch the next call), the blocks taking turns
 (timing.interleave), 400 reviews after 20 warm-up calls each; the median of the calls. (2) Idle CPU: a
 fresh process per policy runs a burst of 200 single reviews, then its CPU time over the next 2 seconds of
-idling is read (share of one core). Writes benchmarks/results/spinning.json.
+idling is read (share of one core). Writes benchmarks/results/spinning.json. Optimum's pipeline needs a venv of its
+own (see predictor_speed.py).
 
     python benchmarks/spinning.py [--model runs/demo/model] [--artifacts runs/demo/onnx]
 """

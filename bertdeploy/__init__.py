@@ -3,7 +3,7 @@
 Two wings joined by one contract, the artifact directory with its `manifest.json`:
 
 - the build wing (`bertdeploy.build`, `bertdeploy.bench`): finetune, distill, export, quantize, bench;
-  torch, transformers and Optimum;
+  torch, transformers and onnx;
 - the runtime wing (`bertdeploy.runtime`, `bertdeploy.predict`, `bertdeploy.serve`): the predictor,
   `predict` and `serve`; onnxruntime or openvino, tokenizers and numpy, never torch.
 

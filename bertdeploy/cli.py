@@ -243,7 +243,9 @@ def _layers(value: str | None) -> int | list[int] | None:
               help="Score a stratified sample; 0 for all rows.")
 @click.option("--max-accuracy-drop", default=defaults.MAX_ACCURACY_DROP, show_default=True,
               help="Points of accuracy a variant may lose against PyTorch and still ship.")
-@click.option("--opset", type=int, help="ONNX opset (default: Optimum's choice).")
+@click.option("--opset", type=int, help="ONNX opset (default: 18).")
+@click.option("--exporter", default=defaults.EXPORTER, show_default=True, type=click.Choice(defaults.EXPORTERS),
+              help="PyTorch's exporter: the TorchScript tracer, or torch.export (fuses less: docs/export.md).")
 @click.option("--device", default=defaults.DEVICE, show_default=True, type=click.Choice(defaults.DEVICES))
 @click.option("--trim-vocabulary", is_flag=True,
               help="Keep only the tokens of the training texts (or --trim-texts) and every single character: a "

@@ -72,7 +72,11 @@ DEVICES = ("cpu", "cuda")  # what export builds on and bench times on (predict a
 DEVICE = "cpu"
 MAX_ACCURACY_DROP = 1.0  # points of accuracy a variant (or a student) may lose against its reference
 EVAL_SAMPLES = 2000  # eval texts scored: a stratified sample of larger sets
-OPTIMIZATION_LEVELS = ("O1", "O2", "O3", "O4")  # Optimum's; O4 is fp16, for GPUs
+OPTIMIZATION_LEVELS = ("O1", "O2", "O3", "O4")  # as Optimum named them; O4 is fp16, for GPUs
+# PyTorch's exporters: the TorchScript tracer, or torch.export (its graphs fuse less: docs/export.md)
+TORCHSCRIPT, DYNAMO = "torchscript", "dynamo"
+EXPORTERS = (TORCHSCRIPT, DYNAMO)
+EXPORTER = TORCHSCRIPT
 QUANTIZATIONS = ("int8", "int8-static", "fp16", "int8-ov")
 NO_QUANTIZATION = "none"  # export's quantize: fp32 only
 QUANT_PRESETS = ("avx2", "avx512", "avx512_vnni", "arm64")  # the CPU the INT8 kernels target

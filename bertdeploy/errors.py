@@ -52,4 +52,4 @@ def require_training(command: str, *modules: str) -> None:
     """A BertdeployError naming the `train` extra when a module of the training stack that `command`
     (finetune, export, bench) needs is missing (default: torch and transformers). The runtime install has none."""
     for module in modules or ("torch", "transformers"):
-        import_extra(module, "train", command, "the training stack (PyTorch, transformers, Optimum)")
+        import_extra(module, "train", command, "the training stack (PyTorch, transformers, ONNX)")

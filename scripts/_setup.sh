@@ -20,8 +20,10 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   fi
   echo "installing bertdeploy[$extra]" >&2
   .venv/bin/python -m pip install -q -e ".[$extra]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
-  .venv/bin/python -c "import bertdeploy, torch, transformers, optimum.exporters.onnx, onnxruntime" \
+  .venv/bin/python -c "import bertdeploy, torch, transformers, onnx, onnxruntime" \
     || { echo "the install failed; see the pip output above" >&2; exit 1; }
+  .venv/bin/python -m pip check 2>&1 | grep -v "is ignored: it is neither" >&2 \
+    || { echo "pip check found broken requirements in .venv (above)" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
 export PATH="$root/.venv/bin:$PATH"

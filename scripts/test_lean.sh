@@ -14,6 +14,7 @@ echo "creating a runtime-only venv with $($python --version)" >&2
 "$python" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install -q "$root[serve]" pytest httpx hypothesis schemathesis "tritonclient[http]" \
   2>&1 | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
+"$work/venv/bin/python" -m pip check | grep -v "is ignored: it is neither" >&2  # exit 1 on a broken requirement
 cd "$work"  # import the installed package, not the source tree
 "$work/venv/bin/python" - <<'PY'
 import importlib.util, sys

@@ -139,7 +139,7 @@ def test_without_the_training_stack_the_build_commands_name_the_extra(args, comm
     done = subprocess.run([sys.executable, "-c", TRAINING_BLOCKED, *[a.format(**values) for a in args]],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 2, done.stderr
-    assert done.stderr.strip() == (f"Error: {command} needs the training stack (PyTorch, transformers, Optimum): "
+    assert done.stderr.strip() == (f"Error: {command} needs the training stack (PyTorch, transformers, ONNX): "
                                    "pip install 'bertdeploy[train]'")
     assert not (tmp_path / "out").exists()
     helped = subprocess.run([sys.executable, "-c", TRAINING_BLOCKED, args[0], "--help"], capture_output=True,

@@ -1,4 +1,4 @@
-"""`bertdeploy export` on the tiny fine-tuned BERT: real Optimum exports and ONNX Runtime sessions."""
+"""`bertdeploy export` on the tiny fine-tuned BERT: real exports and ONNX Runtime sessions."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from bertdeploy.artifacts import read_manifest, sha256_file
 from bertdeploy.build import quantize
 from bertdeploy.build.export import ExportOptions, ExportResult, export
 from bertdeploy.build.guard import Variant
+from bertdeploy.build.onnxexport import export_onnx
 from bertdeploy.build.reference import computes_bf16
 from bertdeploy.cli import cli
 from bertdeploy.errors import BertdeployError
@@ -171,7 +172,7 @@ def test_the_search_keeps_as_few_nodes_in_float_as_hold_the_bound(tiny_classifie
     """A quantizer whose build misses the bound unless the 3 most sensitive nodes stay in float: 1, 2 fail,
     4 passes, then 3 passes, and the shipped file is the one built with 3."""
     model, _, _ = tiny_classifier
-    ranking = quantize.rank_sensitive_nodes(model_graph := _fp32_graph(model, tmp_path), _feeds(model_graph))
+    ranking = quantize.rank_sensitive_nodes(_fp32_graph(model, tmp_path), _feeds(model))
     real, calls = quantize.quantize_dynamic_int8, []
 
     def needs_three(source, destination, *args, **kwargs):
@@ -202,7 +203,7 @@ def test_an_outlier_feature_ranks_first(tiny_classifier, tmp_path):
     """The attention output projections that carry the outlier are the most sensitive nodes (numpy, any CPU)."""
     outlier = add_outlier_feature(tiny_classifier[0], tmp_path / "outlier")
     graph = _fp32_graph(outlier, tmp_path)
-    ranking = quantize.rank_sensitive_nodes(graph, _feeds(graph))
+    ranking = quantize.rank_sensitive_nodes(graph, _feeds(outlier))
     assert {name.split("/")[-3:-1] == ["output", "dense"] and "attention" in name for name in ranking[:2]} == {True}
     assert len(ranking) == 12 and len(set(ranking)) == 12
 
@@ -229,17 +230,15 @@ def test_int8_embedding_tables_keep_a_scale_per_row(exported, variant):
 
 
 def _fp32_graph(model_dir, tmp_path):
-    from optimum.exporters.onnx import main_export
-
-    work = tmp_path / f"graph-{model_dir.name}"
-    main_export(str(model_dir), work, task="text-classification", do_validation=False)
-    return work / "model.onnx"
+    graph = tmp_path / f"graph-{model_dir.name}.onnx"
+    export_onnx(model_dir, graph)
+    return graph
 
 
-def _feeds(graph):
+def _feeds(model_dir):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(graph.parent)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return [dict(tokenizer(row["text"], return_tensors="np")) for row in make_rows(16, seed=5)]
 
 

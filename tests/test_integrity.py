@@ -153,12 +153,13 @@ def test_stale_staging_folders_of_dead_processes_go_at_the_next_write(tmp_path, 
 @pytest.fixture
 def pickled_classifier(tiny_classifier, tmp_path) -> Path:
     """The tiny classifier saved with pickled weights only (pytorch_model.bin)."""
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     folder = tmp_path / "pickled"
     shutil.copytree(tiny_classifier[0], folder, ignore=shutil.ignore_patterns("*.safetensors"))
-    AutoModelForSequenceClassification.from_pretrained(tiny_classifier[0]).save_pretrained(
-        folder, safe_serialization=False)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier[0])
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")  # transformers 5 saves safetensors only
     assert (folder / "pytorch_model.bin").is_file() and not list(folder.glob("*.safetensors"))
     return folder
 

@@ -158,8 +158,7 @@ def convert_e5(source: str | Path, folder: str | Path) -> Path:
         # the tokenizer's ids; e5's own config says 0 for padding, which would freeze <s>'s embedding in training
         "pad_token_id": ids["pad"], "bos_token_id": ids["bos"], "eos_token_id": ids["eos"],
         "tokenizer_class": "XLMRobertaTokenizer",
-        # the oldest transformers the train extra allows; a local config without a version up to 4.57.2 makes
-        # transformers 4.57.3+ warn about a Mistral tokenizer regex
+        # a version, so that transformers (4.57.3 and later) does not check this tokenizer for a Mistral regex bug
         "transformers_version": "4.45.0",
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """Turn a fine-tuned model directory into a deployable ONNX artifact directory.
 
-Steps: export through Optimum (dynamic batch and sequence axes), build the variants asked for
+Steps: export with PyTorch's exporter (onnxexport.py: dynamic batch and sequence axes), build the variants asked for
 (graph optimization, INT8 dynamic/static, FP16), run PyTorch and every variant on the same real
 texts, fail loudly if the fp32 export disagrees with PyTorch, score each variant against the
 labels, keep the nodes most sensitive to quantization in float until a variant holds the
@@ -17,7 +17,6 @@ import functools
 import importlib.util
 import logging
 import shutil
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from bertdeploy.artifacts import check_output_dir, sha256_file, staging_dir, write_manifest
 from bertdeploy.build import quantize as q
 from bertdeploy.build.guard import Judge, Variant, build_to_the_bound, judge_at_precisions, time_and_pick
+from bertdeploy.build.onnxexport import export_onnx
 from bertdeploy.build.optimize import check_level, fused_operators, optimize_graph, unfused_attention
 from bertdeploy.build.pretrained import check_safetensors, load_classifier
 from bertdeploy.build.reference import PYTORCH, PYTORCH_BF16, TorchModel, computes_bf16, pytorch_logits
@@ -39,6 +39,8 @@ from bertdeploy.defaults import (
     CALIBRATION_SAMPLES,
     DEVICE,
     EVAL_SAMPLES,
+    EXPORTER,
+    EXPORTERS,
     MAX_ACCURACY_DROP,
     NO_QUANTIZATION,
     PER_CHANNEL,
@@ -78,6 +80,7 @@ class ExportOptions:
     eval_samples: int = EVAL_SAMPLES  # a stratified sample of larger eval sets; 0 scores every row
     max_accuracy_drop: float = MAX_ACCURACY_DROP
     opset: int | None = None
+    exporter: str = EXPORTER  # PyTorch's TorchScript exporter, or torch.export's ("dynamo"): onnxexport.py
     device: str = DEVICE
     allow_pickle: bool = False  # export a model whose weights are pickled only (pytorch_model.bin)
     overwrite: bool = False
@@ -115,6 +118,7 @@ class ExportOptions:
             (self.eval_samples >= 0, "eval_samples must be 0 (all rows) or positive"),
             (0 <= self.max_accuracy_drop <= 100, "max_accuracy_drop is in points, between 0 and 100"),
             (self.opset is None or 14 <= self.opset <= 23, "opset must be between 14 and 23"),
+            (self.exporter in EXPORTERS, f"unknown exporter {self.exporter!r}; use one of {', '.join(EXPORTERS)}"),
             (self.trim_vocabulary or not self.trim_texts, "--trim-texts names the texts for --trim-vocabulary; "
                                                           "add --trim-vocabulary"),
         ])
@@ -155,14 +159,16 @@ class ExportResult:
 
 def export(options: ExportOptions) -> ExportResult:
     """Export, build, check and score every variant; write the artifact directory."""
-    require_training("export", "torch", "transformers", "optimum.exporters.onnx", "onnx")
+    require_training("export", "torch", "transformers", "onnx")
     check_output_dir(options.output_dir, options.overwrite)
     source = read_model_dir(options.model_dir)
-    check_safetensors(source.path, options.allow_pickle)  # Optimum's export loads it too, as it finds it
+    check_safetensors(source.path, options.allow_pickle)
     from bertdeploy.build import staticmodel
 
     static = staticmodel.is_static(source.path)
-    graph_of = staticmodel.export_onnx if static else functools.partial(export_fp32, options=options)
+    graph_of = staticmodel.export_onnx if static else functools.partial(
+        export_onnx, exporter=options.exporter, opset=options.opset, device=options.device,
+        allow_pickle=options.allow_pickle)
     if options.optimize and static:
         raise BertdeployError(f"--optimize {options.optimize}: {source.path} is a static student, with no transformer "
                               "layers to fuse; export it without --optimize")
@@ -196,6 +202,7 @@ def export(options: ExportOptions) -> ExportResult:
         exported, trimmed, vocabulary = source, None, None
         if options.trim_vocabulary:
             exported, trimmed, vocabulary = _trim(source, options, scored, work / "trimmed")
+        work.mkdir(parents=True, exist_ok=True)
         graph_of(exported.path, work / "model.onnx")
         fp32 = out / _file_name("fp32")
         shutil.copyfile(work / "model.onnx", fp32)
@@ -209,7 +216,7 @@ def export(options: ExportOptions) -> ExportResult:
             variants.append(judge_at_precisions(judge, "fp32-ov", fp32, "fp32", OPENVINO))
         level = options.optimize
         if level:
-            optimized = optimize_graph(work, level, options.device, out / _file_name(level))
+            optimized = optimize_graph(fp32, level, options.device, out / _file_name(level), exported.path)
             variants.append(judge.score(level, optimized, "optimized", optimization=level))
         jobs = [(kind, kind, fp32, None) for kind in kinds]
         if "int8" in kinds and level in ("O1", "O2", "O3"):
@@ -295,30 +302,6 @@ def _judge_trim(judge: Judge, logits: np.ndarray, vocabulary: dict) -> dict:
             f"{len(judge.examples)} held-out texts (at most {judge.max_drop} allowed); nothing was written. Give "
             "more of the texts it will meet with --trim-texts, or export without --trim-vocabulary")
     return figures
-
-
-def export_fp32(model_dir: Path, destination: Path, options: ExportOptions) -> None:
-    """Optimum's ONNX export of `model_dir` into `destination` (its folder's model.onnx), without Optimum's warn-only
-    validation."""
-    from optimum.exporters.onnx import main_export
-
-    work = destination.parent
-
-    logger.info("exporting %s to ONNX", model_dir)
-    transformers_logger = logging.getLogger("transformers")
-    level = transformers_logger.level
-    transformers_logger.setLevel(logging.ERROR)  # tracing advice meant for model authors, not for users
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # Optimum's own validation only warns; our parity check fails loudly instead.
-            main_export(str(model_dir), work, task="text-classification", opset=options.opset,
-                        device=options.device, do_validation=False)
-    finally:
-        transformers_logger.setLevel(level)
-    if (work / "model.onnx_data").exists():
-        raise ModelError(f"{model_dir}: the model is over 2 GB and needs ONNX external data, which bertdeploy "
-                         "does not package yet")
 
 
 def write_tokenizer(source: ModelSource, destination: Path):

@@ -1,14 +1,17 @@
-"""ONNX Runtime transformer fusions at Optimum's levels O1-O4, applied to an exported graph.
+"""ONNX Runtime's transformer optimizer at the levels O1-O4 that Optimum named, applied to an exported graph.
 
-O1 basic fusions, O2 adds attention/LayerNorm/GELU fusions, O3 adds the GELU approximation,
-O4 is O3 in fp16 for GPUs. Whether the result is still right is checked by export.py;
-`fused_operators` counts what the fusions made, since some architectures get none.
+O1 is ONNX Runtime's basic graph optimizations alone; O2 adds its extended ones and the transformer fusions
+(attention, skip LayerNorm, bias GELU); O3 adds the GELU approximation; O4 is O3 in fp16, for GPUs. LEVELS holds
+each level's settings, the same as Optimum's `AutoOptimizationConfig` passes to the optimizer (embedding
+LayerNorm fusion off, every other fusion at ONNX Runtime's default), so the graphs are the same node for node.
+Whether the result is still right is checked by export.py; `fused_operators` counts what the fusions made,
+since some architectures get none.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from bertdeploy.defaults import OPTIMIZATION_LEVELS
@@ -45,14 +48,47 @@ def check_level(level: str, device: str) -> None:
                               "or use O2/O3 on CPU")
 
 
-def optimize_graph(export_dir: Path, level: str, device: str, destination: Path) -> Path:
-    """Fuse `export_dir/model.onnx` (an Optimum export, config.json beside it) into `destination`."""
-    from optimum.onnxruntime import AutoOptimizationConfig, ORTOptimizer
+@dataclass(frozen=True, kw_only=True)
+class Level:
+    """One optimization level: ONNX Runtime's graph optimization level, whether the transformer fusions run,
+    the GELU approximation, and fp16 weights."""
+
+    ort_level: int
+    fusions: bool = True
+    gelu_approximation: bool = False
+    fp16: bool = False
+
+
+LEVELS = {
+    "O1": Level(ort_level=1, fusions=False),
+    "O2": Level(ort_level=2),
+    "O3": Level(ort_level=2, gelu_approximation=True),
+    "O4": Level(ort_level=2, gelu_approximation=True, fp16=True),
+}
+
+
+def attention_shape(model_dir: Path) -> tuple[int, int]:
+    """(attention heads, hidden size) from a checkpoint's config.json, whatever the architecture names them."""
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    heads = config.get("num_attention_heads", config.get("n_heads", 0))
+    return heads, config.get("hidden_size", config.get("dim", 0))  # 0: the optimizer reads them off the graph
+
+
+def optimize_graph(source: Path, level: str, device: str, destination: Path, model_dir: Path) -> Path:
+    """Fuse the exported graph `source` of the checkpoint in `model_dir` into `destination` at `level`."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
 
     check_level(level, device)
-    optimizer = ORTOptimizer.from_pretrained(export_dir, file_names=["model.onnx"])
-    config = AutoOptimizationConfig.with_optimization_level(level, for_gpu=device == "cuda")
-    with tempfile.TemporaryDirectory(dir=destination.parent) as work:
-        optimizer.optimize(config, save_dir=work)
-        shutil.move(Path(work) / "model_optimized.onnx", destination)
+    settings = LEVELS[level]
+    options = FusionOptions("bert")  # every BERT-family encoder takes ONNX Runtime's BERT fusions
+    options.enable_embed_layer_norm = False  # off in every one of Optimum's levels
+    options.enable_gelu_approximation = settings.gelu_approximation
+    heads, hidden = attention_shape(model_dir)
+    optimizer = optimize_model(str(source), "bert", heads, hidden, optimization_options=options,
+                               opt_level=settings.ort_level, use_gpu=device == "cuda",
+                               only_onnxruntime=not settings.fusions)
+    if settings.fp16:
+        optimizer.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True)
+    optimizer.save_model_to_file(str(destination))
     return destination

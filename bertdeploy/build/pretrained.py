@@ -4,7 +4,7 @@
 (a Hugging Face id, or a directory written by save_pretrained), with one clear error per way the
 source can be wrong. `load_classifier` is the one place a checkpoint's weights are read: safetensors
 only, unless the caller allows pickled weights (`pytorch_model.bin`, which can run code as it loads);
-`check_safetensors` refuses such a directory before anything else reads it (Optimum's export).
+`check_safetensors` refuses such a directory before anything else reads it.
 `encode_rows` tokenizes without padding, each row with its target.
 This module does not read data files, train or save; finetune and distill do.
 """

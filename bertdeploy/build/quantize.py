@@ -3,8 +3,8 @@
 Dynamic INT8 stores the weights in 8 bits and quantizes activations on the fly; static INT8
 fixes the activation ranges from calibration texts; OpenVINO INT8 is NNCF's post-training
 quantization of the same ONNX graph, also calibrated, for the OpenVINO runtime; FP16 halves
-the weights and keeps fp32 inputs, outputs and numerically fragile ops. INT8 presets name the CPU the kernels target and
-come from Optimum's `AutoQuantizationConfig`; `auto` reads the CPU's flags.
+the weights and keeps fp32 inputs, outputs and numerically fragile ops. INT8 presets name the CPU the kernels target,
+with the types and symmetry Optimum's `AutoQuantizationConfig` gave each (PRESETS); `auto` reads the CPU's flags.
 Any graph can be quantized: fused graphs need `DefaultTensorType`, which is always passed.
 This module builds files; export.py chooses what to build and decides what is good enough to ship.
 """
@@ -55,22 +55,28 @@ def resolve_preset(preset: str) -> str:
     return preset
 
 
-def _preset_settings(preset: str, is_static: bool, per_channel: bool) -> dict:
-    """Activation/weight types, range and symmetry of an Optimum preset, as ORT quantizer arguments.
+# Per preset: weight type and 7-bit range. Activations are uint8 and asymmetric, weights symmetric, everywhere.
+# Without VNNI, u8 x s8 products can saturate 16-bit accumulators: `avx512` uses 7-bit weights, `avx2` uint8 weights.
+PRESETS = {
+    "avx512_vnni": {"weight_type": "QInt8", "reduce_range": False},
+    "avx512": {"weight_type": "QInt8", "reduce_range": True},
+    "avx2": {"weight_type": "QUInt8", "reduce_range": False},
+    "arm64": {"weight_type": "QInt8", "reduce_range": False},
+}
 
-    Without VNNI, u8 x s8 products can saturate 16-bit accumulators, so `avx512` uses 7-bit weights.
-    """
-    from optimum.onnxruntime import AutoQuantizationConfig
 
-    make = getattr(AutoQuantizationConfig, preset)
-    extra = {"reduce_range": True} if preset == "avx512" else {}
-    config = make(is_static=is_static, per_channel=per_channel, **extra)
+def _preset_settings(preset: str) -> dict:
+    """A preset's types, range and symmetry, as ONNX Runtime quantizer arguments."""
+    import onnx
+    from onnxruntime.quantization import QuantType
+
     return {
-        "activation_type": config.activations_dtype,
-        "weight_type": config.weights_dtype,
-        "reduce_range": config.reduce_range,
-        "extra_options": {"ActivationSymmetric": config.activations_symmetric,
-                          "WeightSymmetric": config.weights_symmetric},
+        "activation_type": QuantType.QUInt8,
+        "weight_type": QuantType[PRESETS[preset]["weight_type"]],
+        "reduce_range": PRESETS[preset]["reduce_range"],
+        # Without a default type the quantizer fails on fused graphs whose contrib ops defeat shape inference.
+        "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True,
+                          "DefaultTensorType": onnx.TensorProto.FLOAT},
     }
 
 
@@ -219,9 +225,7 @@ def quantize_dynamic_int8(source: Path, destination: Path, preset: str, per_chan
     import onnx
     from onnxruntime.quantization import quantize_dynamic
 
-    settings = _preset_settings(preset, is_static=False, per_channel=per_channel)
-    # Without a default type the quantizer fails on fused graphs whose contrib ops defeat shape inference.
-    settings["extra_options"]["DefaultTensorType"] = onnx.TensorProto.FLOAT
+    settings = _preset_settings(preset)
     model = onnx.load(str(source))
     exclude = [*exclude, *int8_tables(model)]
     with _quiet_onnxruntime_logs():
@@ -256,8 +260,8 @@ def quantize_static_int8(source: Path, destination: Path, preset: str, feeds: It
                 self.bar.close()
             return feed
 
-    settings = _preset_settings(preset, is_static=True, per_channel=per_channel)
-    settings["extra_options"].update(DefaultTensorType=onnx.TensorProto.FLOAT, CalibMaxIntermediateOutputs=64)
+    settings = _preset_settings(preset)
+    settings["extra_options"]["CalibMaxIntermediateOutputs"] = 64
     model = onnx.load(str(source))
     exclude = [*exclude, *int8_tables(model)]
     with _quiet_onnxruntime_logs():

@@ -61,6 +61,7 @@ from bertdeploy.metrics import tune_thresholds
 logger = logging.getLogger(__name__)
 
 MODEL_KIND = "model"
+GROUP_BY_LENGTH = "group_by_length"  # the Trainer's sampler that batches texts of like length
 
 
 @dataclass
@@ -245,7 +246,7 @@ def finetune(options: FinetuneOptions, recipe: Recipe | None = None) -> Finetune
         run = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         # the Trainer also groups evaluation batches by length (a shuffled order, fine for its per-epoch figures,
         # which pair each prediction with its label id); the kept model's scores must follow the eval rows' order
-        trainer.args.group_by_length = False
+        trainer.args.train_sampling_strategy = "random"
         prediction = trainer.predict(eval_set)
     except BaseException:
         if args.process_index == 0:
@@ -339,7 +340,7 @@ def training_arguments(options: FinetuneOptions, checkpoints: Path):
         per_device_eval_batch_size=options.batch_size * 2,
         learning_rate=options.learning_rate,
         weight_decay=options.weight_decay,
-        warmup_ratio=options.warmup_ratio,
+        warmup_steps=float(options.warmup_ratio),  # a float below 1: a share of the steps
         eval_strategy="epoch",
         save_strategy="epoch",
         logging_strategy="epoch",
@@ -347,7 +348,7 @@ def training_arguments(options: FinetuneOptions, checkpoints: Path):
         metric_for_best_model=best_metric(options.multi_label),
         greater_is_better=True,
         save_total_limit=1,  # with load_best_model_at_end: the best and the latest are kept
-        group_by_length=options.group_by_length,
+        train_sampling_strategy=GROUP_BY_LENGTH if options.group_by_length else "random",
         seed=options.seed,
         data_seed=options.seed,
         bf16=bf16,
