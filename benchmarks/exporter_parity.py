@@ -4,7 +4,8 @@ Optimum's side runs in a venv of its own (made here, or reused: --optimum-venv) 
 optimum-onnx 0.1.0, the newest pair that installs together, and the same onnxruntime and onnx as ours:
 `main_export(task="text-classification")`, `ORTOptimizer` at O2, and `ORTQuantizer` dynamic INT8 with the
 `avx512_vnni` preset on the unfused export. Ours runs here: `onnxexport.export_onnx`, `optimize.optimize_graph`
-at O2 and `quantize.quantize_dynamic_int8` (same preset; embedding tables per row, as export builds them).
+at O2 and `quantize.quantize_dynamic_int8` (same preset; embedding tables per row, as export builds them). A third
+side, `before`, is what bertdeploy shipped when it exported through Optimum: our INT8 of Optimum's fp32 graph.
 
 Checkpoints, all fine-tuned here with `finetune` on the BBC news topics of benchmarks/static.py (5 classes,
 1,500 articles, the rest held out, 128 tokens): the packaged MiniLM (BERT, 6 layers, hidden 384), and small
@@ -202,6 +203,8 @@ def main() -> None:
     for name in args.only or CHECKPOINTS:
         model, accuracy = checkpoint(name, work, train, test)
         graphs = {"ours": ours(model, work / name / "ours"), "optimum": optimum(python, model, work / name / "optimum")}
+        before = quantize.quantize_dynamic_int8(graphs["optimum"]["fp32"], work / name / "before.onnx", "avx512_vnni")
+        graphs["before"] = {"int8": before}
         results.setdefault("checkpoints", {})[name] = {"pytorch_accuracy": accuracy,
                                                        **compare(name, model, graphs, test, args.rounds)}
         RESULTS.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")

@@ -48,6 +48,7 @@ def test_every_variant_loads_and_matches_pytorch(exported, tiny_classifier):
     manifest = read_manifest(out, "onnx")
     assert set(manifest["variants"]) == {*TOLERANCE, *QUANTIZED} and not manifest["rejected"]  # int8 in both orders
     assert manifest["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert manifest["exporter"] == {"name": "torchscript", "opset": 18}
     assert payload["default_variant"] == manifest["default_variant"]
     assert manifest["default_variant"] in manifest["variants"]
     texts = [r["text"] for r in make_rows(40, seed=2)] + ["很" * 200]  # and one text cut at max length

@@ -26,7 +26,7 @@ import numpy as np
 from bertdeploy.artifacts import check_output_dir, sha256_file, staging_dir, write_manifest
 from bertdeploy.build import quantize as q
 from bertdeploy.build.guard import Judge, Variant, build_to_the_bound, judge_at_precisions, time_and_pick
-from bertdeploy.build.onnxexport import export_onnx
+from bertdeploy.build.onnxexport import OPSET, export_onnx
 from bertdeploy.build.optimize import check_level, fused_operators, optimize_graph, unfused_attention
 from bertdeploy.build.pretrained import check_safetensors, load_classifier
 from bertdeploy.build.reference import PYTORCH, PYTORCH_BF16, TorchModel, computes_bf16, pytorch_logits
@@ -166,6 +166,9 @@ def export(options: ExportOptions) -> ExportResult:
     from bertdeploy.build import staticmodel
 
     static = staticmodel.is_static(source.path)
+    # how model.onnx is made: a static student's graph is written directly, not by a PyTorch exporter
+    exporter = {"name": "static", "opset": staticmodel.OPSET} if static else {
+        "name": options.exporter, "opset": options.opset or OPSET}
     graph_of = staticmodel.export_onnx if static else functools.partial(
         export_onnx, exporter=options.exporter, opset=options.opset, device=options.device,
         allow_pickle=options.allow_pickle)
@@ -244,7 +247,7 @@ def export(options: ExportOptions) -> ExportResult:
             figures["latency_ms"] = latency[name]
         inputs = [i.name for i in create_session(fp32, options.device).get_inputs()]
         _write_manifest(out, options, source, variants, default, inputs, judge.reference_figures, judge.guard,
-                        eval_source, len(scored), auto, pytorch, vocabulary)
+                        eval_source, len(scored), auto, pytorch, vocabulary, exporter)
     return ExportResult(Path(options.output_dir), default, judge.reference_figures, judge.guard, eval_source,
                         len(scored), variants, auto, pytorch, source.scheme.metric, source.scheme.multi_label,
                         vocabulary)
@@ -369,7 +372,7 @@ def _build(kind: str, graph: Path, destination: Path, options: ExportOptions, to
 
 def _write_manifest(out: Path, options: ExportOptions, source: ModelSource, variants: list[Variant], default: str,
                     inputs: list[str], reference: dict, guard: str, eval_source: str | None, texts: int,
-                    auto: dict | None, pytorch: dict, vocabulary: dict | None) -> None:
+                    auto: dict | None, pytorch: dict, vocabulary: dict | None, exporter: dict) -> None:
     write_manifest(out, ARTIFACT_KIND, {
         "source_model": str(source.path.absolute()),
         "source_checkpoint": (source.manifest or {}).get("source_model"),
@@ -385,6 +388,7 @@ def _write_manifest(out: Path, options: ExportOptions, source: ModelSource, vari
         "label_column": source.columns["label_column"],
         "label_columns": source.columns["label_columns"],
         "device": options.device,
+        "exporter": exporter,
         "default_variant": default,
         "evaluation": {
             "source": eval_source,
