@@ -165,7 +165,7 @@ def _log_tail(process: subprocess.Popen) -> str:
     return Path(process.stdout.name).read_text()[-2000:]
 
 
-def _wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for(condition, process: subprocess.Popen, timeout: float = 300) -> None:  # a bound, on a loaded machine
     deadline = time.monotonic() + timeout
     while not condition():
         if process.poll() is not None:
