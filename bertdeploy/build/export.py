@@ -166,12 +166,13 @@ def export(options: ExportOptions) -> ExportResult:
     from bertdeploy.build import staticmodel
 
     static = staticmodel.is_static(source.path)
-    # how model.onnx is made: a static student's graph is written directly, not by a PyTorch exporter
-    exporter = {"name": "static", "opset": staticmodel.OPSET} if static else {
-        "name": options.exporter, "opset": options.opset or OPSET}
-    graph_of = staticmodel.export_onnx if static else functools.partial(
-        export_onnx, exporter=options.exporter, opset=options.opset, device=options.device,
-        allow_pickle=options.allow_pickle)
+    # how model.onnx is made, for the manifest: a static student's graph is written directly, not by PyTorch
+    if static:
+        graph_of, exporter = staticmodel.export_onnx, {"name": "static", "opset": staticmodel.OPSET}
+    else:
+        exporter = {"name": options.exporter, "opset": options.opset or OPSET}
+        graph_of = functools.partial(export_onnx, exporter=options.exporter, opset=exporter["opset"],
+                                     device=options.device, allow_pickle=options.allow_pickle)
     if options.optimize and static:
         raise BertdeployError(f"--optimize {options.optimize}: {source.path} is a static student, with no transformer "
                               "layers to fuse; export it without --optimize")
