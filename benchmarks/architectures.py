@@ -26,11 +26,11 @@ import tempfile
 from pathlib import Path
 
 from bertdeploy.artifacts import read_manifest
-from bertdeploy.bench.cases import fixed_length_cases
-from bertdeploy.bench.engines import Engine
-from bertdeploy.bench.run import BenchOptions, measure, pick_engines
-from bertdeploy.build.demo import minilm_path, review_texts
-from bertdeploy.build.export import ExportOptions, export
+from bertdeploy.benchmark.cases import fixed_length_cases
+from bertdeploy.benchmark.engines import Engine
+from bertdeploy.benchmark.run import BenchOptions, measure, pick_engines
+from bertdeploy.builder.export import ExportOptions, export
+from bertdeploy.demo.packaged import minilm_path, review_texts
 from bertdeploy.host import machine
 from bertdeploy.runtime.encoding import load_encoder
 

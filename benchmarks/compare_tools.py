@@ -1,7 +1,7 @@
 """bertdeploy's variants against the routes an ML engineer would otherwise take, in one run, on one model.
 
 On the demo model (MiniLM-L6 fine-tuned on the Chinese reviews by scripts/demo.sh), with the
-same inputs, the same 2 threads, engines taking turns call by call (bertdeploy.bench.run):
+same inputs, the same 2 threads, engines taking turns call by call (bertdeploy.benchmark.run):
   pytorch                 eager PyTorch fp32, the reference
   pytorch-bf16            the same under torch.autocast(bfloat16), on CPUs that compute bf16 natively;
                           speed-ups are against the faster PyTorch that kept accuracy
@@ -35,10 +35,10 @@ from pathlib import Path
 from onnx import TensorProto
 
 from bertdeploy.artifacts import read_manifest
-from bertdeploy.bench.cases import fixed_length_cases, natural_cases
-from bertdeploy.bench.engines import Engine
-from bertdeploy.bench.report import BenchResult, plot
-from bertdeploy.bench.run import BenchOptions, load_eval, measure, pick_engines
+from bertdeploy.benchmark.cases import fixed_length_cases, natural_cases
+from bertdeploy.benchmark.engines import Engine
+from bertdeploy.benchmark.report import BenchResult, plot
+from bertdeploy.benchmark.run import BenchOptions, load_eval, measure, pick_engines
 from bertdeploy.host import machine
 from bertdeploy.labels import LabelScheme
 from bertdeploy.runtime.encoding import load_encoder

@@ -30,13 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.bench.cases import fixed_length_cases
-from bertdeploy.bench.engines import Engine
-from bertdeploy.build.demo import review_texts
-from bertdeploy.build.distill import DistillOptions, distill
-from bertdeploy.build.export import ExportOptions, export
-from bertdeploy.build.guard import interleaved_latency
-from bertdeploy.build.reference import PYTORCH, TorchModel
+from bertdeploy.benchmark.cases import fixed_length_cases
+from bertdeploy.benchmark.engines import Engine
+from bertdeploy.builder.distill import DistillOptions, distill
+from bertdeploy.builder.export import ExportOptions, export
+from bertdeploy.builder.guard import interleaved_latency
+from bertdeploy.builder.reference import PYTORCH, TorchModel
+from bertdeploy.demo.packaged import review_texts
 from bertdeploy.host import machine
 from bertdeploy.runtime.backends import open_model
 from bertdeploy.runtime.encoding import load_encoder

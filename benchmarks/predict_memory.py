@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bertdeploy.build.demo import minilm_path, review_texts
+from bertdeploy.demo.packaged import minilm_path, review_texts
 from bertdeploy.host import machine
 from bertdeploy.timing import stopwatch
 
@@ -53,7 +53,7 @@ def small_classifier(folder: Path) -> Path:
 
 
 def main() -> None:
-    from bertdeploy.build.export import ExportOptions, export
+    from bertdeploy.builder.export import ExportOptions, export
 
     texts = [t for group in review_texts().values() for t in group]
     results = []

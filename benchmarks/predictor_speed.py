@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.build.demo import review_texts
-from bertdeploy.build.reference import computes_bf16
+from bertdeploy.builder.reference import computes_bf16
+from bertdeploy.demo.packaged import review_texts
 from bertdeploy.host import machine
 from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.timing import interleave, stopwatch

@@ -23,8 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bertdeploy.build.export import ExportOptions, export
-from bertdeploy.build.guard import interleaved_latency
+from bertdeploy.builder.export import ExportOptions, export
+from bertdeploy.builder.guard import interleaved_latency
 from bertdeploy.host import machine
 from bertdeploy.runtime.backends import open_model
 from bertdeploy.runtime.encoding import encode, load_encoder

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.build.demo import review_texts
+from bertdeploy.demo.packaged import review_texts
 from bertdeploy.host import machine
 from bertdeploy.runtime.encoding import padded_length
 from bertdeploy.runtime.predictor import Predictor

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from predictor_speed import BLOCK, optimum_dir, stream_block
 
-from bertdeploy.build.demo import review_texts
+from bertdeploy.demo.packaged import review_texts
 from bertdeploy.host import machine
 from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.timing import interleave

@@ -38,12 +38,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.bench.cases import fixed_length_cases
-from bertdeploy.build.demo import minilm_path
-from bertdeploy.build.distill import DistillOptions, distill
-from bertdeploy.build.export import ExportOptions, export
-from bertdeploy.build.guard import interleaved_latency
-from bertdeploy.build.train import FinetuneOptions, finetune
+from bertdeploy.benchmark.cases import fixed_length_cases
+from bertdeploy.builder.distill import DistillOptions, distill
+from bertdeploy.builder.export import ExportOptions, export
+from bertdeploy.builder.guard import interleaved_latency
+from bertdeploy.builder.train import FinetuneOptions, finetune
+from bertdeploy.demo.packaged import minilm_path
 from bertdeploy.host import machine
 from bertdeploy.runtime.backends import open_model
 from bertdeploy.runtime.encoding import load_encoder

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from transformers import Trainer, default_data_collator
 
-from bertdeploy.build.demo import minilm_path, write_review_splits
-from bertdeploy.build.pretrained import load_model
-from bertdeploy.build.train import FinetuneOptions, Recipe, finetune, metric_function, training_arguments
+from bertdeploy.builder.pretrained import load_model
+from bertdeploy.builder.train import FinetuneOptions, Recipe, finetune, metric_function, training_arguments
 from bertdeploy.data import load_examples
+from bertdeploy.demo.packaged import minilm_path, write_review_splits
 from bertdeploy.host import machine
 from bertdeploy.labels import LabelScheme
 from bertdeploy.metrics import classification_report

@@ -2,7 +2,7 @@
 
 Two wings joined by one contract, the artifact directory with its `manifest.json`:
 
-- the build wing (`bertdeploy.build`, `bertdeploy.bench`): finetune, distill, export, quantize, bench;
+- the build wing (`bertdeploy.builder`, `bertdeploy.benchmark`): finetune, distill, export, quantize, bench;
   torch, transformers and onnx;
 - the runtime wing (`bertdeploy.runtime`, `bertdeploy.predict`, `bertdeploy.serve`): the predictor,
   `predict` and `serve`; onnxruntime or openvino, tokenizers and numpy, never torch.

@@ -149,8 +149,8 @@ def _training_options(epochs: float | None, learning_rate: float | None,
 @_training_options(epochs=defaults.EPOCHS, learning_rate=defaults.LEARNING_RATE)
 def finetune(labels: str | None, label_columns: str | None, as_json: bool, **options: object) -> None:
     """Fine-tune a checkpoint on a labelled CSV/TSV/JSONL file."""
-    from bertdeploy.build.train import FinetuneOptions
-    from bertdeploy.build.train import finetune as run
+    from bertdeploy.builder.train import FinetuneOptions
+    from bertdeploy.builder.train import finetune as run
 
     with user_errors():
         result = run(FinetuneOptions(labels=_names(labels), label_columns=_names(label_columns), **options))
@@ -194,8 +194,8 @@ def distill(teacher_dir: Path, output_dir: Path, layers: int | list[int] | None,
             max_accuracy_drop: float, as_json: bool,
             **training: object) -> None:
     """Train a smaller student of a fine-tuned model on its soft targets."""
-    from bertdeploy.build.distill import DistillOptions
-    from bertdeploy.build.distill import distill as run
+    from bertdeploy.builder.distill import DistillOptions
+    from bertdeploy.builder.distill import distill as run
 
     with user_errors():
         result = run(DistillOptions(teacher_dir, output_dir, layers, student, static, static_dims, train_file,
@@ -258,8 +258,8 @@ def _layers(value: str | None) -> int | list[int] | None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export(quantize: tuple[str, ...], as_json: bool, **options: object) -> None:
     """Export a fine-tuned model to ONNX variants, checked against PyTorch."""
-    from bertdeploy.build.export import ExportOptions
-    from bertdeploy.build.export import export as run
+    from bertdeploy.builder.export import ExportOptions
+    from bertdeploy.builder.export import export as run
 
     quiet = logging.getLogger("bertdeploy").level > logging.INFO
     with user_errors():
@@ -338,8 +338,8 @@ def _numbers(value: str, name: str) -> list[int]:
 @_ALLOW_PICKLE
 def bench(variants: str | None, batch_sizes: str, seq_lengths: str, **options: object) -> None:
     """Time PyTorch and every exported variant on the same inputs."""
-    from bertdeploy.bench.run import BenchOptions
-    from bertdeploy.bench.run import bench as run
+    from bertdeploy.benchmark.run import BenchOptions
+    from bertdeploy.benchmark.run import bench as run
 
     progress = logging.getLogger("bertdeploy").level <= logging.INFO
     with user_errors():

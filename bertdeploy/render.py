@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bertdeploy.bench.report import BenchResult, Timing
-    from bertdeploy.build.distill import DistillResult
-    from bertdeploy.build.export import ExportResult
-    from bertdeploy.build.guard import Variant
-    from bertdeploy.build.train import FinetuneResult
+    from bertdeploy.benchmark.report import BenchResult, Timing
+    from bertdeploy.builder.distill import DistillResult
+    from bertdeploy.builder.export import ExportResult
+    from bertdeploy.builder.guard import Variant
+    from bertdeploy.builder.train import FinetuneResult
     from bertdeploy.predict.rows import PredictFileResult
 
 

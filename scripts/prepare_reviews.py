@@ -2,7 +2,7 @@
 
 import argparse
 
-from bertdeploy.build.demo import write_review_splits
+from bertdeploy.demo.packaged import write_review_splits
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("out_dir")

@@ -145,7 +145,7 @@ def tiny_classifier(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path, Path]
 
     Its wide margins make parity between PyTorch and each ONNX variant a meaningful check.
     """
-    from bertdeploy.build.train import FinetuneOptions, finetune
+    from bertdeploy.builder.train import FinetuneOptions, finetune
 
     folder = tmp_path_factory.mktemp("tiny-classifier")
     train = write_csv(folder / "train.csv", make_rows(160, seed=1))
@@ -173,7 +173,7 @@ def built_artifacts(tiny_classifier, tmp_path_factory) -> Path:
 
     The accuracy bound is one no variant can miss (100 points): whether a quantizer keeps a random tiny
     model's accuracy depends on the CPU's kernels, and these fixtures are for mechanics."""
-    from bertdeploy.build.export import ExportOptions, export
+    from bertdeploy.builder.export import ExportOptions, export
 
     out = tmp_path_factory.mktemp("artifacts") / "onnx"
     export(ExportOptions(model_dir=tiny_classifier[0], output_dir=out, quantize=["int8"], max_accuracy_drop=NO_VETO))

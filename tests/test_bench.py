@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import NO_VETO, make_rows, pytorch_logits, write_csv
 
-from bertdeploy.bench.cases import fixed_length_cases, natural_cases
-from bertdeploy.bench.run import BenchOptions, bench
-from bertdeploy.build.reference import BF16_FLAGS, computes_bf16
+from bertdeploy.benchmark.cases import fixed_length_cases, natural_cases
+from bertdeploy.benchmark.run import BenchOptions, bench
+from bertdeploy.builder.reference import BF16_FLAGS, computes_bf16
 from bertdeploy.cli import cli
 from bertdeploy.data import load_examples
 from bertdeploy.errors import BertdeployError
@@ -237,7 +237,7 @@ def test_compare_times_a_student_beside_its_teachers_export(static_export, tiny_
 
 
 def test_compare_feeds_each_engine_its_own_artifacts_inputs(static_export, tiny_artifacts, monkeypatch):
-    from bertdeploy.bench import run
+    from bertdeploy.benchmark import run
 
     seen: dict[str, list[set]] = {}
 
@@ -275,7 +275,7 @@ def test_compare_refuses_other_labels_and_what_is_no_export(tiny_artifacts, tiny
 
 
 def test_compared_labels_are_unique(tiny_artifacts, tmp_path):
-    from bertdeploy.bench.run import compared_artifacts
+    from bertdeploy.benchmark.run import compared_artifacts
 
     copies = [tmp_path / "a" / "onnx", tmp_path / "b" / "onnx", tmp_path / "onnx-2"]
     for copy in copies:

@@ -38,8 +38,8 @@ def test_the_tree_keeps_every_contract() -> None:
     ("runtime/leak.py", "import torch\n", "bertdeploy.runtime is not allowed to import torch"),
     ("serve/leak.py", "from transformers import AutoTokenizer\n",
      "bertdeploy.serve is not allowed to import transformers"),
-    ("predict/leak.py", "from bertdeploy.build import export\n",
-     "bertdeploy.predict is not allowed to import bertdeploy.build"),
+    ("predict/leak.py", "from bertdeploy.builder import export\n",
+     "bertdeploy.predict is not allowed to import bertdeploy.builder"),
     ("labels_leak.py", "from bertdeploy.runtime import predictor\n",
      "bertdeploy.labels is not allowed to import bertdeploy.runtime"),
 ])

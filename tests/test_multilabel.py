@@ -208,7 +208,7 @@ def test_export_judges_variants_by_micro_f1_on_sigmoid_scores(multilabel):
 
 def test_the_guard_counts_micro_f1_points_and_label_set_agreement(multilabel):
     """The guard's rule on logits a variant might give: one text loses a label."""
-    from bertdeploy.build.guard import Judge
+    from bertdeploy.builder.guard import Judge
 
     folder, _, _ = multilabel
     rows = make_multilabel_rows(8, seed=3)
@@ -299,7 +299,7 @@ def test_serve_answers_label_sets_on_predict_and_kserve(multilabel):
 
 
 def test_bench_scores_multilabel_engines_by_micro_f1(multilabel):
-    from bertdeploy.bench.run import BenchOptions, bench
+    from bertdeploy.benchmark.run import BenchOptions, bench
 
     folder, onnx, trained = multilabel
     result = bench(BenchOptions(onnx, eval_file=folder / "test.csv", variants=["fp32", "int8"], batch_sizes=[1],

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import _vocab
 
-from bertdeploy.build.onnxexport import export_onnx
-from bertdeploy.build.optimize import optimize_graph
-from bertdeploy.build.quantize import graph_nodes
+from bertdeploy.builder.onnxexport import export_onnx
+from bertdeploy.builder.optimize import optimize_graph
+from bertdeploy.builder.quantize import graph_nodes
 from bertdeploy.errors import ModelError
 from bertdeploy.runtime.sessions import create_session
 

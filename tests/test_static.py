@@ -57,8 +57,8 @@ def test_pytorch_and_the_graph_agree_and_special_tokens_weigh_nothing(static_stu
     import torch
     from transformers import AutoTokenizer
 
-    from bertdeploy.build import staticmodel
-    from bertdeploy.build.pretrained import load_classifier
+    from bertdeploy.builder import staticmodel
+    from bertdeploy.builder.pretrained import load_classifier
 
     out, *_ = static_student
     model = load_classifier(out).eval()
@@ -145,7 +145,7 @@ def test_optimizing_a_static_student_is_refused(static_student, tmp_path):
 
 
 def test_a_large_vocabulary_is_cut_to_the_training_texts_tokens(tiny_classifier, tmp_path, monkeypatch):
-    from bertdeploy.build import static
+    from bertdeploy.builder import static
 
     teacher, _, test = tiny_classifier
     monkeypatch.setattr(static, "MAX_VOCABULARY", 20)  # the tiny vocabulary stands in for a multilingual one
@@ -165,7 +165,7 @@ def test_a_large_vocabulary_is_cut_to_the_training_texts_tokens(tiny_classifier,
 
 
 def test_a_static_student_below_the_bound_is_refused_with_what_to_do(tiny_classifier, tmp_path):
-    from bertdeploy.build.distill import DistillOptions, distill
+    from bertdeploy.builder.distill import DistillOptions, distill
     from bertdeploy.errors import BertdeployError
 
     teacher, *_ = tiny_classifier
@@ -195,7 +195,7 @@ def test_model2vec_reads_every_tokenizer_family(tmp_path, kind):
     from test_trim import tiny_classifier as tiny_of_kind
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from bertdeploy.build.static import token_vectors
+    from bertdeploy.builder.static import token_vectors
 
     folder = tiny_of_kind(tmp_path / kind, kind)
     tokenizer = AutoTokenizer.from_pretrained(folder)

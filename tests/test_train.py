@@ -16,7 +16,7 @@ from conftest import make_rows, write_csv, write_jsonl
 from safetensors.numpy import load_file
 
 from bertdeploy.artifacts import read_manifest
-from bertdeploy.build.train import FinetuneOptions, finetune
+from bertdeploy.builder.train import FinetuneOptions, finetune
 from bertdeploy.errors import BertdeployError, ModelError, OutputDirError
 
 FAST = dict(epochs=5, learning_rate=3e-3, batch_size=8)

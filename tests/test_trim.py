@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the build wing: trimming rewrites PyTorch checkpoints")
 
-from bertdeploy.build.vocabulary import trim  # noqa: E402
+from bertdeploy.builder.vocabulary import trim  # noqa: E402
 from bertdeploy.errors import ModelError  # noqa: E402
 
 CORPUS = ["这个手机真的很好用", "质量太差了，非常失望", "the phone is great", "awful service, never again",
@@ -161,7 +161,7 @@ def word_classifier(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny WordPiece classifier fine-tuned on `_rows`, and its eval file."""
     from conftest import write_csv
 
-    from bertdeploy.build.train import FinetuneOptions, finetune
+    from bertdeploy.builder.train import FinetuneOptions, finetune
 
     folder = tmp_path_factory.mktemp("words")
     train, test = write_csv(folder / "train.csv", _rows(48, 0)), write_csv(folder / "test.csv", _rows(40, 1))
@@ -173,7 +173,7 @@ def word_classifier(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _export(model: Path, out: Path, **settings):
-    from bertdeploy.build.export import ExportOptions, export
+    from bertdeploy.builder.export import ExportOptions, export
 
     return export(ExportOptions(model, out, quantize=[], openvino=False, trim_vocabulary=True, **settings))
 
@@ -211,7 +211,7 @@ def test_a_trim_that_loses_accuracy_is_refused_and_nothing_is_written(word_class
 
 def test_bench_runs_pytorch_on_a_trimmed_exports_inputs_as_the_trimmed_model(word_classifier, tmp_path):
     # the feeds hold the trimmed tokenizer's ids; the untrimmed PyTorch model reads them through their tokens
-    from bertdeploy.bench.run import BenchOptions, bench
+    from bertdeploy.benchmark.run import BenchOptions, bench
 
     model, test = word_classifier
     _export(model, tmp_path / "onnx")

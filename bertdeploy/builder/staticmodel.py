@@ -21,7 +21,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from bertdeploy.build.quantize import ROW_WEIGHTS
+from bertdeploy.builder.quantize import ROW_WEIGHTS
 from bertdeploy.errors import BertdeployError
 
 MODEL_TYPE = "bertdeploy-static"

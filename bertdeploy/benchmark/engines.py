@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bertdeploy.artifacts import read_manifest
-from bertdeploy.build.reference import PYTORCH, TorchModel
+from bertdeploy.builder.reference import PYTORCH, TorchModel
 from bertdeploy.defaults import AUTO, VERIFY  # AUTO as an engine: the predictor's routing among the variants
 from bertdeploy.runtime.backends import OpenVinoModel, OrtModel
 from bertdeploy.runtime.options import RuntimeOptions

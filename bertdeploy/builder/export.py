@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from bertdeploy.artifacts import check_output_dir, sha256_file, staging_dir, write_manifest
-from bertdeploy.build import quantize as q
-from bertdeploy.build.guard import Judge, Variant, build_to_the_bound, judge_at_precisions, time_and_pick
-from bertdeploy.build.onnxexport import OPSET, export_onnx
-from bertdeploy.build.optimize import check_level, fused_operators, optimize_graph, unfused_attention
-from bertdeploy.build.pretrained import check_safetensors, load_classifier
-from bertdeploy.build.reference import PYTORCH, PYTORCH_BF16, TorchModel, computes_bf16, pytorch_logits
-from bertdeploy.build.source import ModelSource, calibration_texts, read_model_dir, scoring_texts, trimming_texts
-from bertdeploy.build.vocabulary import trim
+from bertdeploy.builder import quantize as q
+from bertdeploy.builder.guard import Judge, Variant, build_to_the_bound, judge_at_precisions, time_and_pick
+from bertdeploy.builder.onnxexport import OPSET, export_onnx
+from bertdeploy.builder.optimize import check_level, fused_operators, optimize_graph, unfused_attention
+from bertdeploy.builder.pretrained import check_safetensors, load_classifier
+from bertdeploy.builder.reference import PYTORCH, PYTORCH_BF16, TorchModel, computes_bf16, pytorch_logits
+from bertdeploy.builder.source import ModelSource, calibration_texts, read_model_dir, scoring_texts, trimming_texts
+from bertdeploy.builder.vocabulary import trim
 from bertdeploy.data import Examples
 from bertdeploy.defaults import (
     AUTO,
@@ -163,7 +163,7 @@ def export(options: ExportOptions) -> ExportResult:
     check_output_dir(options.output_dir, options.overwrite)
     source = read_model_dir(options.model_dir)
     check_safetensors(source.path, options.allow_pickle)
-    from bertdeploy.build import staticmodel
+    from bertdeploy.builder import staticmodel
 
     static = staticmodel.is_static(source.path)
     # how model.onnx is made, for the manifest: a static student's graph is written directly, not by PyTorch

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from bertdeploy.artifacts import move_into_place, sha256_file, write_manifest
-from bertdeploy.build.pretrained import encode_rows, load_model
-from bertdeploy.build.vocabulary import coverage
-from bertdeploy.build.workdir import check_same_run, last_checkpoint, plan_output, run_fingerprint, start_work_dir
+from bertdeploy.builder.pretrained import encode_rows, load_model
+from bertdeploy.builder.vocabulary import coverage
+from bertdeploy.builder.workdir import check_same_run, last_checkpoint, plan_output, run_fingerprint, start_work_dir
 from bertdeploy.data import (
     Examples,
     check_known_labels,

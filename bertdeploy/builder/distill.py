@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from bertdeploy.artifacts import read_manifest, sha256_file
-from bertdeploy.build.guard import interleaved_latency
-from bertdeploy.build.pretrained import freeze, load_classifier, load_model
-from bertdeploy.build.reference import TorchModel, pytorch_logits
-from bertdeploy.build.staticmodel import is_static
-from bertdeploy.build.train import MODEL_KIND, FinetuneOptions, FinetuneResult, Recipe, finetune
+from bertdeploy.builder.guard import interleaved_latency
+from bertdeploy.builder.pretrained import freeze, load_classifier, load_model
+from bertdeploy.builder.reference import TorchModel, pytorch_logits
+from bertdeploy.builder.staticmodel import is_static
+from bertdeploy.builder.train import MODEL_KIND, FinetuneOptions, FinetuneResult, Recipe, finetune
 from bertdeploy.data import Examples, file_format, load_texts
 from bertdeploy.defaults import (
     ALPHA,
@@ -231,7 +231,7 @@ class Distillation(Recipe):
             tokenizer, student = load_model(self.options.student, labels, seed=options.seed,
                                             problem_type=scheme.problem_type, allow_pickle=options.allow_pickle)
         elif self.options.static:
-            from bertdeploy.build import static
+            from bertdeploy.builder import static
 
             set_seed(options.seed)
             student, tokenizer, self.vectors = static.student(

@@ -41,7 +41,7 @@ def load_classifier(source: str | Path, allow_pickle: bool = False, **kwargs):
     check_safetensors(source, allow_pickle)
     from transformers import AutoModelForSequenceClassification
 
-    import bertdeploy.build.staticmodel  # noqa: F401  (registers the static student's model type)
+    import bertdeploy.builder.staticmodel  # noqa: F401  (registers the static student's model type)
 
     try:
         return AutoModelForSequenceClassification.from_pretrained(

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertdeploy.build.pretrained import load_classifier
-from bertdeploy.build.staticmodel import StaticConfig, StaticForSequenceClassification
-from bertdeploy.build.vocabulary import trim
+from bertdeploy.builder.pretrained import load_classifier
+from bertdeploy.builder.staticmodel import StaticConfig, StaticForSequenceClassification
+from bertdeploy.builder.vocabulary import trim
 from bertdeploy.data import Examples
 from bertdeploy.errors import BertdeployError, import_extra
 

@@ -103,7 +103,7 @@ def trim(model_dir: Path, texts: list[str], pairs: list[str] | None, destination
     import torch
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    from bertdeploy.build.pretrained import load_classifier
+    from bertdeploy.builder.pretrained import load_classifier
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=True)
     state = json.loads(tokenizer.backend_tokenizer.to_str())

@@ -1,6 +1,6 @@
 """Load time and peak memory of one `bench` engine alone, measured in a fresh Python process.
 
-`probe` starts `python -m bertdeploy.bench.probe ENGINE_JSON FEEDS_NPZ`, which loads the engine,
+`probe` starts `python -m bertdeploy.benchmark.probe ENGINE_JSON FEEDS_NPZ`, which loads the engine,
 runs each case's first batch once and prints its load time and its own peak RSS, so one engine's
 memory never counts against another's.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.bench.engines import Engine
-from bertdeploy.bench.report import EngineReport
+from bertdeploy.benchmark.engines import Engine
+from bertdeploy.benchmark.report import EngineReport
 from bertdeploy.errors import BertdeployError
 from bertdeploy.timing import stopwatch
 
@@ -28,7 +28,7 @@ def probe(engine: Engine, feeds: Path) -> EngineReport:
     """Load time and peak RSS of `engine` alone, in a fresh Python process that loads it and runs each case's
     first batch (saved in `feeds`) once."""
     logger.info("measuring load time and memory of %s in a separate process", engine.name)
-    done = subprocess.run([sys.executable, "-m", "bertdeploy.bench.probe", json.dumps(asdict(engine)), str(feeds)],
+    done = subprocess.run([sys.executable, "-m", "bertdeploy.benchmark.probe", json.dumps(asdict(engine)), str(feeds)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])

@@ -18,7 +18,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from bertdeploy.build.pretrained import load_classifier
+from bertdeploy.builder.pretrained import load_classifier
 from bertdeploy.defaults import DYNAMO, EXPORTER
 from bertdeploy.errors import ModelError, first_line
 

@@ -28,13 +28,13 @@ from typing import NamedTuple
 import numpy as np
 
 from bertdeploy.artifacts import MANIFEST_NAME, atomic_file, exported_files, read_manifest, verify_files
-from bertdeploy.bench import report as reporting
-from bertdeploy.bench.cases import Case, fixed_length_cases, natural_cases
-from bertdeploy.bench.engines import AUTO, Engine
-from bertdeploy.bench.probe import probe
-from bertdeploy.bench.report import BenchResult, EngineReport, Timing
-from bertdeploy.build.reference import PYTORCH, PYTORCH_BF16, computes_bf16
-from bertdeploy.build.source import SAMPLE_TEXTS
+from bertdeploy.benchmark import report as reporting
+from bertdeploy.benchmark.cases import Case, fixed_length_cases, natural_cases
+from bertdeploy.benchmark.engines import AUTO, Engine
+from bertdeploy.benchmark.probe import probe
+from bertdeploy.benchmark.report import BenchResult, EngineReport, Timing
+from bertdeploy.builder.reference import PYTORCH, PYTORCH_BF16, computes_bf16
+from bertdeploy.builder.source import SAMPLE_TEXTS
 from bertdeploy.data import (
     Examples,
     check_known_labels,

@@ -37,7 +37,7 @@ class TorchModel:
                  allow_pickle: bool = False, ids_from: str | None = None) -> None:
         import torch
 
-        from bertdeploy.build.pretrained import load_classifier
+        from bertdeploy.builder.pretrained import load_classifier
 
         self.torch = torch
         torch.set_num_threads(threads)
