@@ -25,13 +25,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bertdeploy.artifacts import read_manifest
+from bertdeploy import BenchOptions, ExportOptions, export
 from bertdeploy.benchmark.cases import fixed_length_cases
 from bertdeploy.benchmark.engines import Engine
-from bertdeploy.benchmark.run import BenchOptions, measure, pick_engines
-from bertdeploy.builder.export import ExportOptions, export
+from bertdeploy.benchmark.lineup import pick_engines
+from bertdeploy.benchmark.measure import measure
 from bertdeploy.demo.packaged import minilm_path, review_texts
 from bertdeploy.host import machine
+from bertdeploy.manifest import ExportManifest
 from bertdeploy.runtime.encoding import load_encoder
 
 RESULTS = Path(__file__).parent / "results" / "architectures.json"
@@ -100,14 +101,14 @@ def main() -> None:
             exported = export(ExportOptions(folder, work / f"{name.split()[0]}-onnx",
                                             quantize=["int8", "int8-ov"], openvino=True, calibration_file=calibration,
                                             max_accuracy_drop=100))
-            manifest = read_manifest(exported.output_dir, "onnx")
+            manifest = ExportManifest.read(exported.output_dir)
             options = BenchOptions(exported.output_dir, batch_sizes=[1, 8], seq_lengths=[128], runs=args.runs,
                                    warmup=2, threads=THREADS, record=False)
             engines = pick_engines(options, manifest)
-            names = list(manifest["inputs"])
-            engines.append(Engine("fp32-ov, converted from PyTorch", "openvino",
-                                  str(openvino_from_pytorch(folder, names)), "fp32", "cpu", THREADS))
-            encoder = load_encoder(exported.output_dir / manifest["tokenizer"], manifest["max_length"])
+            names = list(manifest.inputs)
+            engines.append(Engine(name="fp32-ov, converted from PyTorch", backend="openvino",
+                                  path=str(openvino_from_pytorch(folder, names)), threads=THREADS))
+            encoder = load_encoder(exported.output_dir / manifest.tokenizer, manifest.max_length)
             cases = fixed_length_cases(encoder, texts, options.batch_sizes, options.seq_lengths, names)
             _, timings = measure(engines, cases, options)
             p50: dict[str, dict[str, float]] = {}

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bertdeploy import Predictor
 from bertdeploy.data import load_texts
 from bertdeploy.host import machine
 from bertdeploy.runtime.encoding import MAX_PADDING, run_batches
-from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.timing import interleave
 
 RESULTS = Path(__file__).parent / "results" / "batch_efficiency.json"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.data import load_examples
+from bertdeploy import Predictor
+from bertdeploy.builder.examples import load_examples
 from bertdeploy.host import machine
-from bertdeploy.runtime.predictor import Predictor
 
 RESULTS = Path(__file__).parent / "results" / "batch_invariance.json"
 

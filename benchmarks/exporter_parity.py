@@ -34,18 +34,18 @@ from pathlib import Path
 import numpy as np
 from static import bbc_topics
 
+from bertdeploy import FinetuneOptions, finetune
 from bertdeploy.benchmark.cases import fixed_length_cases
 from bertdeploy.builder import quantize
-from bertdeploy.builder.guard import interleaved_latency
 from bertdeploy.builder.onnxexport import export_onnx
 from bertdeploy.builder.optimize import optimize_graph
 from bertdeploy.builder.reference import pytorch_logits
-from bertdeploy.builder.train import FinetuneOptions, finetune
 from bertdeploy.demo.packaged import minilm_path
 from bertdeploy.host import machine
 from bertdeploy.runtime.backends import open_model
 from bertdeploy.runtime.encoding import load_encoder, logits
 from bertdeploy.runtime.sessions import create_session
+from bertdeploy.timing import interleaved_latency
 
 RESULTS = Path(__file__).parent / "results" / "exporter_parity.json"
 THREADS = 2
@@ -144,13 +144,14 @@ def compare(name: str, model: Path, graphs: dict[str, dict[str, Path]], test: Pa
     texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
     classifier = load_classifier(model).eval()
     label_of = classifier.config.id2label
-    reference = pytorch_logits(classifier, AutoTokenizer.from_pretrained(model), texts, None, MAX_LENGTH, "cpu", 32)
+    reference = pytorch_logits(classifier, AutoTokenizer.from_pretrained(model), texts, None, MAX_LENGTH, device="cpu",
+                               batch_size=32)
     encoder = load_encoder(_tokenizer_json(model), MAX_LENGTH)
     figures, runs, feeds, scores = {}, {}, {}, {}
     for side, files in graphs.items():
         for variant, file in files.items():
             key = f"{side} {variant}"
-            session = open_model(file, "onnxruntime", "cpu", THREADS)
+            session = open_model(file, "onnxruntime", "cpu", threads=THREADS)
             scores[key] = logits(create_session(file, "cpu"), encoder, texts)
             right = [label_of[int(i)] == label for i, label in zip(scores[key].argmax(axis=1), labels, strict=True)]
             ops = collections.Counter(n.op_type for n in onnx.load(str(file), load_external_data=False).graph.node)

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bertdeploy import Predictor
 from bertdeploy.data import load_texts
 from bertdeploy.host import machine, usable_cpus
 from bertdeploy.runtime import encoding
 from bertdeploy.runtime.encoding import reads_before_cut
-from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.timing import interleave
 
 RESULTS = Path(__file__).parent / "results" / "long_texts.json"

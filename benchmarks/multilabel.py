@@ -26,20 +26,19 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.artifacts import read_manifest
-from bertdeploy.builder.export import ExportOptions, export
-from bertdeploy.data import example_columns, load_examples
+from bertdeploy import ExportOptions, export
+from bertdeploy.builder.examples import example_columns, load_examples
 from bertdeploy.host import machine
-from bertdeploy.labels import LabelScheme
+from bertdeploy.manifest import ModelManifest
 
 RESULTS = Path(__file__).parent / "results" / "multilabel.json"
 
 
 def constant_answers(model: Path) -> dict:
     """micro-F1 and subset accuracy of answering every text with every label, or with the most common set."""
-    manifest = read_manifest(model, "model")
-    scheme = LabelScheme.from_manifest(manifest)
-    examples = load_examples(manifest["data"]["eval_file"]["path"], **example_columns(manifest))
+    manifest = ModelManifest.read(model)
+    scheme = manifest.scheme
+    examples = load_examples(manifest.data.eval_file.path, **example_columns(manifest.columns, scheme))
     truth = scheme.encode(examples.labels)
     common = Counter(examples.labels).most_common(1)[0][0]
     answers = {"every label": np.ones_like(truth), f"always {'|'.join(common)}": scheme.encode([common] * len(truth))}

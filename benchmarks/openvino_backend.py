@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.benchmark.run import BenchOptions, bench
-from bertdeploy.runtime.backends import OPENVINO, backend_of
+from bertdeploy import BenchOptions, bench
+from bertdeploy.manifest import AutoRoute, ExportManifest
+from bertdeploy.runtime.backends import OPENVINO
 
 RESULTS = Path(__file__).parent / "results"
 THREADS = 2
@@ -40,9 +41,9 @@ def p50(result, engine: str, inputs: str, batch: int) -> float | None:
                 None)
 
 
-def route_for(routes: list[dict], tokens: int) -> str:
+def route_for(routes: tuple[AutoRoute, ...], tokens: int) -> str:
     """The variant auto routes a batch of `tokens` padded tokens to (natural cells: their median batch)."""
-    return next(r["variant"] for r in routes if r["max_tokens"] is None or tokens <= r["max_tokens"])
+    return next(r.variant for r in routes if r.max_tokens is None or tokens <= r.max_tokens)
 
 
 def main() -> None:
@@ -58,15 +59,14 @@ def main() -> None:
         shutil.copytree(args.artifacts, copy)
         first = bench(BenchOptions(copy, eval_file=args.eval_file, batch_sizes=[1, 8, 32], seq_lengths=[128],
                                    runs=args.runs, warmup=3, threads=THREADS))
-        variants = json.loads((copy / "manifest.json").read_text())["variants"]
-        runtime = {name: backend_of(entry) for name, entry in variants.items()}
+        runtime = {name: entry.backend for name, entry in ExportManifest.read(copy).variants.items()}
         speed = {name: float(np.mean([t.p50_ms / min(u.p50_ms for u in first.timings if (u.inputs, u.batch_size) ==
                                                      (t.inputs, t.batch_size) and u.engine in runtime)
                                       for t in first.timings if t.engine == name]))
                  for name in runtime}  # mean p50 relative to the fastest variant of each cell
         best = {side: sorted((n for n in runtime if (runtime[n] == OPENVINO) == (side == OPENVINO)), key=speed.get)[:2]
                 for side in ("onnxruntime", OPENVINO)}
-        routes = first.auto["routes"]
+        routes = first.auto.routes
         second = bench(BenchOptions(copy, eval_file=args.eval_file, variants=[*best["onnxruntime"], *best[OPENVINO],
                                                                               "auto"],
                                     batch_sizes=[1, 2, 4, 8, 16, 32], seq_lengths=[128], runs=args.runs, warmup=3,
@@ -98,7 +98,7 @@ def main() -> None:
     for inputs, batch in dict.fromkeys((t.inputs, t.batch_size) for t in first.timings):
         print(f"{inputs:<11} {batch:>5} " + " ".join(f"{p50(first, n, inputs, batch):>9.2f}" for n in names))
     print(f"{'accuracy':<17} " + " ".join(f"{e.accuracy:>9.4f}" for e in first.engines))
-    print(f"\nrecorded auto ranges: {first.auto['routes']}")
+    print(f"\nrecorded auto ranges: {[r.to_dict() for r in routes]}")
     print("\nrun 2: auto against the better runtime in each cell")
     print(f"{'inputs':<11} {'batch':>5} {'best onnxruntime':>24} {'best openvino':>22} {'auto':>8} {'auto/better':>11}")
     for r in rows:

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bertdeploy import Predictor
 from bertdeploy.builder.reference import computes_bf16
 from bertdeploy.demo.packaged import review_texts
 from bertdeploy.host import machine
-from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.timing import interleave, stopwatch
 
 RESULTS = Path(__file__).parent / "results" / "predictor_speed.json"

@@ -1,14 +1,14 @@
 """Quantizing to the accuracy bound, on a model where plain INT8 misses it.
 
 The demo model (MiniLM fine-tuned on the reviews by scripts/demo.sh) given an outlier feature with
-the tests' `add_outlier_feature` (tests/conftest.py): in every layer one attention value feature is
+the tests' `add_outlier_feature` (tests/helpers.py): in every layer one attention value feature is
 scaled up 10,000x and the output projection's weights for it scaled down as much, so PyTorch's logits
 are unchanged but one 8-bit scale per tensor rounds every other feature of that projection's input to
 zero. Exported twice, each with int8 and int8-ov: with the default bound (1 point; the export keeps
 the most sensitive nodes in float until the bound holds) and with a bound no variant can miss (the
 plain builds). Records, per variant, the attempts, the nodes left in float and the accuracy; then
 times fp32 and the plain and searched builds on ONNX Runtime / OpenVINO at batch 1 and 8 of real
-reviews, interleaved (guard.interleaved_latency, 2 threads). Writes
+reviews, interleaved (timing.interleaved_latency, 2 threads). Writes
 benchmarks/results/quantize_to_bound.json.
 
     python benchmarks/quantize_to_bound.py [--model runs/demo/model]
@@ -23,14 +23,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bertdeploy.builder.export import ExportOptions, export
-from bertdeploy.builder.guard import interleaved_latency
+from bertdeploy import ExportOptions, export
 from bertdeploy.host import machine
 from bertdeploy.runtime.backends import open_model
 from bertdeploy.runtime.encoding import encode, load_encoder
+from bertdeploy.timing import interleaved_latency
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from conftest import add_outlier_feature  # noqa: E402 - the tests' model, so both measure the same thing
+from helpers import add_outlier_feature  # noqa: E402 - the tests' model, so both measure the same thing
 
 RESULTS = Path(__file__).parent / "results" / "quantize_to_bound.json"
 THREADS = 2

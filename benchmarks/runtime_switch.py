@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bertdeploy import Predictor
 from bertdeploy.demo.packaged import review_texts
 from bertdeploy.host import machine
 from bertdeploy.runtime.encoding import padded_length
-from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.timing import interleave
 
 RESULTS = Path(__file__).parent / "results" / "runtime_switch.json"

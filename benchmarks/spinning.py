@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from predictor_speed import BLOCK, optimum_dir, stream_block
 
+from bertdeploy import Predictor
 from bertdeploy.demo.packaged import review_texts
 from bertdeploy.host import machine
-from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.timing import interleave
 
 RESULTS = Path(__file__).parent / "results" / "spinning.json"
@@ -40,7 +40,7 @@ POLICIES = {"on (default, as ONNX Runtime's)": (True, THREADS), "off": (False, T
 TRICKLE_GAP_S = 0.1
 IDLE = """
 import json, sys, time
-from bertdeploy.runtime.predictor import Predictor
+from bertdeploy import Predictor
 p = Predictor.load(sys.argv[1], variant=sys.argv[2], threads=int(sys.argv[5]), spinning=sys.argv[3] == "True")
 texts = json.loads(sys.argv[4])
 for text in texts:

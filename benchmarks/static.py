@@ -38,16 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bertdeploy import DistillOptions, ExportOptions, FinetuneOptions, distill, export, finetune
 from bertdeploy.benchmark.cases import fixed_length_cases
-from bertdeploy.builder.distill import DistillOptions, distill
-from bertdeploy.builder.export import ExportOptions, export
-from bertdeploy.builder.guard import interleaved_latency
-from bertdeploy.builder.train import FinetuneOptions, finetune
 from bertdeploy.demo.packaged import minilm_path
 from bertdeploy.host import machine
 from bertdeploy.runtime.backends import open_model
 from bertdeploy.runtime.encoding import load_encoder
-from bertdeploy.timing import interleave, stopwatch
+from bertdeploy.timing import interleave, interleaved_latency, stopwatch
 
 RESULTS = Path(__file__).parent / "results"
 BIN = Path(sys.executable).parent
@@ -57,7 +54,7 @@ TOPIC_TRAIN = 1500
 TIMED = {"teacher": ("int8", "int8-ov"), "3 layers": ("int8",), "static": ("fp32", "int8")}
 LOAD = """
 import sys
-from bertdeploy.runtime.predictor import Predictor
+from bertdeploy import Predictor
 Predictor.load(sys.argv[1]).predict(["a text"])
 """
 
@@ -162,7 +159,7 @@ def main() -> None:
         encoder = load_encoder(directory / "tokenizer.json", manifest["max_length"])
         for variant in TIMED[name]:
             entry = manifest["variants"][variant]
-            model = open_model(directory / entry["file"], entry.get("backend", "onnxruntime"), "cpu", THREADS,
+            model = open_model(directory / entry["file"], entry.get("backend", "onnxruntime"), "cpu", threads=THREADS,
                                precision=entry.get("precision"))
             key = f"{name} / {variant}"
             runs[key] = model.run

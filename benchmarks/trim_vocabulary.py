@@ -20,16 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.artifacts import read_manifest
-from bertdeploy.data import load_examples
+from bertdeploy import Predictor
+from bertdeploy.builder.examples import load_examples
 from bertdeploy.host import machine
-from bertdeploy.runtime.predictor import Predictor
+from bertdeploy.manifest import ExportManifest
 from bertdeploy.timing import interleave
 
 RESULTS = Path(__file__).parent / "results" / "trim_vocabulary.json"
 LOAD = """
 import resource, sys
-from bertdeploy.runtime.predictor import Predictor
+from bertdeploy import Predictor
 Predictor.load(sys.argv[1], variant=sys.argv[2]).predict(["这个手机真的很好用！"])
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
@@ -43,8 +43,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     exports = {"full": args.full, "trimmed": args.trimmed}
-    manifests = {name: read_manifest(path, "onnx") for name, path in exports.items()}
-    variants = [v for v in manifests["full"]["variants"] if v in manifests["trimmed"]["variants"]]
+    manifests = {name: ExportManifest.read(path) for name, path in exports.items()}
+    variants = [v for v in manifests["full"].variants if v in manifests["trimmed"].variants]
     rss: dict[tuple[str, str], list[int]] = {(n, v): [] for n in exports for v in variants}
 
     def load(name: str, variant: str):
@@ -57,16 +57,16 @@ def main() -> None:
     ms = interleave({(n, v): load(n, v) for n in exports for v in variants}, args.rounds, warmup=1)
     examples = load_examples(args.texts)
     results = {"machine": machine(), "texts": str(args.texts), "rounds": args.rounds,
-               "vocabulary": manifests["trimmed"].get("vocabulary"), "exports": {}}
+               "vocabulary": manifests["trimmed"].vocabulary, "exports": {}}
     labels = {}
     for name, path in exports.items():
         manifest = manifests[name]
-        entry = {"tokenizer_bytes": (path / manifest["tokenizer"]).stat().st_size, "variants": {}}
+        entry = {"tokenizer_bytes": (path / manifest.tokenizer).stat().st_size, "variants": {}}
         for variant in variants:
             predicted = [p.label for p in Predictor.load(path, variant=variant).predict(examples.texts)]
             labels[(name, variant)] = predicted
             entry["variants"][variant] = {
-                "bytes": manifest["variants"][variant]["size_bytes"],
+                "bytes": manifest.variants[variant].size_bytes,
                 "process_load_and_one_text_ms": float(np.median(ms[(name, variant)])),
                 "peak_rss_mb": int(np.median(rss[(name, variant)])),
                 "accuracy": float(np.mean([p == y for p, y in zip(predicted, examples.labels, strict=True)]))}

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.artifacts import exported_files, read_manifest, sha256_file
+from bertdeploy import Predictor
+from bertdeploy.artifacts import sha256_file
 from bertdeploy.host import machine
-from bertdeploy.runtime.backends import OPENVINO, backend_of, openvino_installed
-from bertdeploy.runtime.predictor import Predictor
+from bertdeploy.manifest import ExportManifest
+from bertdeploy.runtime.backends import OPENVINO, openvino_installed
 from bertdeploy.timing import interleave
 
 RESULTS = Path(__file__).parent / "results" / "verify_cost.json"
@@ -34,10 +35,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
-    manifest = read_manifest(args.artifacts, "onnx")
-    tokenizer, files = exported_files(args.artifacts, manifest)
-    variants = [name for name, entry in manifest["variants"].items()
-                if backend_of(entry) != OPENVINO or openvino_installed()]
+    manifest = ExportManifest.read(args.artifacts)
+    tokenizer, files = manifest.files(args.artifacts)
+    variants = [name for name, entry in manifest.variants.items() if entry.backend != OPENVINO or openvino_installed()]
     calls = {}
     for name in variants:
         for verify in (True, False):

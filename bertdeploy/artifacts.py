@@ -1,18 +1,16 @@
-"""Output directories and their versioned `manifest.json`, the contract between stages.
+"""The files of an output directory: staged, hashed, checked, written in one step.
 
 A stage writes into a staging directory beside its destination and moves it into place only
 when everything is written, so a directory with a manifest is always a finished one; the next stage
 writing to the same place removes staging directories whose process died (their names hold its host and
-pid). The files an export's manifest names must stay inside its directory, and a loaded file must have
-the sha256 the manifest records (`exported_files`, `verify_files`): a damaged or replaced file is refused.
-Standard library only: the predictor reads manifests through this module too.
+pid). The files an export's manifest names must stay inside its directory (`inside`), and a loaded file must
+have the sha256 the manifest records (`verify_files`): a damaged or replaced file is refused. What the
+manifest holds, and its reading and writing, are manifest.py's. Standard library only: the predictor stands on it.
 """
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import json
 import logging
 import os
 import re
@@ -25,11 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from bertdeploy.errors import BertdeployError, OutputDirError
-from bertdeploy.version import __version__
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 HASH_CHUNK = 1 << 20  # bytes read at a time: hashing a large model never holds it in memory
 
@@ -69,18 +65,6 @@ def inside(directory: Path, name: object, what: str) -> Path:
     return path
 
 
-def exported_files(directory: str | Path, manifest: dict) -> tuple[NamedFile, dict[str, NamedFile]]:
-    """The tokenizer and every variant's file that an export's manifest names, each refused unless it lies
-    inside `directory`, with the sha256 recorded for it."""
-    directory = Path(directory)
-    tokenizer = NamedFile(inside(directory, manifest["tokenizer"], "the tokenizer"), "the tokenizer",
-                          manifest.get("tokenizer_sha256"))
-    variants = {name: NamedFile(inside(directory, entry.get("file"), f"variant {name!r}"), f"variant {name!r}",
-                                entry.get("sha256"))
-                for name, entry in manifest["variants"].items()}
-    return tokenizer, variants
-
-
 def verify_files(files: Iterable[NamedFile]) -> None:
     """Refuse any of `files` whose sha256 is not the one the manifest records (each distinct file hashed once);
     one with none recorded is not checked, which the debug log says."""
@@ -98,43 +82,6 @@ def verify_files(files: Iterable[NamedFile]) -> None:
                 f"{file.path}: {file.what} has sha256 {found}, but the manifest records {file.sha256}: the file "
                 "changed after export (damaged or replaced); re-export the model, or pass --no-verify "
                 "(verify=False) to load it unchecked")
-
-
-def write_manifest(directory: str | Path, kind: str, fields: dict) -> dict:
-    """Write `manifest.json` with the schema version and provenance in front of `fields`."""
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": kind,
-        "bertdeploy_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **fields,
-    }
-    path = Path(directory) / MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return manifest
-
-
-def read_manifest(directory: str | Path, kind: str | None = None) -> dict:
-    """Load and check a manifest: present, valid JSON, a schema version we read, the right kind."""
-    directory = Path(directory)
-    path = directory / MANIFEST_NAME
-    if not directory.is_dir():
-        raise BertdeployError(f"{directory}: no such directory")
-    if not path.is_file():
-        raise BertdeployError(f"{directory}: no {MANIFEST_NAME}; is this a directory bertdeploy wrote?")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BertdeployError(f"{path}: not valid JSON ({e})") from None
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise BertdeployError(
-            f"{path}: schema version {version!r}, but this bertdeploy {__version__} reads version "
-            f"{SCHEMA_VERSION}; re-run the stage that wrote it with this version"
-        )
-    if kind is not None and manifest.get("kind") != kind:
-        raise BertdeployError(f"{path}: this is a {manifest.get('kind')!r} directory, expected {kind!r}")
-    return manifest
 
 
 def check_output_dir(path: str | Path, overwrite: bool) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from bertdeploy import __version__, defaults, render
+from bertdeploy import __version__, cli_options, defaults, render
 from bertdeploy.errors import BertdeployError
 
 
@@ -32,42 +32,6 @@ def user_errors() -> Iterator[None]:
             yield
     except BertdeployError as e:
         raise UserError(str(e)) from None
-
-
-_RUNTIME_OPTIONS = [
-    click.option("--variant", help="Run this exported variant only (default: see --backend)."),
-    click.option("--backend", default=defaults.AUTO, show_default=True,
-                 type=click.Choice([defaults.AUTO, *defaults.BACKENDS]),
-                 help="auto: each batch on the variant measured fastest for its size (see `bench`)."),
-    click.option("--max-batch-tokens", type=int,
-                 help=f"Texts per model run x padded length [{defaults.CPU_BATCH_TOKENS} on the CPU, "
-                      f"{defaults.GPU_BATCH_TOKENS} on a GPU]."),
-    click.option("--threads", type=int, help="Intra-op threads (default: the CPUs this process may use)."),
-    click.option("--providers", default=defaults.PROVIDERS, show_default=True,
-                 help="cpu, cuda or tensorrt (comma-separated, first choice first)."),
-    click.option("--allow-fallback", is_flag=True, help="Run on the CPU when the providers asked for cannot load."),
-    click.option("--spinning/--no-spinning", default=defaults.SPINNING, show_default=True,
-                 help="ONNX Runtime's threads spin a moment after each call to catch the next one (faster single "
-                      "texts; a stream of sparse requests costs more CPU)."),
-    click.option("--precision", type=click.Choice(defaults.PRECISIONS),
-                 help="OpenVINO variants' inference precision (default: the one export judged each at, in the "
-                      "manifest)."),
-    click.option("--verify/--no-verify", default=defaults.VERIFY, show_default=True,
-                 help="Refuse a model or tokenizer file whose sha256 is not the one the manifest records."),
-]
-
-
-_ALLOW_PICKLE = click.option(
-    "--allow-pickle", is_flag=True,
-    help="Load a checkpoint whose weights are pickled only (pytorch_model.bin), which can run code as it loads; "
-         "without it only safetensors weights are read.")
-
-
-def _runtime_options(command):
-    """The runtime's options (RuntimeOptions' fields), shared by predict and serve."""
-    for option in reversed(_RUNTIME_OPTIONS):
-        command = option(command)
-    return command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,40 +52,6 @@ def cli(verbose: bool, quiet: bool) -> None:
 
 def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
-
-
-def _training_options(epochs: float | None, learning_rate: float | None,
-                      defaults_shown: tuple[str, str] | None = None):
-    """The training run's options, shared by finetune and distill (whose defaults differ; None: decided later, as
-    `defaults_shown` says)."""
-    shown_epochs, shown_rate = defaults_shown or (True, True)
-    options = [
-        click.option("--eval-file", type=click.Path(path_type=Path), help="Held-out data; else a stratified split."),
-        click.option("--epochs", default=epochs, type=float, show_default=shown_epochs),
-        click.option("--batch-size", default=defaults.BATCH_SIZE, show_default=True),
-        click.option("--learning-rate", default=learning_rate, type=float, show_default=shown_rate),
-        click.option("--weight-decay", default=defaults.WEIGHT_DECAY, show_default=True),
-        click.option("--warmup-ratio", default=defaults.WARMUP_RATIO, show_default=True),
-        click.option("--freeze-embeddings", is_flag=True,
-                     help="Keep the word-embedding table as pretrained: a multilingual model (most of whose weights it "
-                          "is) trains faster, and words the training texts lack keep vectors in step with the rest."),
-        click.option("--group-by-length", is_flag=True,
-                     help="Batch texts of similar length: faster, but may cost accuracy when length tracks the label."),
-        click.option("--early-stopping-patience", type=int,
-                     help="Stop after N epochs without a better macro-F1 (micro-F1 for multi-label)."),
-        click.option("--seed", default=defaults.SEED, show_default=True),
-        click.option("--max-train-samples", type=int, help="Train on a stratified sample of N rows."),
-        click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint."),
-        _ALLOW_PICKLE,
-        click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory."),
-        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
-    ]
-
-    def apply(command):
-        for option in reversed(options):
-            command = option(command)
-        return command
-    return apply
 
 
 @cli.command()
@@ -146,7 +76,7 @@ def _training_options(epochs: float | None, learning_rate: float | None,
 @click.option("--max-length", default=defaults.MAX_LENGTH, show_default=True, help="Longer texts are truncated.")
 @click.option("--freeze-encoder", is_flag=True, help="Train the classification head only.")
 @click.option("--drop-empty", is_flag=True, help="Skip rows with an empty text or label instead of failing.")
-@_training_options(epochs=defaults.EPOCHS, learning_rate=defaults.LEARNING_RATE)
+@cli_options.training(epochs=defaults.EPOCHS, learning_rate=defaults.LEARNING_RATE)
 def finetune(labels: str | None, label_columns: str | None, as_json: bool, **options: object) -> None:
     """Fine-tune a checkpoint on a labelled CSV/TSV/JSONL file."""
     from bertdeploy.builder.train import FinetuneOptions
@@ -186,7 +116,7 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--max-accuracy-drop", default=defaults.MAX_ACCURACY_DROP, show_default=True,
               help="Points of accuracy (micro-F1 for a multi-label teacher) the student may lose against its "
                    "teacher on the eval data and still be saved.")
-@_training_options(epochs=None, learning_rate=None, defaults_shown=(
+@cli_options.training(epochs=None, learning_rate=None, defaults_shown=(
     f"{defaults.DISTILL_EPOCHS:g}; {defaults.STATIC_EPOCHS:g} with --static",
     f"{defaults.DISTILL_LEARNING_RATE:g}; {defaults.STATIC_LEARNING_RATE:g} with --static"))
 def distill(teacher_dir: Path, output_dir: Path, layers: int | list[int] | None, student: str | None, static: bool,
@@ -198,9 +128,10 @@ def distill(teacher_dir: Path, output_dir: Path, layers: int | list[int] | None,
     from bertdeploy.builder.distill import distill as run
 
     with user_errors():
-        result = run(DistillOptions(teacher_dir, output_dir, layers, student, static, static_dims, train_file,
-                                    unlabeled_file, temperature, alpha, max_accuracy_drop,
-                                    {k: v for k, v in training.items() if v is not None}))
+        result = run(DistillOptions(teacher_dir, output_dir, layers=layers, student=student, static=static,
+                                    static_dims=static_dims, train_file=train_file, unlabeled_file=unlabeled_file,
+                                    temperature=temperature, alpha=alpha, max_accuracy_drop=max_accuracy_drop,
+                                    training={k: v for k, v in training.items() if v is not None}))
     if _rank() == 0:
         click.echo(render.to_json(result) if as_json else render.distill(result))
 
@@ -253,7 +184,7 @@ def _layers(value: str | None) -> int | list[int] | None:
 @click.option("--trim-texts", multiple=True, type=click.Path(path_type=Path),
               help="Texts whose vocabulary --trim-vocabulary keeps, instead of the training file (repeatable; "
                    "unlabelled is fine).")
-@_ALLOW_PICKLE
+@cli_options.ALLOW_PICKLE
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export(quantize: tuple[str, ...], as_json: bool, **options: object) -> None:
@@ -271,7 +202,7 @@ def export(quantize: tuple[str, ...], as_json: bool, **options: object) -> None:
 @click.argument("artifact_dir", type=click.Path(path_type=Path))
 @click.argument("input", metavar="INPUT")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write here (default: stdout).")
-@_runtime_options
+@cli_options.runtime
 @click.option("--text-column", help="Column holding the text (default: the one the model was trained on).")
 @click.option("--text-pair-column", help="Column holding the second text, for models trained on pairs.")
 @click.option("--label-column", help="Score the predictions against this column (default: the training one, "
@@ -335,7 +266,7 @@ def _numbers(value: str, name: str) -> list[int]:
               help="Refuse a variant or tokenizer file whose sha256 is not the one the manifest records.")
 @click.option("--compare", type=click.Path(path_type=Path), multiple=True,
               help="Another exported artifact (a student's teacher, say) to time in the same table; repeatable.")
-@_ALLOW_PICKLE
+@cli_options.ALLOW_PICKLE
 def bench(variants: str | None, batch_sizes: str, seq_lengths: str, **options: object) -> None:
     """Time PyTorch and every exported variant on the same inputs."""
     from bertdeploy.benchmark.run import BenchOptions
@@ -354,7 +285,7 @@ def bench(variants: str | None, batch_sizes: str, seq_lengths: str, **options: o
 @click.option("--host", default=defaults.HOST, show_default=True, help="0.0.0.0 to accept other machines.")
 @click.option("--port", default=defaults.PORT, show_default=True,
               help="0 takes a free port, named in the log (local engine).")
-@_runtime_options
+@cli_options.runtime
 @click.option("--max-batch-size", default=defaults.SERVE_MAX_BATCH_SIZE, show_default=True,
               help="Texts of concurrent requests batched together; 1 turns batching off.")
 @click.option("--max-wait-ms", default=defaults.MAX_WAIT_MS, show_default=True,

@@ -93,16 +93,8 @@ class LabelScheme:
             if not self.multi_label or len(self.thresholds) != len(self.labels):
                 raise ValueError("thresholds are for multi-label models, one per label")
 
-    @classmethod
-    def from_manifest(cls, manifest: dict) -> LabelScheme:
-        labels = list(manifest["labels"])
-        multi = manifest.get("problem_type", SINGLE_LABEL) == MULTI_LABEL
-        thresholds = manifest.get("thresholds")
-        return cls(tuple(labels), multi, [thresholds[x] for x in labels] if multi and thresholds else None,
-                   manifest.get("label_separator") or LABEL_SEPARATOR)
-
     def manifest_fields(self) -> dict:
-        """The manifest's record of this scheme, which `from_manifest` reads back."""
+        """The manifest's record of this scheme, which the manifest's `scheme` reads back."""
         fields: dict = {"problem_type": self.problem_type, "labels": list(self.labels)}
         if self.multi_label:
             fields.update(thresholds=dict(zip(self.labels, self.thresholds, strict=True)),

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from bertdeploy.builder.export import ExportResult
     from bertdeploy.builder.guard import Variant
     from bertdeploy.builder.train import FinetuneResult
+    from bertdeploy.manifest import AutoSection
     from bertdeploy.predict.rows import PredictFileResult
 
 
@@ -43,11 +44,11 @@ def per_class_table(per_class: dict, title: str = "class") -> list[str]:
     return lines
 
 
-def auto_routes(auto: dict) -> str:
+def auto_routes(auto: AutoSection) -> str:
     """The manifest's auto ranges in words."""
     from bertdeploy.runtime.routing import describe_routes
 
-    return describe_routes([(r["max_tokens"], f"{r['variant']} ({r['backend']})") for r in auto["routes"]])
+    return describe_routes([(r.max_tokens, f"{r.variant} ({r.backend})") for r in auto.routes])
 
 
 def finetune(result: FinetuneResult) -> str:
@@ -262,7 +263,9 @@ def bench(result: BenchResult) -> str:
         label = next(e.name for e in engines if e.artifact == directory).rpartition(":")[0]
         lines.append(f"{label}: {directory} (its engines: the same texts through its own tokenizer)")
     if result.auto:
-        lines.append(f"recorded for --backend auto in {Path(result.artifact_dir) / 'manifest.json'}: "
+        from bertdeploy.artifacts import MANIFEST_NAME
+
+        lines.append(f"recorded for --backend auto in {Path(result.artifact_dir) / MANIFEST_NAME}: "
                      f"{auto_routes(result.auto)}")
     return "\n".join(lines)
 

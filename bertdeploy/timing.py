@@ -6,11 +6,13 @@ shuffled every round, so a slow moment of a shared machine hits them all alike a
 always runs right after the same other one (caches and woken threads favour the second).
 Warm-up rounds run but are not kept. `distinct_shapes` picks the feeds for an untimed first call per
 input shape (OpenVINO compiles kernels for each new shape, a cost a warm service has paid). `stopwatch`
-times one whole operation. numpy only; it knows nothing of models.
+times one whole operation. `interleaved_latency` is `interleave` for models: median ms per
+call of each run on each group of feeds. numpy only; it knows nothing of models.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TypeVar
@@ -56,3 +58,25 @@ def stopwatch(function: Callable[..., T], *args, **kwargs) -> tuple[T, float]:
     started = time.perf_counter()
     result = function(*args, **kwargs)
     return result, time.perf_counter() - started
+
+
+def interleaved_latency(runs: dict[str, Callable[[dict], object]], feeds: dict[str, list[dict]], rounds: int,
+                        own_feeds: dict[str, dict[str, list[dict]]] | None = None) -> dict[str, dict[str, float]]:
+    """Median ms per call of each `run(feed)` on each group of feeds, every call taking its turn each round
+    (timing.interleave), after one untimed call per input shape and model. `own_feeds`: runs named there take
+    these groups instead (the same texts through another tokenizer)."""
+    feeds_of = {name: (own_feeds or {}).get(name, feeds) for name in runs}
+    for name, run in runs.items():
+        every = [feed for batch in feeds_of[name].values() for feed in batch]
+        for i in distinct_shapes(every):
+            run(every[i])
+    calls = {(name, group, i): functools.partial(_call, run, feed) for name, run in runs.items()
+             for group, batch in feeds_of[name].items() for i, feed in enumerate(batch)}
+    times: dict[str, dict[str, list[float]]] = {name: {group: [] for group in feeds_of[name]} for name in runs}
+    for (name, group, _), ms in interleave(calls, rounds).items():
+        times[name][group] += ms
+    return {name: {group: float(np.median(ms)) for group, ms in groups.items()} for name, groups in times.items()}
+
+
+def _call(run: Callable[[dict], object], feed: dict, step: int) -> object:
+    return run(feed)

@@ -1,4 +1,4 @@
-"""Write docs/cli.md, the reference of every command, from their --help (tests/test_docs.py checks it is current).
+"""Write docs/cli.md, the reference of every command, from their --help (tests/core/test_docs.py checks it is current).
 
     python scripts/cli_reference.py
 """

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The runtime install alone, as an app or a server image has it: a fresh venv with
 # `pip install ".[serve]"` and the test tools, where torch, transformers, Optimum, datasets,
-# accelerate and onnx must not import, running the predictor, predict-CLI and server tests
-# against the export a full run (scripts/test.sh) saved in $BERTDEPLOY_TEST_ARTIFACTS.
+# accelerate and onnx must not import, running the runtime wing's tests (tests/runtime, tests/predict,
+# tests/serve: the predictor, routing, `predict` and `serve`) against the export a full run
+# (scripts/test.sh) saved in $BERTDEPLOY_TEST_ARTIFACTS; a test there that needs PyTorch itself skips.
 # Extra args go to pytest.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,4 +42,4 @@ for command in finetune export bench; do  # the build commands name the extra, i
   fi
 done
 "$work/venv/bin/pytest" -c "$root/pyproject.toml" --rootdir "$root" -p no:cacheprovider \
-  "$root/tests/test_predictor.py" "$root/tests/test_predict_cli.py" "$root/tests/test_server.py" "$@"
+  "$root/tests/runtime" "$root/tests/predict" "$root/tests/serve" "$@"

@@ -1,4 +1,8 @@
-"""Shared fixtures: a tiny random BERT with a real WordPiece tokenizer, and small data files.
+"""Shared fixtures: a tiny random BERT with a real WordPiece tokenizer, and small data files. The tests'
+plain helpers (functions and constants) are in helpers.py, never here: no test imports conftest or another test
+file. The tests sit in a folder per part of the package: core/, runtime/, predict/, serve/ (the runtime wing,
+which scripts/test_lean.sh runs without torch), builder/, benchmark/ and scale/; a folder's own fixtures are in
+its conftest.py. The folders are no packages (no __init__.py), so every test file's name is unique in tests/.
 
 The runtime install (no torch) cannot build them: with $BERTDEPLOY_TEST_ARTIFACTS set, the full suite
 saves the tiny classifier's export there and a run without torch uses it (scripts/test_lean.sh); the
@@ -7,17 +11,15 @@ tests that need PyTorch itself skip there.
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import json
 import logging
 import os
-import random
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+from helpers import NO_VETO, make_rows, tiny_vocab, write_csv
 
 
 def _cuda() -> bool:
@@ -42,17 +44,6 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(skip)
 
 
-POSITIVE = ["好", "喜欢", "满意", "推荐", "不错", "开心", "good", "great"]
-NEGATIVE = ["差", "失望", "退货", "难用", "垃圾", "生气", "bad", "awful"]
-FILLER = ["这个", "手机", "书", "质量", "服务", "快递", "价格", "真的", "很", "the", "phone", "is"]
-
-
-def _vocab() -> list[str]:
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = sorted({c for word in POSITIVE + NEGATIVE + FILLER for c in word})
-    return special + chars + [f"##{c}" for c in chars] + ["，", "！", "。"]
-
-
 PREBUILT = "BERTDEPLOY_TEST_ARTIFACTS"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -65,7 +56,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     vocab_file = folder / "vocab.txt"
-    vocab_file.write_text("\n".join(_vocab()) + "\n", encoding="utf-8")
+    vocab_file.write_text("\n".join(tiny_vocab()) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True, tokenize_chinese_chars=True)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
@@ -73,65 +64,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     BertForMaskedLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
-
-
-def tiny_deberta(folder: Path, **config) -> Path:
-    """A 2-layer, hidden-32 random DeBERTa-v2 classifier with the tiny WordPiece tokenizer, saved in `folder`;
-    `config` adds to or overrides its DebertaV2Config."""
-    import torch
-    from transformers import BertTokenizerFast, DebertaV2Config, DebertaV2ForSequenceClassification
-
-    folder.mkdir()
-    (folder / "vocab.txt").write_text("\n".join(_vocab()) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
-    settings = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-                "max_position_embeddings": 128, "type_vocab_size": 0, "id2label": {0: "negative", 1: "positive"},
-                "label2id": {"negative": 0, "positive": 1}, **config}
-    torch.manual_seed(0)
-    DebertaV2ForSequenceClassification(DebertaV2Config(vocab_size=len(tokenizer), **settings)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def make_rows(n: int, seed: int = 0) -> list[dict]:
-    """An easy synthetic sentiment set: the label word decides the class."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = "positive" if i % 2 == 0 else "negative"
-        words = rng.sample(FILLER, 3) + [rng.choice(POSITIVE if label == "positive" else NEGATIVE)]
-        rng.shuffle(words)
-        rows.append({"text": "".join(words) + rng.choice(["！", "。", ""]), "label": label})
-    return rows
-
-
-def make_multilabel_rows(n: int, seed: int = 0, separator: str = "|") -> list[dict]:
-    """An easy multi-label set: a text carries `positive` if it holds a positive word, `negative` if a negative
-    one; a quarter hold both and a quarter neither (an empty label cell)."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        labels = [["positive"], ["negative"], ["negative", "positive"], []][i % 4]
-        words = rng.sample(FILLER, 3) + [rng.choice(POSITIVE if y == "positive" else NEGATIVE) for y in labels]
-        rng.shuffle(words)
-        rows.append({"text": "".join(words) + rng.choice(["！", "。", ""]), "labels": separator.join(labels)})
-    return rows
-
-
-def write_csv(path: Path, rows: list[dict], delimiter: str = ",") -> Path:
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=delimiter)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-NO_VETO = 100.0  # an accuracy bound in points that no variant can miss: the guard never refuses
 
 
 @pytest.fixture
@@ -180,49 +112,6 @@ def built_artifacts(tiny_classifier, tmp_path_factory) -> Path:
     if os.environ.get(PREBUILT):  # for the runtime install's run (scripts/test_lean.sh)
         shutil.copytree(out, Path(os.environ[PREBUILT]) / "onnx", dirs_exist_ok=True)
     return out
-
-
-def add_outlier_feature(model_dir: Path, out_dir: Path, scale: float = 1e4) -> Path:
-    """A copy of a BERT classifier with an outlier feature: the same function in fp32, hostile to 8 bits.
-
-    In every layer, feature 0 of the attention values is multiplied by `scale` and the attention output
-    projection's weights for that feature divided by it, so PyTorch's (and the fp32 export's) logits are
-    unchanged. The output projection's input then has one feature `scale` times the others: one uint8 scale
-    per tensor, as INT8 activations have, rounds every other feature to zero, which deletes what attention
-    adds. Only those projections (one per layer) need to stay in float to undo it."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    shutil.copytree(model_dir, out_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    with torch.no_grad():
-        for layer in model.base_model.encoder.layer:
-            value, output = layer.attention.self.value, layer.attention.output.dense
-            value.weight[0] *= scale
-            value.bias[0] *= scale
-            output.weight[:, 0] /= scale
-    model.save_pretrained(out_dir)
-    return out_dir
-
-
-def pytorch_logits(model_dir: Path, texts: list[str], pairs: list[str] | None = None,
-                   max_length: int = 32):
-    """Logits straight from transformers, one text at a time (no padding at all): the reference.
-
-    Tokenized as a batch of one, as training does: transformers' single-text call drops an empty pair
-    ("a", "") to "[CLS] a [SEP]", while its batch call, training and the predictor keep "[CLS] a [SEP] [SEP]"."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    rows = []
-    with torch.no_grad():
-        for i, text in enumerate(texts):
-            batch = tokenizer([text], None if pairs is None else [pairs[i]], truncation=True, max_length=max_length,
-                              return_tensors="pt")
-            rows.append(model(**batch).logits[0].numpy())
-    return rows
 
 
 @pytest.fixture(scope="module")

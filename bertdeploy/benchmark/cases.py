@@ -2,17 +2,22 @@
 
 Every engine runs exactly the same feeds. Fixed lengths put a different stretch of the texts'
 tokens in each row, between the special tokens; natural lengths take consecutive eval texts and
-pad them per batch as the predictor pads them.
+pad them per batch as the predictor pads them. Each artifact of a run makes its cells of the same texts
+through its own tokenizer and input names (`artifact_inputs`), aligned by index with every other's.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.data import Examples
+from bertdeploy.builder.examples import Examples
+from bertdeploy.labels import LabelScheme
+from bertdeploy.manifest import ExportManifest
+from bertdeploy.runtime.encoding import TextEncoder, load_encoder
 from bertdeploy.timing import median_tokens
 
 logger = logging.getLogger(__name__)
@@ -68,3 +73,25 @@ def natural_cases(encoder, examples: Examples, batch_sizes: list[int], runs: int
         cases.append(Case(NATURAL, batch, [encoder.pad(g, names) for g in groups],
                           [sum(len(e.ids) for e in g) for g in groups]))
     return cases
+
+
+@dataclass(eq=False)  # one per artifact, told apart by identity
+class Inputs:
+    """The run's texts through one artifact's tokenizer: its cases (aligned by index with every other artifact's)
+    and, for scoring, its encoder, input names and label scheme."""
+
+    cases: list[Case]
+    encoder: TextEncoder | None = None
+    names: list[str] | None = None
+    scheme: LabelScheme | None = None
+
+
+def artifact_inputs(directory: Path, manifest: ExportManifest, texts: list[str], examples: Examples | None,
+                    lengths: list[int], batch_sizes: list[int], runs: int) -> Inputs:
+    """The run's texts through `directory`'s own tokenizer and input names: fixed lengths, then natural ones."""
+    encoder = load_encoder(manifest.files(directory)[0].path, manifest.max_length)
+    names = list(manifest.inputs)
+    cases = fixed_length_cases(encoder, texts, batch_sizes, lengths, names)
+    if examples is not None:
+        cases += natural_cases(encoder, examples, batch_sizes, runs, names)
+    return Inputs(cases, encoder, names, manifest.scheme)

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.artifacts import read_manifest
 from bertdeploy.builder.reference import PYTORCH, TorchModel
 from bertdeploy.defaults import AUTO, VERIFY  # AUTO as an engine: the predictor's routing among the variants
+from bertdeploy.manifest import ExportManifest
 from bertdeploy.runtime.backends import OpenVinoModel, OrtModel
 from bertdeploy.runtime.options import RuntimeOptions
 from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.runtime.routing import choose_routes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Engine:
     name: str
     backend: str  # pytorch, onnxruntime, openvino, auto (the predictor's routing)
@@ -38,18 +38,19 @@ class Engine:
 
     def load(self):
         if self.backend == PYTORCH:
-            return TorchModel(self.path, self.kind, self.device, self.threads, self.allow_pickle, self.ids_from)
+            return TorchModel(self.path, self.kind, device=self.device, threads=self.threads,
+                              allow_pickle=self.allow_pickle, ids_from=self.ids_from)
         if self.backend == AUTO:
             return AutoModel(self)
         if self.backend == "openvino":
             return OpenVinoModel(self.path, self.threads, precision=self.precision)
-        return OrtModel(self.path, self.device, self.threads)
+        return OrtModel(self.path, self.device, threads=self.threads)
 
     def size_bytes(self) -> int:
         path = Path(self.path)
         if self.backend == AUTO:
-            manifest = read_manifest(path, "onnx")
-            files = {manifest["variants"][name]["file"] for _, name in choose_routes(path, manifest)}
+            manifest = ExportManifest.read(path)
+            files = {manifest.variants[name].file for _, name in choose_routes(path, manifest)}
             return sum((path / f).stat().st_size for f in files)
         if path.is_file():
             return path.stat().st_size

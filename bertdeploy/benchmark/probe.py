@@ -34,8 +34,9 @@ def probe(engine: Engine, feeds: Path) -> EngineReport:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
         raise BertdeployError(f"{engine.name}: the memory probe failed:\n{tail}")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    return EngineReport(engine.name, engine.backend, engine.kind, engine.device, engine.path, engine.size_bytes(),
-                        figures["load_s"], figures["peak_rss_mb"], artifact=engine.artifact)
+    return EngineReport(name=engine.name, backend=engine.backend, kind=engine.kind, device=engine.device,
+                        path=engine.path, size_bytes=engine.size_bytes(), load_s=figures["load_s"],
+                        peak_rss_mb=figures["peak_rss_mb"], artifact=engine.artifact)
 
 
 def main(engine_json: str, feeds_path: str) -> None:

@@ -13,9 +13,10 @@ from bertdeploy.artifacts import atomic_file
 from bertdeploy.benchmark.cases import NATURAL
 from bertdeploy.builder.reference import PYTORCH
 from bertdeploy.errors import import_extra
+from bertdeploy.manifest import AutoSection
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Timing:
     engine: str
     inputs: str
@@ -33,7 +34,7 @@ class Timing:
     baseline: str | None = None  # the fastest PyTorch engine in this cell among those that kept accuracy
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EngineReport:
     name: str
     backend: str
@@ -55,7 +56,7 @@ class EngineReport:
         return self.micro_f1 if self.micro_f1 is not None else self.accuracy
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BenchResult:
     artifact_dir: str
     device: str
@@ -67,7 +68,7 @@ class BenchResult:
     machine: dict
     engines: list[EngineReport]
     timings: list[Timing]
-    auto: dict | None = None  # the ranges recorded in the manifest for backend="auto"
+    auto: AutoSection | None = None  # the ranges recorded in the manifest for backend="auto"
     multi_label: bool = False  # engines are scored by micro-F1 instead of accuracy
     compared: list[str] = field(default_factory=list)  # other artifact directories timed beside it (--compare)
 

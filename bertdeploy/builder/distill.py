@@ -19,19 +19,19 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bertdeploy.artifacts import read_manifest, sha256_file
-from bertdeploy.builder.guard import interleaved_latency
+from bertdeploy.artifacts import MANIFEST_NAME, sha256_file
+from bertdeploy.builder.examples import Examples
 from bertdeploy.builder.pretrained import freeze, load_classifier, load_model
 from bertdeploy.builder.reference import TorchModel, pytorch_logits
 from bertdeploy.builder.staticmodel import is_static
-from bertdeploy.builder.train import MODEL_KIND, FinetuneOptions, FinetuneResult, Recipe, finetune
-from bertdeploy.data import Examples, file_format, load_texts
+from bertdeploy.builder.train import FinetuneOptions, FinetuneResult, Recipe, finetune
+from bertdeploy.data import file_format, load_texts
 from bertdeploy.defaults import (
     ALPHA,
     DISTILL_EPOCHS,
@@ -45,6 +45,8 @@ from bertdeploy.defaults import (
 from bertdeploy.errors import BertdeployError, ModelError, check_options, require_training
 from bertdeploy.host import usable_cpus
 from bertdeploy.labels import LabelScheme
+from bertdeploy.manifest import ModelManifest
+from bertdeploy.timing import interleaved_latency
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class DistillOptions:
 
     teacher_dir: str | Path
     output_dir: str | Path
+    _: KW_ONLY
     layers: int | list[int] | None = None  # keep this many of the teacher's encoder layers, or these (0-based)...
     student: str | None = None  # ...or train this checkpoint (Hub id or path)...
     static: bool = False  # ...or a static student: token vectors from the teacher's encoder (static.py), a head
@@ -89,7 +92,7 @@ class DistillOptions:
         self.training = {**defaults, **self.training}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DistillResult:
     student: FinetuneResult
     teacher_dir: Path
@@ -119,7 +122,7 @@ def distill(options: DistillOptions) -> DistillResult:
     teacher_dir = Path(options.teacher_dir).absolute()
     manifest = _teacher_manifest(teacher_dir)
     if is_static(teacher_dir):
-        origin = manifest.get("distillation", {}).get("teacher_dir")
+        origin = manifest.teacher_dir
         raise ModelError(f"{teacher_dir}: a static student cannot teach: no encoder for model2vec to read, no layers "
                          f"to keep, and less to learn from than its own teacher; distill its teacher"
                          f"{f' ({origin})' if origin else ''} instead")
@@ -131,9 +134,10 @@ def distill(options: DistillOptions) -> DistillResult:
     student = finetune(finetune_options, recipe)
     output = Path(finetune_options.output_dir)
     timings = _latency(teacher_dir, output, recipe.eval_texts, finetune_options.allow_pickle)
-    return DistillResult(student, teacher_dir, recipe.kept, {"teacher": depth, "student": _depth(output)},
-                         recipe.parameters, recipe.figures, timings, len(unlabeled), recipe.scheme.metric,
-                         recipe.vectors)
+    return DistillResult(student=student, teacher_dir=teacher_dir, layers=recipe.kept,
+                         depth={"teacher": depth, "student": _depth(output)}, parameters=recipe.parameters,
+                         figures=recipe.figures, latency_ms=timings, unlabeled_texts=len(unlabeled),
+                         metric=recipe.scheme.metric, static=recipe.vectors)
 
 
 def _check_layers(layers: int | list[int] | None, depth: int) -> None:
@@ -147,11 +151,11 @@ def _check_layers(layers: int | list[int] | None, depth: int) -> None:
             raise BertdeployError(f"--layers {named}: that is every layer of the teacher; keep fewer")
 
 
-def _teacher_manifest(teacher_dir: Path) -> dict:
-    if not (teacher_dir / "manifest.json").is_file() or not (teacher_dir / "config.json").is_file():
+def _teacher_manifest(teacher_dir: Path) -> ModelManifest:
+    if not (teacher_dir / MANIFEST_NAME).is_file() or not (teacher_dir / "config.json").is_file():
         raise ModelError(f"{teacher_dir}: not a `bertdeploy finetune` output (no manifest.json and config.json); "
                          "distill a model fine-tuned with bertdeploy")
-    return read_manifest(teacher_dir, MODEL_KIND)
+    return ModelManifest.read(teacher_dir)
 
 
 def _depth(model_dir: Path) -> int:
@@ -159,44 +163,40 @@ def _depth(model_dir: Path) -> int:
     return int(config.get("num_hidden_layers") or config.get("n_layers") or 0)
 
 
-def _finetune_options(options: DistillOptions, manifest: dict, teacher_dir: Path) -> FinetuneOptions:
+def _finetune_options(options: DistillOptions, manifest: ModelManifest, teacher_dir: Path) -> FinetuneOptions:
     """finetune's options for the student: the teacher's columns, labels and max length, its data by default
     (its eval file, or the same held-out split, so the student is scored on texts the teacher never saw)."""
-    data = manifest.get("data", {})
-    train_file = options.train_file or data.get("train_file", {}).get("path")
+    data = manifest.data
+    train_file = options.train_file or (data.train_file.path if data.train_file else None)
     if train_file is None or not Path(train_file).is_file():
         raise BertdeployError(f"{teacher_dir}: its training file {train_file} is gone; pass --train-file")
     held_out: dict[str, Any] = {}
     if "eval_file" not in options.training:
-        if "eval_file" in data and Path(data["eval_file"]["path"]).is_file():
-            held_out["eval_file"] = data["eval_file"]["path"]
-        elif "val_split" in data:
-            held_out = {"val_split": data["val_split"]["fraction"], "seed": data["val_split"]["seed"]}
-    scheme = LabelScheme.from_manifest(manifest)
-    labels: dict[str, Any] = ({"label_columns": manifest["label_columns"]} if manifest.get("label_columns")
-                              else {"labels": list(manifest["labels"])})
+        if data.eval_file is not None and Path(data.eval_file.path).is_file():
+            held_out["eval_file"] = data.eval_file.path
+        elif data.val_split is not None:
+            held_out = {"val_split": data.val_split.fraction, "seed": data.val_split.seed}
+    scheme = manifest.scheme
+    labels: dict[str, Any] = ({"label_columns": list(manifest.label_columns)} if manifest.label_columns
+                              else {"labels": list(manifest.labels)})
     if scheme.multi_label:  # the teacher's label sets, and its thresholds tuned the same way
-        labels.update(multi_label=True, label_separator=scheme.separator,
-                      tune_thresholds=manifest.get("training", {}).get("tune_thresholds", False))
-    training = {"text_column": manifest.get("text_column") or "text",
-                "label_column": manifest.get("label_column") or "label",
-                "text_pair_column": manifest.get("text_pair_column"),
-                **labels, "max_length": manifest["max_length"],
-                "drop_empty": manifest.get("training", {}).get("drop_empty", False),
-                **options.training, **held_out}  # the teacher's split keeps its seed
+        labels.update(multi_label=True, label_separator=scheme.separator, tune_thresholds=manifest.tune_thresholds)
+    training = {"text_column": manifest.text_column, "label_column": manifest.label_column,
+                "text_pair_column": manifest.text_pair_column, **labels, "max_length": manifest.max_length,
+                "drop_empty": manifest.drop_empty, **options.training, **held_out}  # the teacher's split keeps its seed
     model = options.student if options.student is not None else str(teacher_dir)
     return FinetuneOptions(model=model, train_file=train_file, output_dir=options.output_dir, **training)
 
 
-def _unlabeled(options: DistillOptions, manifest: dict) -> list[str]:
+def _unlabeled(options: DistillOptions, manifest: ModelManifest) -> list[str]:
     """The unlabelled texts: a CSV/TSV/JSONL file's text column, or a plain text file's lines."""
     if options.unlabeled_file is None:
         return []
-    if manifest.get("text_pair_column"):
+    if manifest.pairs:
         raise BertdeployError("--unlabeled-file: the teacher reads text pairs; give labelled pairs in --train-file")
     path = Path(options.unlabeled_file)
     fmt = file_format(path, text=True)
-    texts, _ = load_texts(path, "text" if fmt == "text" else manifest.get("text_column") or "text", fmt=fmt)
+    texts, _ = load_texts(path, "text" if fmt == "text" else manifest.text_column, fmt=fmt)
     logger.info("%d unlabelled texts from %s", len(texts), path)
     return texts
 
@@ -204,9 +204,10 @@ def _unlabeled(options: DistillOptions, manifest: dict) -> list[str]:
 class Distillation(Recipe):
     """finetune's run with a student and the teacher's soft targets."""
 
-    def __init__(self, options: DistillOptions, teacher_dir: Path, manifest: dict, unlabeled: list[str]) -> None:
+    def __init__(self, options: DistillOptions, teacher_dir: Path, manifest: ModelManifest,
+                 unlabeled: list[str]) -> None:
         self.options, self.teacher_dir, self.manifest, self.unlabeled = options, teacher_dir, manifest, unlabeled
-        self.scheme = LabelScheme.from_manifest(manifest)  # the teacher's, with its thresholds
+        self.scheme = manifest.scheme  # the teacher's, with its thresholds
         self.kept: list[int] | None = None
         self.vectors: dict | None = None  # a static student's: where its token vectors came from
         self.parameters: dict[str, int] = {}
@@ -293,7 +294,7 @@ class Distillation(Recipe):
                    "transformer for this task (--layers), or allow the loss with --max-accuracy-drop" if o.static else
                    "Keep more layers, train longer (--epochs), or add unlabelled texts (--unlabeled-file)"))
         return {"distillation": {
-            "teacher_dir": str(self.teacher_dir), "teacher_checkpoint": self.manifest.get("source_model"),
+            "teacher_dir": str(self.teacher_dir), "teacher_checkpoint": self.manifest.source_model,
             "layers_kept": self.kept, "student_checkpoint": o.student, "static": self.vectors,
             "temperature": o.temperature,
             "alpha": o.alpha, "parameters": self.parameters,
@@ -307,7 +308,7 @@ class Distillation(Recipe):
         """The teacher's logits for every text, once, batched by length, with a progress bar."""
         logger.info("the teacher labels %d %s texts", len(examples), split)
         return pytorch_logits(self.teacher, self.teacher_tokenizer, examples.texts, examples.pairs,
-                              self.manifest["max_length"], batch_size=TEACHER_BATCH, progress=f"teacher ({split})")
+                              self.manifest.max_length, batch_size=TEACHER_BATCH, progress=f"teacher ({split})")
 
 
 def keep_layers(model, layers: int | list[int]) -> list[int]:
@@ -375,7 +376,7 @@ def _multilabel_loss(logits, labels, temperature: float, alpha: float):
 def _latency(teacher_dir: Path, student_dir: Path, texts: list[str], allow_pickle: bool = False,
              ) -> dict[str, dict[str, float]]:
     """PyTorch fp32 p50 ms of teacher and student on the same real texts (each through its own tokenizer) at
-    batch 1 and 8, calls interleaved (guard.interleaved_latency): a few seconds."""
+    batch 1 and 8, calls interleaved (timing.interleaved_latency): a few seconds."""
     from transformers import AutoTokenizer
 
     picks = [texts[i] for i in np.linspace(0, len(texts) - 1, num=min(8, len(texts))).astype(int)]

@@ -14,25 +14,24 @@ it leaves reading the model directory and choosing the texts to score and calibr
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.artifacts import check_output_dir, sha256_file, staging_dir, write_manifest
+from bertdeploy.artifacts import check_output_dir, sha256_file, staging_dir
 from bertdeploy.builder import quantize as q
+from bertdeploy.builder.examples import Examples
 from bertdeploy.builder.guard import Judge, Variant, build_to_the_bound, judge_at_precisions, time_and_pick
+from bertdeploy.builder.kinds import FP32_OV, KINDS, Build, Kind, built_unasked, file_name, import_extras, quantized
 from bertdeploy.builder.onnxexport import OPSET, export_onnx
-from bertdeploy.builder.optimize import check_level, fused_operators, optimize_graph, unfused_attention
+from bertdeploy.builder.optimize import LEVELS, check_level, fused_operators, optimize_graph, unfused_attention
 from bertdeploy.builder.pretrained import check_safetensors, load_classifier
 from bertdeploy.builder.reference import PYTORCH, PYTORCH_BF16, TorchModel, computes_bf16, pytorch_logits
 from bertdeploy.builder.source import ModelSource, calibration_texts, read_model_dir, scoring_texts, trimming_texts
 from bertdeploy.builder.vocabulary import trim
-from bertdeploy.data import Examples
 from bertdeploy.defaults import (
     AUTO,
     CALIBRATION_METHOD,
@@ -44,18 +43,15 @@ from bertdeploy.defaults import (
     MAX_ACCURACY_DROP,
     NO_QUANTIZATION,
     PER_CHANNEL,
-    QUANTIZATIONS,
 )
 from bertdeploy.errors import BertdeployError, DataError, ModelError, check_options, require_training
 from bertdeploy.host import usable_cpus
-from bertdeploy.runtime.backends import ONNXRUNTIME, OPENVINO, import_openvino
+from bertdeploy.manifest import AutoSection, Evaluation, Exporter, ExportManifest
+from bertdeploy.runtime.backends import OPENVINO
 from bertdeploy.runtime.encoding import encode, load_encoder
-from bertdeploy.runtime.sessions import DEVICES, check_device, create_session
+from bertdeploy.runtime.sessions import check_device, create_session, resolve_providers
 
 logger = logging.getLogger(__name__)
-
-ARTIFACT_KIND = "onnx"
-CALIBRATED = ("int8-static", "int8-ov")
 
 
 @dataclass
@@ -64,6 +60,7 @@ class ExportOptions:
 
     model_dir: str | Path
     output_dir: str | Path
+    _: KW_ONLY
     optimize: str | None = None
     # None: what is worth shipping here: int8 (the portable default), and int8-ov where NNCF is installed
     # (fp16 on CUDA); ["none"] or []: fp32 only
@@ -94,20 +91,19 @@ class ExportOptions:
         named = self.quantize is not None
         self.defaulted = not named
         if not named:
-            openvino_int8 = _installed("nncf") and _installed("openvino")
-            self.quantize = ["fp16"] if self.device == "cuda" else ["int8"] + (["int8-ov"] if openvino_int8 else [])
+            self.quantize = [name for name in quantized() if built_unasked(KINDS[name], self.device)]
         self.quantize = [x for x in dict.fromkeys(self.quantize) if x != NO_QUANTIZATION]
         if self.openvino is None:
-            self.openvino = not named and self.device == "cpu" and _installed("openvino")
-        unknown = [x for x in self.quantize if x not in QUANTIZATIONS]
+            self.openvino = not named and built_unasked(KINDS[FP32_OV], self.device)
+        unknown = [x for x in self.quantize if x not in quantized()]
         if unknown:
-            raise BertdeployError(f"unknown quantization {unknown[0]!r}; use one of {', '.join(QUANTIZATIONS)}")
-        if self.device not in DEVICES:
-            raise BertdeployError(f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
+            raise BertdeployError(f"unknown quantization {unknown[0]!r}; use one of {', '.join(quantized())}")
+        check_device(self.device)
         if self.optimize is not None:
             check_level(self.optimize, self.device)
-        if (self.openvino or "int8-ov" in self.quantize) and self.device != "cpu":
-            raise BertdeployError("OpenVINO variants (--openvino, int8-ov) are built and checked on the CPU; "
+        if any(kind.backend == OPENVINO for kind in self.kinds()) and self.device != "cpu":
+            named_by = ["--openvino", *(name for name in quantized() if KINDS[name].backend == OPENVINO)]
+            raise BertdeployError(f"OpenVINO variants ({', '.join(named_by)}) are built and checked on the CPU; "
                                   "export them with --device cpu")
         self.quant_preset = q.resolve_preset(self.quant_preset)
         if self.calibration_method not in q.CALIBRATION_METHODS:
@@ -124,12 +120,12 @@ class ExportOptions:
         ])
         self.trim_texts = list(self.trim_texts)
 
+    def kinds(self) -> list[Kind]:
+        """The variants to build beside fp32, in the order they are judged: fp32-ov (--openvino), --quantize's."""
+        return ([KINDS[FP32_OV]] if self.openvino else []) + [KINDS[name] for name in self.quantize]
 
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
-
-@dataclass
+@dataclass(kw_only=True)
 class ExportResult:
     output_dir: Path
     default_variant: str
@@ -138,7 +134,7 @@ class ExportResult:
     eval_source: str | None
     texts: int
     variants: list[Variant]
-    auto: dict | None = None  # the manifest's auto section: timings per batch size, and the ranges they give
+    auto: AutoSection | None = None  # the manifest's auto section: timings per batch size, and the ranges they give
     # PyTorch fp32 and, where the device computes bf16, under bf16 autocast: figures, kept_accuracy, latency_ms
     pytorch: dict = field(default_factory=dict)
     metric: str = "accuracy"  # what the guard compares with labels: accuracy, or micro_f1 for multi-label models
@@ -176,23 +172,20 @@ def export(options: ExportOptions) -> ExportResult:
     if options.optimize and static:
         raise BertdeployError(f"--optimize {options.optimize}: {source.path} is a static student, with no transformer "
                               "layers to fuse; export it without --optimize")
-    check_device(options.device)
-    kinds = list(options.quantize)  # the quantized variants to build
-    if options.openvino or "int8-ov" in kinds:  # name a missing extra before any work
-        import_openvino()
-    if "int8-ov" in kinds:
-        q.import_nncf()
+    resolve_providers([options.device])  # names what is installed when ONNX Runtime cannot run there
+    kinds = options.kinds()
+    import_extras(kinds)  # a missing extra is named before any work
     scored, eval_source = scoring_texts(source, options.eval_file, options.eval_samples)
     calibration = None
-    if set(CALIBRATED) & set(kinds):
+    calibrated = [name for name, kind in KINDS.items() if kind.calibrated and kind in kinds]
+    if calibrated:
         try:
-            calibration = calibration_texts(source, options.calibration_file, options.calibration_samples,
-                                            [k for k in CALIBRATED if k in options.quantize])
+            calibration = calibration_texts(source, options.calibration_file, options.calibration_samples, calibrated)
         except DataError as e:
             if not options.defaulted:
                 raise
-            logger.warning("not building int8-ov, which nobody named: %s", e)  # the rest still pays
-            kinds = [kind for kind in kinds if kind not in CALIBRATED]
+            logger.warning("not building %s, which nobody named: %s", " and ".join(calibrated), e)  # the rest pays
+            kinds = [kind for kind in kinds if not kind.calibrated]
     reference = reference_logits(source, scored, options.device, allow_pickle=options.allow_pickle)
     # One line of autocast makes PyTorch much faster on CPUs that compute bf16: the baseline a user would run there.
     bf16 = reference_logits(source, scored, options.device, autocast=True, allow_pickle=options.allow_pickle) \
@@ -208,50 +201,53 @@ def export(options: ExportOptions) -> ExportResult:
             exported, trimmed, vocabulary = _trim(source, options, scored, work / "trimmed")
         work.mkdir(parents=True, exist_ok=True)
         graph_of(exported.path, work / "model.onnx")
-        fp32 = out / _file_name("fp32")
+        fp32 = out / file_name("fp32")
         shutil.copyfile(work / "model.onnx", fp32)
         tokenizer = write_tokenizer(exported, out / "tokenizer.json")
-        judge = Judge(scored, source.scheme, reference, tokenizer, options.device, options.max_accuracy_drop,
-                      exported=trimmed)
+        judge = Judge(scored, source.scheme, reference, tokenizer, device=options.device,
+                      max_accuracy_drop=options.max_accuracy_drop, exported=trimmed)
         if trimmed is not None:
             vocabulary["pytorch"] = _judge_trim(judge, trimmed, vocabulary)
         variants = [judge.check_fp32(fp32)]
-        if options.openvino:  # the same file on the other runtime (no second export), at the precision that holds
-            variants.append(judge_at_precisions(judge, "fp32-ov", fp32, "fp32", OPENVINO))
-        level = options.optimize
+        # nothing to build (fp32-ov): the same file on the other runtime, at the precision that holds the bound
+        variants += [judge_at_precisions(judge, kind.name, fp32, "fp32", backend=kind.backend) for kind in kinds
+                     if kind.build is None]
+        level, optimized = options.optimize, None
         if level:
-            optimized = optimize_graph(fp32, level, options.device, out / _file_name(level), exported.path)
+            optimized = optimize_graph(fp32, level, device=options.device, destination=out / file_name(level),
+                                       model_dir=exported.path)
             variants.append(judge.score(level, optimized, "optimized", optimization=level))
-        jobs = [(kind, kind, fp32, None) for kind in kinds]
-        if "int8" in kinds and level in ("O1", "O2", "O3"):
-            # Fusing first is faster at batch 1 and slower at larger batches (benchmarks/RESULTS.md):
-            # build both orders and let the timing below pick.
-            jobs.insert(kinds.index("int8") + 1, (f"{level}-int8", "int8", optimized, level))
         rankings: dict[Path, list[str]] = {}  # per graph: every variant built from it shares one ranking
-        for name, kind, graph, fused in jobs:
-            destination = out / _file_name(name)
-            variants.append(build_to_the_bound(
-                name, kind, destination, judge, options.per_channel,
-                rank=functools.partial(_ranking, rankings, graph, tokenizer, scored),
-                build=_builder(kind, graph, destination, options, tokenizer, calibration, fused),
-                optimization=fused, backend=OPENVINO if kind == "int8-ov" else ONNXRUNTIME,
-            ))
+        for kind in (kind for kind in kinds if kind.build is not None):
+            graphs = [(kind.name, fp32, None)]
+            if kind.fused_too and level and not LEVELS[level].fp16:
+                graphs.append((f"{level}-{kind.name}", optimized, level))
+            for name, graph, fused in graphs:
+                build = Build(kind=kind.name, graph=graph, destination=out / file_name(name), fused=fused,
+                              tokenizer=tokenizer, calibration=calibration, preset=options.quant_preset,
+                              calibration_method=options.calibration_method, progress=options.progress)
+                variants.append(build_to_the_bound(
+                    name, kind.name, build.destination, judge, first_settings=kind.first_settings(options.per_channel),
+                    rank=functools.partial(_ranking, rankings, graph, tokenizer, scored),
+                    build=functools.partial(kind.build, build), optimization=fused, backend=kind.backend,
+                ))
         shutil.rmtree(work)
         _report_fusions(variants, out, level)
         pytorch = {PYTORCH: judge.baseline(reference)}
         if bf16 is not None:
             pytorch[PYTORCH_BF16] = judge.baseline(bf16)
-        runs = {name: TorchModel(str(source.path), "bf16" if name == PYTORCH_BF16 else "fp32", options.device,
-                                 usable_cpus(), options.allow_pickle).run for name in pytorch}
-        default, auto, latency = time_and_pick(variants, out, tokenizer, scored, options.device, runs)
+        runs = {name: TorchModel(str(source.path), "bf16" if name == PYTORCH_BF16 else "fp32", device=options.device,
+                                 threads=usable_cpus(), allow_pickle=options.allow_pickle).run for name in pytorch}
+        default, auto, latency = time_and_pick(variants, out, tokenizer, scored, device=options.device, baselines=runs)
         for name, figures in pytorch.items():
             figures["latency_ms"] = latency[name]
         inputs = [i.name for i in create_session(fp32, options.device).get_inputs()]
         _write_manifest(out, options, source, variants, default, inputs, judge.reference_figures, judge.guard,
                         eval_source, len(scored), auto, pytorch, vocabulary, exporter)
-    return ExportResult(Path(options.output_dir), default, judge.reference_figures, judge.guard, eval_source,
-                        len(scored), variants, auto, pytorch, source.scheme.metric, source.scheme.multi_label,
-                        vocabulary)
+    return ExportResult(output_dir=Path(options.output_dir), default_variant=default,
+                        reference=judge.reference_figures, guard=judge.guard, eval_source=eval_source,
+                        texts=len(scored), variants=variants, auto=auto, pytorch=pytorch, metric=source.scheme.metric,
+                        multi_label=source.scheme.multi_label, vocabulary=vocabulary)
 
 
 def _report_fusions(variants: list[Variant], out: Path, level: str | None) -> None:
@@ -277,8 +273,8 @@ def reference_logits(source: ModelSource, examples: Examples, device: str, batch
     tokenizer = AutoTokenizer.from_pretrained(source.path)
     model = load_classifier(source.path, allow_pickle).to(device).eval()
     logger.info("running PyTorch%s on %d texts", " with bf16 autocast" if autocast else "", len(examples))
-    return pytorch_logits(model, tokenizer, examples.texts, examples.pairs, source.max_length, device, batch_size,
-                          autocast)
+    return pytorch_logits(model, tokenizer, examples.texts, examples.pairs, source.max_length, device=device,
+                          batch_size=batch_size, autocast=autocast)
 
 
 def _trim(source: ModelSource, options: ExportOptions, scored: Examples,
@@ -334,74 +330,28 @@ def _ranking(rankings: dict[Path, list[str]], graph: Path, tokenizer, scored: Ex
     return rankings[graph]
 
 
-def _file_name(variant: str) -> str:
-    return "model.onnx" if variant == "fp32" else f"model_{variant.replace('-', '_')}.onnx"
-
-
-def _builder(kind: str, graph: Path, destination: Path, options: ExportOptions, tokenizer,
-             calibration: tuple[list[str], list[str] | None] | None,
-             fused: str | None) -> Callable[[dict, list[str]], dict]:
-    """A function that builds `kind` from `graph` with given settings and describes what it did."""
-    return lambda settings, nodes: _build(kind, graph, destination, options, tokenizer, calibration, fused,
-                                          settings, nodes)
-
-
-def _build(kind: str, graph: Path, destination: Path, options: ExportOptions, tokenizer, calibration,
-           fused: str | None, settings: dict, nodes: list[str]) -> dict:
-    if kind == "fp16":
-        q.convert_fp16(graph, destination, keep_fp32_nodes=nodes)
-        return {"type": "fp16", "io": "float32", "fp32_ops": q.FP16_FRAGILE_OPS, "float_nodes": nodes}
-    texts, pairs = calibration or ([], None)
-    names = [i.name for i in create_session(graph, "cpu").get_inputs()]
-    feeds = (encode(tokenizer, [t], None if pairs is None else [pairs[i]], names) for i, t in enumerate(texts))
-    if kind == "int8-ov":
-        q.quantize_openvino_int8(graph, destination, feeds, len(texts), settings["preset"], exclude=nodes,
-                                 progress=options.progress)
-        return {"type": kind, "tool": "nncf", "preset": settings["preset"], "per_channel": True,
-                "float_nodes": nodes, "calibration_texts": len(texts), "source": "fp32 export (unfused)"}
-    described = {"type": kind, "preset": options.quant_preset, "per_channel": settings["per_channel"],
-                 "float_nodes": nodes, "source": f"{fused}-fused graph" if fused else "fp32 export (unfused)"}
-    if kind == "int8":
-        q.quantize_dynamic_int8(graph, destination, options.quant_preset, settings["per_channel"], exclude=nodes)
-        return described
-    q.quantize_static_int8(graph, destination, options.quant_preset, feeds, len(texts), options.calibration_method,
-                           settings["per_channel"], exclude=nodes, progress=options.progress)
-    return {**described, "calibration_method": options.calibration_method, "calibration_texts": len(texts)}
-
-
 # -- the manifest ----------------------------------------------------------------------------
 
 def _write_manifest(out: Path, options: ExportOptions, source: ModelSource, variants: list[Variant], default: str,
                     inputs: list[str], reference: dict, guard: str, eval_source: str | None, texts: int,
-                    auto: dict | None, pytorch: dict, vocabulary: dict | None, exporter: dict) -> None:
-    write_manifest(out, ARTIFACT_KIND, {
-        "source_model": str(source.path.absolute()),
-        "source_checkpoint": (source.manifest or {}).get("source_model"),
-        "task": "text-classification",
+                    auto: AutoSection | None, pytorch: dict, vocabulary: dict | None, exporter: dict) -> None:
+    ExportManifest(
+        source_model=str(source.path.absolute()),
+        source_checkpoint=None if source.manifest is None else source.manifest.source_model,
         **source.scheme.manifest_fields(),
-        "max_length": source.max_length,
-        "inputs": inputs,
-        "outputs": ["logits"],
-        "tokenizer": "tokenizer.json",
-        "tokenizer_sha256": sha256_file(out / "tokenizer.json"),
-        "text_column": source.columns["text_column"],
-        "text_pair_column": source.columns["pair_column"],
-        "label_column": source.columns["label_column"],
-        "label_columns": source.columns["label_columns"],
-        "device": options.device,
-        "exporter": exporter,
-        "default_variant": default,
-        "evaluation": {
-            "source": eval_source,
-            "texts": texts,
-            "guard": guard,
-            "metric": source.scheme.metric,
-            "max_accuracy_drop": options.max_accuracy_drop,
-            "reference": {"framework": "pytorch", **reference},
-            "pytorch": pytorch,
-        },
-        "variants": {v.name: v.entry() for v in variants if v.shipped},
-        "rejected": {v.name: v.entry() for v in variants if not v.shipped},
-        **({"auto": auto} if auto else {}),
-        **({"vocabulary": vocabulary} if vocabulary else {}),
-    })
+        max_length=source.max_length,
+        inputs=inputs,
+        tokenizer="tokenizer.json",
+        tokenizer_sha256=sha256_file(out / "tokenizer.json"),
+        **source.columns.to_dict(),
+        device=options.device,
+        exporter=Exporter(**exporter),
+        default_variant=default,
+        evaluation=Evaluation(source=eval_source, texts=texts, guard=guard, metric=source.scheme.metric,
+                              max_accuracy_drop=options.max_accuracy_drop,
+                              reference={"framework": "pytorch", **reference}, pytorch=pytorch),
+        variants={v.name: v.entry() for v in variants if v.shipped},
+        rejected={v.name: v.entry() for v in variants if not v.shipped},
+        auto=auto,
+        vocabulary=vocabulary or None,
+    ).write(out)

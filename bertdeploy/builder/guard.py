@@ -7,13 +7,13 @@ no more accuracy than allowed (with labels), or disagrees with PyTorch on no mor
 CPU has it) is judged again at f32, and runs at the precision it passed at. A quantization that still
 misses it is rebuilt with its most sensitive nodes kept in float, as few as hold the bound, before
 it is refused. The shipped variants are timed side by side and the fastest becomes the default.
-This module knows nothing of how variants are built: export.py passes a builder in.
+This module knows nothing of how variants are built: export.py passes a builder in, and the settings to try first
+(kinds.py has both).
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import shutil
 from collections.abc import Callable
@@ -23,15 +23,17 @@ from pathlib import Path
 import numpy as np
 
 from bertdeploy.artifacts import sha256_file
-from bertdeploy.data import Examples
+from bertdeploy.builder.examples import Examples
+from bertdeploy.builder.kinds import integer
 from bertdeploy.defaults import F32
 from bertdeploy.errors import BertdeployError, first_line
 from bertdeploy.host import usable_cpus
 from bertdeploy.labels import Drop, LabelScheme
+from bertdeploy.manifest import AutoSection, VariantEntry
 from bertdeploy.runtime.backends import ONNXRUNTIME, OPENVINO, default_precision, open_model
 from bertdeploy.runtime.encoding import MAX_BATCH_SIZE, MAX_PADDING, batch_tokens, encode, run_batches
 from bertdeploy.runtime.routing import auto_section
-from bertdeploy.timing import distinct_shapes, interleave, median_tokens, stopwatch
+from bertdeploy.timing import interleaved_latency, median_tokens, stopwatch
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +42,11 @@ logger = logging.getLogger(__name__)
 FP32_TOLERANCE = 1e-3
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Variant:
     name: str
     file: str
-    kind: str  # fp32, optimized, int8, int8-static, fp16, int8-ov
+    kind: str  # fp32, optimized, or a quantized kind of kinds.KINDS (int8, int8-static, fp16, int8-ov)
     optimization: str | None
     quantization: dict | None
     size_bytes: int
@@ -65,15 +67,16 @@ class Variant:
         """Whether it was built and ran on the scoring texts (a refused variant may not have)."""
         return self.parity["label_agreement"] is not None
 
-    def entry(self) -> dict:
-        fields = {k: v for k, v in self.__dict__.items() if k not in ("name", "shipped")}
-        return fields if self.shipped else {k: v for k, v in fields.items() if k not in ("file", "sha256")}
+    def entry(self) -> VariantEntry:
+        """Its record in the manifest; a refused variant's names no file."""
+        recorded = {k: v for k, v in self.__dict__.items() if k not in ("name", "shipped")}
+        return VariantEntry(**recorded) if self.shipped else VariantEntry(**{**recorded, "file": None, "sha256": None})
 
 
 class Judge:
     """Runs a variant on the scoring texts and decides whether it may ship."""
 
-    def __init__(self, examples: Examples, scheme: LabelScheme, reference: np.ndarray, tokenizer, device: str,
+    def __init__(self, examples: Examples, scheme: LabelScheme, reference: np.ndarray, tokenizer, *, device: str,
                  max_accuracy_drop: float, exported: np.ndarray | None = None) -> None:
         self.examples, self.scheme, self.reference, self.tokenizer = examples, scheme, reference, tokenizer
         # the PyTorch model that was exported, when it is not the reference (a trimmed vocabulary): the variants'
@@ -146,15 +149,15 @@ class Judge:
             )
         return variant
 
-    def score(self, name: str, path: Path, kind: str, optimization: str | None = None,
+    def score(self, name: str, path: Path, kind: str, *, optimization: str | None = None,
               quantization: dict | None = None, backend: str = ONNXRUNTIME, precision: str | None = None) -> Variant:
         """`path` run on `backend` (OpenVINO at inference `precision`; None: the CPU's default) and judged."""
         try:
             (scores, model), seconds = stopwatch(self.run, path, backend, precision)
         except BertdeployError as e:  # e.g. OpenVINO cannot compile the graph: refuse this variant, keep the rest
             logger.warning("%s: %s", name, e)
-            return self.refused(name, path, kind, str(e).split(": ", 1)[-1],
-                                optimization, quantization, backend)
+            return self.refused(name, path, kind, str(e).split(": ", 1)[-1], optimization=optimization,
+                                quantization=quantization, backend=backend)
         finite = bool(np.isfinite(scores).all())
         diff = self.difference(scores) if finite else float("inf")
         agreement, report, drop = self._compare(scores)
@@ -165,18 +168,20 @@ class Judge:
             reason = "produces NaN or infinite logits"
         at = f" at {model.precision}" if backend == OPENVINO else ""
         logger.info("%s%s: %s in %.1fs", name, at, reason or "passed", seconds)
-        return Variant(name, path.name, kind, optimization, quantization, path.stat().st_size, sha256_file(path),
-                       _opset(path), parity, evaluation, reason is None, reason, backend=backend,
+        return Variant(name=name, file=path.name, kind=kind, optimization=optimization, quantization=quantization,
+                       size_bytes=path.stat().st_size, sha256=sha256_file(path), opset=_opset(path), parity=parity,
+                       eval=evaluation, shipped=reason is None, reason=reason, backend=backend,
                        precision=getattr(model, "precision", None))
 
-    def refused(self, name: str, path: Path, kind: str, reason: str, optimization: str | None = None,
+    def refused(self, name: str, path: Path, kind: str, reason: str, *, optimization: str | None = None,
                 quantization: dict | None = None, backend: str = ONNXRUNTIME) -> Variant:
         """A variant that could not be built or run: no figures, and the reason."""
         exists = path.is_file()
-        return Variant(name, path.name, kind, optimization, quantization, path.stat().st_size if exists else 0,
-                       sha256_file(path) if exists else "", _opset(path) if exists else 0,
-                       {"texts": len(self.examples), "max_abs_diff": None, "label_agreement": None}, None, False,
-                       reason, backend=backend)
+        return Variant(name=name, file=path.name, kind=kind, optimization=optimization, quantization=quantization,
+                       size_bytes=path.stat().st_size if exists else 0, sha256=sha256_file(path) if exists else "",
+                       opset=_opset(path) if exists else 0,
+                       parity={"texts": len(self.examples), "max_abs_diff": None, "label_agreement": None}, eval=None,
+                       shipped=False, reason=reason, backend=backend)
 
 
 def _opset(path: Path) -> int:
@@ -184,15 +189,6 @@ def _opset(path: Path) -> int:
 
     imports = onnx.load(str(path), load_external_data=False).opset_import
     return next(o.version for o in imports if o.domain in ("", "ai.onnx"))
-
-
-def first_settings(kind: str, per_channel: bool) -> list[dict]:
-    """The quantizer's settings to try before keeping any node in float: as asked, then per-channel."""
-    if kind == "fp16":
-        return [{}]
-    if kind == "int8-ov":  # NNCF: always per-channel weights; asymmetric activations ("mixed") for transformers
-        return [{"preset": "mixed"}]
-    return [{"per_channel": per_channel}] + ([] if per_channel else [{"per_channel": True}])
 
 
 def precisions(backend: str) -> list[str | None]:
@@ -222,7 +218,7 @@ def _after(variant: Variant, attempts: int) -> None:
     variant.reason = f"{variant.reason}, after {attempts} attempt{'s' if attempts > 1 else ''}"
 
 
-def judge_at_precisions(judge: Judge, name: str, path: Path, kind: str, backend: str = OPENVINO) -> Variant:
+def judge_at_precisions(judge: Judge, name: str, path: Path, kind: str, *, backend: str = OPENVINO) -> Variant:
     """A variant with nothing to build (fp32-ov: the fp32 file on OpenVINO), judged at each of `precisions` in
     turn until one holds the bound; it runs at that one. Every attempt is recorded."""
     tried: list[dict] = []
@@ -238,12 +234,13 @@ def judge_at_precisions(judge: Judge, name: str, path: Path, kind: str, backend:
     return variant
 
 
-def build_to_the_bound(name: str, kind: str, destination: Path, judge: Judge, per_channel: bool,
+def build_to_the_bound(name: str, kind: str, destination: Path, judge: Judge, *, first_settings: list[dict],
                        rank: Callable[[], list[str]], build: Callable[[dict, list[str]], dict],
                        optimization: str | None = None, backend: str = ONNXRUNTIME) -> Variant:
-    """Build variant `name` with `build(settings, float_nodes)` and judge it; if it misses the bound, judge the
-    same file at a safer inference precision (OpenVINO: f32, see `precisions`), then keep the nodes `rank()`
-    names in float, most sensitive first, as few as hold the bound.
+    """Build variant `name` with `build(settings, float_nodes)` and judge it, with each of `first_settings` in turn
+    (the quantizer's settings to try before keeping any node in float) until one passes; if it misses the bound,
+    judge the same file at a safer inference precision (OpenVINO: f32, see `precisions`), then keep the nodes
+    `rank()` names in float, most sensitive first, as few as hold the bound.
 
     The search doubles the nodes kept in float (1, 2, 4, ... all) until a build passes, then halves the gap
     to the last failure: the bound (--max-accuracy-drop, in the guard's own terms) is the target the quantizer
@@ -261,7 +258,7 @@ def build_to_the_bound(name: str, kind: str, destination: Path, judge: Judge, pe
             raise
         except Exception as e:  # noqa: BLE001 - a quantizer failing on an unusual graph refuses this variant only
             variant = judge.refused(name, destination, kind, f"the quantizer failed: {first_line(e)[:300]}",
-                                    optimization, None, backend)
+                                    optimization=optimization, backend=backend)
         else:
             variant = judge.score(name, destination, kind, optimization=optimization, quantization=described,
                                   backend=backend, precision=precision)
@@ -273,14 +270,15 @@ def build_to_the_bound(name: str, kind: str, destination: Path, judge: Judge, pe
             logger.warning("%s: %s", _named(variant), variant.reason)
         return variant
 
-    for settings in first_settings(kind, per_channel):
+    for settings in first_settings:
         judged = [attempt(settings, [], order[0])]
         for precision in order[1:]:  # the same file at a safer precision: nothing to rebuild
             if judged[-1].shipped or not judged[-1].ran:
                 break
             logger.info("%s: judging it again at %s inference precision", name, precision)
-            again = judge.score(name, destination, kind, optimization, copy.deepcopy(judged[0].quantization),
-                                backend, precision)
+            again = judge.score(name, destination, kind, optimization=optimization,
+                                quantization=copy.deepcopy(judged[0].quantization), backend=backend,
+                                precision=precision)
             judged.append(record(again, settings, []))
         variant = judged[-1] if judged[-1].shipped or not judged[-1].ran else \
             min(reversed(judged), key=judge.lost)  # the precision that did best: the search goes on at it
@@ -328,8 +326,9 @@ def _keep(variant: Variant, destination: Path) -> tuple[Variant, Path]:
     return variant, kept
 
 
-def time_and_pick(variants: list[Variant], directory: Path, tokenizer, examples: Examples, device: str,
-                  baselines: dict[str, Callable[[dict], object]], rounds: int = 7) -> tuple[str, dict | None, dict]:
+def time_and_pick(variants: list[Variant], directory: Path, tokenizer, examples: Examples, *, device: str,
+                  baselines: dict[str, Callable[[dict], object]], rounds: int = 7,
+                  ) -> tuple[str, AutoSection | None, dict]:
     """Median latency of each shipped variant, on its runtime, and of each PyTorch `baselines` run (name: run(feed)),
     at batch 1, 8 and 32 of real texts, interleaved.
 
@@ -354,7 +353,7 @@ def time_and_pick(variants: list[Variant], directory: Path, tokenizer, examples:
     for v in shipped:
         v.latency_ms = latency[v.name]
     runtime = [v for v in shipped if v.backend == ONNXRUNTIME]
-    candidates = [v for v in runtime if not (device == "cuda" and v.kind.startswith("int8"))] or runtime
+    candidates = [v for v in runtime if not (device == "cuda" and integer(v.kind))] or runtime
     best = min(candidates, key=lambda v: v.latency_ms["batch_1"] + v.latency_ms["batch_8"] / 8)
     baseline_latency = {name: latency[name] for name in baselines}
     if device != "cpu":
@@ -362,25 +361,3 @@ def time_and_pick(variants: list[Variant], directory: Path, tokenizer, examples:
     p50 = {v.name: {median_tokens(groups[group]): ms for group, ms in v.latency_ms.items()} for v in shipped}
     return best.name, auto_section(p50, [v.name for v in shipped], {v.name: v.backend for v in shipped}, "export",
                                    f"{len(texts)} texts of the scoring set", usable_cpus()), baseline_latency
-
-
-def interleaved_latency(runs: dict[str, Callable[[dict], object]], feeds: dict[str, list[dict]], rounds: int,
-                        own_feeds: dict[str, dict[str, list[dict]]] | None = None) -> dict[str, dict[str, float]]:
-    """Median ms per call of each `run(feed)` on each group of feeds, every call taking its turn each round
-    (timing.interleave), after one untimed call per input shape and model. `own_feeds`: runs named there take
-    these groups instead (the same texts through another tokenizer)."""
-    feeds_of = {name: (own_feeds or {}).get(name, feeds) for name in runs}
-    for name, run in runs.items():
-        every = [feed for batch in feeds_of[name].values() for feed in batch]
-        for i in distinct_shapes(every):
-            run(every[i])
-    calls = {(name, group, i): functools.partial(_call, run, feed) for name, run in runs.items()
-             for group, batch in feeds_of[name].items() for i, feed in enumerate(batch)}
-    times: dict[str, dict[str, list[float]]] = {name: {group: [] for group in feeds_of[name]} for name in runs}
-    for (name, group, _), ms in interleave(calls, rounds).items():
-        times[name][group] += ms
-    return {name: {group: float(np.median(ms)) for group, ms in groups.items()} for name, groups in times.items()}
-
-
-def _call(run: Callable[[dict], object], feed: dict, step: int) -> object:
-    return run(feed)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bertdeploy.data import Examples
+from bertdeploy.builder.examples import Examples
 from bertdeploy.errors import ModelError, first_line
 
 SAFETENSORS = ("*.safetensors", "*.safetensors.index.json")  # one file, or the index of a sharded checkpoint

@@ -33,7 +33,7 @@ class TorchModel:
     mode, inference mode; kind `bf16` under `torch.autocast(dtype=torch.bfloat16)` (weights stay fp32, as a user
     adding one line gets); `fp16` with the weights in fp16 (CUDA)."""
 
-    def __init__(self, path: str, kind: str = "fp32", device: str = "cpu", threads: int = 1,
+    def __init__(self, path: str, kind: str = "fp32", *, device: str = "cpu", threads: int = 1,
                  allow_pickle: bool = False, ids_from: str | None = None) -> None:
         import torch
 
@@ -83,7 +83,7 @@ def token_ids(subset: str | Path, full: str | Path) -> np.ndarray:
     return table
 
 
-def pytorch_logits(model, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, device: str = "cpu",
+def pytorch_logits(model, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, *, device: str = "cpu",
                    batch_size: int = 32, autocast: bool = False, progress: str | None = None) -> np.ndarray:
     """A loaded PyTorch classifier's logits for every text, in order: batches of texts of similar length, under
     bf16 autocast if asked, with a progress bar named `progress` (none if None)."""

@@ -18,18 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.artifacts import MANIFEST_NAME, read_manifest, sha256_file
-from bertdeploy.data import (
+from bertdeploy.artifacts import MANIFEST_NAME, sha256_file
+from bertdeploy.builder.examples import (
     Examples,
     check_known_labels,
     example_columns,
     load_examples,
-    load_texts,
     sample_examples,
     split_examples,
 )
+from bertdeploy.data import load_texts
 from bertdeploy.errors import DataError, ModelError
-from bertdeploy.labels import PROBLEM_TYPES, SINGLE_LABEL, LabelScheme
+from bertdeploy.labels import MULTI_LABEL, PROBLEM_TYPES, SINGLE_LABEL, LabelScheme
+from bertdeploy.manifest import Columns, ModelManifest, TrainingData
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +53,17 @@ class ModelSource:
     path: Path
     scheme: LabelScheme
     max_length: int
-    columns: dict  # text_column, label_column, pair_column and the multi-label settings: load_examples' keywords
-    manifest: dict | None
+    columns: Columns
+    manifest: ModelManifest | None
 
     @property
     def labels(self) -> list[str]:
         return list(self.scheme.labels)
+
+    @property
+    def data(self) -> TrainingData:
+        """The data it was trained on, as its manifest names them (none without one)."""
+        return self.manifest.data if self.manifest is not None else TrainingData()
 
 
 # -- the model directory ---------------------------------------------------------------------
@@ -73,7 +79,7 @@ def read_model_dir(model_dir: str | Path) -> ModelSource:
     if not (path / "tokenizer.json").is_file():
         raise ModelError(f"{path}: no tokenizer.json; deployment needs the fast tokenizer saved beside the model "
                          "(tokenizer.save_pretrained(dir) with a fast tokenizer)")
-    manifest = read_manifest(path, "model") if (path / MANIFEST_NAME).is_file() else None
+    manifest = ModelManifest.read(path) if (path / MANIFEST_NAME).is_file() else None
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -86,7 +92,7 @@ def read_model_dir(model_dir: str | Path) -> ModelSource:
     labels = [id2label.get(str(i)) for i in range(len(id2label))]
     if not labels or None in labels:
         raise ModelError(f"{path / 'config.json'}: no labels (id2label is missing or incomplete)")
-    if manifest is not None and manifest.get("labels") != labels:
+    if manifest is not None and list(manifest.labels) != labels:
         raise ModelError(f"{path}: the labels in manifest.json and config.json differ; re-run the fine-tuning")
     if manifest is None and all(label == f"LABEL_{i}" for i, label in enumerate(labels)):
         logger.warning("%s: the labels are generic names (%s); predictions will use them", path, ", ".join(labels))
@@ -94,23 +100,22 @@ def read_model_dir(model_dir: str | Path) -> ModelSource:
     if problem_type not in PROBLEM_TYPES:
         raise ModelError(f"{path}: problem type {problem_type!r}; bertdeploy exports classifiers "
                          f"({', '.join(PROBLEM_TYPES)})")
-    scheme = LabelScheme.from_manifest({**(manifest or {}), "labels": labels, "problem_type": problem_type})
-    return ModelSource(path, scheme, _max_length(path, config, manifest), _columns(manifest, scheme), manifest)
+    # config.json decides the problem type; the manifest adds a multi-label model's thresholds and separator
+    scheme = manifest.scheme if manifest is not None and manifest.problem_type == problem_type else \
+        LabelScheme(tuple(labels), problem_type == MULTI_LABEL)
+    return ModelSource(path, scheme, _max_length(path, config, manifest),
+                       manifest.columns if manifest is not None else Columns(), manifest)
 
 
-def _max_length(path: Path, config: dict, manifest: dict | None) -> int:
+def _max_length(path: Path, config: dict, manifest: ModelManifest | None) -> int:
     positions = config.get("max_position_embeddings") or 512
     if manifest is not None:
-        return min(int(manifest["max_length"]), positions)
+        return min(manifest.max_length, positions)
     try:
         saved = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8")).get("model_max_length")
     except (OSError, json.JSONDecodeError):
         saved = None
     return min(int(saved), positions) if isinstance(saved, int | float) and saved < 1e6 else min(512, positions)
-
-
-def _columns(manifest: dict | None, scheme: LabelScheme) -> dict:
-    return example_columns({**(manifest or {}), **scheme.manifest_fields()})
 
 
 # -- texts -------------------------------------------------------------------------------------
@@ -139,37 +144,36 @@ def _sample_texts(texts: list[str], pairs: list[str] | None, n: int) -> tuple[li
 
 
 def _eval_examples(source: ModelSource, eval_file: str | Path | None) -> tuple[Examples | None, str | None]:
-    columns = source.columns
+    columns = example_columns(source.columns, source.scheme)  # load_examples' keywords
     if eval_file is not None:
         examples = load_examples(eval_file, **columns)
         check_known_labels(examples, source.labels)
         return examples, str(eval_file)
-    data = (source.manifest or {}).get("data", {})
-    drop_empty = (source.manifest or {}).get("training", {}).get("drop_empty", False)
-    named = data.get("eval_file") or (data.get("train_file") if "val_split" in data else None)
+    data = source.data
+    named = data.eval_source
     if named is None:
         return None, None
-    path = Path(named["path"])
+    path = Path(named.path)
     if not path.is_file():
         logger.warning("%s, named in the model's manifest, is gone; pass --eval-file to score the variants", path)
         return None, None
-    if sha256_file(path) != named["sha256"]:
+    if sha256_file(path) != named.sha256:
         logger.warning("%s changed since training; scoring on it as it is now", path)
+    drop_empty = source.manifest is not None and source.manifest.drop_empty
     examples = load_examples(path, **columns, drop_empty=drop_empty)
     check_known_labels(examples, source.labels)
-    if "val_split" in data:
-        split = data["val_split"]
-        _, examples = split_examples(examples, split["fraction"], split["seed"])
+    if data.val_split is not None:
+        _, examples = split_examples(examples, data.val_split.fraction, data.val_split.seed)
         return examples, f"{path} (the validation split held out in training)"
     return examples, f"{path} (the training run's eval file)"
 
 
 def _unlabelled_texts(source: ModelSource) -> tuple[list[str], list[str] | None, str]:
-    train = (source.manifest or {}).get("data", {}).get("train_file")
-    if train and Path(train["path"]).is_file():
-        texts, pairs = load_texts(train["path"], source.columns["text_column"], source.columns["pair_column"])
-        return texts, pairs, train["path"]
-    pairs = list(reversed(SAMPLE_TEXTS)) if source.columns["pair_column"] else None
+    train = source.data.train_file
+    if train and Path(train.path).is_file():
+        texts, pairs = load_texts(train.path, source.columns.text_column, source.columns.text_pair_column)
+        return texts, pairs, train.path
+    pairs = list(reversed(SAMPLE_TEXTS)) if source.columns.text_pair_column else None
     return list(SAMPLE_TEXTS), pairs, "built-in sample texts"
 
 
@@ -180,13 +184,13 @@ def calibration_texts(source: ModelSource, calibration_file: str | Path | None, 
     if calibration_file is not None:
         path = Path(calibration_file)
     else:
-        train = (source.manifest or {}).get("data", {}).get("train_file")
-        if not train or not Path(train["path"]).is_file():
+        train = source.data.train_file
+        if not train or not Path(train.path).is_file():
             raise DataError(f"{' and '.join(needed_by)} needs calibration "
                             "texts and the model's training file is not at hand: pass --calibration-file with a "
                             "few hundred typical texts")
-        path = Path(train["path"])
-    texts, pairs = load_texts(path, source.columns["text_column"], source.columns["pair_column"])
+        path = Path(train.path)
+    texts, pairs = load_texts(path, source.columns.text_column, source.columns.text_pair_column)
     texts, pairs = _sample_texts(texts, pairs, samples)
     logger.info("calibrating on %d texts from %s", len(texts), path)
     return texts, pairs
@@ -197,18 +201,18 @@ def trimming_texts(source: ModelSource, files: list[str | Path]) -> tuple[list[s
     """The texts whose vocabulary a trimmed model keeps: every text of `files` (unlabelled, in the model's text
     column), else the model's training file; and where they came from."""
     if not files:
-        train = (source.manifest or {}).get("data", {}).get("train_file")
-        if not train or not Path(train["path"]).is_file():
+        train = source.data.train_file
+        if not train or not Path(train.path).is_file():
             raise DataError("--trim-vocabulary keeps the vocabulary of the training texts, and the model's training "
-                            "file is not at hand" + (f" ({train['path']})" if train else "") +
+                            "file is not at hand" + (f" ({train.path})" if train else "") +
                             ": give the texts with --trim-texts FILE")
-        if sha256_file(train["path"]) != train["sha256"]:
-            logger.warning("%s changed since training; trimming to its texts as they are now", train["path"])
-        files = [train["path"]]
+        if sha256_file(train.path) != train.sha256:
+            logger.warning("%s changed since training; trimming to its texts as they are now", train.path)
+        files = [train.path]
     texts: list[str] = []
-    pairs: list[str] | None = [] if source.columns["pair_column"] else None
+    pairs: list[str] | None = [] if source.columns.text_pair_column else None
     for path in files:
-        more, more_pairs = load_texts(path, source.columns["text_column"], source.columns["pair_column"])
+        more, more_pairs = load_texts(path, source.columns.text_column, source.columns.text_pair_column)
         texts += more
         if pairs is not None:
             pairs += more_pairs or []

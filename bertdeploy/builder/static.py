@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bertdeploy.builder.examples import Examples
 from bertdeploy.builder.pretrained import load_classifier
 from bertdeploy.builder.staticmodel import StaticConfig, StaticForSequenceClassification
 from bertdeploy.builder.vocabulary import trim
-from bertdeploy.data import Examples
 from bertdeploy.errors import BertdeployError, import_extra
 
 logger = logging.getLogger(__name__)

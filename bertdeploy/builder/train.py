@@ -12,15 +12,15 @@ they skew each batch's labels and cost accuracy (see benchmarks/RESULTS.md). It 
 While it runs, checkpoints live in `<output_dir>.partial/`, which `resume` continues from.
 The output directory appears only when the model, tokenizer, `metrics.json` and
 `manifest.json` are all written, so a directory that exists is a finished one.
-This module runs the Trainer and writes the result; loading the checkpoint (`pretrained.py`) and the
-work directory's resume checks (`workdir.py`) live beside it. It does not export, quantize or serve.
+This module runs the Trainer and writes the result; loading the checkpoint (`pretrained.py`), the Trainer's
+settings (`trainer_settings.py`) and the work directory's resume checks (`workdir.py`) live beside it.
+It does not export, quantize or serve.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,11 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from bertdeploy.artifacts import move_into_place, sha256_file, write_manifest
-from bertdeploy.builder.pretrained import encode_rows, load_model
-from bertdeploy.builder.vocabulary import coverage
-from bertdeploy.builder.workdir import check_same_run, last_checkpoint, plan_output, run_fingerprint, start_work_dir
-from bertdeploy.data import (
+from bertdeploy.artifacts import move_into_place, sha256_file
+from bertdeploy.builder.examples import (
     Examples,
     check_known_labels,
     check_label_counts,
@@ -41,6 +38,10 @@ from bertdeploy.data import (
     sample_examples,
     split_examples,
 )
+from bertdeploy.builder.pretrained import encode_rows, load_model
+from bertdeploy.builder.trainer_settings import best_metric, epoch_history, metric_function, training_arguments
+from bertdeploy.builder.vocabulary import coverage
+from bertdeploy.builder.workdir import check_same_run, last_checkpoint, plan_output, run_fingerprint, start_work_dir
 from bertdeploy.defaults import (
     BATCH_SIZE,
     EPOCHS,
@@ -56,12 +57,11 @@ from bertdeploy.defaults import (
 )
 from bertdeploy.errors import BertdeployError, check_options, require_training
 from bertdeploy.labels import LabelScheme, figure_names
+from bertdeploy.manifest import DataFile, ModelManifest, TrainingData, ValSplit
 from bertdeploy.metrics import tune_thresholds
 
 logger = logging.getLogger(__name__)
 
-MODEL_KIND = "model"
-GROUP_BY_LENGTH = "group_by_length"  # the Trainer's sampler that batches texts of like length
 
 
 @dataclass
@@ -123,7 +123,7 @@ class FinetuneOptions:
         ])
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FinetuneResult:
     output_dir: Path
     labels: list[str]
@@ -157,11 +157,6 @@ class FinetuneResult:
     @property
     def best_metric(self) -> str:
         return best_metric(self.multi_label)
-
-
-def best_metric(multi_label: bool) -> str:
-    """The figure the best epoch is chosen by: micro-F1 for multi-label models, else macro-F1."""
-    return "micro_f1" if multi_label else "macro_f1"
 
 
 class Recipe:
@@ -207,9 +202,9 @@ def finetune(options: FinetuneOptions, recipe: Recipe | None = None) -> Finetune
     output_dir = Path(options.output_dir).absolute()
     work_dir = output_dir.with_name(output_dir.name + ".partial")
     checkpoint = plan_output(output_dir, work_dir, options.resume, options.overwrite)
-    train, evaluation, labels, data_info = _load_data(options)
+    train, evaluation, labels, data = _load_data(options)
     scheme = LabelScheme(tuple(labels), options.multi_label, separator=options.label_separator)
-    fingerprint = {**run_fingerprint(asdict(options), data_info), **recipe.fingerprint()}
+    fingerprint = {**run_fingerprint(asdict(options), data), **recipe.fingerprint()}
     if checkpoint is not None:
         check_same_run(work_dir, fingerprint)
     rows = recipe.train_examples(train)
@@ -261,7 +256,7 @@ def finetune(options: FinetuneOptions, recipe: Recipe | None = None) -> Finetune
     if options.tune_thresholds:
         scheme = LabelScheme(scheme.labels, True, tuple(tune_thresholds(truth, scores)), scheme.separator)
     report = scheme.report(truth, scheme.decide(scores))
-    history = _epoch_history(trainer.state.log_history, scheme.figures)
+    history = epoch_history(trainer.state.log_history, scheme.figures)
     best_figure = best_metric(scheme.multi_label)
     best = next((h for h in history if h.get(best_figure) == trainer.state.best_metric), history[-1])
     result = FinetuneResult(
@@ -294,100 +289,39 @@ def finetune(options: FinetuneOptions, recipe: Recipe | None = None) -> Finetune
             shutil.rmtree(work_dir, ignore_errors=True)
         raise
     if trainer.is_world_process_zero():
-        _write_output(trainer, tokenizer, options, data_info, args, result, scheme, work_dir, extra)
+        _write_output(trainer, tokenizer, options, data, args, result, scheme, work_dir, extra)
     return result
 
 
-def _load_data(options: FinetuneOptions) -> tuple[Examples, Examples, list[str], dict]:
+def _load_data(options: FinetuneOptions) -> tuple[Examples, Examples, list[str], TrainingData]:
     columns = dict(text_column=options.text_column, label_column=options.label_column,
                    pair_column=options.text_pair_column, drop_empty=options.drop_empty,
                    multi_label=options.multi_label, separator=options.label_separator,
                    label_columns=options.label_columns)
     train = load_examples(options.train_file, **columns)
     labels = label_order(train, options.labels or options.label_columns)
-    info: dict[str, Any] = {"train_file": _file_info(train)}
+    train_file, eval_file, val_split = _file_info(train), None, None
     if options.eval_file is not None:
         evaluation = load_examples(options.eval_file, **columns)
         check_known_labels(evaluation, labels)
-        info["eval_file"] = _file_info(evaluation)
+        eval_file = _file_info(evaluation)
     else:
         train, evaluation = split_examples(train, options.val_split, options.seed)
-        info["val_split"] = {"fraction": options.val_split, "seed": options.seed}
+        val_split = ValSplit(fraction=options.val_split, seed=options.seed)
     if options.max_train_samples:
         train = sample_examples(train, options.max_train_samples, options.seed)
     if options.multi_label:  # a label seen only in the held-out part cannot be learned either
         check_label_counts(train, labels, "give more rows that carry it, or an --eval-file")
-    info.update(train_rows=len(train), eval_rows=len(evaluation))
-    return train, evaluation, labels, info
+    data = TrainingData(train_file=train_file, eval_file=eval_file, val_split=val_split, train_rows=len(train),
+                        eval_rows=len(evaluation))
+    return train, evaluation, labels, data
 
 
-def _file_info(examples: Examples) -> dict:
-    return {"path": str(examples.path.absolute()), "sha256": sha256_file(examples.path), "rows": len(examples)}
+def _file_info(examples: Examples) -> DataFile:
+    return DataFile(path=str(examples.path.absolute()), sha256=sha256_file(examples.path), rows=len(examples))
 
 
-def training_arguments(options: FinetuneOptions, checkpoints: Path):
-    """The TrainingArguments of a run: the recipe's settings, then `options.training_args` over them."""
-    import torch
-    from transformers import TrainingArguments
-
-    cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
-    cpu_processes = not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun on CPUs: DDP over gloo
-    settings: dict[str, Any] = dict(
-        output_dir=str(checkpoints),
-        num_train_epochs=options.epochs,
-        per_device_train_batch_size=options.batch_size,
-        per_device_eval_batch_size=options.batch_size * 2,
-        learning_rate=options.learning_rate,
-        weight_decay=options.weight_decay,
-        warmup_steps=float(options.warmup_ratio),  # a float below 1: a share of the steps
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        logging_strategy="epoch",
-        load_best_model_at_end=True,
-        metric_for_best_model=best_metric(options.multi_label),
-        greater_is_better=True,
-        save_total_limit=1,  # with load_best_model_at_end: the best and the latest are kept
-        train_sampling_strategy=GROUP_BY_LENGTH if options.group_by_length else "random",
-        seed=options.seed,
-        data_seed=options.seed,
-        bf16=bf16,
-        fp16=cuda and not bf16,
-        report_to="none",
-        dataloader_pin_memory=cuda,
-        ddp_find_unused_parameters=False,  # every trained weight is used; True costs a graph walk per step
-    )
-    if cpu_processes:
-        settings.update(use_cpu=True, ddp_backend="gloo")
-    settings.update(options.training_args)
-    args = TrainingArguments(**settings)
-    _ = args.device  # joins the process group under torchrun before any rank writes
-    return args
-
-
-def metric_function(scheme: LabelScheme, recipe: Recipe):
-    """The Trainer's `compute_metrics`: the scheme's figures, from the targets as `recipe.truth` reads them."""
-    def compute(prediction) -> dict[str, float]:
-        truth = recipe.truth(prediction.label_ids, scheme)
-        report = scheme.report(truth, scheme.decide(scheme.activate(prediction.predictions)))
-        return {k: report[k] for k in scheme.figures}
-
-    return compute
-
-
-def _epoch_history(log_history: list[dict], figures: tuple[str, ...]) -> list[dict]:
-    """One row per evaluated epoch: train loss, eval loss and the figures (accuracy, macro-F1, ...)."""
-    train_loss = {round(e["epoch"], 2): e["loss"] for e in log_history if "loss" in e}
-    rows = []
-    for entry in log_history:
-        if f"eval_{figures[0]}" in entry:
-            epoch = round(entry["epoch"], 2)
-            rows.append({"epoch": epoch, "train_loss": train_loss.get(epoch), "eval_loss": entry.get("eval_loss"),
-                         **{k: entry[f"eval_{k}"] for k in figures}})
-    return rows
-
-
-def _write_output(trainer, tokenizer, options, data_info, args, result: FinetuneResult, scheme: LabelScheme,
+def _write_output(trainer, tokenizer, options, data: TrainingData, args, result: FinetuneResult, scheme: LabelScheme,
                   work_dir: Path, extra: dict) -> None:
     final = work_dir / "final"
     shutil.rmtree(final, ignore_errors=True)
@@ -415,18 +349,17 @@ def _write_output(trainer, tokenizer, options, data_info, args, result: Finetune
     }
     (final / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
-    write_manifest(final, MODEL_KIND, {
-        "source_model": options.model,
-        "task": "text-classification",
+    ModelManifest(
+        source_model=options.model,
         **scheme.manifest_fields(),
-        "max_length": options.max_length,
-        "text_column": options.text_column,
-        "text_pair_column": options.text_pair_column,
-        "label_column": options.label_column,
-        "label_columns": options.label_columns,
-        "data": data_info,
-        "vocabulary": result.vocabulary,
-        "training": {
+        max_length=options.max_length,
+        text_column=options.text_column,
+        text_pair_column=options.text_pair_column,
+        label_column=options.label_column,
+        label_columns=options.label_columns,
+        data=data,
+        vocabulary=result.vocabulary,
+        training={
             "epochs": options.epochs,
             "batch_size": options.batch_size,
             "learning_rate": options.learning_rate,
@@ -446,9 +379,9 @@ def _write_output(trainer, tokenizer, options, data_info, args, result: Finetune
             "resumed_from": result.resumed_from,
             "training_args": options.training_args,
         },
-        "metrics": {"best_epoch": result.best_epoch, **result.figures,
-                    **({"thresholds_tuned_on_these_data": True} if result.thresholds_tuned else {})},
+        metrics={"best_epoch": result.best_epoch, **result.figures,
+                 **({"thresholds_tuned_on_these_data": True} if result.thresholds_tuned else {})},
         **extra,
-    })
+    ).write(final)
     move_into_place(final, Path(options.output_dir).absolute())
     shutil.rmtree(work_dir, ignore_errors=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bertdeploy.artifacts import check_output_dir
 from bertdeploy.errors import OutputDirError
+from bertdeploy.manifest import TrainingData
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +56,13 @@ def last_checkpoint(work_dir: Path) -> Path | None:
     return max(complete, key=lambda p: int(p.name.removeprefix("checkpoint-")), default=None)
 
 
-def run_fingerprint(settings: dict, data_info: dict) -> dict:
+def run_fingerprint(settings: dict, data: TrainingData) -> dict:
     """What a resume must share with the interrupted run: the settings (less RESUMABLE_CHANGES) and the data's
     checksums."""
     settings = {k: v for k, v in settings.items() if k not in RESUMABLE_CHANGES}
     settings = json.loads(json.dumps(settings, default=str))
-    settings["data_sha256"] = {k: v["sha256"] for k, v in data_info.items() if isinstance(v, dict) and "sha256" in v}
+    files = {"train_file": data.train_file, "eval_file": data.eval_file}
+    settings["data_sha256"] = {name: f.sha256 for name, f in files.items() if f is not None}
     return settings
 
 

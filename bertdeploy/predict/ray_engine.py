@@ -18,10 +18,9 @@ import logging
 from pathlib import Path
 from typing import TextIO
 
-from bertdeploy.artifacts import read_manifest
 from bertdeploy.data import iter_rows
 from bertdeploy.errors import BertdeployError, DataError
-from bertdeploy.labels import LabelScheme
+from bertdeploy.manifest import ExportManifest
 from bertdeploy.predict import rows
 from bertdeploy.predict.rows import PredictFileOptions
 from bertdeploy.runtime.predictor import Predictor
@@ -121,10 +120,10 @@ def _predict(options: PredictFileOptions, stdout: TextIO | None) -> tuple[int, s
         raise BertdeployError("--engine ray reads files, not stdin; save the texts to a file first")
     source, in_format, out_format = rows.check_files(options)
     runtime = options.runtime
-    manifest = read_manifest(options.artifact_dir, "onnx")
+    manifest = ExportManifest.read(options.artifact_dir)
     plan = choose_routes(options.artifact_dir, manifest, runtime.variant, runtime.backend)
     resolve_providers(runtime.providers)  # names a provider this ONNX Runtime lacks before any cluster work
-    scheme = LabelScheme.from_manifest(manifest)
+    scheme = manifest.scheme
     with source.open("rb") as stream:  # check the columns on the first row before any cluster work
         header, lines = iter_rows(source, in_format, stream)
         first = next(lines, None)
@@ -164,8 +163,7 @@ def _predict(options: PredictFileOptions, stdout: TextIO | None) -> tuple[int, s
         except Exception as e:
             raise _read_error(e, source) from None
         out.flush()
-    routes = describe_routes([(upper, f"{name} ({manifest['variants'][name].get('backend', 'onnxruntime')})")
-                              for upper, name in plan])
+    routes = describe_routes([(upper, f"{name} ({manifest.variants[name].backend})") for upper, name in plan])
     return count, f"{routes} in {workers} Ray Data workers of {threads} thread{'s' * (threads > 1)}", tally
 
 

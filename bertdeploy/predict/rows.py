@@ -27,6 +27,7 @@ from bertdeploy.data import FORMATS, check_columns, check_file, file_format, par
 from bertdeploy.defaults import ENGINES, INPUT_FORMATS, LOCAL, OUTPUT_FORMATS
 from bertdeploy.errors import BertdeployError, DataError, check_options
 from bertdeploy.labels import LabelScheme
+from bertdeploy.manifest import ExportManifest
 from bertdeploy.metrics import multilabel_counts, multilabel_report_from_counts, report_from_confusion
 from bertdeploy.runtime.options import RuntimeOptions
 
@@ -124,23 +125,23 @@ class Columns:
     added: dict[str, str]  # label, score (and score_<label>) -> their names in the output
 
 
-def choose_columns(options: PredictFileOptions, source: Path, in_format: str, manifest: dict,
+def choose_columns(options: PredictFileOptions, source: Path, in_format: str, manifest: ExportManifest,
                    header: list[str] | None, first: tuple[int, dict] | None) -> Columns:
     """The text, pair and scored label columns, checked against the file's (its header, or the first row's keys),
     and the names of the columns added."""
     if first is None:
         raise DataError(f"{source}: no rows to predict")
-    text_column = "text" if in_format == "text" else options.text_column or manifest.get("text_column") or "text"
-    pair_column = options.text_pair_column or manifest.get("text_pair_column")
-    label_column = options.label_column or manifest.get("label_column")
+    text_column = "text" if in_format == "text" else options.text_column or manifest.text_column
+    pair_column = options.text_pair_column or manifest.text_pair_column
+    label_column = options.label_column or manifest.label_column
     columns = header if header is not None else list(first[1])
     check_columns(source, [c for c in (text_column, pair_column) if c], columns)
     if options.label_column and options.label_column not in columns:
         check_columns(source, [options.label_column], columns)
     scoring = label_column if label_column in columns else None
-    multi_label = LabelScheme.from_manifest(manifest).multi_label
+    multi_label = manifest.scheme.multi_label
     return Columns(text_column, pair_column, scoring, columns,
-                   _added_columns(columns, list(manifest["labels"]), options.all_scores or multi_label))
+                   _added_columns(columns, list(manifest.labels), options.all_scores or multi_label))
 
 
 def _output_format(options: PredictFileOptions, in_format: str) -> str:

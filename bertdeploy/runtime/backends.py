@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.defaults import BACKENDS, BF16, F32, ONNXRUNTIME, OPENVINO, PRECISIONS
+from bertdeploy.defaults import AUTO, BACKENDS, BF16, F32, ONNXRUNTIME, OPENVINO, PRECISIONS
 from bertdeploy.errors import BertdeployError, first_line, import_extra
 from bertdeploy.host import usable_cpus
 from bertdeploy.runtime.sessions import GPU_PROVIDERS, create_session
@@ -27,15 +27,11 @@ logger = logging.getLogger(__name__)
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 
 
-def backend_of(entry: dict) -> str:
-    """The runtime a manifest variant was checked on (manifests before OpenVINO have no field: ONNX Runtime)."""
-    return entry.get("backend", ONNXRUNTIME)
-
-
-def precision_of(entry: dict) -> str | None:
-    """The inference precision an OpenVINO variant of the manifest was judged at and runs at (None: not recorded,
-    or an ONNX Runtime variant: the CPU's default)."""
-    return entry.get("precision")
+def check_backend(backend: str) -> None:
+    """The one check of the backend a predictor is asked for: 'auto' (each batch on the variant measured fastest
+    for its size) or one of BACKENDS."""
+    if backend not in (AUTO, *BACKENDS):
+        raise BertdeployError(f"unknown backend {backend!r}; use auto, {', '.join(BACKENDS)}")
 
 
 def import_openvino():
@@ -71,9 +67,10 @@ class OrtModel:
 
     backend = ONNXRUNTIME
 
-    def __init__(self, path: str | Path, providers=None, threads: int | None = None, spinning: bool = False,
+    def __init__(self, path: str | Path, providers=None, *, threads: int | None = None, spinning: bool = False,
                  allow_fallback: bool = False) -> None:
-        self.session = create_session(path, providers, threads, spinning, allow_fallback)
+        self.session = create_session(path, providers, threads=threads, spinning=spinning,
+                                      allow_fallback=allow_fallback)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
         self.providers: list[str] = self.session.get_providers()
@@ -155,14 +152,14 @@ class OpenVinoModel:
             self._idle.put(request)
 
 
-def open_model(path: str | Path, backend: str = ONNXRUNTIME, providers=None, threads: int | None = None,
+def open_model(path: str | Path, backend: str = ONNXRUNTIME, providers=None, *, threads: int | None = None,
                spinning: bool = False, allow_fallback: bool = False, hint: str = "latency",
                precision: str | None = None):
     """`path` ready to run on `backend`: ONNX Runtime on `providers`, or OpenVINO on the CPU at inference
     `precision` (None: the CPU's default)."""
     if backend == OPENVINO:
-        return OpenVinoModel(path, threads, hint, precision)
+        return OpenVinoModel(path, threads, hint=hint, precision=precision)
     if backend != ONNXRUNTIME:
         raise BertdeployError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
-    return OrtModel(path, providers, threads, spinning, allow_fallback)
+    return OrtModel(path, providers, threads=threads, spinning=spinning, allow_fallback=allow_fallback)
 

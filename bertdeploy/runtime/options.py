@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from bertdeploy.defaults import AUTO, LONG_TEXT, PRECISIONS, PROVIDERS, SPINNING, TRUNCATE, VERIFY
 from bertdeploy.errors import check_options
-from bertdeploy.runtime.backends import BACKENDS, HINTS
+from bertdeploy.runtime.backends import HINTS, check_backend
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ class RuntimeOptions:
     verify: bool = VERIFY
 
     def __post_init__(self) -> None:
+        check_backend(self.backend)
         check_options([
-            (self.backend in (AUTO, *BACKENDS), f"unknown backend {self.backend!r}; use auto, {', '.join(BACKENDS)}"),
             (self.hint in HINTS, f"unknown OpenVINO hint {self.hint!r}; use {' or '.join(HINTS)}"),
             (self.precision is None or self.precision in PRECISIONS,
              f"unknown OpenVINO precision {self.precision!r}; use {' or '.join(PRECISIONS)}"),

@@ -29,16 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdeploy.artifacts import exported_files, read_manifest, verify_files
+from bertdeploy.artifacts import verify_files
 from bertdeploy.defaults import CHUNK, LONG_TEXT
-from bertdeploy.errors import BertdeployError
-from bertdeploy.labels import LabelScheme
-from bertdeploy.runtime.backends import (
-    OPENVINO,
-    backend_of,
-    open_model,
-    precision_of,
-)
+from bertdeploy.manifest import ExportManifest
+from bertdeploy.runtime.backends import OPENVINO, open_model
 from bertdeploy.runtime.encoding import (
     MAX_BATCH_SIZE,
     MAX_PADDING,
@@ -84,14 +78,14 @@ class Route:
 class Predictor:
     """A loaded model: call `predict` for labels or `predict_proba` for the score matrix."""
 
-    def __init__(self, directory: Path, manifest: dict, routes: list[Route], encoder: TextEncoder,
+    def __init__(self, directory: Path, manifest: ExportManifest, routes: list[Route], encoder: TextEncoder,
                  options: RuntimeOptions) -> None:
         self.directory, self.manifest, self.routes, self.encoder = directory, manifest, routes, encoder
         self.options = options
-        self.scheme = LabelScheme.from_manifest(manifest)
+        self.scheme = manifest.scheme
         self.labels: list[str] = list(self.scheme.labels)
-        self.max_length: int = manifest["max_length"]
-        self.pairs: bool = manifest.get("text_pair_column") is not None
+        self.max_length: int = manifest.max_length
+        self.pairs: bool = manifest.pairs
         self.multi_label = self.scheme.multi_label
         first = routes[0].model
         self.input_names: list[str] = first.input_names
@@ -115,24 +109,21 @@ class Predictor:
         """
         directory = Path(directory)
         options = dataclasses.replace(options or RuntimeOptions(), **settings)
-        manifest = read_manifest(directory, "onnx")
-        for key in ("labels", "max_length", "variants", "default_variant", "tokenizer"):
-            if key not in manifest:
-                raise BertdeployError(f"{directory / 'manifest.json'}: no {key!r}; re-export the model")
-        tokenizer, files = exported_files(directory, manifest)
+        manifest = ExportManifest.read(directory)
+        tokenizer, files = manifest.files(directory)
         gpu = any(provider_name(p) in GPU_PROVIDERS for p in resolve_providers(options.providers))
         plan = choose_routes(directory, manifest, options.variant, options.backend, gpu)
         if options.verify:
             verify_files([tokenizer, *(files[name] for _, name in plan)])
-        max_length = manifest["max_length"]
+        max_length = manifest.max_length
         stride = max(1, max_length // 4) if options.long_text == CHUNK else None
         encoder = load_encoder(tokenizer.path, max_length, stride)
         routes = []
         for upper, name in plan:  # serially: creating sessions concurrently is not safe
-            entry = manifest["variants"][name]
-            model = open_model(files[name].path, backend_of(entry), options.providers, options.threads,
-                               options.spinning, options.allow_fallback, options.hint,
-                               options.precision or precision_of(entry))
+            entry = manifest.variants[name]
+            model = open_model(files[name].path, entry.backend, options.providers, threads=options.threads,
+                               spinning=options.spinning, allow_fallback=options.allow_fallback, hint=options.hint,
+                               precision=options.precision or entry.precision)
             logger.debug("loaded %s variant %s on %s", directory, name, model.providers[0])
             routes.append(Route(upper, name, model))
         return cls(directory, manifest, routes, encoder, options)
@@ -195,8 +186,8 @@ class Predictor:
                 if not isinstance(value, str):
                     raise TypeError(f"{name}[{i}] is {type(value).__name__}, not str")
         if self.pairs and pairs is None:
-            raise ValueError(f"this model was trained on text pairs ({self.manifest['text_column']}, "
-                             f"{self.manifest['text_pair_column']}); pass pairs=")
+            raise ValueError(f"this model was trained on text pairs ({self.manifest.text_column}, "
+                             f"{self.manifest.text_pair_column}); pass pairs=")
         if not self.pairs and pairs is not None:
             raise ValueError("this model was trained on single texts; do not pass pairs=")
         if pairs is not None and len(pairs) != len(texts):

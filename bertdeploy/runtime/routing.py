@@ -1,7 +1,8 @@
 """Which variant runs which batches: latencies measured per variant and batch size (in padded tokens:
 texts x padded length) become size ranges, each run by its fastest variant, and the routes to load are
 checked against the manifest and the files. One short text and one long text may be best on different
-runtimes. Standard library only, plus the OpenVINO check of backends.py.
+runtimes. Standard library and the manifest's sections (manifest.py) only, plus the OpenVINO check of
+backends.py.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import math
 from pathlib import Path
 
 from bertdeploy.errors import BertdeployError
-from bertdeploy.runtime.backends import BACKENDS, ONNXRUNTIME, OPENVINO, backend_of, import_openvino, openvino_installed
+from bertdeploy.manifest import TOKENS, AutoRoute, AutoSection, ExportManifest
+from bertdeploy.runtime.backends import ONNXRUNTIME, OPENVINO, check_backend, import_openvino, openvino_installed
 
 logger = logging.getLogger(__name__)
 
-TOKENS = "padded tokens"  # what the auto section's sizes count: texts x padded length of a batch
 # Latencies within this share of the fastest count as equal when routing: a shared machine's noise
 # is about this size, and one model fewer saves memory and load time.
 ROUTE_NOISE = 0.05
@@ -67,32 +68,18 @@ def plan_routes(p50_ms: dict[str, dict], candidates: list[str], runtimes: dict[s
     return routes
 
 
-def auto_timings(manifest: dict) -> dict[str, dict[int, float]]:
-    """The manifest's measured latencies, variant -> {padded tokens: ms}. An `auto` section written before
-    bertdeploy routed by tokens holds batch sizes of texts up to the max length: counted as that many full
-    rows (the order of its sizes, and so its routes, stay as they were)."""
-    auto = manifest.get("auto", {})
-    scale = 1 if auto.get("unit") == TOKENS else manifest["max_length"]
-    return {name: {int(size) * scale: float(ms) for size, ms in table.items()}
-            for name, table in auto.get("p50_ms", {}).items()}
-
-
 def auto_section(p50_ms: dict[str, dict[int, float]], eligible: list[str], backends: dict[str, str],
-                 measured_by: str, inputs: str, threads: int) -> dict:
-    """The manifest's `auto` entry: what was measured (median ms per variant and batch size in padded tokens),
+                 measured_by: str, inputs: str, threads: int) -> AutoSection:
+    """The manifest's `auto` section: what was measured (median ms per variant and batch size in padded tokens),
     and the size ranges it gives with every runtime installed (the predictor re-plans among the runtimes it
     finds)."""
     routes = plan_routes(p50_ms, eligible, backends)
-    return {
-        "measured_by": measured_by,
-        "threads": threads,
-        "inputs": inputs,
-        "unit": TOKENS,
-        "p50_ms": {name: {str(size): round(ms, 4) for size, ms in sorted(table.items())}
-                   for name, table in p50_ms.items()},
-        "eligible": eligible,
-        "routes": [{"max_tokens": upper, "variant": name, "backend": backends[name]} for upper, name in routes],
-    }
+    return AutoSection(
+        measured_by=measured_by, threads=threads, inputs=inputs, unit=TOKENS,
+        p50_ms={name: {str(size): round(ms, 4) for size, ms in sorted(table.items())}
+                for name, table in p50_ms.items()},
+        eligible=eligible,
+        routes=[AutoRoute(max_tokens=upper, variant=name, backend=backends[name]) for upper, name in routes])
 
 
 def describe_routes(routes: list[tuple[int | None, str]]) -> str:
@@ -108,55 +95,52 @@ def describe_routes(routes: list[tuple[int | None, str]]) -> str:
     return "; ".join(parts)
 
 
-def choose_routes(directory: Path, manifest: dict, variant: str | None = None, backend: str = "auto",
+def choose_routes(directory: Path, manifest: ExportManifest, variant: str | None = None, backend: str = "auto",
                   gpu: bool = False) -> list[tuple[int | None, str]]:
     """(largest batch in padded tokens or None, variant) pairs to load, checked against the manifest and the
     files."""
-    if backend not in ("auto", *BACKENDS):
-        raise BertdeployError(f"unknown backend {backend!r}; use auto, {', '.join(BACKENDS)}")
-    variants = manifest["variants"]
+    check_backend(backend)
+    variants = manifest.variants
     if variant is not None:
         _check_variant(directory, manifest, variant)
-        if backend != "auto" and backend_of(variants[variant]) != backend:
-            raise BertdeployError(f"variant {variant!r} runs on {backend_of(variants[variant])}, not {backend}; "
-                                  f"its {backend} variants are {', '.join(_on(variants, backend)) or 'none'}")
+        if backend != "auto" and variants[variant].backend != backend:
+            raise BertdeployError(f"variant {variant!r} runs on {variants[variant].backend}, not {backend}; "
+                                  f"its {backend} variants are {', '.join(manifest.on(backend)) or 'none'}")
         plan = [(None, variant)]
     elif backend == ONNXRUNTIME or (backend == "auto" and gpu):  # the measured ranges are CPU timings
-        plan = [(None, manifest["default_variant"])]
+        plan = [(None, manifest.default_variant)]
     else:
         if backend == OPENVINO:
             import_openvino()  # names the missing extra
         runtimes = [backend] if backend == OPENVINO else [ONNXRUNTIME] + ([OPENVINO] if openvino_installed() else [])
-        candidates = [n for n in _on(variants, *runtimes) if n in manifest.get("auto", {}).get("eligible", variants)]
-        if backend == "auto" and OPENVINO not in runtimes and _on(variants, OPENVINO):
+        auto = manifest.auto
+        eligible = None if auto is None else auto.eligible  # None: all
+        candidates = [n for n in manifest.on(*runtimes) if eligible is None or n in eligible]
+        if backend == "auto" and OPENVINO not in runtimes and manifest.on(OPENVINO):
             logger.info("%s has OpenVINO variants but openvino is not installed: choosing among ONNX Runtime's "
                         "(pip install 'bertdeploy[openvino]' for all)", directory)
-        plan = plan_routes(auto_timings(manifest), candidates, {n: backend_of(variants[n]) for n in candidates})
+        timings = {} if auto is None else auto.timings(manifest.max_length)
+        plan = plan_routes(timings, candidates, {n: variants[n].backend for n in candidates})
         if not plan and backend == OPENVINO:
-            fallback = _on(variants, OPENVINO)
+            fallback = manifest.on(OPENVINO)
             if not fallback:
                 raise BertdeployError(f"{directory}: no OpenVINO variants; export with --openvino or "
                                       "--quantize int8-ov")
             plan = [(None, fallback[-1])]  # no timings: the last built (INT8 comes after fp32-ov)
-        plan = plan or [(None, manifest["default_variant"])]
+        plan = plan or [(None, manifest.default_variant)]
     for _, name in plan:
         _check_variant(directory, manifest, name)
-        if gpu and backend_of(variants[name]) == OPENVINO:
+        if gpu and variants[name].backend == OPENVINO:
             raise BertdeployError(f"variant {name!r} runs on OpenVINO, which bertdeploy runs on the CPU only; "
                                   "choose an ONNX Runtime variant for the GPU")
     return plan
 
 
-def _on(variants: dict, *runtimes: str) -> list[str]:
-    return [name for name, entry in variants.items() if backend_of(entry) in runtimes]
-
-
-def _check_variant(directory: Path, manifest: dict, variant: str) -> None:
-    if variant not in manifest["variants"]:
-        refused = " (it was refused at export)" if variant in manifest.get("rejected", {}) else ""
-        raise BertdeployError(f"{directory}: no variant {variant!r}{refused}; "
-                              f"it has {', '.join(manifest['variants'])}")
-    path = directory / manifest["variants"][variant]["file"]
+def _check_variant(directory: Path, manifest: ExportManifest, variant: str) -> None:
+    if variant not in manifest.variants:
+        refused = " (it was refused at export)" if variant in manifest.rejected else ""
+        raise BertdeployError(f"{directory}: no variant {variant!r}{refused}; it has {', '.join(manifest.variants)}")
+    path = directory / manifest.variants[variant].file
     if not path.is_file():
         raise BertdeployError(f"{path}: missing; the manifest lists it as variant {variant!r}. "
                               "Copy the whole artifact directory")

@@ -1,6 +1,7 @@
-"""`bertdeploy serve`: httpapi (the HTTP contract both engines share), local (uvicorn, with batcher and
-kserve), ray_engine (Ray Serve); `run` picks the engine. Runtime wing: never imports torch, `bertdeploy.builder`
-or `bertdeploy.benchmark`.
+"""`bertdeploy serve`: httpapi (the HTTP contract both engines share: options, request and answer), app (the
+ASGI app both engines serve: routes, with kserve's v2 routes, prometheus' metrics and limits' checks, over the
+batcher and the lifecycle), local (this process, uvicorn), ray_engine (Ray Serve, mounting the same app);
+`run` picks the engine. Runtime wing: never imports torch, `bertdeploy.builder` or `bertdeploy.benchmark`.
 """
 
 from __future__ import annotations

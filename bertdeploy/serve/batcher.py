@@ -14,7 +14,7 @@ a request whose caller gives up (its task is cancelled: the client went away) le
 Texts already taken into a batch are computed anyway. The worker skips expired and cancelled
 requests when it takes a batch, so it never computes texts nobody waits for. What it measures
 (time in the queue, tokenization, each model run, texts dropped and why) goes to an `Observer`.
-No HTTP here: local.py puts this behind its routes.
+No HTTP here: app.py puts this behind its routes.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class DeadlineExceeded(Exception):
 
 
 class Observer:
-    """What the batcher measures, in seconds; these do nothing, local.py's metrics record them.
+    """What the batcher measures, in seconds; these do nothing, prometheus.py's metrics record them.
 
     Called from the worker thread, except `dropped`, which the event loop may call too."""
 

@@ -1,10 +1,12 @@
 """The HTTP contract of `bertdeploy serve`, the same on both engines: the local server (local.py) and
-Ray Serve (ray_engine.py).
+Ray Serve (ray_engine.py), which mount the same app (app.py).
 
-Their options (the predictor's settings among them as one `RuntimeOptions`); the `/predict` request
+Their options (the predictor's settings among them as one `RuntimeOptions`), each setting that only one
+engine takes marked as such on its field and refused on the other by one rule; the `/predict` request
 and answer (pydantic models, the texts a body asks for, the answer's shape); the messages of refused
-requests (a body that is not JSON or has a wrong field, a missing or wrong API key, a body too large),
-so both answer word for word alike; the health routes, which never need the key.
+requests (a body that is not JSON or has a wrong field, a missing or wrong API key, a body too large)
+and the error body `{"error": ...}` with its OpenAPI description; the health routes, which never need
+the key. No routes, no server: app.py and the engines.
 """
 
 from __future__ import annotations
@@ -17,15 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertdeploy import defaults
+from bertdeploy.defaults import LOCAL, RAY
 from bertdeploy.errors import BertdeployError, check_options
 from bertdeploy.labels import LabelScheme
 from bertdeploy.runtime.options import RuntimeOptions
 
 HEALTH = ("/v2/health/live", "/v2/health/ready")
-# the local engine's limits, which Ray Serve does not take (ServeOptions' fields, and their defaults)
-LOCAL_ONLY = (("request_timeout", defaults.REQUEST_TIMEOUT), ("body_timeout", defaults.BODY_TIMEOUT),
-              ("max_concurrent_requests", defaults.MAX_CONCURRENT_REQUESTS), ("drain_delay", defaults.DRAIN_DELAY),
-              ("drain_timeout", defaults.DRAIN_TIMEOUT))
+ENGINE = "engine"  # the mark, in a field's metadata, of a setting that one engine alone takes
+
+
+def _only(engine: str, default):
+    """A ServeOptions field that `engine` alone takes (marked in its metadata)."""
+    return field(default=default, metadata={ENGINE: engine})
+
+
+def _taken_by(setting: dataclasses.Field, engine: str) -> bool:
+    return setting.metadata.get(ENGINE, engine) == engine
 
 
 @dataclass
@@ -37,30 +46,29 @@ class ServeOptions:
     # requests
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     max_wait_ms: float = defaults.MAX_WAIT_MS
-    max_queue: int = defaults.MAX_QUEUE  # local: texts waiting to be batched before requests get 429
+    max_queue: int = _only(LOCAL, defaults.MAX_QUEUE)  # texts waiting to be batched before requests get 429
     max_texts_per_request: int = defaults.MAX_TEXTS_PER_REQUEST
     max_body_bytes: int = defaults.MAX_BODY_BYTES
-    # local: seconds from a request's arrival to its answer (504 after; its texts leave the queue)
-    request_timeout: float = defaults.REQUEST_TIMEOUT
-    body_timeout: float = defaults.BODY_TIMEOUT  # local: seconds for a whole body to arrive (408 after)
-    # local: requests answered at once, health checks and /metrics aside (503 beyond)
-    max_concurrent_requests: int = defaults.MAX_CONCURRENT_REQUESTS
-    # local, on SIGTERM: seconds not ready but still serving before the listener closes, then the most seconds
-    # the requests in flight get to finish
-    drain_delay: float = defaults.DRAIN_DELAY
-    drain_timeout: float = defaults.DRAIN_TIMEOUT
+    # seconds from a request's arrival to its answer (504 after; its texts leave the queue)
+    request_timeout: float = _only(LOCAL, defaults.REQUEST_TIMEOUT)
+    body_timeout: float = _only(LOCAL, defaults.BODY_TIMEOUT)  # seconds for a whole body to arrive (408 after)
+    # requests answered at once, health checks and /metrics aside (503 beyond)
+    max_concurrent_requests: int = _only(LOCAL, defaults.MAX_CONCURRENT_REQUESTS)
+    # on SIGTERM: seconds not ready but still serving before the listener closes, then the most seconds the
+    # requests in flight get to finish
+    drain_delay: float = _only(LOCAL, defaults.DRAIN_DELAY)
+    drain_timeout: float = _only(LOCAL, defaults.DRAIN_TIMEOUT)
     api_key_env: str | None = None
     model_name: str | None = None  # default: the artifact directory's name
     engine: str = defaults.LOCAL  # local: this process (uvicorn); ray: a Ray Serve deployment (ray_engine.py)
-    replicas: int = defaults.REPLICAS  # ray: a fixed number of replicas, each a model of runtime.threads threads...
-    min_replicas: int = defaults.MIN_REPLICAS  # ...or, with max_replicas, autoscaled between these on ongoing requests
-    max_replicas: int | None = None
-    target_ongoing_requests: float = defaults.TARGET_ONGOING_REQUESTS
-    # ray: requests one replica holds at once (what Serve can batch)
-    max_ongoing_requests: int = defaults.MAX_ONGOING_REQUESTS
-    # ray: requests Serve holds waiting for a replica before it refuses more
-    max_queued_requests: int = defaults.MAX_QUEUED_REQUESTS
-    ray_address: str | None = None  # ray: a running cluster (default: $RAY_ADDRESS, else a local one)
+    replicas: int = _only(RAY, defaults.REPLICAS)  # a fixed number of replicas, each a model of runtime.threads...
+    min_replicas: int = _only(RAY, defaults.MIN_REPLICAS)  # ...or, with max_replicas, autoscaled between these
+    max_replicas: int | None = _only(RAY, None)
+    target_ongoing_requests: float = _only(RAY, defaults.TARGET_ONGOING_REQUESTS)
+    max_ongoing_requests: int = _only(RAY, defaults.MAX_ONGOING_REQUESTS)  # requests one replica holds at once
+    # requests Serve holds waiting for a replica before it refuses more
+    max_queued_requests: int = _only(RAY, defaults.MAX_QUEUED_REQUESTS)
+    ray_address: str | None = _only(RAY, None)  # a running cluster (default: $RAY_ADDRESS, else a local one)
 
     def __post_init__(self) -> None:
         self.artifact_dir = Path(self.artifact_dir)
@@ -71,7 +79,7 @@ class ServeOptions:
             (0 <= self.port <= 65535, f"port {self.port} is not between 0 and 65535"),
             (self.max_wait_ms >= 0, "max_wait_ms must be 0 or more"),
             (self.max_texts_per_request >= 1, "max_texts_per_request must be at least 1"),
-            (self.max_queue >= self.max_texts_per_request,
+            (self.max_queue >= self.max_texts_per_request or not self.takes("max_queue"),
              f"max_queue ({self.max_queue}) must hold at least one full request ({self.max_texts_per_request} texts)"),
             (self.max_body_bytes >= 1, "max_body_bytes must be at least 1"),
             (self.request_timeout > 0 and self.body_timeout > 0 and self.drain_timeout > 0,
@@ -89,10 +97,21 @@ class ServeOptions:
             (re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name) is not None,
              f"model name {self.model_name!r}: use letters, digits, '_', '.' and '-' only (--model-name)"),
         ])
-        if self.engine == defaults.RAY and (changed := [f"--{name.replace('_', '-')}" for name, default in LOCAL_ONLY
-                                                        if getattr(self, name) != default]):
-            raise BertdeployError(f"{', '.join(changed)}: the local engine's only; Ray Serve has settings of its "
+        if self.engine == RAY and (elsewhere := self._elsewhere()):
+            raise BertdeployError(f"{', '.join(elsewhere)}: the local engine's only; Ray Serve has settings of its "
                                   "own for these (docs/serve.md)")
+
+    def _elsewhere(self) -> list[str]:
+        """The settings another engine alone takes that differ from their defaults, as options (`--max-queue`).
+
+        Refused on the Ray engine. The local engine lets Ray's settings be: `application(options)` deploys
+        options built with the default engine as they are (docs/scaling.md)."""
+        return [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(self)
+                if not _taken_by(f, self.engine) and getattr(self, f.name) != f.default]
+
+    def takes(self, name: str) -> bool:
+        """Whether this engine applies the setting `name` (one that another engine alone takes, it does not)."""
+        return _taken_by(self.__dataclass_fields__[name], self.engine)
 
     def api_key(self) -> str | None:
         if self.api_key_env is None:
@@ -192,3 +211,26 @@ def key_matches(authorization: bytes, api_key: bytes) -> bool:
 
 def body_too_large(limit: int) -> str:
     return f"the body is over {limit} bytes"
+
+
+def error(status: int, message: str, headers: dict | None = None):
+    """A refusal as the JSON body `{"error": message}` every route answers with."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+_REFUSED = {400: "The body is not valid JSON, or (KServe) a malformed inference request",
+            401: "A missing or wrong API key (a server started with --api-key-env)",
+            404: "No such model or version", 413: "The body is over --max-body-bytes",
+            408: "The body did not arrive within --body-timeout",
+            422: "A wrong field, or more texts than --max-texts-per-request", 429: "The queue is full; retry later",
+            503: "Not ready (warming up, or shutting down), or more than --max-concurrent-requests at once",
+            504: "No answer within --request-timeout"}
+
+
+def refusals(*statuses: int) -> dict:
+    """The OpenAPI `responses` of the errors a route may answer, each a JSON `{"error": ...}`."""
+    schema = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+    return {status: {"description": _REFUSED[status], "content": {"application/json": {"schema": schema}}}
+            for status in statuses}

@@ -10,17 +10,28 @@ with an `Inference-Header-Content-Length` header the body is that many bytes of 
 each binary input in turn (BYTES: a 4-byte little-endian length before each element), and an
 output asked for with `binary_data` (or all of them, with `binary_data_output`) comes back the
 same way. Anything malformed is an `InferError`, which the server answers with 400.
+
+`routes` puts the protocol's routes on the app (app.py): server and model metadata, readiness,
+Triton's repository index, and inference through the app's batcher. Not here: the health checks,
+the limits and the batcher (app.py, limits.py, batcher.py).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the routes' annotations, some of them local classes.
 import json
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bertdeploy import __version__
+from bertdeploy.serve.httpapi import error, refusals
+
+if TYPE_CHECKING:
+    from bertdeploy.serve.app import Served
+
 OUTPUTS = ("label", "probabilities")
+VERSION = "1"  # the one version of the one model a server has
 HEADER = "Inference-Header-Content-Length"
 
 
@@ -220,3 +231,66 @@ def _unpack_bytes(blob: bytes, name: str) -> list[str]:
 
 def _pack_bytes(values: list[str]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in (v.encode("utf-8") for v in values))
+
+
+def routes(app, served: "Served") -> None:
+    """Server and model metadata, readiness, Triton's repository index and inference, by the v2 protocol."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException
+
+    name, labels, inputs = served.name, served.labels, served.inputs
+
+    @app.get("/v2", summary="Server metadata (KServe v2)")
+    async def server_metadata() -> dict:
+        return {"name": "bertdeploy", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    def check_model(model: str, version: str | None = None) -> None:
+        if model != name or version not in (None, VERSION):
+            raise HTTPException(404, f"no model {model!r}" + (f" version {version!r}" if version else "") +
+                                f"; this server has {name!r} version {VERSION}")
+
+    @app.get("/v2/models/{model}", summary="Model metadata (KServe v2)", responses=refusals(404))
+    @app.get("/v2/models/{model}/versions/{version}", include_in_schema=False)
+    async def model_metadata(model: str, version: str | None = None) -> dict:
+        check_model(model, version)
+        return {"name": name, "versions": [VERSION], "platform": "onnxruntime_onnx",
+                "inputs": [{"name": i, "datatype": "BYTES", "shape": [-1]} for i in inputs],
+                "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]}],
+                "parameters": {**served.predictor.scheme.manifest_fields(), "variant": served.predictor.variant}}
+
+    @app.get("/v2/models/{model}/ready", summary="Model readiness (KServe v2)", responses=refusals(404, 503))
+    @app.get("/v2/models/{model}/versions/{version}/ready", include_in_schema=False)
+    async def model_ready(model: str, version: str | None = None) -> JSONResponse:
+        check_model(model, version)
+        ready = served.lifecycle.ready
+        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+
+    @app.post("/v2/repository/index", summary="The models this server has (Triton's repository extension)")
+    async def repository_index() -> list:
+        return [{"name": name, "version": VERSION, "state": served.lifecycle.state}]
+
+    infer_schema = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": request_schema(inputs, served.options.max_texts_per_request)}}}}
+
+    @app.post("/v2/models/{model}/infer", summary="Inference (KServe v2; JSON or Triton's binary tensors)",
+              openapi_extra=infer_schema, responses=refusals(400, 404, 429, 503, 504))
+    @app.post("/v2/models/{model}/versions/{version}/infer", include_in_schema=False)
+    async def infer(model: str, request: Request, version: str | None = None) -> Response:
+        check_model(model, version)
+        try:
+            parsed = parse_request(await request.body(), request.headers.get(HEADER),
+                                   served.options.max_texts_per_request)
+            if sorted(parsed.inputs) != sorted(inputs):
+                raise InferError(f"inputs must be {' and '.join(inputs)}, got {', '.join(parsed.inputs) or 'none'}")
+            texts, pairs = parsed.inputs["text"], parsed.inputs.get("text_pair")
+            if pairs is not None and len(pairs) != len(texts):
+                raise InferError(f"{len(texts)} texts but {len(pairs)} text_pair elements")
+        except InferError as e:
+            return error(400, str(e))
+        probabilities = await served.scores(texts, pairs, request)
+        scheme = served.predictor.scheme
+        body, headers = encode_response(name, VERSION, parsed, [scheme.text(d) for d in scheme.decide(probabilities)],
+                                        probabilities)
+        return Response(body, headers=headers)

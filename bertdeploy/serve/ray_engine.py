@@ -1,23 +1,24 @@
 """`bertdeploy serve --engine ray`: the predictor as a Ray Serve deployment, on one machine or a cluster.
 
-Each replica loads the torch-free predictor with `threads` threads and answers the same
-`POST /predict` as the single-process server (same body, answer and error messages, API key and
-body limit), plus `/v2/health/live` and `/v2/health/ready`. Requests are batched by Serve's own
-`@serve.batch` (up to `max_batch_size` texts, waiting at most `max_wait_ms`); replicas are a fixed
-number or autoscaled by Serve between `min_replicas` and `max_replicas` on ongoing requests per
-replica; `max_queued_requests` caps the requests Serve holds waiting for a replica (the local
-server's `max_queue` counts texts instead). Each answer names its replica in the
-`x-bertdeploy-replica` header. The local server's request and body timeouts, concurrency cap and
-drain settings are not taken here (ServeOptions refuses them with engine ray): Serve's own
-`request_timeout_s`, `max_queued_requests` and `graceful_shutdown_timeout_s` do that work. For
-your own Serve apps, `application(ServeOptions(...))` returns the bound application, and
-`app_builder` serves `serve run bertdeploy.serve.ray_engine:app_builder artifact_dir=DIR`.
-Needs the `ray` extra.
+Each replica loads the torch-free predictor with `threads` threads, warms it up, and mounts the same
+app as the local server (app.py) with Serve's `@serve.ingress`: `POST /predict`, the KServe v2 routes,
+the health checks and `/metrics`, with the same answers, errors, API key and body limit. Each replica
+batches its requests' texts with its own batcher (up to `max_batch_size` texts, waiting at most
+`max_wait_ms`) and has its own metrics; `/metrics`, like every answer, comes from the replica the
+request reached, named in the `x-bertdeploy-replica` header. Replicas are a fixed number or
+autoscaled by Serve between `min_replicas` and `max_replicas` on ongoing requests per replica;
+`max_ongoing_requests` caps what one replica holds and `max_queued_requests` the requests Serve holds
+waiting for a replica. The local engine's settings (its queue of texts, request and body timeouts,
+concurrency cap, drain) are refused here (ServeOptions): Serve's own `request_timeout_s`,
+`max_queued_requests` and `graceful_shutdown_timeout_s` do that work. Serve checks each replica's
+health (`check_health`: the batching thread runs) and replaces one that fails; a replica being stopped
+reports not ready and finishes its queue. For your own Serve apps, `application(ServeOptions(...))`
+returns the bound application, and `app_builder` serves `serve run bertdeploy.serve.ray_engine:app_builder
+artifact_dir=DIR`. Needs the `ray` extra.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -25,17 +26,16 @@ import re
 import signal
 import threading
 
-import numpy as np
 import ray
 from ray import serve
 
-from bertdeploy import defaults
+from bertdeploy.defaults import RAY
 from bertdeploy.errors import BertdeployError
 from bertdeploy.host import usable_cpus
 from bertdeploy.runtime.options import RuntimeOptions
 from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.runtime.raycluster import ray_cluster
-from bertdeploy.serve import httpapi
+from bertdeploy.serve.app import create_app
 from bertdeploy.serve.httpapi import ServeOptions
 
 logger = logging.getLogger(__name__)
@@ -44,57 +44,45 @@ REPLICA_HEADER = "x-bertdeploy-replica"
 
 
 class PredictorReplica:
-    """One Serve replica: a Predictor, with requests batched by `@serve.batch` (counted in texts)."""
+    """One Serve replica: a Predictor, warmed up before Serve routes to it, behind the app of `create_app`
+    (built by `__serve_build_asgi_app__` once the predictor is loaded; `Ingress` is this class with it mounted)."""
 
     def __init__(self, options: ServeOptions, api_key: str | None) -> None:
         self.options, self.api_key = options, api_key
         self.predictor = Predictor.load(options.artifact_dir, options=options.runtime)
         self.predictor.warm_up()  # before Serve marks the replica healthy and routes to it
-        self.request_model = httpapi.predict_models(options.max_texts_per_request)[0]
         self.replica = serve.get_replica_context().replica_id.unique_id
-        self._score.set_max_batch_size(self.predictor.max_batch_size)
-        self._score.set_batch_wait_timeout_s(options.max_wait_ms / 1000)
+        self.lifecycle = None
         logger.info("replica %s: %s", self.replica, self.predictor.describe())
 
-    async def __call__(self, request):
-        from pydantic import ValidationError
-        from starlette.responses import JSONResponse
+    def __serve_build_asgi_app__(self):
+        app = create_app(self.predictor, self.options, self.api_key, warmed=True)
+        app.add_middleware(_NamesReplica, replica=self.replica)
+        self.lifecycle = app.state.served.lifecycle
+        return app
 
-        def answer(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
-            return JSONResponse(body, status_code=status, headers={REPLICA_HEADER: self.replica, **(headers or {})})
+    def check_health(self) -> None:
+        """Serve's health check: failing it (the batching thread died), the replica is replaced."""
+        if self.lifecycle is not None and not self.lifecycle.live:
+            raise RuntimeError(f"replica {self.replica}: the batching thread is not running")
 
-        path = request.url.path.rstrip("/") or "/"
-        if path in httpapi.HEALTH:
-            return answer(200, {path.rsplit("/", 1)[1]: True})
-        authorization = request.headers.get("authorization", "").encode()
-        if self.api_key is not None and not httpapi.key_matches(authorization, self.api_key.encode()):
-            return answer(401, {"error": httpapi.KEY_REFUSED}, dict([httpapi.KEY_CHALLENGE]))
-        if path != "/predict" or request.method != "POST":
-            return answer(404, {"error": f"no route {request.method} {path}; use POST /predict"})
-        raw = await request.body()
-        if len(raw) > self.options.max_body_bytes:
-            return answer(413, {"error": httpapi.body_too_large(self.options.max_body_bytes)})
-        try:
-            body = self.request_model.model_validate_json(raw)
-            texts, pairs = httpapi.request_texts(body, self.predictor.pairs)
-        except ValidationError as e:
-            status, message = httpapi.invalid_body(e.errors())
-            return answer(status, {"error": message})
-        except httpapi.BadRequest as e:
-            return answer(422, {"error": str(e)})
-        probabilities = await self._score((texts, pairs))
-        return answer(200, httpapi.predict_response(self.options.model_name, self.predictor.variant,
-                                                    self.predictor.scheme, probabilities, body.all_scores))
 
-    @serve.batch(max_batch_size=defaults.SERVE_MAX_BATCH_SIZE, batch_wait_timeout_s=defaults.MAX_WAIT_MS / 1000,
-                 batch_size_fn=lambda items: sum(len(texts) for texts, _ in items))  # options' values: in __init__
-    async def _score(self, requests: list[tuple[list[str], list[str] | None]]) -> list[np.ndarray]:
-        """One model pass over the texts of every request Serve batched, split back per request."""
-        texts = [text for batch_texts, _ in requests for text in batch_texts]
-        pairs = None if requests[0][1] is None else [pair for _, batch_pairs in requests for pair in batch_pairs]
-        scores = await asyncio.to_thread(self.predictor.predict_proba, texts, pairs)
-        bounds = np.cumsum([0] + [len(t) for t, _ in requests])
-        return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+Ingress = serve.ingress()(PredictorReplica)  # the app is built on each replica, after the predictor loads
+
+
+class _NamesReplica:
+    """Names the replica that answered in every response's `x-bertdeploy-replica` header."""
+
+    def __init__(self, app, replica: str) -> None:
+        self.app, self.header = app, (REPLICA_HEADER.encode(), replica.encode())
+
+    async def __call__(self, scope, receive, send) -> None:
+        async def named(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [self.header, *message.get("headers", [])]}
+            await send(message)
+
+        await self.app(scope, receive, named if scope["type"] == "http" else send)
 
 
 def application(options: ServeOptions, cpus: int | None = None):
@@ -110,9 +98,9 @@ def application(options: ServeOptions, cpus: int | None = None):
         "autoscaling_config": {"min_replicas": options.min_replicas, "max_replicas": options.max_replicas,
                                "target_ongoing_requests": options.target_ongoing_requests}}
     deployment = serve.deployment(
-        PredictorReplica, name=options.model_name, ray_actor_options={"num_cpus": threads},
+        Ingress, name=options.model_name, ray_actor_options={"num_cpus": threads},
         max_ongoing_requests=options.max_ongoing_requests, max_queued_requests=options.max_queued_requests, **scaling)
-    replicas = dataclasses.replace(options, runtime=dataclasses.replace(options.runtime, threads=threads))
+    replicas = dataclasses.replace(options, engine=RAY, runtime=dataclasses.replace(options.runtime, threads=threads))
     return deployment.bind(replicas, options.api_key())
 
 
@@ -130,7 +118,7 @@ def app_builder(args: dict):
              "target_ongoing_requests": float, "allow_fallback": _flag, "spinning": _flag}
     values = {k: kinds[k](v) if k in kinds else v for k, v in args.items()}
     runtime, rest = RuntimeOptions.split(values)
-    return application(ServeOptions(**rest, engine="ray", runtime=runtime))
+    return application(ServeOptions(**rest, engine=RAY, runtime=runtime))
 
 
 def serve_ray(options: ServeOptions) -> None:
