@@ -25,8 +25,8 @@ from transformers import Trainer, default_data_collator
 from bertdeploy import FinetuneOptions, finetune
 from bertdeploy.builder.examples import load_examples
 from bertdeploy.builder.pretrained import load_model
-from bertdeploy.builder.train import Recipe
-from bertdeploy.builder.trainer_settings import metric_function, training_arguments
+from bertdeploy.builder.train import Recipe, metric_function
+from bertdeploy.builder.trainer_settings import training_arguments
 from bertdeploy.demo.packaged import minilm_path, write_review_splits
 from bertdeploy.host import machine
 from bertdeploy.labels import LabelScheme

@@ -26,7 +26,7 @@ _PUBLIC = {
     "Prediction": "bertdeploy.runtime.predictor",
     "RuntimeOptions": "bertdeploy.runtime.options",
     "finetune": "bertdeploy.builder.train",
-    "FinetuneOptions": "bertdeploy.builder.train",
+    "FinetuneOptions": "bertdeploy.builder.trainer_settings",
     "FinetuneResult": "bertdeploy.builder.train",
     "distill": "bertdeploy.builder.distill",
     "DistillOptions": "bertdeploy.builder.distill",

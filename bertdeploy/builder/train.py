@@ -22,9 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -39,88 +38,16 @@ from bertdeploy.builder.examples import (
     split_examples,
 )
 from bertdeploy.builder.pretrained import encode_rows, load_model
-from bertdeploy.builder.trainer_settings import best_metric, epoch_history, metric_function, training_arguments
+from bertdeploy.builder.trainer_settings import FinetuneOptions, best_metric, epoch_history, training_arguments
 from bertdeploy.builder.vocabulary import coverage
 from bertdeploy.builder.workdir import check_same_run, last_checkpoint, plan_output, run_fingerprint, start_work_dir
-from bertdeploy.defaults import (
-    BATCH_SIZE,
-    EPOCHS,
-    LABEL_COLUMN,
-    LABEL_SEPARATOR,
-    LEARNING_RATE,
-    MAX_LENGTH,
-    SEED,
-    TEXT_COLUMN,
-    VAL_SPLIT,
-    WARMUP_RATIO,
-    WEIGHT_DECAY,
-)
-from bertdeploy.errors import BertdeployError, check_options, require_training
+from bertdeploy.errors import BertdeployError, require_training
 from bertdeploy.labels import LabelScheme, figure_names
 from bertdeploy.manifest import DataFile, ModelManifest, TrainingData, ValSplit
 from bertdeploy.metrics import tune_thresholds
 
 logger = logging.getLogger(__name__)
 
-
-
-@dataclass
-class FinetuneOptions:
-    """Everything `finetune` needs; `training_args` passes extra settings to TrainingArguments."""
-
-    model: str
-    train_file: str | Path
-    output_dir: str | Path
-    eval_file: str | Path | None = None
-    val_split: float | None = None  # VAL_SPLIT when there is no eval file
-    text_column: str = TEXT_COLUMN
-    label_column: str = LABEL_COLUMN
-    text_pair_column: str | None = None
-    labels: list[str] | None = None
-    multi_label: bool = False  # a label cell holds zero or more labels joined by label_separator
-    label_separator: str = LABEL_SEPARATOR
-    label_columns: list[str] | None = None  # multi-label: one 0/1 column per label, named after it
-    tune_thresholds: bool = False  # multi-label: each label's threshold maximizes its F1 on the eval data
-    epochs: float = EPOCHS
-    batch_size: int = BATCH_SIZE
-    learning_rate: float = LEARNING_RATE
-    weight_decay: float = WEIGHT_DECAY
-    max_length: int = MAX_LENGTH
-    warmup_ratio: float = WARMUP_RATIO
-    freeze_encoder: bool = False
-    freeze_embeddings: bool = False  # keep the word-embedding table as pretrained
-    group_by_length: bool = False
-    early_stopping_patience: int | None = None
-    seed: int = SEED
-    max_train_samples: int | None = None
-    drop_empty: bool = False
-    allow_pickle: bool = False  # load a checkpoint whose weights are pickled only (pytorch_model.bin)
-    resume: bool = False
-    overwrite: bool = False
-    training_args: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.eval_file is not None and self.val_split is not None:
-            raise BertdeployError("give either an eval file or a validation split, not both")
-        if self.eval_file is None and self.val_split is None:
-            self.val_split = VAL_SPLIT
-        self.multi_label = self.multi_label or bool(self.label_columns)
-        check_options([
-            (not (self.labels and self.label_columns), "the label columns name the labels: leave out --labels"),
-            (self.multi_label or not self.tune_thresholds, "thresholds are tuned for multi-label models only"),
-            (bool(self.label_separator.strip()), "the label separator must not be empty or blank"),
-            (self.val_split is None or 0 < self.val_split < 1, "val_split must be between 0 and 1"),
-            (self.epochs > 0, "epochs must be positive"),
-            (self.batch_size > 0, "batch_size must be positive"),
-            (self.learning_rate > 0, "learning_rate must be positive"),
-            (self.weight_decay >= 0, "weight_decay must not be negative"),
-            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
-            (8 <= self.max_length <= 8192, "max_length must be between 8 and 8192"),
-            (self.early_stopping_patience is None or self.early_stopping_patience > 0,
-             "early_stopping_patience must be positive"),
-            (self.max_train_samples is None or self.max_train_samples > 1, "max_train_samples must be at least 2"),
-            (not (self.resume and self.overwrite), "resume and overwrite exclude each other"),
-        ])
 
 
 @dataclass(kw_only=True)
@@ -319,6 +246,16 @@ def _load_data(options: FinetuneOptions) -> tuple[Examples, Examples, list[str],
 
 def _file_info(examples: Examples) -> DataFile:
     return DataFile(path=str(examples.path.absolute()), sha256=sha256_file(examples.path), rows=len(examples))
+
+
+def metric_function(scheme: LabelScheme, recipe: Recipe):
+    """The Trainer's `compute_metrics`: the scheme's figures, from the targets as `recipe.truth` reads them."""
+    def compute(prediction) -> dict[str, float]:
+        truth = recipe.truth(prediction.label_ids, scheme)
+        report = scheme.report(truth, scheme.decide(scheme.activate(prediction.predictions)))
+        return {k: report[k] for k in scheme.figures}
+
+    return compute
 
 
 def _write_output(trainer, tokenizer, options, data: TrainingData, args, result: FinetuneResult, scheme: LabelScheme,

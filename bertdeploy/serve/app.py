@@ -5,20 +5,16 @@
 routes of our own protocol: `POST /predict` (httpapi.py's request and answer), the health checks (live
 while the batching thread runs and warm-up has not failed; ready once warmed up and until draining),
 and every error as JSON `{"error": ...}` without a stack trace. The KServe v2 routes are kserve.py's,
-`/metrics` prometheus.py's, the limits checked before any route limits.py's. `Served.scores` is how a
-route gets its texts scored: through the batcher, within the request's deadline, dropped when the
-client goes away, the batcher's refusals answered as 429, 503 or 504. Not here: loading the model,
-the server process, its signals (local.py, ray_engine.py).
+`/metrics` prometheus.py's, the limits checked before any route limits.py's, how a route gets its texts
+scored served.py's. Not here: loading the model, the server process, its signals (local.py, ray_engine.py).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, some of them local classes.
-import asyncio
 import logging
-import time
 
 from bertdeploy import __version__
 from bertdeploy.serve import kserve, prometheus
-from bertdeploy.serve.batcher import Batcher, DeadlineExceeded, Overloaded, ShuttingDown
+from bertdeploy.serve.batcher import Batcher
 from bertdeploy.serve.httpapi import (
     BadRequest,
     ServeOptions,
@@ -30,59 +26,10 @@ from bertdeploy.serve.httpapi import (
     request_texts,
 )
 from bertdeploy.serve.lifecycle import Lifecycle, lifespan
-from bertdeploy.serve.limits import ARRIVED, Limits
+from bertdeploy.serve.limits import Limits
+from bertdeploy.serve.served import Served
 
 logger = logging.getLogger(__name__)
-
-
-class Served:
-    """What the routes share: the predictor, the options, the batcher and the lifecycle."""
-
-    def __init__(self, predictor, options: ServeOptions, batcher: Batcher, lifecycle: Lifecycle) -> None:
-        self.predictor, self.options, self.batcher, self.lifecycle = predictor, options, batcher, lifecycle
-        self.name, self.labels = options.model_name, predictor.labels
-        self.inputs = ["text", "text_pair"] if predictor.pairs else ["text"]
-        self.timeout = options.request_timeout if options.takes("request_timeout") else None
-
-    async def scores(self, texts: list[str], pairs: list[str] | None, request):
-        """The batcher's scores for a request's texts, within its deadline, unless its client goes away."""
-        from starlette.exceptions import HTTPException
-
-        if self.lifecycle.failed:
-            raise HTTPException(503, "the model failed to warm up; see the server's log")
-        if not self.lifecycle.warmed:
-            raise HTTPException(503, "the model is still warming up")
-        arrived = request.scope.get(ARRIVED, time.monotonic())
-        closing = self.lifecycle.closing_since
-        if closing is not None and arrived >= closing:
-            raise HTTPException(503, "the server is shutting down; retry on another instance",
-                                headers={"Retry-After": "1"})
-        deadline = None if self.timeout is None else arrived + self.timeout
-        work = asyncio.ensure_future(self.batcher.predict(texts, pairs, deadline))
-        gone = asyncio.ensure_future(_disconnected(request.receive))
-        try:
-            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (work, gone):
-                if not task.done():
-                    task.cancel()  # work: the batcher drops the texts it has not taken
-        if not work.done():
-            raise HTTPException(499, "the client closed the connection")  # nobody reads it: for the metrics
-        try:
-            return work.result()
-        except ShuttingDown as e:
-            raise HTTPException(503, f"{e}; retry later", headers={"Retry-After": "1"}) from None
-        except Overloaded as e:
-            raise HTTPException(429, f"{e}; retry later", headers={"Retry-After": "1"}) from None
-        except DeadlineExceeded:
-            raise HTTPException(504, f"no answer within {self.timeout:g} s (the request timeout); retry later "
-                                     "or send fewer texts") from None
-
-
-async def _disconnected(receive) -> None:
-    """Returns when the client goes away (after the body was read, receive only waits for that)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 def queue_texts(options: ServeOptions) -> int:

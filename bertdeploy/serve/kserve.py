@@ -28,7 +28,7 @@ from bertdeploy import __version__
 from bertdeploy.serve.httpapi import error, refusals
 
 if TYPE_CHECKING:
-    from bertdeploy.serve.app import Served
+    from bertdeploy.serve.served import Served
 
 OUTPUTS = ("label", "probabilities")
 VERSION = "1"  # the one version of the one model a server has
