@@ -281,7 +281,15 @@ def bench(variants: str | None, batch_sizes: str, seq_lengths: str, **options: o
 
 
 @cli.command()
-@click.argument("artifact_dir", type=click.Path(path_type=Path))
+@click.argument("artifact_dir", type=click.Path(path_type=Path), required=False)
+@click.option("--model-repository", type=click.Path(path_type=Path), metavar="ROOT",
+              help="Serve every model of ROOT/<name>/<version>/ in place of ARTIFACT_DIR, with versions, "
+                   "load/unload and reloads that drop no request (local engine; docs/serve.md).")
+@click.option("--version-policy", default="latest", show_default=True, metavar="latest|latest:N|all",
+              help="Which complete versions of each model are served (repository).")
+@click.option("--poll", type=float, metavar="SECONDS",
+              help="Look at ROOT this often and load new or changed versions, unload removed models (repository).")
+@click.option("--max-loaded-models", type=int, help="Refuse to hold more model versions at once (repository).")
 @click.option("--host", default=defaults.HOST, show_default=True, help="0.0.0.0 to accept other machines.")
 @click.option("--port", default=defaults.PORT, show_default=True,
               help="0 takes a free port, named in the log (local engine).")
@@ -322,7 +330,8 @@ def bench(variants: str | None, batch_sizes: str, seq_lengths: str, **options: o
               help="ray: requests waiting for a replica before Serve refuses more (-1: no limit).")
 @click.option("--ray-address", help="ray: a running cluster (default: $RAY_ADDRESS, else a local one).")
 def serve(**options: object) -> None:
-    """Serve an exported model over HTTP with dynamic batching (Ctrl-C or SIGTERM to stop)."""
+    """Serve an exported model, or a repository of them, over HTTP with dynamic batching (Ctrl-C or SIGTERM to
+    stop)."""
     from bertdeploy.runtime.options import RuntimeOptions
     from bertdeploy.serve import run
     from bertdeploy.serve.httpapi import ServeOptions

@@ -33,6 +33,14 @@ def usable_cpus() -> int:
     return count
 
 
+def resident_bytes() -> int | None:
+    """This process's resident memory now, in bytes (None where /proc is not there to tell)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @functools.cache
 def _cpuinfo() -> str:
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 import random
 import re
 import shutil
@@ -362,31 +363,66 @@ def wait_until(condition, seconds: float = 10, message: str = "the condition did
 
 @contextlib.contextmanager
 def running(predictor, wait_ready: bool = True, api_key: str | None = None, apps: list | None = None, **settings):
-    """`create_app` served by `draining_server` in a thread on a free loopback port; yields its base URL (and
-    appends the app to `apps`, where given)."""
+    """`create_app` for one model, served by `draining_server` in a thread on a free loopback port; yields its base
+    URL (and appends the app to `apps`, where given)."""
+    from bertdeploy.serve.httpapi import ServeOptions
+    from bertdeploy.serve.models import Models
+
+    options = ServeOptions("tiny", **settings)
+    with serving(Models.single(predictor, options), wait_ready, api_key, apps) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_repository(root: Path, wait_ready: bool = True, api_key: str | None = None, apps: list | None = None,
+                       **settings):
+    """As `running`, for the model repository `root` (`settings`: ServeOptions' and RuntimeOptions' fields)."""
+    from bertdeploy.runtime.options import RuntimeOptions
+    from bertdeploy.serve.httpapi import ServeOptions
+    from bertdeploy.serve.loader import open_repository
+
+    runtime, rest = RuntimeOptions.split(settings)
+    with serving(open_repository(ServeOptions(model_repository=root, runtime=runtime, **rest)), wait_ready, api_key,
+                 apps) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(models, wait_ready: bool, api_key: str | None, apps: list | None):
     import httpx
 
     from bertdeploy.serve.app import create_app
-    from bertdeploy.serve.httpapi import ServeOptions
     from bertdeploy.serve.local import draining_server
 
-    options = ServeOptions("tiny", **settings)
     sock = free_socket()
-    app = create_app(predictor, options, api_key)
+    app = create_app(models, api_key)
     if apps is not None:
         apps.append(app)
-    server = draining_server(app, options)
+    server = draining_server(app, models.options)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     wait_until(lambda: server.started and (not wait_ready or httpx.get(f"{url}/v2/health/ready").status_code == 200),
-               30, "the server did not start")
+               60, "the server did not start")
     try:
         yield url
     finally:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def linked_copy(source: Path, target: Path) -> Path:
+    """A copy of the directory `source` at `target` whose files are hard links where they can be (instant, no space),
+    else copies."""
+    def link(file: str, to: str) -> None:
+        try:
+            os.link(file, to)
+        except OSError:  # another file system
+            shutil.copy2(file, to)
+
+    shutil.copytree(source, target, copy_function=link)
+    return target
 
 
 class Held:
@@ -425,17 +461,19 @@ def serving_port(process: subprocess.Popen, log: list[str], seconds: float = 60)
     return int(found[0])
 
 
-def metric(url: str, name: str, **labels: str) -> float:
-    """One sample of /metrics (0 when absent), e.g. metric(url, "bertdeploy_dropped_texts_total", reason="deadline")."""
+def metric(url: str, name: str, headers: dict | None = None, **labels: str) -> float:
+    """The sum of the samples of /metrics named `name` that carry `labels` (0 when none does), e.g.
+    metric(url, "bertdeploy_dropped_texts_total", reason="deadline")."""
     import httpx
 
-    text = httpx.get(f"{url}/metrics").text
+    text, total = httpx.get(f"{url}/metrics", headers=headers or {}).text, 0.0
     for line in text.splitlines():
         sample, _, value = line.rpartition(" ")
         found = re.fullmatch(r"(\w+)(?:\{(.*)\})?", sample)
-        if found and found.group(1) == name and dict(re.findall(r'(\w+)="([^"]*)"', found.group(2) or "")) == labels:
-            return float(value)
-    return 0.0
+        if found and found.group(1) == name and \
+                labels.items() <= dict(re.findall(r'(\w+)="([^"]*)"', found.group(2) or "")).items():
+            total += float(value)
+    return total
 
 
 def ready(url: str) -> bool:

@@ -21,6 +21,7 @@ its threshold (from the manifest), possibly none.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -133,10 +134,11 @@ class Predictor:
         routes = [(r.max_tokens, f"{r.variant} on {r.model.providers[0]}") for r in self.routes]
         return describe_routes(routes) if len(routes) > 1 else routes[0][1]
 
-    def warm_up(self) -> None:
+    def warm_up(self, slot: contextlib.AbstractContextManager | None = None) -> None:
         """Run each model once on the largest batch it may get, so first requests find memory allocated;
         OpenVINO models also once per padded length at the smallest batch routed to them, since OpenVINO
-        compiles kernels for each new input shape (a few ms, once)."""
+        compiles kernels for each new input shape (a few ms, once). Each run holds `slot` where given (a server's
+        run slot, so that warming one model up takes turns with the others' runs)."""
         longest = padded_length(self.max_length)
         low = 0  # the route's batches are larger than this many tokens
         for route in self.routes:
@@ -151,7 +153,8 @@ class Predictor:
             for rows, length in shapes:
                 ids = np.full((rows, length), self.encoder.pad_id, dtype=np.int64)
                 feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-                route.model.run({name: feed[name] for name in self.input_names})
+                with slot or contextlib.nullcontext():
+                    route.model.run({name: feed[name] for name in self.input_names})
             low = route.max_tokens or low
 
     def predict(self, texts: Sequence[str] | str, pairs: Sequence[str] | str | None = None) -> list[Prediction]:

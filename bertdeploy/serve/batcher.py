@@ -12,7 +12,8 @@ batcher is stopping (`ShuttingDown`).
 A request may carry a deadline: past it, it gets `DeadlineExceeded` and its texts leave the queue;
 a request whose caller gives up (its task is cancelled: the client went away) leaves the queue too.
 Texts already taken into a batch are computed anyway. The worker skips expired and cancelled
-requests when it takes a batch, so it never computes texts nobody waits for. What it measures
+requests when it takes a batch, so it never computes texts nobody waits for. Each model run holds one of the
+server's run slots, where it has them (models.py), so that the models of one server take turns. What it measures
 (time in the queue, tokenization, each model run, texts dropped and why) goes to an `Observer`.
 No HTTP here: app.py puts this behind its routes.
 """
@@ -20,6 +21,7 @@ No HTTP here: app.py puts this behind its routes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -75,10 +77,11 @@ class _Request:
 
 class Batcher:
     def __init__(self, predictor, max_batch_size: int, max_wait_ms: float, max_queue: int,
-                 observer: Observer | None = None) -> None:
+                 observer: Observer | None = None, slots: threading.Semaphore | None = None) -> None:
         self.predictor, self.max_batch_size, self.max_queue = predictor, max_batch_size, max_queue
         self.max_wait = max_wait_ms / 1000
         self.observer = observer or Observer()
+        self.slots = slots  # held for each model run: the server's models take turns (models.py)
         self.queued = 0  # texts waiting
         self._requests: deque[_Request] = deque()
         self._lock = threading.Condition()
@@ -94,7 +97,8 @@ class Batcher:
         with self._lock:
             self._stopping = True
             self._lock.notify()
-        self._thread.join()
+        if self._thread.ident is not None:  # started
+            self._thread.join()
 
     @property
     def alive(self) -> bool:
@@ -209,7 +213,13 @@ class Batcher:
             start = time.perf_counter()
             encodings = self.predictor.encoder.tokenize(texts, pairs)
             self.observer.tokenized(len(texts), time.perf_counter() - start)
-            for index, rows in self.predictor.iter_encoded(encodings, started):
+            runs = iter(self.predictor.iter_encoded(encodings, started))
+            while True:
+                with self.slots or contextlib.nullcontext():
+                    done = next(runs, None)  # the next model run
+                if done is None:
+                    break
+                index, rows = done
                 count, length, start = run
                 self.observer.ran(self.predictor.route(count * length).variant, count, length,
                                   time.perf_counter() - start)

@@ -23,6 +23,7 @@ from bertdeploy.defaults import LOCAL, RAY
 from bertdeploy.errors import BertdeployError, check_options
 from bertdeploy.labels import LabelScheme
 from bertdeploy.runtime.options import RuntimeOptions
+from bertdeploy.serve.repository import Policy
 
 HEALTH = ("/v2/health/live", "/v2/health/ready")
 ENGINE = "engine"  # the mark, in a field's metadata, of a setting that one engine alone takes
@@ -39,7 +40,7 @@ def _taken_by(setting: dataclasses.Field, engine: str) -> bool:
 
 @dataclass
 class ServeOptions:
-    artifact_dir: Path
+    artifact_dir: Path | None = None  # one model; or model_repository
     host: str = defaults.HOST
     port: int = defaults.PORT
     # how the predictor loads and runs; its max_batch_size (default here: 64) also caps the texts batched across
@@ -69,10 +70,35 @@ class ServeOptions:
     # requests Serve holds waiting for a replica before it refuses more
     max_queued_requests: int = _only(RAY, defaults.MAX_QUEUED_REQUESTS)
     ray_address: str | None = _only(RAY, None)  # a running cluster (default: $RAY_ADDRESS, else a local one)
+    # ROOT/<name>/<version>/ exports, served side by side (repository.py); in place of artifact_dir
+    model_repository: Path | None = _only(LOCAL, None)
+    version_policy: str = _only(LOCAL, "latest")  # latest, latest:N or all (repository.py)
+    poll: float | None = _only(LOCAL, None)  # seconds between looks at model_repository for changes (None: never)
+    max_loaded_models: int | None = _only(LOCAL, None)  # model versions loaded at once (None: no limit)
 
     def __post_init__(self) -> None:
-        self.artifact_dir = Path(self.artifact_dir)
-        self.model_name = self.model_name or self.artifact_dir.absolute().name
+        if self.engine == RAY and self.model_repository is not None:
+            raise BertdeployError("--model-repository: the local engine's only; a Ray Serve replica serves one model "
+                                  "(Serve's multiplexing loads models into replicas on demand, by a request header, "
+                                  "with no versions, load/unload or reload without dropped requests): run one "
+                                  "`serve --engine ray` per model")
+        check_options([((self.artifact_dir is None) != (self.model_repository is None),
+                        "give either a model directory or --model-repository ROOT")])
+        repository = self.model_repository is not None
+        check_options([
+            (not repository or self.model_name is None,
+             "--model-name: with --model-repository each model is named by its folder"),
+            (repository or (self.version_policy, self.poll, self.max_loaded_models) == ("latest", None, None),
+             "--version-policy, --poll and --max-loaded-models go with --model-repository"),
+            (self.poll is None or self.poll > 0, "--poll must be above 0 seconds"),
+            (self.max_loaded_models is None or self.max_loaded_models >= 1, "--max-loaded-models must be at least 1"),
+        ])
+        if repository:
+            self.model_repository = Path(self.model_repository)
+            Policy.parse(self.version_policy)
+        else:
+            self.artifact_dir = Path(self.artifact_dir)
+            self.model_name = self.model_name or self.artifact_dir.absolute().name
         if self.runtime.max_batch_size is None:
             self.runtime = dataclasses.replace(self.runtime, max_batch_size=defaults.SERVE_MAX_BATCH_SIZE)
         check_options([
@@ -94,7 +120,7 @@ class ServeOptions:
              "target_ongoing_requests must be above 0 and max_ongoing_requests at least 1"),
             (self.max_queued_requests >= 1 or self.max_queued_requests == -1,
              "max_queued_requests must be at least 1, or -1 for no limit"),
-            (re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name) is not None,
+            (self.model_name is None or re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name) is not None,
              f"model name {self.model_name!r}: use letters, digits, '_', '.' and '-' only (--model-name)"),
         ])
         if self.engine == RAY and (elsewhere := self._elsewhere()):
@@ -154,7 +180,8 @@ def request_texts(body, pairs_model: bool) -> tuple[list[str], list[str] | None]
     return texts, pairs
 
 
-def predict_response(model: str, variant: str, scheme: LabelScheme, probabilities, all_scores: bool) -> dict:
+def predict_response(model: str, version: int, variant: str, scheme: LabelScheme, probabilities,
+                     all_scores: bool) -> dict:
     """The /predict answer: per text, the best label and its score (every label's with `all_scores`); for a
     multi-label model the label set (`labels`, possibly empty), the best passing label (`label`, left out
     when none passes) and every label's score."""
@@ -167,7 +194,7 @@ def predict_response(model: str, variant: str, scheme: LabelScheme, probabilitie
         if all_scores or scheme.multi_label:
             entry["scores"] = dict(zip(scheme.labels, row.tolist(), strict=True))
         predictions.append(entry)
-    return {"model": model, "variant": variant, "predictions": predictions}
+    return {"model": model, "version": version, "variant": variant, "predictions": predictions}
 
 
 def predict_models(max_texts: int):
@@ -182,6 +209,8 @@ def predict_models(max_texts: int):
         pair: str | None = Field(None, description="The second text, for models trained on pairs.")
         pairs: Texts = Field(None, max_length=max_texts)
         all_scores: bool = Field(False, description="Every label's score, not only the best one's.")
+        model: str | None = Field(None, description="The model, where the server has several (a model repository).")
+        version: int | None = Field(None, ge=1, description="The model's version (default: the newest served).")
 
     class Prediction(BaseModel):
         label: str | None = Field(None, description="The best label; for multi-label models the best-scoring label "
@@ -194,6 +223,7 @@ def predict_models(max_texts: int):
 
     class PredictResponse(BaseModel):
         model: str
+        version: int
         variant: str
         predictions: list[Prediction]
 
@@ -222,9 +252,11 @@ def error(status: int, message: str, headers: dict | None = None):
 
 _REFUSED = {400: "The body is not valid JSON, or (KServe) a malformed inference request",
             401: "A missing or wrong API key (a server started with --api-key-env)",
-            404: "No such model or version", 413: "The body is over --max-body-bytes",
+            404: "No such model or version", 409: "A version still being copied, or over --max-loaded-models",
+            413: "The body is over --max-body-bytes",
             408: "The body did not arrive within --body-timeout",
-            422: "A wrong field, or more texts than --max-texts-per-request", 429: "The queue is full; retry later",
+            422: "A wrong field, more texts than --max-texts-per-request, no model named where there are several, "
+                 "or a version that cannot be loaded", 429: "The queue is full; retry later",
             503: "Not ready (warming up, or shutting down), or more than --max-concurrent-requests at once",
             504: "No answer within --request-timeout"}
 

@@ -12,12 +12,15 @@ output asked for with `binary_data` (or all of them, with `binary_data_output`) 
 same way. Anything malformed is an `InferError`, which the server answers with 400.
 
 `routes` puts the protocol's routes on the app (app.py): server and model metadata, readiness,
-Triton's repository index, and inference through the app's batcher. Not here: the health checks,
-the limits and the batcher (app.py, limits.py, batcher.py).
+Triton's repository extension (the index, and with a model repository load and unload, loader.py),
+and inference through the model version's batcher, each model's routes with and without a version.
+Not here: the health checks, the limits and the batcher (app.py, limits.py, batcher.py).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, some of them local classes.
+import asyncio
 import json
+import re
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,12 +29,13 @@ import numpy as np
 
 from bertdeploy import __version__
 from bertdeploy.serve.httpapi import error, refusals
+from bertdeploy.serve.loader import LoadError
+from bertdeploy.serve.models import NotServed
 
 if TYPE_CHECKING:
-    from bertdeploy.serve.served import Served
+    from bertdeploy.serve.models import Models
 
 OUTPUTS = ("label", "probabilities")
-VERSION = "1"  # the one version of the one model a server has
 HEADER = "Inference-Header-Content-Length"
 
 
@@ -104,8 +108,9 @@ def parse_request(body: bytes, header_length: str | None, max_texts: int) -> Inf
     return InferRequest(request_id, inputs, outputs or dict.fromkeys(OUTPUTS, everything_binary))
 
 
-def request_schema(inputs: list[str], max_texts: int) -> dict:
-    """The JSON Schema of a JSON request to a model with these inputs, for the OpenAPI document. (A binary
+def request_schema(inputs: list[str], max_texts: int, least: int) -> dict:
+    """The JSON Schema of a JSON request to a model with these inputs (at least `least` of them), for the OpenAPI
+    document. (A binary
     request, this JSON with `binary_data_size` in place of each input's `data`, then the tensors' bytes, is
     beyond what OpenAPI can describe.)"""
     strings = {"type": "array", "items": {"type": "string"}}
@@ -122,7 +127,7 @@ def request_schema(inputs: list[str], max_texts: int) -> dict:
     return {"type": "object", "required": ["inputs"], "properties": {
         "id": {"type": "string"},
         "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
-        "inputs": {"type": "array", "minItems": len(inputs), "maxItems": len(inputs), "items": tensor},
+        "inputs": {"type": "array", "minItems": least, "maxItems": len(inputs), "items": tensor},
         "outputs": {"type": "array", "items": output}}}
 
 
@@ -233,64 +238,100 @@ def _pack_bytes(values: list[str]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in (v.encode("utf-8") for v in values))
 
 
-def routes(app, served: "Served") -> None:
-    """Server and model metadata, readiness, Triton's repository index and inference, by the v2 protocol."""
+def routes(app, models: "Models") -> None:
+    """Server and model metadata, readiness, Triton's repository index, load and unload, and inference, by the v2
+    protocol: the model's routes with and without a version (the newest served)."""
     from fastapi import Request
     from fastapi.responses import JSONResponse, Response
-    from starlette.exceptions import HTTPException
+    from pydantic import BaseModel, ConfigDict
 
-    name, labels, inputs = served.name, served.labels, served.inputs
+    options = models.options
+    single = options.model_repository is None
 
     @app.get("/v2", summary="Server metadata (KServe v2)")
     async def server_metadata() -> dict:
-        return {"name": "bertdeploy", "version": __version__, "extensions": ["binary_tensor_data"]}
-
-    def check_model(model: str, version: str | None = None) -> None:
-        if model != name or version not in (None, VERSION):
-            raise HTTPException(404, f"no model {model!r}" + (f" version {version!r}" if version else "") +
-                                f"; this server has {name!r} version {VERSION}")
+        return {"name": "bertdeploy", "version": __version__,
+                "extensions": ["binary_tensor_data", *([] if single else ["model_repository"])]}
 
     @app.get("/v2/models/{model}", summary="Model metadata (KServe v2)", responses=refusals(404))
     @app.get("/v2/models/{model}/versions/{version}", include_in_schema=False)
     async def model_metadata(model: str, version: str | None = None) -> dict:
-        check_model(model, version)
-        return {"name": name, "versions": [VERSION], "platform": "onnxruntime_onnx",
-                "inputs": [{"name": i, "datatype": "BYTES", "shape": [-1]} for i in inputs],
+        served = models.find(model, _number(model, version))
+        return {"name": served.name, "versions": [str(v) for v in sorted(models.table[served.name])],
+                "platform": "onnxruntime_onnx",
+                "inputs": [{"name": i, "datatype": "BYTES", "shape": [-1]} for i in served.inputs],
                 "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]}],
+                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(served.labels)]}],
                 "parameters": {**served.predictor.scheme.manifest_fields(), "variant": served.predictor.variant}}
 
     @app.get("/v2/models/{model}/ready", summary="Model readiness (KServe v2)", responses=refusals(404, 503))
     @app.get("/v2/models/{model}/versions/{version}/ready", include_in_schema=False)
     async def model_ready(model: str, version: str | None = None) -> JSONResponse:
-        check_model(model, version)
-        ready = served.lifecycle.ready
-        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+        served = models.find(model, _number(model, version))
+        ready = served.ready and not models.lifecycle.draining
+        return JSONResponse({"name": served.name, "ready": ready}, status_code=200 if ready else 503)
 
-    @app.post("/v2/repository/index", summary="The models this server has (Triton's repository extension)")
-    async def repository_index() -> list:
-        return [{"name": name, "version": VERSION, "state": served.lifecycle.state}]
+    class IndexRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        ready: bool = False  # only the versions ready for inference
 
-    infer_schema = {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": request_schema(inputs, served.options.max_texts_per_request)}}}}
+    @app.post("/v2/repository/index", summary="The models this server has (Triton's repository extension)",
+              responses=refusals(400, 422))
+    async def repository_index(body: IndexRequest | None = None) -> list:
+        if single:
+            entries = [served.entry() for served in models.all()]
+        else:
+            entries = await asyncio.to_thread(models.loader.index)
+        return [e for e in entries if not (body and body.ready) or e["state"] == "READY"]
+
+    @app.post("/v2/repository/models/{model}/load", responses=refusals(400, 404, 409, 422, 503),
+              summary="Load the model's versions from the repository, beside those serving, and switch to them once "
+                      "they are ready (Triton's repository extension)")
+    async def load(model: str) -> dict:
+        return await _loader().load(model)
+
+    @app.post("/v2/repository/models/{model}/unload", responses=refusals(400, 404, 503),
+              summary="Stop serving the model: the requests it holds finish, new ones get 404")
+    async def unload(model: str) -> dict:
+        return await _loader().unload(model)
+
+    def _loader():
+        if single:
+            raise LoadError(400, "this server serves one model (serve DIR); start it with --model-repository ROOT to "
+                                 "load and unload models")
+        return models.loader
+
+    inputs = models.all()[0].inputs if single else ["text", "text_pair"]  # a repository's models take either
+    infer_schema = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": request_schema(inputs, options.max_texts_per_request, len(inputs) if single else 1)}}}}
 
     @app.post("/v2/models/{model}/infer", summary="Inference (KServe v2; JSON or Triton's binary tensors)",
               openapi_extra=infer_schema, responses=refusals(400, 404, 429, 503, 504))
     @app.post("/v2/models/{model}/versions/{version}/infer", include_in_schema=False)
     async def infer(model: str, request: Request, version: str | None = None) -> Response:
-        check_model(model, version)
-        try:
-            parsed = parse_request(await request.body(), request.headers.get(HEADER),
-                                   served.options.max_texts_per_request)
-            if sorted(parsed.inputs) != sorted(inputs):
-                raise InferError(f"inputs must be {' and '.join(inputs)}, got {', '.join(parsed.inputs) or 'none'}")
-            texts, pairs = parsed.inputs["text"], parsed.inputs.get("text_pair")
-            if pairs is not None and len(pairs) != len(texts):
-                raise InferError(f"{len(texts)} texts but {len(pairs)} text_pair elements")
-        except InferError as e:
-            return error(400, str(e))
-        probabilities = await served.scores(texts, pairs, request)
-        scheme = served.predictor.scheme
-        body, headers = encode_response(name, VERSION, parsed, [scheme.text(d) for d in scheme.decide(probabilities)],
-                                        probabilities)
+        with models.using(model, _number(model, version), request.scope) as served:
+            try:
+                parsed = parse_request(await request.body(), request.headers.get(HEADER),
+                                       options.max_texts_per_request)
+                if sorted(parsed.inputs) != sorted(served.inputs):
+                    raise InferError(f"inputs must be {' and '.join(served.inputs)}, got "
+                                     f"{', '.join(parsed.inputs) or 'none'}")
+                texts, pairs = parsed.inputs["text"], parsed.inputs.get("text_pair")
+                if pairs is not None and len(pairs) != len(texts):
+                    raise InferError(f"{len(texts)} texts but {len(pairs)} text_pair elements")
+            except InferError as e:
+                return error(400, str(e))
+            probabilities = await served.scores(texts, pairs, request)
+            scheme = served.predictor.scheme
+            body, headers = encode_response(served.name, str(served.version), parsed,
+                                            [scheme.text(d) for d in scheme.decide(probabilities)], probabilities)
         return Response(body, headers=headers)
+
+
+def _number(model: str, version: str | None) -> int | None:
+    """The version a route's path names (None: the newest); NotServed (404) when it is not a version number."""
+    if version is None:
+        return None
+    if not re.fullmatch(r"[1-9][0-9]{0,8}", version):
+        raise NotServed(404, f"model {model!r} has no version {version!r}: versions are numbers from 1")
+    return int(version)

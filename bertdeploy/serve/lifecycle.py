@@ -1,68 +1,47 @@
-"""The life of one server (the local engine) or one Ray Serve replica: warm-up, liveness, readiness, drain.
+"""The life of one server (the local engine) or one Ray Serve replica: start, liveness, readiness, drain.
 
-`Lifecycle` holds the state the health routes report and the routes check: warmed up (or failed to),
-draining (SIGTERM came, or Serve is stopping the replica), and when the listener began to close.
-`lifespan` is the app's ASGI lifespan: it starts the batcher's thread, warms the predictor up unless
-that was done already, and on the way out marks the app draining and lets the batcher finish its
-queue. Not here: the routes (app.py), the uvicorn process and its SIGTERM handling (local.py), Serve's
-replica (ray_engine.py).
+`Lifecycle` holds the state the health routes report and the routes check, over the model versions served
+(models.py): started (the models it starts with are loaded: at once for one model, after the repository's
+first load otherwise), failed (nothing it was to serve could be loaded), draining (SIGTERM came, or Serve is
+stopping the replica), and when the listener began to close. Live while nothing failed and every version's
+batching thread runs; ready once started, every version is warmed up, and until draining. `lifespan` is the
+app's ASGI lifespan: it runs what the models do at startup (batchers, warm-up, the repository's first load and
+its polling) and, on the way out, marks the app draining and lets every batcher finish its queue. Not here:
+the routes (app.py), the uvicorn process and its SIGTERM handling (local.py), Serve's replica (ray_engine.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from contextlib import asynccontextmanager
-
-logger = logging.getLogger(__name__)
 
 
 class Lifecycle:
-    """Warmed up (or failed to), draining, closing: what liveness, readiness and Triton's model state say."""
+    """Started, failed, draining, closing: what liveness and readiness say, over the versions `served()` gives."""
 
-    def __init__(self, batcher, warmed: bool = False) -> None:
-        self.batcher = batcher
-        self.warmed, self.failed, self.draining = warmed, False, False
+    def __init__(self, served, started: bool = True) -> None:
+        self.served = served  # () -> the Served versions of the server
+        self.started, self.failed, self.draining = started, False, False
         # when the drain delay ended and the listener began to close: requests arriving later are refused (503)
         self.closing_since: float | None = None
 
     @property
     def ready(self) -> bool:
-        return self.warmed and not self.draining
+        return self.started and not self.draining and all(s.ready for s in self.served())
 
     @property
     def live(self) -> bool:
-        return not self.failed and self.batcher.alive
-
-    @property
-    def state(self) -> str:
-        """Triton's model state, for the repository index."""
-        return "READY" if self.ready else "UNAVAILABLE" if self.failed or self.draining else "LOADING"
-
-    async def warm_up(self, predictor) -> None:
-        """Each model once at the longest length, so the first requests find memory allocated."""
-        try:
-            await asyncio.to_thread(predictor.warm_up)
-        except Exception:
-            logger.exception("warm-up failed; the server is neither ready nor live")
-            self.failed = True
-            return
-        self.warmed = True
-        logger.info("ready")
+        return not self.failed and all(not s.failed and s.batcher.alive for s in self.served())
 
 
-def lifespan(lifecycle: Lifecycle, predictor):
-    """The app's lifespan: the batcher runs and the predictor warms up (in the background, so liveness answers
-    meanwhile) from startup; at shutdown the app is draining and the batcher finishes its queue."""
+def lifespan(lifecycle: Lifecycle, start, stop):
+    """The app's lifespan: `await start()` at startup (it starts what runs in the background: batchers, warm-up,
+    loads, so liveness answers meanwhile); at shutdown the app is draining, then `await stop()`."""
 
     @asynccontextmanager
     async def run(app):
-        lifecycle.batcher.start()
-        warming = None if lifecycle.warmed else asyncio.create_task(lifecycle.warm_up(predictor))
+        await start()
         yield
         lifecycle.draining = True
-        if warming is not None:
-            warming.cancel()
-        await asyncio.to_thread(lifecycle.batcher.stop)
+        await stop()
 
     return run

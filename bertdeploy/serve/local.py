@@ -1,12 +1,13 @@
-"""`bertdeploy serve`, the local engine: one process serving an exported classifier with uvicorn.
+"""`bertdeploy serve`, the local engine: one process serving an exported classifier, or a model repository's
+(loader.py), with uvicorn.
 
-`serve` loads the predictor, builds the app (app.py: routes, dynamic batching, KServe v2, metrics,
-limits) and runs it on a socket it listens on itself, so a port in use is a one-line error and port
-0 takes a free port, named in the log. `draining_server` is uvicorn's server stopping as a load
-balancer expects: on SIGTERM readiness fails at once, requests are still served for `drain_delay`
-seconds, then uvicorn stops accepting and gives the requests in flight up to `drain_timeout` seconds,
-then the batcher drains its queue (the app's lifespan, lifecycle.py). Not here: the routes and the
-limits (app.py, kserve.py, limits.py), Ray Serve (ray_engine.py), which mounts the same app.
+`serve` loads the predictor (or opens the repository, whose models load in the background), builds the app
+(app.py: routes, dynamic batching, KServe v2, metrics, limits) and runs it on a socket it listens on itself,
+so a port in use is a one-line error and port 0 takes a free port, named in the log. `draining_server` is
+uvicorn's server stopping as a load balancer expects: on SIGTERM readiness fails at once, requests are still
+served for `drain_delay` seconds, then uvicorn stops accepting and gives the requests in flight up to
+`drain_timeout` seconds, then the batchers drain their queues (the app's lifespan, lifecycle.py). Not here:
+the routes and the limits (app.py, kserve.py, limits.py), Ray Serve (ray_engine.py), which mounts the same app.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import socket
 import time
 
 from bertdeploy.errors import BertdeployError, check_options
+from bertdeploy.host import resident_bytes
 from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.serve.app import create_app
 from bertdeploy.serve.httpapi import ServeOptions
+from bertdeploy.serve.loader import open_repository
+from bertdeploy.serve.models import Models
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +33,19 @@ def serve(options: ServeOptions) -> None:
     check_options([(options.engine == "local", "serve.local.serve runs the local engine; for engine='ray' call "
                                                "bertdeploy.serve.ray_engine.serve_ray")])
     key = options.api_key()
-    predictor = Predictor.load(options.artifact_dir, options=options.runtime)
-    app = create_app(predictor, options, key)
+    if options.model_repository is not None:
+        models = open_repository(options)
+        what = f"the model repository {options.model_repository} ({models.loader.plan})"
+    else:
+        before = resident_bytes()
+        predictor = Predictor.load(options.artifact_dir, options=options.runtime)
+        after = resident_bytes()
+        models = Models.single(predictor, options, memory_bytes=None if before is None else max(0, after - before))
+        what = f"{options.artifact_dir} ({predictor.describe()}) as model {options.model_name!r}"
+    app = create_app(models, key)
     listening = _listen(options.host, options.port)
     host, port = listening.getsockname()[:2]
-    logger.info("serving %s (%s) as model %r on http://%s:%d", options.artifact_dir, predictor.describe(),
-                options.model_name, f"[{host}]" if ":" in host else host, port)
+    logger.info("serving %s on http://%s:%d", what, f"[{host}]" if ":" in host else host, port)
     server = draining_server(app, options)
     with listening:
         server.run(sockets=[listening])
@@ -51,7 +62,7 @@ def draining_server(app, options: ServeOptions):
     request that arrives on an open connection from then on gets 503."""
     import uvicorn
 
-    lifecycle, delay = app.state.served.lifecycle, options.drain_delay
+    lifecycle, delay = app.state.models.lifecycle, options.drain_delay
 
     class Draining(uvicorn.Server):
         closing_at: float | None = None  # time.monotonic() when the delay after SIGTERM ends

@@ -37,6 +37,7 @@ from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.runtime.raycluster import ray_cluster
 from bertdeploy.serve.app import create_app
 from bertdeploy.serve.httpapi import ServeOptions
+from bertdeploy.serve.models import Models
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +57,9 @@ class PredictorReplica:
         logger.info("replica %s: %s", self.replica, self.predictor.describe())
 
     def __serve_build_asgi_app__(self):
-        app = create_app(self.predictor, self.options, self.api_key, warmed=True)
+        app = create_app(Models.single(self.predictor, self.options, warmed=True), self.api_key)
         app.add_middleware(_NamesReplica, replica=self.replica)
-        self.lifecycle = app.state.served.lifecycle
+        self.lifecycle = app.state.models.lifecycle
         return app
 
     def check_health(self) -> None:

@@ -1,8 +1,11 @@
-"""What the routes of both protocols share, and how they get texts scored.
+"""One model version the server serves, and how a route gets texts scored by it.
 
-`Served` holds the predictor, the options, the batcher and the lifecycle; `Served.scores` sends a request's texts
-through the batcher, within the request's deadline, drops them when the client goes away, and answers the batcher's
-refusals as 429, 503 or 504. The routes themselves are app.py's (`/predict`, health) and kserve.py's (v2).
+`Served` holds the version's predictor, its batcher and metrics, whether it is warmed up (or failed to), and
+the requests using it: a route takes it with `Models.using` and lets go when answered, so a version being
+replaced or unloaded finishes what it holds before it is stopped (`idle`). `Served.scores` sends a request's
+texts through the batcher, within the request's deadline, drops them when the client goes away, and answers
+the batcher's refusals as 429, 503 or 504. The routes themselves are app.py's (`/predict`, health) and
+kserve.py's (v2); which versions are served, models.py's.
 """
 
 from __future__ import annotations
@@ -17,21 +20,51 @@ from bertdeploy.serve.limits import ARRIVED
 
 
 class Served:
-    """What the routes share: the predictor, the options, the batcher and the lifecycle."""
+    """A model version being served: its predictor, batcher and metrics; warmed up or not; requests using it."""
 
-    def __init__(self, predictor, options: ServeOptions, batcher: Batcher, lifecycle: Lifecycle) -> None:
-        self.predictor, self.options, self.batcher, self.lifecycle = predictor, options, batcher, lifecycle
-        self.name, self.labels = options.model_name, predictor.labels
+    def __init__(self, name: str, version: int, predictor, options: ServeOptions, batcher: Batcher,
+                 lifecycle: Lifecycle, *, warmed: bool = False, memory_bytes: int | None = None) -> None:
+        self.name, self.version, self.predictor, self.options = name, version, predictor, options
+        self.batcher, self.lifecycle = batcher, lifecycle  # the server's lifecycle: draining, closing
+        self.labels = predictor.labels
         self.inputs = ["text", "text_pair"] if predictor.pairs else ["text"]
         self.timeout = options.request_timeout if options.takes("request_timeout") else None
+        self.warmed, self.failed, self.memory_bytes = warmed, False, memory_bytes
+        self.in_use = 0
+        self.idle = asyncio.Event()  # set while no request uses it
+        self.idle.set()
+
+    @property
+    def ready(self) -> bool:
+        return self.warmed and not self.failed and self.batcher.alive
+
+    @property
+    def state(self) -> str:
+        """Triton's model state, for the repository index."""
+        return "READY" if self.ready and not self.lifecycle.draining else "LOADING" if not (
+            self.warmed or self.failed) else "UNAVAILABLE"
+
+    def entry(self) -> dict:
+        """Its entry in the repository index: name, version, state and, where measured, memory."""
+        memory = {} if self.memory_bytes is None else {"memory_bytes": self.memory_bytes}
+        return {"name": self.name, "version": str(self.version), "state": self.state, **memory}
+
+    def take(self) -> None:
+        self.in_use += 1
+        self.idle.clear()
+
+    def let_go(self) -> None:
+        self.in_use -= 1
+        if self.in_use == 0:
+            self.idle.set()
 
     async def scores(self, texts: list[str], pairs: list[str] | None, request):
         """The batcher's scores for a request's texts, within its deadline, unless its client goes away."""
         from starlette.exceptions import HTTPException
 
-        if self.lifecycle.failed:
+        if self.failed:
             raise HTTPException(503, "the model failed to warm up; see the server's log")
-        if not self.lifecycle.warmed:
+        if not self.warmed:
             raise HTTPException(503, "the model is still warming up")
         arrived = request.scope.get(ARRIVED, time.monotonic())
         closing = self.lifecycle.closing_since

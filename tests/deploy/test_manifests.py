@@ -147,10 +147,11 @@ def app():
     pytest.importorskip("fastapi", reason="needs the serve extra")
     from bertdeploy.serve.app import create_app
     from bertdeploy.serve.httpapi import ServeOptions
+    from bertdeploy.serve.models import Models
 
     predictor = SimpleNamespace(labels=["negative", "positive"], pairs=False, max_batch_size=64, variant="auto",
                                 scheme=None)
-    return create_app(predictor, ServeOptions(artifact_dir=Path("/models/model")))
+    return create_app(Models.single(predictor, ServeOptions(artifact_dir=Path("/models/model"))))
 
 
 def served(app, path: str, method: str = "GET") -> bool:

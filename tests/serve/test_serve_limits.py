@@ -247,8 +247,8 @@ def test_metrics_time_the_queue_tokenization_and_inference_by_model_and_variant(
         text = httpx.get(f"{url}/metrics").text
         for name in names:
             assert f"# TYPE {name} histogram" in text
-        assert 'bertdeploy_dropped_texts_total{reason="deadline"} 0.0' in text
-        assert 'bertdeploy_dropped_texts_total{reason="disconnected"} 0.0' in text
+        assert 'bertdeploy_dropped_texts_total{model="tiny",reason="deadline",version="1"} 0.0' in text
+        assert 'bertdeploy_dropped_texts_total{model="tiny",reason="disconnected",version="1"} 0.0' in text
         before = {n: metric(url, f"{n}_count", model="tiny", variant="fp32") for n in names}
         assert _post(url, TEXTS[:3]).status_code == 200
         for name in names:
@@ -298,7 +298,7 @@ def test_once_the_drain_delay_is_over_a_request_on_an_open_connection_gets_503(f
     apps: list = []
     with running(fp32, apps=apps) as url, httpx.Client(base_url=url) as client:
         assert client.post("/predict", json={"text": TEXTS[0]}).status_code == 200  # the connection stays open
-        apps[0].state.served.lifecycle.closing_since = time.monotonic()  # what the end of the drain delay sets
+        apps[0].state.models.lifecycle.closing_since = time.monotonic()  # what the end of the drain delay sets
         refused = client.post("/predict", json={"text": TEXTS[0]})
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         assert "shutting down" in refused.json()["error"]
@@ -330,7 +330,7 @@ def test_serve_refuses_bad_limits(tiny_artifacts, stopped_load, args, message):
 def test_the_settings_one_engine_alone_takes_are_marked_and_refused_on_the_other(tmp_path):
     """The local engine's settings are refused on Ray (one rule, reading the marks on the fields); Ray's are left
     be on the local engine, as `application(options)` deploys options built with the default engine."""
-    from bertdeploy.serve.app import queue_texts
+    from bertdeploy.serve.models import queue_texts
 
     local = ServeOptions(tmp_path, replicas=3, max_queued_requests=5, max_queue=300)
     assert not local.takes("replicas") and local.takes("max_queue") and local.takes("max_body_bytes")

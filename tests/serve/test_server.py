@@ -18,7 +18,17 @@ import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import SERVE_RUNTIME, SERVE_RUNTIME_ARGS, Held, make_rows, ready, running, serving_port, write_jsonl
+from helpers import (
+    SERVE_RUNTIME,
+    SERVE_RUNTIME_ARGS,
+    Held,
+    make_rows,
+    metric,
+    ready,
+    running,
+    serving_port,
+    write_jsonl,
+)
 
 from bertdeploy.cli import cli
 from bertdeploy.runtime.options import RuntimeOptions
@@ -41,10 +51,7 @@ def url(fp32):
 
 def _batch_sizes(url: str) -> tuple[float, float]:
     """(model runs, runs of one text) from /metrics."""
-    text = httpx.get(f"{url}/metrics").text
-    count = float(re.search(r"^bertdeploy_batch_size_count (\S+)", text, re.M).group(1))
-    single = float(re.search(r'^bertdeploy_batch_size_bucket\{le="1.0"\} (\S+)', text, re.M).group(1))
-    return count, single
+    return metric(url, "bertdeploy_batch_size_count"), metric(url, "bertdeploy_batch_size_bucket", le="1.0")
 
 
 def test_predict_gives_the_predictors_results(url, fp32):
@@ -169,7 +176,7 @@ def test_a_full_queue_answers_429_at_once(fp32):
         for i, r in served:
             expected = fp32.predict(TEXTS[i * 4:i * 4 + 4])
             assert [p["label"] for p in r.json()["predictions"]] == [p.label for p in expected]
-        assert 'bertdeploy_requests_total{route="/predict",status="429"}' in httpx.get(f"{base}/metrics").text
+        assert metric(base, "bertdeploy_requests_total", route="/predict", status="429") > 0
 
 
 def test_live_at_once_ready_only_after_the_warm_up(fp32):

@@ -15,7 +15,7 @@ import httpx
 import hypothesis
 import pytest
 import schemathesis
-from helpers import running
+from helpers import linked_copy, running, running_repository
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -238,7 +238,7 @@ def test_malformed_kserve_binary_requests_get_a_400_naming_the_problem(url, body
 # (route, request body: a JSON value or raw bytes, the status, a part of the error message)
 OTHER_CASES = [
     ("/v2/models/other/infer", _with(), 404, "no model 'other'; this server has 'tiny' version 1"),
-    ("/v2/models/tiny/versions/2/infer", _with(), 404, "no model 'tiny' version '2'"),
+    ("/v2/models/tiny/versions/2/infer", _with(), 404, "model 'tiny' has no version 2 loaded; it serves version 1"),
     ("/v2/models/tiny/infer", b"x" * 1_000_001, 413, "the body is over 1000000 bytes"),
     ("/predict", b'{"text": "\\ud800"}', 422, "text 0 is not valid UTF-8"),
     ("/predict", b'{"texts": ["ok", "\\udfff"]}', 422, "text 1 is not valid UTF-8"),
@@ -273,10 +273,11 @@ def test_good_kserve_requests_still_work_in_both_forms(url, predictor):
 
 
 def _server_errors(base: str, headers: dict | None = None) -> dict[str, float]:
-    """Responses with a 5xx status the server counted, by route."""
+    """Responses with a 5xx status the server counted, by route (health checks aside: a 503 while the models load
+    is their answer, and the test servers are asked until they are ready)."""
     text = httpx.get(f"{base}/metrics", headers=headers or {}).text
-    found = re.finditer(r'^bertdeploy_requests_total\{route="([^"]*)",status="(5\d\d)"\} (\S+)', text, re.M)
-    return {f"{m[1]} {m[2]}": float(m[3]) for m in found}
+    found = re.finditer(r'^bertdeploy_requests_total\{[^}]*route="([^"]*)",status="(5\d\d)"[^}]*\} (\S+)', text, re.M)
+    return {f"{m[1]} {m[2]}": float(m[3]) for m in found if not m[1].startswith("/v2/health/")}
 
 
 def _still_serving(base: str, headers: dict | None = None) -> None:
@@ -336,8 +337,10 @@ def _fuzz(base: str, headers: dict, examples: int, mode: GenerationMode, counts:
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 9
     for operation in operations:
-        # The one model and its version, so that the bodies reach the parser (other names are 404s, tested above).
-        pinned = {"path_parameters": {"model": "tiny"}, "query": {"version": "1"}} if "{model}" in operation.path \
+        # The one model and its version, so that the bodies reach the parser (other names are 404s, tested above);
+        # unload, though, a model there is not, so that the others stay served (test_repository.py unloads).
+        model = "none" if operation.path.endswith("/unload") else "tiny"
+        pinned = {"path_parameters": {"model": model}, "query": {"version": "1"}} if "{model}" in operation.path \
             else {}
         if mode.is_negative and "infer" not in operation.path:
             pinned.pop("query", None)  # the version is what negative mode can vary in the metadata routes
@@ -364,6 +367,20 @@ def test_no_generated_request_gets_a_5xx(url, mode, record_property):
     assert counts["POST /predict"] >= EXAMPLES[mode] // 2 and counts["POST /v2/models/{model}/infer"] >= \
         EXAMPLES[mode] // 2, counts
     _still_serving(url)
+
+
+@pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)
+def test_no_generated_request_to_a_model_repository_gets_a_5xx(tiny_artifacts, tmp_path, mode, record_property):
+    """The same over a repository's server (its model `tiny` version 1), whose load route reloads the model."""
+    linked_copy(tiny_artifacts, tmp_path / "models" / "tiny" / "1")
+    counts: Counter = Counter()
+    started = time.monotonic()
+    with running_repository(tmp_path / "models", variant="fp32", threads=1, max_wait_ms=1) as base:
+        _fuzz(base, {}, EXAMPLES[mode] // 2, mode, counts)
+        _report(record_property, f"{mode.value} mode, a model repository", counts, time.monotonic() - started)
+        assert mode.is_negative or counts["POST /v2/repository/models/{model}/load"] >= 1, counts  # no body to vary
+        assert counts["POST /predict"] >= 10 and counts["POST /v2/models/{model}/infer"] >= 10, counts
+        _still_serving(base)
 
 
 @pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)
