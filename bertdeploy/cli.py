@@ -330,8 +330,9 @@ def bench(variants: str | None, batch_sizes: str, seq_lengths: str, **options: o
               help="ray: requests waiting for a replica before Serve refuses more (-1: no limit).")
 @click.option("--ray-address", help="ray: a running cluster (default: $RAY_ADDRESS, else a local one).")
 def serve(**options: object) -> None:
-    """Serve an exported model, or a repository of them, over HTTP with dynamic batching (Ctrl-C or SIGTERM to
-    stop)."""
+    """Serve exported models over HTTP with dynamic batching.
+
+    ARTIFACT_DIR, an export, or --model-repository ROOT, several. Ctrl-C or SIGTERM stops it."""
     from bertdeploy.runtime.options import RuntimeOptions
     from bertdeploy.serve import run
     from bertdeploy.serve.httpapi import ServeOptions

@@ -90,7 +90,9 @@ class Batcher:
         self._thread = threading.Thread(target=self._work, name="bertdeploy-batcher", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        """Start the worker thread (once: later calls do nothing)."""
+        if self._thread.ident is None:
+            self._thread.start()
 
     def stop(self) -> None:
         """Finish every queued request, then end the worker."""

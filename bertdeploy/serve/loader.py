@@ -1,17 +1,19 @@
 """Loading a model repository's versions into a running server, and taking them out: `--model-repository`.
 
 At startup every model of ROOT loads its versions by the policy in the background (liveness answers meanwhile,
-readiness once done); a version that fails is logged, counted and skipped for the next older complete one, and
-a model none of whose versions loads is left out (the server is not live when nothing at all loads).
-`load(name)` (the v2 `.../load` route, and `--poll`) re-reads that model's folder and loads each version the
-policy picks beside those serving: the predictor loads and warms up (its runs taking turns with the requests'),
-and only once all are ready are they switched in; the versions they replace finish what they hold and are freed
-(models.py). A load that fails changes nothing: the serving versions keep answering, and `LoadError` says why (a
-version still being copied: 409; one that cannot load, damaged, tampered with or made for another release: 422).
-`unload(name)` drains and removes. `--poll SECONDS` looks at ROOT that often and acts on a model whose complete
-versions changed and stayed the same for one more look (so a folder still being copied is never picked up), once
-per change, failed or not: it loads new and changed models and unloads those whose folder is gone. Loads run
-one at a time. Not here: what a complete version is, and the policy (repository.py); the routes (kserve.py).
+readiness once done), in name order and no more than --max-loaded-models; a version that fails is logged,
+counted and skipped for the next older complete one, and a model none of whose versions loads is left out
+(without --poll, the server is not live when nothing at all loads). `load(name)` (the v2 `.../load` route, and
+`--poll`) re-reads that model's folder and loads each version the policy picks that is new or changed (all of
+them when none is: a load asked for reloads) beside those serving: the predictor loads and warms up (its runs
+taking turns with the requests'), and only once all are ready are they switched in; the versions they replace
+finish what they hold and are freed (models.py). A load that fails changes nothing: the serving versions keep
+answering, and `LoadError` says why (a version still being copied: 409; one that cannot load, damaged,
+tampered with or made for another release: 422). `unload(name)` drains and removes. `--poll SECONDS` looks at
+ROOT that often and acts on a model whose complete versions changed and stayed the same for one more look (so
+a folder still being copied is never picked up), once per change, failed or not: it loads new and changed
+models and unloads those whose folder is gone. Loads run one at a time. Not here: what a complete version is,
+and the policy (repository.py); the routes (kserve.py).
 """
 
 from __future__ import annotations
@@ -35,19 +37,16 @@ logger = logging.getLogger(__name__)
 
 def open_repository(options: ServeOptions) -> Models:
     """The server's models for `options.model_repository`, empty until its loader starts with the server; refused at
-    once when ROOT is no directory, holds nothing to serve (without --poll), or more versions than
-    --max-loaded-models."""
+    once when ROOT is no directory, or holds nothing to serve (without --poll). More versions than --max-loaded-models
+    are not refused here: the loader loads what fits, and says which are left out (a pod restarted after one model
+    too many was added should serve the others, not crash-loop)."""
     root, policy = options.model_repository, Policy.parse(options.version_policy)
     found = repository.scan(root)
     picked = {name: repository.chosen(versions, policy) for name, versions in found.items()}
     count = sum(map(len, picked.values()))
-    check_options([
-        (count > 0 or options.poll is not None, f"{root}: no complete model version to serve (ROOT/<name>/<version>/ "
-                                                "holding an export); add one, or pass --poll to wait for them"),
-        (options.max_loaded_models is None or count <= options.max_loaded_models,
-         f"{root}: {count} model versions to serve (--version-policy {policy}) but --max-loaded-models is "
-         f"{options.max_loaded_models}"),
-    ])
+    check_options([(count > 0 or options.poll is not None,
+                    f"{root}: no complete model version to serve (ROOT/<name>/<version>/ holding an export); add one, "
+                    "or pass --poll to wait for them")])
     models = Models(options, started=False)
     models.loader = Loader(models, root, policy, options.max_loaded_models, options.poll)
     models.loader.plan = ", ".join(f"{name} {'/'.join(str(v.number) for v in versions) or '(nothing complete)'}"
@@ -74,29 +73,40 @@ class Loader:
         self.failures: dict[tuple[str, int], str] = {}  # (model, version) -> why its last load failed
         self.plan = ""  # what it will load at startup, for the log
         self.looks = 0  # the looks at ROOT --poll took
+        self.loading: set[tuple[str, int]] = set()  # the versions being loaded now
 
     # -- at startup ---------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load every model, each version the policy picks or, where one fails, the next older complete one; then
-        the server is started (ready), and polls ROOT if asked to."""
+        """Load every model, in name order, each version the policy picks or, where one fails, the next older
+        complete one, as long as --max-loaded-models allows; then the server is started (ready), and polls ROOT if
+        asked to. Without --poll a repository of which nothing loads leaves the server not live."""
         found = await asyncio.to_thread(repository.scan, self.root)
         for name, versions in found.items():
             loaded = []
             for version in [v for v in versions if v.complete]:
                 if self.policy.count is not None and len(loaded) == self.policy.count:
                     break
+                if self.max_loaded is not None and len(self.models.all()) + len(loaded) >= self.max_loaded:
+                    self.failures[(name, version.number)] = f"not loaded: --max-loaded-models {self.max_loaded}"
+                    logger.error("model %r version %d not loaded: --max-loaded-models %d versions are loaded", name,
+                                 version.number, self.max_loaded)
+                    break
                 try:
+                    self.loading.add((name, version.number))
                     loaded.append(await self._open(version))
                 except LoadError as e:
-                    logger.error("model %r version %d not loaded: %s", name, version.number, e)
+                    logger.error("%s", e)
+                finally:
+                    self.loading.clear()
             self.acted[name] = _signature(versions, self.policy)
             if loaded:
                 await self.models.retire(self.models.switch(name, loaded))
                 logger.info("model %r: version %s ready", name, ", ".join(str(s.version) for s in loaded))
             elif versions:
-                logger.error("model %r: no version could be loaded; it is not served", name)
-        if found and not self.models.table:
+                logger.error("model %r: no version loaded; it is not served", name)
+        if any(v.complete for versions in found.values() for v in versions) and not self.models.table and \
+                not self.poll:
             logger.error("no model of %s could be loaded; the server is not live", self.root)
             self.models.lifecycle.failed = True
         self.models.lifecycle.started = True
@@ -107,6 +117,14 @@ class Loader:
     # -- load and unload ----------------------------------------------------------------------------------------
 
     async def load(self, name: str, complete_only: bool = False) -> dict:
+        """`_load`, its refusal logged."""
+        try:
+            return await self._load(name, complete_only)
+        except LoadError as e:
+            logger.error("%s", e)
+            raise
+
+    async def _load(self, name: str, complete_only: bool) -> dict:
         """(Re)load model `name` from its folder: each version the policy picks, beside those serving, switched in
         once all are warmed up; the old ones drain and go. LoadError, changing nothing, when that cannot be, a
         version the policy picks still being copied among the reasons (unless `complete_only`: --poll's loads pick
@@ -130,16 +148,26 @@ class Loader:
             if self.max_loaded is not None and others + len(picked) > self.max_loaded:
                 raise LoadError(409, f"loading {len(picked)} version(s) of {name!r} beside the {others} other versions "
                                      f"loaded would pass --max-loaded-models {self.max_loaded}; unload one first")
+            serving = self.models.table.get(name, {})
+            kept = {v.number: serving[v.number] for v in picked
+                    if v.number in serving and serving[v.number].fingerprint == v.fingerprint}
+            if len(kept) == len(picked):
+                kept = {}  # nothing changed: asked to load, it reloads them all
             loaded: list[Served] = []
             try:
                 for version in picked:
-                    loaded.append(await self._open(version))
+                    self.loading.add((name, version.number))
+                    loaded.append(kept.get(version.number) or await self._open(version))
             except LoadError:
-                await self.models.retire(loaded)
+                await self.models.retire([s for s in loaded if s not in kept.values()])
                 raise
-            await self.models.retire(self.models.switch(name, loaded))
-        numbers = [s.version for s in loaded]
-        logger.info("model %r: version %s loaded and serving", name, ", ".join(map(str, numbers)))
+            finally:
+                self.loading.clear()
+            old = self.models.switch(name, loaded)
+            await self.models.retire([s for s in old if s not in kept.values()])
+        numbers = sorted(s.version for s in loaded)
+        logger.info("model %r: version %s serving (%s loaded)", name, ", ".join(map(str, numbers)),
+                    ", ".join(str(s.version) for s in loaded if s not in kept.values()))
         return {"name": name, "versions": [str(n) for n in numbers]}
 
     async def unload(self, name: str) -> dict:
@@ -180,7 +208,9 @@ class Loader:
                                                       f"{' '.join(str(e).split()) or type(e).__name__}") from None
         self.failures.pop((version.name, version.number), None)
         self.models.metrics.loads.labels(version.name, LOADED).inc()
-        return self.models.make(version.name, version.number, predictor, warmed=True, memory_bytes=memory)
+        served = self.models.make(version.name, version.number, predictor, warmed=True, memory_bytes=memory)
+        served.fingerprint = version.fingerprint
+        return served
 
     def _failed(self, name: str, version: Version, why: str, status: int = 422) -> LoadError:
         self.failures[(name, version.number)] = why
@@ -218,8 +248,8 @@ class Loader:
                 self.acted.pop(name, None)
             elif signature:  # a model folder without a complete version is one being copied: wait for it
                 await self.load(name, complete_only=True)
-        except LoadError as e:
-            logger.error("--poll: %s", e)
+        except LoadError:
+            pass  # logged
 
     def _signatures(self) -> dict[str, tuple]:
         return {name: _signature(versions, self.policy) for name, versions in repository.scan(self.root).items()}
@@ -234,11 +264,15 @@ class Loader:
         for name, versions in repository.scan(self.root).items():
             picked = {v.number for v in repository.chosen(versions, self.policy)}
             for version in versions:
-                reason = (self.failures.get((name, version.number)) or version.problem or
+                key = (name, version.number)
+                if key in self.loading:
+                    entries[key] = {"name": name, "version": str(version.number), "state": "LOADING"}
+                    continue
+                reason = (self.failures.get(key) or version.problem or
                           (f"not loaded (--version-policy {self.policy})" if version.number not in picked else
                            "not loaded"))
-                entries[(name, version.number)] = {"name": name, "version": str(version.number),
-                                                   "state": "UNAVAILABLE", "reason": reason}
+                entries[key] = {"name": name, "version": str(version.number), "state": "UNAVAILABLE",
+                                "reason": reason}
         entries.update({key: one.entry() for key, one in served.items()})
         return [entries[key] for key in sorted(entries)]
 

@@ -70,7 +70,9 @@ class Metrics:
 
     def series(self, labels: tuple[str, str], metric, *values: str):
         """`metric`'s child for this model version (and `values`), remembered so that `forget` removes it."""
-        self._series.setdefault(labels, []).append((metric, (*labels, *values)))
+        series = self._series.setdefault(labels, [])
+        if (metric, (*labels, *values)) not in series:  # a version reloaded records into the same series
+            series.append((metric, (*labels, *values)))
         return metric.labels(*labels, *values)
 
     def forget(self, name: str, version: int) -> None:

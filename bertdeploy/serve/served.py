@@ -30,6 +30,7 @@ class Served:
         self.inputs = ["text", "text_pair"] if predictor.pairs else ["text"]
         self.timeout = options.request_timeout if options.takes("request_timeout") else None
         self.warmed, self.failed, self.memory_bytes = warmed, False, memory_bytes
+        self.fingerprint: tuple | None = None  # its folder's when a repository's version loaded (repository.py)
         self.in_use = 0
         self.idle = asyncio.Event()  # set while no request uses it
         self.idle.set()

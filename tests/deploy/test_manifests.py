@@ -1,15 +1,17 @@
-"""deploy/: the Kubernetes manifests (deploy/kubernetes/) and the KServe InferenceService (deploy/kserve/) that run
-the server image (deploy/Containerfile).
+"""deploy/: the Kubernetes manifests (deploy/kubernetes/: one model; deploy/kubernetes/repository/: a model
+repository) and the KServe InferenceService (deploy/kserve/) that run the server image (deploy/Containerfile).
 
 Each Kubernetes object must be valid against the API's schema, offline and strict (unknown fields refused), for the
 oldest Kubernetes these files need (1.30: the preStop sleep action is on by default from there) and the newest the
 validator knows; so must the KServe predictor's pod spec (skipped without kubernetes-validate, in the dev extra).
 And the manifests must agree with the server they run: the probes and the metrics annotation name routes the app
-has; the container port is the image's --port; the image's ENTRYPOINT plus the container's args parse as
-`bertdeploy serve` options into valid ServeOptions, as the CLI builds them; the grace period covers the preStop
-pause, the drain delay and the drain timeout, and the pause equals the delay; CPU request = limit = --threads; the
-security settings the image was built for (non-root 10001, a read-only root with /tmp writable); the model
-read-only, where the args point.
+has; the container port is the image's --port; the image's ENTRYPOINT plus the container's args parse as `bertdeploy
+serve` options into valid ServeOptions, as the CLI builds them; the grace period covers the preStop pause, the drain
+delay and the drain timeout, and the pause equals the delay; CPU request = limit = --threads (a whole multiple of
+them for a repository, whose models share run slots); the security settings the image was built for (non-root 10001,
+a read-only root with /tmp writable); the model (or the repository) read-only, where the args point. The two
+Kubernetes servers live side by side: their objects' names differ, and neither's Service or PodDisruptionBudget
+selects the other's pods.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
+# Each Kubernetes server's folder, applied on its own (`kubectl apply -f FOLDER` does not descend): one model, and a
+# model repository's server in a subfolder
+FOLDERS = {"deployment": KUBERNETES, "repository": KUBERNETES / "repository"}
 INFERENCE_SERVICE = ROOT / "deploy" / "kserve" / "inferenceservice.yaml"
 CONTAINERFILE = ROOT / "deploy" / "Containerfile"
 OLDEST = "1.30"  # lifecycle.preStop.sleep: beta and on by default in 1.30, GA in 1.34
@@ -49,16 +54,17 @@ def documents(path: Path) -> list[dict]:
     return [document for document in yaml.safe_load_all(path.read_text(encoding="utf-8")) if document]
 
 
-def kubernetes_documents() -> list[tuple[str, dict]]:
-    found = [(f"{path.name}: {document.get('kind')}", document)
-             for path in sorted(KUBERNETES.glob("*.y*ml")) for document in documents(path)]
-    assert found, f"no manifests in {KUBERNETES}"
+def kubernetes_documents(folder: Path = KUBERNETES) -> list[tuple[str, dict]]:
+    """The objects of the manifests at the top of `folder` (not its subfolders), each with where it is."""
+    found = [(f"{path.relative_to(KUBERNETES)}: {document.get('kind')}", document)
+             for path in sorted(folder.glob("*.y*ml")) for document in documents(path)]
+    assert found, f"no manifests in {folder}"
     return found
 
 
-def one(kind: str) -> dict:
-    matching = [document for _, document in kubernetes_documents() if document.get("kind") == kind]
-    assert len(matching) == 1, f"{len(matching)} {kind} objects in {KUBERNETES}"
+def one(kind: str, folder: Path = KUBERNETES) -> dict:
+    matching = [document for _, document in kubernetes_documents(folder) if document.get("kind") == kind]
+    assert len(matching) == 1, f"{len(matching)} {kind} objects in {folder}"
     return matching[0]
 
 
@@ -92,7 +98,8 @@ def image_user() -> tuple[int, int]:
 
 @dataclass
 class Server:
-    """A pod spec that runs the server: the Deployment's, or the InferenceService's predictor."""
+    """A pod spec that runs the server: a Deployment's (one model, or a repository), or the InferenceService's
+    predictor."""
 
     name: str
     pod: dict
@@ -100,10 +107,11 @@ class Server:
     annotations: dict  # the pod's
 
 
-def deployment_server() -> Server:
-    template = one("Deployment")["spec"]["template"]
+def deployment_server(name: str = "deployment") -> Server:
+    """The server of the Deployment in FOLDERS[name]."""
+    template = one("Deployment", FOLDERS[name])["spec"]["template"]
     (container,) = template["spec"]["containers"]
-    return Server("deployment", template["spec"], container, template["metadata"].get("annotations", {}))
+    return Server(name, template["spec"], container, template["metadata"].get("annotations", {}))
 
 
 def kserve_server() -> Server:
@@ -113,9 +121,9 @@ def kserve_server() -> Server:
     return Server("kserve", pod, container, predictor.get("annotations", {}))
 
 
-@pytest.fixture(params=["deployment", "kserve"])
+@pytest.fixture(params=[*FOLDERS, "kserve"])
 def server(request) -> Server:
-    return deployment_server() if request.param == "deployment" else kserve_server()
+    return kserve_server() if request.param == "kserve" else deployment_server(request.param)
 
 
 def serve_options(server: Server):
@@ -141,17 +149,20 @@ def serve_options(server: Server):
     return ServeOptions(runtime=runtime, **rest)
 
 
-@pytest.fixture(scope="module")
-def app():
-    """The server's app, on a stand-in predictor: for its routes only (nothing is started)."""
+@pytest.fixture
+def app(server):
+    """The app the server's options make, for its routes only (nothing is started, nothing read): one model on a
+    stand-in predictor, or a repository not loaded yet."""
     pytest.importorskip("fastapi", reason="needs the serve extra")
     from bertdeploy.serve.app import create_app
-    from bertdeploy.serve.httpapi import ServeOptions
     from bertdeploy.serve.models import Models
 
+    options = serve_options(server)
+    if options.model_repository is not None:
+        return create_app(Models(options, started=False))
     predictor = SimpleNamespace(labels=["negative", "positive"], pairs=False, max_batch_size=64, variant="auto",
                                 scheme=None)
-    return create_app(Models.single(predictor, ServeOptions(artifact_dir=Path("/models/model"))))
+    return create_app(Models.single(predictor, options))
 
 
 def served(app, path: str, method: str = "GET") -> bool:
@@ -206,7 +217,7 @@ def volume(server: Server, name: str) -> dict:
 def test_manifests_are_valid_kubernetes_objects(which):
     kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (the dev extra)")
     version = OLDEST if which == "oldest" else kubernetes_validate.latest_version()
-    objects = kubernetes_documents()
+    objects = [found for folder in FOLDERS.values() for found in kubernetes_documents(folder)]
     predictor = kserve_server()
     objects.append(("inferenceservice.yaml: the predictor's pod spec",
                     {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bertdeploy-predictor"},
@@ -222,28 +233,53 @@ def test_manifests_are_valid_kubernetes_objects(which):
     assert not problems, f"against Kubernetes {version}:\n" + "\n".join(problems)
 
 
-def test_the_kubernetes_objects():
-    kinds = [document["kind"] for _, document in kubernetes_documents()]
+def selectors(folder: Path) -> dict[str, dict]:
+    """The label selectors of a folder's Deployment, Service and PodDisruptionBudget, by kind."""
+    return {"Deployment": one("Deployment", folder)["spec"]["selector"]["matchLabels"],
+            "Service": one("Service", folder)["spec"]["selector"],
+            "PodDisruptionBudget": one("PodDisruptionBudget", folder)["spec"]["selector"]["matchLabels"]}
+
+
+def pod_labels(folder: Path) -> dict:
+    return one("Deployment", folder)["spec"]["template"]["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("folder", FOLDERS.values(), ids=FOLDERS)
+def test_the_kubernetes_objects(folder):
+    kinds = [document["kind"] for _, document in kubernetes_documents(folder)]
     assert {"Deployment", "Service", "PodDisruptionBudget"} <= set(kinds)
-    for where, document in kubernetes_documents():
+    for where, document in kubernetes_documents(folder):
         assert document["metadata"]["labels"]["app.kubernetes.io/name"] == "bertdeploy", where
 
 
-def test_selectors_pick_the_servers_pods():
-    deployment = one("Deployment")
-    labels = deployment["spec"]["template"]["metadata"]["labels"]
-    selectors = {"Deployment": deployment["spec"]["selector"]["matchLabels"],
-                 "Service": one("Service")["spec"]["selector"],
-                 "PodDisruptionBudget": one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"]}
-    for kind, selector in selectors.items():
+@pytest.mark.parametrize("folder", FOLDERS.values(), ids=FOLDERS)
+def test_selectors_pick_the_servers_pods(folder):
+    labels = pod_labels(folder)
+    for kind, selector in selectors(folder).items():
         assert selector and selector.items() <= labels.items(), f"{kind}'s selector {selector} misses {labels}"
 
 
-def test_service_forwards_port_80_to_the_server():
-    container = deployment_server().container
-    (port,) = one("Service")["spec"]["ports"]
+def test_the_servers_live_side_by_side():
+    """Both folders applied to one namespace: no object replaces another, no Service or budget takes the other
+    server's pods."""
+    names = [(document["kind"], document["metadata"]["name"])
+             for folder in FOLDERS.values() for _, document in kubernetes_documents(folder)]
+    assert len(names) == len(set(names)), f"two objects of one kind and name: {sorted(names)}"
+    for mine in FOLDERS.values():
+        for other in FOLDERS.values():
+            if other is not mine:
+                for kind, selector in selectors(mine).items():
+                    assert not selector.items() <= pod_labels(other).items(), (
+                        f"{mine.relative_to(ROOT)}: the {kind}'s selector {selector} takes the pods of "
+                        f"{other.relative_to(ROOT)}")
+
+
+@pytest.mark.parametrize("name", FOLDERS)
+def test_service_forwards_port_80_to_the_server(name):
+    server = deployment_server(name)
+    (port,) = one("Service", FOLDERS[name])["spec"]["ports"]
     assert port["name"] == "http" and port["port"] == 80
-    assert container_port(container, port["targetPort"]) == serve_options(deployment_server()).port
+    assert container_port(server.container, port["targetPort"]) == serve_options(server).port
 
 
 # Both servers
@@ -286,11 +322,18 @@ def test_grace_period_covers_the_drain(server):
 
 
 def test_cpu_is_the_threads(server):
+    """One model: CPU = --threads. A repository: a whole multiple of them, each a run slot its models share."""
     options = serve_options(server)
     resources = server.container["resources"]
     requests, limits = resources["requests"], resources["limits"]
-    assert options.runtime.threads is not None, f"{server.name}: --threads as the CPU limit"
-    assert cpu_cores(requests["cpu"]) == cpu_cores(limits["cpu"]) == options.runtime.threads
+    threads = options.runtime.threads
+    assert threads is not None, f"{server.name}: --threads as the CPU limit"
+    assert cpu_cores(requests["cpu"]) == cpu_cores(limits["cpu"]), f"{server.name}: CPU request = limit"
+    slots = cpu_cores(limits["cpu"]) / threads
+    if options.model_repository is None:
+        assert slots == 1, f"{server.name}: CPU = --threads ({threads})"
+    else:
+        assert slots >= 1 and slots.is_integer(), f"{server.name}: CPU a whole multiple of --threads ({threads})"
     assert str(requests["memory"]) == str(limits["memory"]), "memory request = limit (Guaranteed QoS)"
 
 
@@ -321,13 +364,24 @@ def test_api_key_comes_from_a_secret(server):
 # Each server's model
 
 
-def test_deployment_reads_the_model_from_a_read_only_volume():
-    server = deployment_server()
-    model = str(serve_options(server).artifact_dir)
-    held = mount(server, model)
+@pytest.mark.parametrize("name", FOLDERS)
+def test_deployment_reads_the_model_from_a_read_only_volume(name):
+    server = deployment_server(name)
+    options = serve_options(server)
+    if name == "repository":
+        assert options.model_repository is not None and options.artifact_dir is None, "--model-repository ROOT"
+    else:
+        assert options.model_repository is None, "one model directory"
+    held = mount(server, str(options.model_repository or options.artifact_dir))
     assert held["readOnly"] is True
     claim = volume(server, held["name"])["persistentVolumeClaim"]
     assert claim["claimName"] and claim["readOnly"] is True
+
+
+def test_repository_server_picks_up_versions_within_a_memory_guard():
+    options = serve_options(deployment_server("repository"))
+    assert options.poll is not None, "--poll: versions renamed into the volume are served without a restart"
+    assert options.max_loaded_models is not None, "--max-loaded-models, the guard the memory limit is sized by"
 
 
 def test_inference_service_is_a_v2_custom_predictor():

@@ -156,7 +156,9 @@ def test_reloads_under_load_fail_no_request(tiny_artifacts, repo):
                 assert loaded.status_code == 200 and loaded.json()["versions"] == [str(version)], loaded.text
                 wait_until(answered(sum(statuses.values()) + 8), message="the clients stalled")
                 assert _predict(url, model="a").json()["version"] == version
+            b = apps[0].state.models.table["b"][1]
             assert _load(url, "b").status_code == 200  # the same version again: reloaded all the same
+            assert apps[0].state.models.table["b"][1] is not b
         finally:
             stop.set()
             for thread in clients:
@@ -219,6 +221,34 @@ def test_unload_lets_the_requests_it_holds_finish_then_frees_the_model(repo):
         assert _load(url, "a").status_code == 200 and _predict(url, model="a").status_code == 200
 
 
+def test_startup_skips_a_broken_version_and_a_new_version_loads_beside_the_unchanged_ones(tiny_artifacts, repo):
+    _tamper(_add(tiny_artifacts, repo, "a", 3))  # the newest version is broken from the start
+    apps: list = []
+    with running_repository(repo, apps=apps, version_policy="latest:2", **FAST) as url:
+        table = apps[0].state.models.table
+        assert sorted(table["a"]) == [1, 2]  # the next older complete versions instead
+        assert "sha256" in _index(url)[("a", "3")]["reason"]
+        shutil.rmtree(repo / "a" / "3")
+        two = table["a"][2]
+        _add(tiny_artifacts, repo, "a", 4)
+        assert _load(url, "a").json()["versions"] == ["2", "4"]
+        assert table["a"][2] is two  # unchanged: kept as it was, not loaded again
+        assert _predict(url, model="a", version=1).status_code == 404
+
+
+def test_a_repository_of_which_nothing_loads(tiny_artifacts, tmp_path):
+    """Not live without --poll (a restart may help, nothing else will); with --poll live, and served once fixed."""
+    root = tmp_path / "models"
+    _tamper(linked_copy(tiny_artifacts, root / "a" / "1"))
+    with running_repository(root, wait_ready=False, **FAST) as url:
+        wait_until(lambda: httpx.get(f"{url}/v2/health/live").status_code == 503, message="still live")
+    with running_repository(root, poll=0.05, **FAST) as url:
+        assert httpx.get(f"{url}/v2/health/live").status_code == 200 and _predict(url).status_code == 422
+        shutil.rmtree(root / "a" / "1")
+        _add(tiny_artifacts, root, "a", 2)
+        wait_until(lambda: _predict(url).status_code == 200, message="the fixed model is not served")
+
+
 def test_poll_loads_complete_versions_only_once_settled_and_unloads_removed_models(tiny_artifacts, repo):
     apps: list = []
     with running_repository(repo, apps=apps, poll=0.05, **FAST) as url:
@@ -247,9 +277,11 @@ def test_poll_loads_complete_versions_only_once_settled_and_unloads_removed_mode
 
 
 def test_the_loaded_models_are_capped(tiny_artifacts, repo):
-    with pytest.raises(BertdeployError, match="3 model versions to serve .* --max-loaded-models is 2"):
-        with running_repository(repo, version_policy="all", max_loaded_models=2, **FAST):
-            pass
+    with running_repository(repo, version_policy="all", max_loaded_models=2, **FAST) as url:  # what fits loads
+        index = _index(url)
+        assert [index[k]["state"] for k in sorted(index)] == ["READY", "READY", "UNAVAILABLE"], index
+        assert "--max-loaded-models 2" in index[("b", "1")]["reason"]
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 200
     with running_repository(repo, max_loaded_models=2, **FAST) as url:
         linked_copy(tiny_artifacts, repo / "c")
         refused = _load(url, "c")
