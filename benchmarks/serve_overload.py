@@ -75,7 +75,7 @@ async def post(port: int, body: bytes, path: str = "/predict", method: str = "PO
         await asyncio.wait_for(reader.read(), CLIENT_TIMEOUT_S)
         parts = status_line.split()
         return (int(parts[1]) if len(parts) > 1 else "closed"), time.perf_counter() - started
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return "client-timeout", time.perf_counter() - started
     except OSError:
         return "reset", time.perf_counter() - started

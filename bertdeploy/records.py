@@ -17,7 +17,7 @@ from bertdeploy.errors import BertdeployError
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def omitted() -> Any:

@@ -26,8 +26,7 @@ from bertdeploy.serve.httpapi import (
 )
 from bertdeploy.serve.lifecycle import Lifecycle, lifespan
 from bertdeploy.serve.limits import Limits
-from bertdeploy.serve.loader import LoadError
-from bertdeploy.serve.models import Models, NotServed
+from bertdeploy.serve.models import Models, Refused
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +71,8 @@ def _error_handlers(app) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
-    @app.exception_handler(NotServed)
-    @app.exception_handler(LoadError)
-    async def refused(request: Request, exc: NotServed | LoadError) -> JSONResponse:
+    @app.exception_handler(Refused)
+    async def refused(request: Request, exc: Refused) -> JSONResponse:
         return error(exc.status, str(exc))
 
     @app.exception_handler(Exception)
@@ -97,8 +95,9 @@ def _predict_route(app, models: Models) -> None:
                 texts, pairs = request_texts(body, served.predictor.pairs)
             except BadRequest as e:
                 raise HTTPException(422, str(e)) from None
-            return predict_response(served.name, served.version, served.predictor.variant, served.predictor.scheme,
-                                    await served.scores(texts, pairs, request), body.all_scores)
+            return predict_response(await served.scores(texts, pairs, request), model=served.name,
+                                    version=served.version, variant=served.predictor.variant,
+                                    scheme=served.predictor.scheme, all_scores=body.all_scores)
 
 
 def _health_routes(app, lifecycle: Lifecycle) -> None:

@@ -77,7 +77,7 @@ class _Request:
 
 class Batcher:
     def __init__(self, predictor, max_batch_size: int, max_wait_ms: float, max_queue: int,
-                 observer: Observer | None = None, slots: threading.Semaphore | None = None) -> None:
+                 observer: Observer | None = None, *, slots: threading.Semaphore | None = None) -> None:
         self.predictor, self.max_batch_size, self.max_queue = predictor, max_batch_size, max_queue
         self.max_wait = max_wait_ms / 1000
         self.observer = observer or Observer()

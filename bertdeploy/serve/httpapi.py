@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from bertdeploy.defaults import LOCAL, RAY
 from bertdeploy.errors import BertdeployError, check_options
 from bertdeploy.labels import LabelScheme
 from bertdeploy.runtime.options import RuntimeOptions
-from bertdeploy.serve.repository import Policy
+from bertdeploy.serve.repository import NAME, Policy
 
 HEALTH = ("/v2/health/live", "/v2/health/ready")
 ENGINE = "engine"  # the mark, in a field's metadata, of a setting that one engine alone takes
@@ -120,8 +119,8 @@ class ServeOptions:
              "target_ongoing_requests must be above 0 and max_ongoing_requests at least 1"),
             (self.max_queued_requests >= 1 or self.max_queued_requests == -1,
              "max_queued_requests must be at least 1, or -1 for no limit"),
-            (self.model_name is None or re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name) is not None,
-             f"model name {self.model_name!r}: use letters, digits, '_', '.' and '-' only (--model-name)"),
+            (self.model_name is None or NAME.fullmatch(self.model_name) is not None,
+             f"model name {self.model_name!r}: use letters, digits, '_', '.' and '-', not first (--model-name)"),
         ])
         if self.engine == RAY and (elsewhere := self._elsewhere()):
             raise BertdeployError(f"{', '.join(elsewhere)}: the local engine's only; Ray Serve has settings of its "
@@ -180,7 +179,7 @@ def request_texts(body, pairs_model: bool) -> tuple[list[str], list[str] | None]
     return texts, pairs
 
 
-def predict_response(model: str, version: int, variant: str, scheme: LabelScheme, probabilities,
+def predict_response(probabilities, *, model: str, version: int, variant: str, scheme: LabelScheme,
                      all_scores: bool) -> dict:
     """The /predict answer: per text, the best label and its score (every label's with `all_scores`); for a
     multi-label model the label set (`labels`, possibly empty), the best passing label (`label`, left out

@@ -18,9 +18,7 @@ Not here: the health checks, the limits and the batcher (app.py, limits.py, batc
 """
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, some of them local classes.
-import asyncio
 import json
-import re
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,8 +27,8 @@ import numpy as np
 
 from bertdeploy import __version__
 from bertdeploy.serve.httpapi import error, refusals
-from bertdeploy.serve.loader import LoadError
-from bertdeploy.serve.models import NotServed
+from bertdeploy.serve.models import Refused
+from bertdeploy.serve.repository import version_number
 
 if TYPE_CHECKING:
     from bertdeploy.serve.models import Models
@@ -281,7 +279,7 @@ def routes(app, models: "Models") -> None:
         if single:
             entries = [served.entry() for served in models.all()]
         else:
-            entries = await asyncio.to_thread(models.loader.index)
+            entries = await models.loader.index()
         return [e for e in entries if not (body and body.ready) or e["state"] == "READY"]
 
     @app.post("/v2/repository/models/{model}/load", responses=refusals(400, 404, 409, 422, 503),
@@ -297,7 +295,7 @@ def routes(app, models: "Models") -> None:
 
     def _loader():
         if single:
-            raise LoadError(400, "this server serves one model (serve DIR); start it with --model-repository ROOT to "
+            raise Refused(400, "this server serves one model (serve DIR); start it with --model-repository ROOT to "
                                  "load and unload models")
         return models.loader
 
@@ -329,9 +327,9 @@ def routes(app, models: "Models") -> None:
 
 
 def _number(model: str, version: str | None) -> int | None:
-    """The version a route's path names (None: the newest); NotServed (404) when it is not a version number."""
+    """The version a route's path names (None: the newest); Refused (404) when it is not a version number."""
     if version is None:
         return None
-    if not re.fullmatch(r"[1-9][0-9]{0,8}", version):
-        raise NotServed(404, f"model {model!r} has no version {version!r}: versions are numbers from 1")
-    return int(version)
+    if not version_number(version):
+        raise Refused(404, f"model {model!r} has no version {version!r}: versions are numbers from 1")
+    return version_number(version)

@@ -8,7 +8,7 @@ counted and skipped for the next older complete one, and a model none of whose v
 them when none is: a load asked for reloads) beside those serving: the predictor loads and warms up (its runs
 taking turns with the requests'), and only once all are ready are they switched in; the versions they replace
 finish what they hold and are freed (models.py). A load that fails changes nothing: the serving versions keep
-answering, and `LoadError` says why (a version still being copied: 409; one that cannot load, damaged,
+answering, and `Refused` says why (a version still being copied: 409; one that cannot load, damaged,
 tampered with or made for another release: 422). `unload(name)` drains and removes. `--poll SECONDS` looks at
 ROOT that often and acts on a model whose complete versions changed and stayed the same for one more look (so
 a folder still being copied is never picked up), once per change, failed or not: it loads new and changed
@@ -27,7 +27,7 @@ from bertdeploy.host import resident_bytes
 from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.serve import repository
 from bertdeploy.serve.httpapi import ServeOptions
-from bertdeploy.serve.models import Models
+from bertdeploy.serve.models import Models, Refused
 from bertdeploy.serve.prometheus import FAILED, LOADED
 from bertdeploy.serve.repository import Policy, Version
 from bertdeploy.serve.served import Served
@@ -54,14 +54,6 @@ def open_repository(options: ServeOptions) -> Models:
     return models
 
 
-class LoadError(Exception):
-    """A load or unload refused: `status` (404, 409, 422, 503) and a message saying why and what to do."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class Loader:
     """Loads and unloads the models of the repository `root` into `models`, by `policy`."""
 
@@ -81,6 +73,18 @@ class Loader:
         """Load every model, in name order, each version the policy picks or, where one fails, the next older
         complete one, as long as --max-loaded-models allows; then the server is started (ready), and polls ROOT if
         asked to. Without --poll a repository of which nothing loads leaves the server not live."""
+        async with self.lock:  # the routes' loads wait for this one
+            found = await self._start()
+        if any(v.complete for versions in found.values() for v in versions) and not self.models.table and \
+                not self.poll:
+            logger.error("no model of %s could be loaded; the server is not live", self.root)
+            self.models.lifecycle.failed = True
+        self.models.lifecycle.started = True
+        logger.info("ready")
+        if self.poll:
+            await self._poll()
+
+    async def _start(self) -> dict[str, list[Version]]:
         found = await asyncio.to_thread(repository.scan, self.root)
         for name, versions in found.items():
             loaded = []
@@ -95,7 +99,7 @@ class Loader:
                 try:
                     self.loading.add((name, version.number))
                     loaded.append(await self._open(version))
-                except LoadError as e:
+                except Refused as e:
                     logger.error("%s", e)
                 finally:
                     self.loading.clear()
@@ -105,14 +109,7 @@ class Loader:
                 logger.info("model %r: version %s ready", name, ", ".join(str(s.version) for s in loaded))
             elif versions:
                 logger.error("model %r: no version loaded; it is not served", name)
-        if any(v.complete for versions in found.values() for v in versions) and not self.models.table and \
-                not self.poll:
-            logger.error("no model of %s could be loaded; the server is not live", self.root)
-            self.models.lifecycle.failed = True
-        self.models.lifecycle.started = True
-        logger.info("ready")
-        if self.poll:
-            await self._poll()
+        return found
 
     # -- load and unload ----------------------------------------------------------------------------------------
 
@@ -120,33 +117,34 @@ class Loader:
         """`_load`, its refusal logged."""
         try:
             return await self._load(name, complete_only)
-        except LoadError as e:
+        except Refused as e:
             logger.error("%s", e)
             raise
 
     async def _load(self, name: str, complete_only: bool) -> dict:
         """(Re)load model `name` from its folder: each version the policy picks, beside those serving, switched in
-        once all are warmed up; the old ones drain and go. LoadError, changing nothing, when that cannot be, a
+        once all are warmed up; the old ones drain and go. Refused, changing nothing, when that cannot be, a
         version the policy picks still being copied among the reasons (unless `complete_only`: --poll's loads pick
         among the complete versions)."""
         async with self.lock:
             self._check_open()
             if not repository.NAME.fullmatch(name):
-                raise LoadError(404, f"no model {name!r}: a model's name is its folder's, letters, digits, '_', '.' "
+                raise Refused(404, f"no model {name!r}: a model's name is its folder's, letters, digits, '_', '.' "
                                      "and '-'")
             versions = await asyncio.to_thread(repository.versions, self.root, name)
             if not versions:
-                raise LoadError(404, f"{self.root / name}: no model folder with a version in it; a model is "
+                raise Refused(404, f"{self.root / name}: no model folder with a version in it; a model is "
                                      f"ROOT/<name>/<version>/ (or ROOT/<name>/ holding one export)")
             picked = repository.chosen(versions, self.policy, complete_only=complete_only)
             self.acted[name] = _signature(versions, self.policy)
-            incomplete = [v for v in picked if not v.complete] or [v for v in versions if not picked]
+            # a version picked is incomplete; or --poll's pick among the complete ones found none
+            incomplete = [v for v in picked if not v.complete] or ([] if picked else versions)
             if incomplete:
                 raise self._failed(name, incomplete[0], f"not complete: {incomplete[0].problem}; nothing changed",
                                    409)
             others = sum(len(v) for n, v in self.models.table.items() if n != name)
             if self.max_loaded is not None and others + len(picked) > self.max_loaded:
-                raise LoadError(409, f"loading {len(picked)} version(s) of {name!r} beside the {others} other versions "
+                raise Refused(409, f"loading {len(picked)} version(s) of {name!r} beside the {others} other versions "
                                      f"loaded would pass --max-loaded-models {self.max_loaded}; unload one first")
             serving = self.models.table.get(name, {})
             kept = {v.number: serving[v.number] for v in picked
@@ -158,7 +156,7 @@ class Loader:
                 for version in picked:
                     self.loading.add((name, version.number))
                     loaded.append(kept.get(version.number) or await self._open(version))
-            except LoadError:
+            except Refused:
                 await self.models.retire([s for s in loaded if s not in kept.values()])
                 raise
             finally:
@@ -175,7 +173,7 @@ class Loader:
         async with self.lock:
             self._check_open()
             if name not in self.models.table:
-                raise LoadError(404, f"model {name!r} is not loaded; this server has {self.models.describe()}")
+                raise Refused(404, f"model {name!r} is not loaded; this server has {self.models.describe()}")
             versions = await asyncio.to_thread(repository.versions, self.root, name)
             self.acted[name] = _signature(versions, self.policy)
             await self.models.retire(self.models.switch(name, []))
@@ -184,10 +182,10 @@ class Loader:
 
     def _check_open(self) -> None:
         if self.models.lifecycle.draining:
-            raise LoadError(503, "the server is shutting down; load the model on another instance")
+            raise Refused(503, "the server is shutting down; load the model on another instance")
 
     async def _open(self, version: Version) -> Served:
-        """Load and warm up one version (not yet served); LoadError when it cannot, counted and kept for the index."""
+        """Load and warm up one version (not yet served); Refused when it cannot, counted and kept for the index."""
         if not version.complete:
             raise self._failed(version.name, version, version.problem, 409)
         options = self.models.options
@@ -208,14 +206,13 @@ class Loader:
                                                       f"{' '.join(str(e).split()) or type(e).__name__}") from None
         self.failures.pop((version.name, version.number), None)
         self.models.metrics.loads.labels(version.name, LOADED).inc()
-        served = self.models.make(version.name, version.number, predictor, warmed=True, memory_bytes=memory)
-        served.fingerprint = version.fingerprint
-        return served
+        return self.models.make(version.name, version.number, predictor, warmed=True, memory_bytes=memory,
+                                fingerprint=version.fingerprint)
 
-    def _failed(self, name: str, version: Version, why: str, status: int = 422) -> LoadError:
+    def _failed(self, name: str, version: Version, why: str, status: int = 422) -> Refused:
         self.failures[(name, version.number)] = why
         self.models.metrics.loads.labels(name, FAILED).inc()
-        return LoadError(status, f"model {name!r} version {version.number} was not loaded: {why}")
+        return Refused(status, f"model {name!r} version {version.number} was not loaded: {why}")
 
     # -- --poll ------------------------------------------------------------------------------------------------
 
@@ -226,11 +223,15 @@ class Loader:
             await asyncio.sleep(self.poll)  # the interval between looks at ROOT, not a wait for a condition
             try:
                 found = await asyncio.to_thread(self._signatures)
-            except BertdeployError as e:
+            except (BertdeployError, OSError) as e:
                 logger.error("--poll: %s", e)
                 continue
             finally:
                 self.looks += 1
+            if not found and self.models.table:
+                logger.error("--poll: %s holds no model folder; the models loaded serve on (is the volume mounted?)",
+                             self.root)
+                continue
             if previous is not None:
                 for name in sorted(set(found) | set(self.acted)):
                     now = found.get(name)
@@ -248,20 +249,23 @@ class Loader:
                 self.acted.pop(name, None)
             elif signature:  # a model folder without a complete version is one being copied: wait for it
                 await self.load(name, complete_only=True)
-        except LoadError:
+        except Refused:
             pass  # logged
+        except Exception:  # noqa: BLE001 - --poll goes on whatever one model's folder holds
+            logger.exception("--poll: model %r", name)
 
     def _signatures(self) -> dict[str, tuple]:
         return {name: _signature(versions, self.policy) for name, versions in repository.scan(self.root).items()}
 
     # -- the index ---------------------------------------------------------------------------------------------
 
-    def index(self) -> list[dict]:
+    async def index(self) -> list[dict]:
         """Every version in ROOT and every version loaded: name, version, state (READY, LOADING, UNAVAILABLE) and,
         where it is not served, the reason; a served version's memory."""
-        served = {(s.name, s.version): s for s in self.models.all()}
+        found = await asyncio.to_thread(repository.scan, self.root)
+        served = {(s.name, s.version): s for s in self.models.all()}  # here on the event loop, as the switches are
         entries = {}
-        for name, versions in repository.scan(self.root).items():
+        for name, versions in found.items():
             picked = {v.number for v in repository.chosen(versions, self.policy)}
             for version in versions:
                 key = (name, version.number)

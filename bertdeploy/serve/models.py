@@ -28,8 +28,9 @@ from bertdeploy.serve.served import Served
 logger = logging.getLogger(__name__)
 
 
-class NotServed(LookupError):
-    """A request for a model or version this server does not serve: `status` and the message."""
+class Refused(Exception):
+    """A request the models cannot take: no such model or version, or a load or unload refused (loader.py);
+    `status` is the HTTP answer's, the message says why and what to do."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -73,15 +74,15 @@ class Models:
                                                        memory_bytes=memory_bytes)])
         return models
 
-    def make(self, name: str, version: int, predictor, *, warmed: bool, memory_bytes: int | None = None) -> Served:
-        """A version ready to switch in: its batcher (not started) and metrics."""
+    def make(self, name: str, version: int, predictor, *, warmed: bool, memory_bytes: int | None = None,
+             fingerprint: tuple | None = None) -> Served:
+        """A version ready to switch in: its batcher (not started) and its metrics' observer (its gauges show from
+        the switch on)."""
         options = self.options
         batcher = Batcher(predictor, predictor.max_batch_size, options.max_wait_ms, queue_texts(options),
-                          slots=self.slots)
-        served = Served(name, version, predictor, options, batcher, self.lifecycle, warmed=warmed,
-                        memory_bytes=memory_bytes)
-        batcher.observer = self.metrics.model(name, version, served)
-        return served
+                          self.metrics.model(name, version, predictor), slots=self.slots)
+        return Served(name, version, predictor, options, batcher, self.lifecycle, warmed=warmed,
+                      memory_bytes=memory_bytes, fingerprint=fingerprint)
 
     def all(self) -> list[Served]:
         return [served for versions in self.table.values() for served in versions.values()]
@@ -93,19 +94,19 @@ class Models:
 
     def find(self, name: str | None, version: int | None) -> Served:
         """The version a request asks for: the newest served unless it names one; the model may go unnamed where
-        the server has one. NotServed (404, or 422 for a missing name) otherwise."""
+        the server has one. Refused (404, or 422 for a missing name) otherwise."""
         if name is None:
             if len(self.table) != 1:
-                raise NotServed(422, f"this server has several models ({self.describe()}): name one with 'model'"
+                raise Refused(422, f"this server has several models ({self.describe()}): name one with 'model'"
                                 if self.table else "this server has no model loaded")
             name = next(iter(self.table))
         versions = self.table.get(name)
         if not versions:
-            raise NotServed(404, f"no model {name!r}; this server has {self.describe()}")
+            raise Refused(404, f"no model {name!r}; this server has {self.describe()}")
         if version is None:
             return versions[max(versions)]
         if version not in versions:
-            raise NotServed(404, f"model {name!r} has no version {version} loaded; it serves version"
+            raise Refused(404, f"model {name!r} has no version {version} loaded; it serves version"
                                  f"{'s' if len(versions) > 1 else ''} {', '.join(map(str, sorted(versions)))}")
         return versions[version]
 
@@ -124,8 +125,9 @@ class Models:
     def switch(self, name: str, new: list[Served]) -> list[Served]:
         """Serve `new` as model `name`'s versions (none: unload it) from the next request on; the versions it had
         are returned, for `retire`."""
-        if self.running:
-            for served in new:
+        for served in new:
+            self.metrics.show(served)
+            if self.running:
                 served.batcher.start()
         old = list(self.table.pop(name, {}).values())
         if new:

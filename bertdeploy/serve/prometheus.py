@@ -61,12 +61,15 @@ class Metrics:
                                [*VERSIONED, "reason"], registry=registry)
         self._series: dict[tuple[str, str], list] = {}  # (model, version) -> [(metric, label values)] to forget
 
-    def model(self, name: str, version: int, served) -> "ModelMetrics":
-        """The observer of one served version's batcher, its queue and memory shown from the start."""
-        labels = (name, str(version))
+    def model(self, name: str, version: int, predictor) -> "ModelMetrics":
+        """The observer of one version's batcher (a version reloaded records into the same series)."""
+        return ModelMetrics(self, (name, str(version)), predictor)
+
+    def show(self, served) -> None:
+        """Its queue and memory, for a version switched in (it replaces a version of the same number)."""
+        labels = (served.name, str(served.version))
         self.queue.labels(*labels).set_function(lambda: served.batcher.queued)
         self.memory.labels(*labels).set_function(lambda: served.memory_bytes or 0)
-        return ModelMetrics(self, labels, served.predictor)
 
     def series(self, labels: tuple[str, str], metric, *values: str):
         """`metric`'s child for this model version (and `values`), remembered so that `forget` removes it."""

@@ -69,7 +69,10 @@ def models(root: Path) -> list[str]:
     """The model folders' names in `root`, sorted; BertdeployError when `root` is no directory."""
     if not root.is_dir():
         raise BertdeployError(f"{root}: no such directory (--model-repository)")
-    return sorted(entry.name for entry in root.iterdir() if entry.is_dir() and NAME.fullmatch(entry.name))
+    try:
+        return sorted(entry.name for entry in root.iterdir() if entry.is_dir() and NAME.fullmatch(entry.name))
+    except OSError as e:
+        raise BertdeployError(f"{root}: cannot be read: {e.strerror or e} (--model-repository)") from None
 
 
 def versions(root: Path, name: str) -> list[Version]:
@@ -77,13 +80,17 @@ def versions(root: Path, name: str) -> list[Version]:
     folder = root / name
     if not folder.is_dir():
         return []
+    try:
+        entries = [entry for entry in folder.iterdir() if entry.is_dir()]
+    except OSError:  # removed while we looked, or unreadable: no versions this time
+        return []
     if (folder / MANIFEST_NAME).exists():
-        numbered = [entry.name for entry in folder.iterdir() if entry.is_dir() and _number(entry.name)]
+        numbered = [entry.name for entry in entries if version_number(entry.name)]
         if numbered:
             return [Version(name, 1, folder, (), f"{folder} holds both a {MANIFEST_NAME} and version folders "
                                                  f"({', '.join(sorted(numbered))}); keep one of the two layouts")]
         return [_version(name, 1, folder)]
-    found = [(_number(entry.name), entry) for entry in folder.iterdir() if entry.is_dir()]
+    found = [(version_number(entry.name), entry) for entry in entries]
     return [_version(name, number, path) for number, path in sorted(found, reverse=True) if number]
 
 
@@ -98,13 +105,16 @@ def chosen(found: list[Version], policy: Policy, complete_only: bool = True) -> 
     return [by_number[n] for n in policy.choose(list(by_number))]
 
 
-def _number(text: str) -> int:
-    """The version a folder's name gives (a positive integer, no sign or leading zero), else 0."""
+def version_number(text: str) -> int:
+    """The version a folder's name (or a route's path) gives: a positive integer, no sign or leading zero; else 0."""
     return int(text) if re.fullmatch(r"[1-9][0-9]{0,8}", text) else 0
 
 
 def _version(name: str, number: int, path: Path) -> Version:
-    return Version(name, number, path, _fingerprint(path), _problem(path))
+    try:
+        return Version(name, number, path, _fingerprint(path), _problem(path))
+    except OSError as e:  # a file unreadable, or removed while we looked
+        return Version(name, number, path, (), f"{path}: cannot be read: {e.strerror or e}")
 
 
 def _fingerprint(path: Path) -> tuple:

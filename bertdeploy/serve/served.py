@@ -23,14 +23,15 @@ class Served:
     """A model version being served: its predictor, batcher and metrics; warmed up or not; requests using it."""
 
     def __init__(self, name: str, version: int, predictor, options: ServeOptions, batcher: Batcher,
-                 lifecycle: Lifecycle, *, warmed: bool = False, memory_bytes: int | None = None) -> None:
+                 lifecycle: Lifecycle, *, warmed: bool = False, memory_bytes: int | None = None,
+                 fingerprint: tuple | None = None) -> None:
         self.name, self.version, self.predictor, self.options = name, version, predictor, options
         self.batcher, self.lifecycle = batcher, lifecycle  # the server's lifecycle: draining, closing
         self.labels = predictor.labels
         self.inputs = ["text", "text_pair"] if predictor.pairs else ["text"]
         self.timeout = options.request_timeout if options.takes("request_timeout") else None
         self.warmed, self.failed, self.memory_bytes = warmed, False, memory_bytes
-        self.fingerprint: tuple | None = None  # its folder's when a repository's version loaded (repository.py)
+        self.fingerprint = fingerprint  # its folder's when a repository's version loaded (repository.py)
         self.in_use = 0
         self.idle = asyncio.Event()  # set while no request uses it
         self.idle.set()

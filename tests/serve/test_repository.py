@@ -197,6 +197,21 @@ def test_a_load_that_fails_changes_nothing(tiny_artifacts, repo):
             httpx.get(f"{url}/v2/health/ready").status_code == 200
 
 
+def test_a_load_of_two_versions_of_which_one_fails_changes_nothing(tiny_artifacts, repo):
+    apps: list = []
+    with running_repository(repo, apps=apps, version_policy="latest:2", **FAST) as url:
+        table = apps[0].state.models.table
+        before = dict(table["a"])
+        _add(tiny_artifacts, repo, "a", 3)  # loads
+        _tamper(repo / "a" / "2")  # changed, and cannot load: the whole load fails
+        refused = _load(url, "a")
+        assert refused.status_code == 422 and "version 2" in refused.json()["error"], refused.text
+        assert table["a"] == before  # the same versions, the same objects
+        assert metric(url, "bertdeploy_model_memory_bytes", model="a", version="2") == before[2].memory_bytes
+        assert "version=\"3\"" not in httpx.get(f"{url}/metrics").text  # no series of the version never served
+        assert _predict(url, model="a").json()["version"] == 2
+
+
 def test_unload_lets_the_requests_it_holds_finish_then_frees_the_model(repo):
     apps: list = []
     with running_repository(repo, apps=apps, **FAST) as url:
@@ -249,6 +264,22 @@ def test_a_repository_of_which_nothing_loads(tiny_artifacts, tmp_path):
         wait_until(lambda: _predict(url).status_code == 200, message="the fixed model is not served")
 
 
+def test_a_stalled_model_gets_504s_while_the_others_answer(repo):
+    """Each model has its batcher: the deadline, the queue and the metrics hold per model."""
+    apps: list = []
+    with running_repository(repo, apps=apps, request_timeout=0.5, **FAST) as url:
+        served = apps[0].state.models.table["a"][2]
+        held = served.batcher.predictor = Held(served.batcher.predictor, "iter_encoded")
+        try:
+            late = _predict(url, model="a")
+            assert late.status_code == 504 and "request timeout" in late.json()["error"], late.text
+            assert _predict(url, model="b").status_code == 200
+            assert metric(url, "bertdeploy_requests_total", model="a", version="2", status="504") == 1
+            assert metric(url, "bertdeploy_requests_total", model="b", version="1", status="200") == 1
+        finally:
+            held.release.set()
+
+
 def test_poll_loads_complete_versions_only_once_settled_and_unloads_removed_models(tiny_artifacts, repo):
     apps: list = []
     with running_repository(repo, apps=apps, poll=0.05, **FAST) as url:
@@ -274,6 +305,18 @@ def test_poll_loads_complete_versions_only_once_settled_and_unloads_removed_mode
         wait_until(lambda: _predict(url, model="c").status_code == 200, message="model c never served")
         shutil.rmtree(repo / "b")
         wait_until(lambda: _predict(url, model="b").status_code == 404, message="model b still served")
+
+
+def test_poll_unloads_nothing_when_root_looks_empty(repo):
+    """A volume that shows no model folder at all (unmounted, say) is not taken for every model removed."""
+    apps: list = []
+    with running_repository(repo, apps=apps, poll=0.05, **FAST) as url:
+        loader = apps[0].state.models.loader
+        for name in ("a", "b"):
+            (repo / name).rename(repo / f".{name}.away")
+        seen = loader.looks
+        wait_until(lambda: loader.looks >= seen + 4, message="--poll does not look")
+        assert _predict(url, model="a").status_code == 200 and _predict(url, model="b").status_code == 200
 
 
 def test_the_loaded_models_are_capped(tiny_artifacts, repo):
