@@ -4,6 +4,7 @@ The image's own entrypoint and user, with `buildah run` (chroot isolation: the s
 loopback), the export mounted read-only at /models/model: readiness, `/predict` and a KServe v2 infer whose answers
 equal the in-process predictor's on the same export; inside, no root, no torch, transformers or onnx, no compiler,
 and nothing written outside /tmp; SIGTERM: readiness turns 503 while requests are still answered, then a clean exit.
+A model repository on a read-only volume with --poll: served, and a version copied in served without a restart.
 A directory that is no export: one line, a non-zero exit, never ready. Exits 1 with what failed.
 
     python scripts/check_image.py IMAGE EXPORT_DIR
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -67,12 +69,14 @@ def status(url: str) -> int | None:
         return None
 
 
-def start(image: str, model: Path, port: int) -> tuple[str, subprocess.Popen]:
-    """The image's entrypoint and command, as its config says, on `port`, as its user."""
+def start(image: str, model: Path, port: int, mount: str = "/models/model",
+          args: list[str] | None = None) -> tuple[str, subprocess.Popen]:
+    """The image's entrypoint and command (or `args` in its place, as Kubernetes' args), on `port`, as its user,
+    with `model` mounted read-only at `mount`."""
     config = json.loads(buildah("inspect", "--type", "image", image))["OCIv1"]["config"]
     container = buildah("from", "--quiet", "--pull-never", image)
-    command = [*config["Entrypoint"], "--port", str(port), *config["Cmd"]]
-    server = subprocess.Popen([*BUILDAH, "run", "--isolation", "chroot", "-v", f"{model}:/models/model:ro",
+    command = [*config["Entrypoint"], "--port", str(port), *(config["Cmd"] if args is None else args)]
+    server = subprocess.Popen([*BUILDAH, "run", "--isolation", "chroot", "-v", f"{model}:{mount}:ro",
                                container, "--", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return container, server
 
@@ -151,6 +155,43 @@ def check_inside(container: str, root: Path, marker: float) -> None:
     check(not written, f"nothing written outside /tmp while serving ({written[:5]})")
 
 
+def check_repository(image: str, model: Path) -> None:
+    """A model repository on a read-only volume, with --poll: the model serves, and a version copied in on this
+    machine (under a temporary name, renamed) is served without a restart."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as root:
+        shutil.copytree(model, Path(root) / "tiny" / "1")
+        readable(Path(root))
+        container, server = start(image, Path(root), port, "/models", ["--model-repository", "/models", "--poll",
+                                                                        "0.5"])
+        try:
+            poll(lambda: status(f"{base}/v2/health/ready") == 200, STARTUP_S, "readiness of a model repository",
+                 alive=lambda: server.poll() is None)
+
+            def version() -> int | None:
+                answer = httpx.post(f"{base}/predict", json={"text": TEXTS[0], "model": "tiny"}, timeout=30)
+                return answer.json().get("version") if answer.status_code == 200 else None
+
+            check(version() == 1, "a model repository's model answers, version 1")
+            shutil.copytree(model, Path(root) / "tiny" / ".2.incoming")
+            readable(Path(root))
+            (Path(root) / "tiny" / ".2.incoming").rename(Path(root) / "tiny" / "2")
+            poll(lambda: version() == 2, 60, "version 2 served after it was copied in",
+                 alive=lambda: server.poll() is None)
+            check(True, "a version copied into the volume is served without a restart (--poll)")
+        finally:
+            if server.poll() is None:
+                server.kill()
+            subprocess.run([*BUILDAH, "rm", container], capture_output=True)
+
+
+def readable(root: Path) -> None:
+    """Every folder and file under `root` readable by the image's user."""
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+
+
 def check_bad_model(image: str) -> None:
     port = free_port()
     with tempfile.TemporaryDirectory() as empty:
@@ -176,4 +217,5 @@ def check_bad_model(image: str) -> None:
 if __name__ == "__main__":
     image, model = sys.argv[1], Path(sys.argv[2]).absolute()
     check_serving(image, model)
+    check_repository(image, model)
     check_bad_model(image)
