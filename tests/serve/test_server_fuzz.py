@@ -289,10 +289,17 @@ def _still_serving(base: str, headers: dict | None = None) -> None:
     assert _server_errors(base, headers) == {}
 
 
-def test_the_server_serves_on_after_the_bad_requests(predictor):
+@pytest.mark.parametrize("server", ["one model", "a model repository"])
+def test_the_server_serves_on_after_the_bad_requests(predictor, tiny_artifacts, tmp_path, server):
     """A server of its own gets every hand-written bad request above, each refused as promised, and then still
-    serves both APIs with no 5xx counted: not an order of the tests in this file."""
-    with running(predictor, max_wait_ms=1) as base:
+    serves both APIs with no 5xx counted: not an order of the tests in this file. The same for a model repository
+    holding the model as `tiny` version 1."""
+    if server == "one model":
+        serving = running(predictor, max_wait_ms=1)
+    else:
+        linked_copy(tiny_artifacts, tmp_path / "models" / "tiny" / "1")
+        serving = running_repository(tmp_path / "models", variant="fp32", threads=1, max_wait_ms=1)
+    with serving as base:
         for body, status, message in JSON_CASES.values():
             _refused(_post_infer(base, body), status, message)
         for body, headers, status, message in BINARY_CASES.values():
