@@ -44,10 +44,13 @@ MAX_OUTSTANDING = 3000  # the generator's own bound on open requests: beyond it 
 
 
 class Server:
-    def __init__(self, artifacts: Path, *extra: str) -> None:
+    """`bertdeploy serve ARTIFACTS EXTRA... --threads 1` on a free port, once ready (ARTIFACTS may be an option:
+    `Server("--model-repository", root)`)."""
+
+    def __init__(self, artifacts: Path | str, *extra: str) -> None:
         self.port = free_port()
-        self.process = subprocess.Popen([sys.executable, "-m", "bertdeploy", "-q", "serve", str(artifacts),
-                                         "--port", str(self.port), "--threads", "1", *extra])
+        self.process = subprocess.Popen([sys.executable, "-m", "bertdeploy", "-q", "serve", str(artifacts), *extra,
+                                         "--port", str(self.port), "--threads", "1"])
         deadline = time.monotonic() + 120
         while asyncio.run(post(self.port, b"", path="/v2/health/ready", method="GET"))[0] != 200:
             if time.monotonic() > deadline or self.process.poll() is not None:

@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,8 +36,8 @@ from bertdeploy.data import load_texts
 from bertdeploy.host import machine
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_load import free_port, rss_mb  # noqa: E402
-from serve_overload import percentiles, post  # noqa: E402
+from serve_load import rss_mb  # noqa: E402
+from serve_overload import Server, percentiles, post  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "serve_reload.json"
 CONCURRENCY, RELOADS, PHASE_S = 16, 10, 10.0  # PHASE_S: the load before the reloads, and after them
@@ -58,23 +57,6 @@ def linked(source: Path, target: Path) -> Path:
     staged = target.with_name(f".{target.name}.incoming")
     shutil.copytree(source, staged, copy_function=os.link)
     return staged.rename(target)
-
-
-class Server:
-    def __init__(self, *args: str) -> None:
-        self.port = free_port()
-        self.process = subprocess.Popen([sys.executable, "-m", "bertdeploy", "-q", "serve", *args,
-                                         "--port", str(self.port), "--threads", "1"])
-        deadline = time.monotonic() + 300
-        while asyncio.run(post(self.port, b"", path="/v2/health/ready", method="GET"))[0] != 200:
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"{args}: the server did not become ready")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(60)
 
 
 async def reloads(server: Server, artifacts: Path, root: Path, payloads: list[bytes], count: int,

@@ -26,6 +26,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -445,6 +446,22 @@ class Held:
             assert self.release.wait(30)
             return value(*args, **kwargs)
         return held
+
+
+@contextlib.contextmanager
+def serve_command(*args: str):
+    """`bertdeploy serve ARGS --port 0` in a process of its own, once ready: yields (process, base URL, log lines);
+    killed on the way out if it still runs."""
+    process = subprocess.Popen([sys.executable, "-m", "bertdeploy", "serve", *args, "--port", "0"],
+                               stderr=subprocess.PIPE, text=True)
+    log: list[str] = []
+    try:
+        url = f"http://127.0.0.1:{serving_port(process, log)}"
+        wait_until(lambda: ready(url), 60, lambda: "".join(log))
+        yield process, url, log
+    finally:
+        process.kill()
+        process.wait()
 
 
 def serving_port(process: subprocess.Popen, log: list[str], seconds: float = 60) -> int:

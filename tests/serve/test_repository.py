@@ -5,18 +5,15 @@ copies of the tiny classifier's)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
-from helpers import Held, linked_copy, metric, running_repository, serving_port, wait_until
+from helpers import Held, linked_copy, metric, running_repository, serve_command, wait_until
 
 from bertdeploy.errors import BertdeployError
 from bertdeploy.serve import repository
@@ -365,17 +362,9 @@ def test_several_models_only_on_the_local_engine_and_without_a_directory(tmp_pat
 
 
 def test_the_command_serves_a_repository_and_drains_on_sigterm(repo):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bertdeploy", "serve", "--model-repository", str(repo), "--port", "0", "--variant",
-         "fp32", "--threads", "1", "--drain-delay", "0"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    log: list[str] = []
-    try:
-        url = f"http://127.0.0.1:{serving_port(process, log)}"
-        wait_until(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200, 60, lambda: "".join(log))
+    with serve_command("--model-repository", str(repo), "--variant", "fp32", "--threads", "1", "--drain-delay",
+                       "0") as (process, url, log):
         assert _predict(url, model="b").status_code == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) in (0, -signal.SIGTERM), "".join(log)  # uvicorn re-raises the signal
-    finally:
-        process.kill()
     assert any("serving the model repository" in line and "a 2, b 1" in line for line in log), log

@@ -11,8 +11,6 @@ import contextlib
 import json
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from click.testing import CliRunner
-from helpers import Held, make_rows, metric, running, serving_port, wait_until
+from helpers import Held, make_rows, metric, running, serve_command, wait_until
 
 from bertdeploy.cli import cli
 from bertdeploy.errors import BertdeployError
@@ -29,11 +27,6 @@ from bertdeploy.serve.batcher import DEADLINE, DISCONNECTED, Batcher, DeadlineEx
 from bertdeploy.serve.httpapi import ServeOptions
 
 TEXTS = [r["text"] for r in make_rows(20, seed=13)]
-
-
-@pytest.fixture(scope="module")
-def fp32(tiny_artifacts) -> Predictor:
-    return Predictor.load(tiny_artifacts, variant="fp32", threads=1)
 
 
 class Gate:
@@ -258,12 +251,7 @@ def test_metrics_time_the_queue_tokenization_and_inference_by_model_and_variant(
 
 
 def test_sigterm_turns_readiness_off_serves_the_requests_in_flight_then_closes(tiny_artifacts):
-    process = subprocess.Popen([sys.executable, "-m", "bertdeploy", "serve", str(tiny_artifacts), "--port", "0",
-                                "--variant", "fp32", "--drain-delay", "2"], stderr=subprocess.PIPE, text=True)
-    log: list[str] = []
-    try:
-        url = f"http://127.0.0.1:{serving_port(process, log)}"
-        wait_until(lambda: _status(f"{url}/v2/health/ready") == 200, 60, lambda: "".join(log))
+    with serve_command(str(tiny_artifacts), "--variant", "fp32", "--drain-delay", "2") as (process, url, log):
         body = json.dumps({"texts": TEXTS[:3]}).encode()
         with _connect(url) as client:
             client.sendall(_request_head(len(body)) + body[:5])  # in flight until the rest comes
@@ -289,9 +277,6 @@ def test_sigterm_turns_readiness_off_serves_the_requests_in_flight_then_closes(t
         assert process.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
         assert "SIGTERM: not ready; serving 2 s more" in "".join(log)
         assert "Traceback" not in "".join(log)
-    finally:
-        process.kill()
-        process.wait()
 
 
 def test_once_the_drain_delay_is_over_a_request_on_an_open_connection_gets_503(fp32):

@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -24,9 +21,9 @@ from helpers import (
     Held,
     make_rows,
     metric,
-    ready,
     running,
-    serving_port,
+    serve_command,
+    wait_until,
     write_jsonl,
 )
 
@@ -36,11 +33,6 @@ from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.serve.batcher import Batcher, Observer, Overloaded
 
 TEXTS = [r["text"] for r in make_rows(40, seed=11)]
-
-
-@pytest.fixture(scope="module")
-def fp32(tiny_artifacts) -> Predictor:
-    return Predictor.load(tiny_artifacts, variant="fp32", threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -227,21 +219,8 @@ def test_sentence_pair_models_take_pairs_on_both_apis(pair_predictor):
         assert np.allclose(client.infer("tiny", inputs).as_numpy("probabilities"), expected, atol=1e-5)
 
 
-def _in_flight(url: str) -> float:
-    text = httpx.get(f"{url}/metrics").text
-    return float(re.search(r"^bertdeploy_requests_in_flight (\S+)", text, re.M).group(1))
-
-
 def test_sigterm_finishes_the_requests_in_flight(tiny_artifacts):
-    process = subprocess.Popen([sys.executable, "-m", "bertdeploy", "serve", str(tiny_artifacts), "--port", "0",
-                                "--variant", "fp32", "--drain-delay", "0"], stderr=subprocess.PIPE, text=True)
-    log: list[str] = []
-    try:
-        base = f"http://127.0.0.1:{serving_port(process, log)}"
-        deadline = time.monotonic() + 60
-        while not ready(base):
-            assert process.poll() is None and time.monotonic() < deadline, "".join(log)
-            time.sleep(0.02)
+    with serve_command(str(tiny_artifacts), "--variant", "fp32", "--drain-delay", "0") as (process, base, log):
         release = threading.Event()
 
         def body():  # the request is in flight until the rest of its body comes
@@ -252,27 +231,26 @@ def test_sigterm_finishes_the_requests_in_flight(tiny_artifacts):
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(httpx.post, f"{base}/predict", content=body(), timeout=30,
                                   headers={"content-type": "application/json"})
-            while _in_flight(base) < 2:  # the held request, and this scrape
-                assert not pending.done() and time.monotonic() < deadline, "the request did not arrive"
-                time.sleep(0.02)
+            wait_until(lambda: metric(base, "bertdeploy_requests_in_flight") >= 2 or pending.done(),
+                       message="the request did not arrive")  # the held request, and this scrape
+            assert not pending.done()
             process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 30
-            while True:  # shutting down: no new connections
-                try:
-                    httpx.get(f"{base}/v2/health/live", timeout=1)
-                except httpx.TransportError:
-                    break
-                assert time.monotonic() < deadline, "still accepting connections after SIGTERM"
-                time.sleep(0.02)
+            wait_until(lambda: not _accepts(base), 30, "still accepting connections after SIGTERM")
             release.set()
             response = pending.result()
         assert response.status_code == 200 and len(response.json()["predictions"]) == 3
         # uvicorn re-raises the signal once it has shut down, so the exit status says SIGTERM
         assert process.wait(30) in (0, -signal.SIGTERM)
         assert "Traceback" not in "".join(log)
-    finally:
-        process.kill()
-        process.wait()
+
+
+def _accepts(url: str) -> bool:
+    """Whether the server still accepts connections."""
+    try:
+        httpx.get(f"{url}/v2/health/live", timeout=1)
+    except httpx.TransportError:
+        return False
+    return True
 
 
 def test_serve_names_a_port_in_use_in_one_line(tiny_artifacts):

@@ -25,8 +25,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from bertdeploy.runtime.predictor import Predictor
-
 KEY = "s3cret-key"
 MAX_TEXTS = 256  # the servers' --max-texts-per-request (the default)
 GOOD_TEXTS = ["这个手机很好", "质量太差了"]
@@ -34,19 +32,14 @@ GOOD = {"name": "text", "shape": [2], "datatype": "BYTES", "data": GOOD_TEXTS}
 
 
 @pytest.fixture(scope="module")
-def predictor(tiny_artifacts) -> Predictor:
-    return Predictor.load(tiny_artifacts, variant="fp32", threads=1)
-
-
-@pytest.fixture(scope="module")
-def url(predictor):
-    with running(predictor, max_wait_ms=1) as base:
+def url(fp32):
+    with running(fp32, max_wait_ms=1) as base:
         yield base
 
 
 @pytest.fixture(scope="module")
-def keyed_url(predictor):
-    with running(predictor, api_key=KEY, max_wait_ms=1) as base:
+def keyed_url(fp32):
+    with running(fp32, api_key=KEY, max_wait_ms=1) as base:
         yield base
 
 
@@ -257,9 +250,9 @@ def test_other_refusals_on_the_inference_routes(url, path, body, status, message
     _refused(_post_other(url, path, body), status, message)
 
 
-def test_good_kserve_requests_still_work_in_both_forms(url, predictor):
+def test_good_kserve_requests_still_work_in_both_forms(url, fp32):
     """The refusals above stop at what is malformed: [n, 1] rows, binary tensors in and out, and an id pass."""
-    expected = [predictor.labels[i] for i in predictor.predict_proba(GOOD_TEXTS).argmax(-1)]
+    expected = [fp32.labels[i] for i in fp32.predict_proba(GOOD_TEXTS).argmax(-1)]
     rows = _post_infer(url, _with(id="r1", inputs=[_tensor(shape=[2, 1], data=[[t] for t in GOOD_TEXTS])]))
     assert rows.status_code == 200 and rows.json()["id"] == "r1", rows.text
     assert rows.json()["outputs"][0]["data"] == expected
@@ -290,12 +283,12 @@ def _still_serving(base: str, headers: dict | None = None) -> None:
 
 
 @pytest.mark.parametrize("server", ["one model", "a model repository"])
-def test_the_server_serves_on_after_the_bad_requests(predictor, tiny_artifacts, tmp_path, server):
+def test_the_server_serves_on_after_the_bad_requests(fp32, tiny_artifacts, tmp_path, server):
     """A server of its own gets every hand-written bad request above, each refused as promised, and then still
     serves both APIs with no 5xx counted: not an order of the tests in this file. The same for a model repository
     holding the model as `tiny` version 1."""
     if server == "one model":
-        serving = running(predictor, max_wait_ms=1)
+        serving = running(fp32, max_wait_ms=1)
     else:
         linked_copy(tiny_artifacts, tmp_path / "models" / "tiny" / "1")
         serving = running_repository(tmp_path / "models", variant="fp32", threads=1, max_wait_ms=1)
