@@ -27,7 +27,7 @@ from bertdeploy.host import resident_bytes
 from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.serve import repository
 from bertdeploy.serve.httpapi import ServeOptions
-from bertdeploy.serve.models import Models, Refused
+from bertdeploy.serve.models import Models, Refused, on_loading_thread
 from bertdeploy.serve.prometheus import FAILED, LOADED
 from bertdeploy.serve.repository import Policy, Version
 from bertdeploy.serve.served import Served
@@ -198,7 +198,7 @@ class Loader:
             return predictor, None if before is None or after is None else max(0, after - before)
 
         try:
-            predictor, memory = await asyncio.to_thread(load)
+            predictor, memory = await on_loading_thread(load)
         except BertdeployError as e:
             raise self._failed(version.name, version, str(e)) from None
         except Exception as e:  # noqa: BLE001 - a file ONNX Runtime or OpenVINO cannot read: the version's fault

@@ -23,7 +23,7 @@ from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.serve.app import create_app
 from bertdeploy.serve.httpapi import ServeOptions
 from bertdeploy.serve.loader import open_repository
-from bertdeploy.serve.models import Models
+from bertdeploy.serve.models import LOADING, Models
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +37,8 @@ def serve(options: ServeOptions) -> None:
         models = open_repository(options)
         what = f"the model repository {options.model_repository} ({models.loader.plan})"
     else:
-        before = resident_bytes()
-        predictor = Predictor.load(options.artifact_dir, options=options.runtime)
-        after = resident_bytes()
-        models = Models.single(predictor, options, memory_bytes=None if before is None else max(0, after - before))
+        predictor, memory = LOADING.submit(_load, options).result()  # on the thread that warms it up
+        models = Models.single(predictor, options, memory_bytes=memory)
         what = f"{options.artifact_dir} ({predictor.describe()}) as model {options.model_name!r}"
     app = create_app(models, key)
     listening = _listen(options.host, options.port)
@@ -51,6 +49,14 @@ def serve(options: ServeOptions) -> None:
         server.run(sockets=[listening])
     if not server.started:
         raise BertdeployError("the server did not start; see the messages above")
+
+
+def _load(options: ServeOptions) -> tuple[Predictor, int | None]:
+    """The predictor, and how much the process grew as it loaded."""
+    before = resident_bytes()
+    predictor = Predictor.load(options.artifact_dir, options=options.runtime)
+    after = resident_bytes()
+    return predictor, None if before is None or after is None else max(0, after - before)
 
 
 def draining_server(app, options: ServeOptions):
