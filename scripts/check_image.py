@@ -137,9 +137,15 @@ def check_serving(image: str, model: Path) -> None:
         check(by_signal and "Traceback" not in said and took >= DRAIN_DELAY - 0.5,
               f"a clean exit after the drain ({took:.1f} s after SIGTERM, status {server.returncode})")
     finally:
-        if server.poll() is None:
-            server.kill()
+        kill_server(server, port)
         subprocess.run([*BUILDAH, "rm", container], capture_output=True)
+
+
+def kill_server(server: subprocess.Popen, port: int) -> None:
+    """Whatever still runs of the server on `port`: buildah's process and the server's own, which chroot isolation
+    does not tie together (killing the first leaves the second running)."""
+    subprocess.run(["pkill", "-KILL", "-f", f"bertdeploy serve .*--port {port}"], capture_output=True)
+    server.wait(30)
 
 
 def check_inside(container: str, root: Path, marker: float) -> None:
@@ -181,8 +187,7 @@ def check_repository(image: str, model: Path) -> None:
                  alive=lambda: server.poll() is None)
             check(True, "a version copied into the volume is served without a restart (--poll)")
         finally:
-            if server.poll() is None:
-                server.kill()
+            kill_server(server, port)
             subprocess.run([*BUILDAH, "rm", container], capture_output=True)
 
 
