@@ -30,8 +30,8 @@ from bertdeploy.serve.served import Served
 logger = logging.getLogger(__name__)
 
 
-# Every model version loads and warms up on this one thread: glibc then keeps its memory in one allocation arena.
-# Loaded on one thread and warmed up on another, the demo's model holds 67 MB more (benchmarks/RESULTS.md).
+# Every model version loads and warms up on this one thread, so that glibc keeps its memory in one allocation arena:
+# loaded on one thread and warmed up on another, a model holds a second arena's worth more.
 LOADING = ThreadPoolExecutor(1, thread_name_prefix="bertdeploy-load")
 
 
