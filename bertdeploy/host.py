@@ -41,6 +41,14 @@ def resident_bytes() -> int | None:
         return None
 
 
+def grown(work, *args) -> tuple[object, int | None]:
+    """`work(*args)`, and the bytes this process's resident memory grew by meanwhile (None where it cannot tell)."""
+    before = resident_bytes()
+    result = work(*args)
+    after = resident_bytes()
+    return result, None if before is None or after is None else max(0, after - before)
+
+
 @functools.cache
 def _cpuinfo() -> str:
     try:

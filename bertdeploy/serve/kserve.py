@@ -266,7 +266,7 @@ def routes(app, models: "Models") -> None:
     @app.get("/v2/models/{model}/versions/{version}/ready", include_in_schema=False)
     async def model_ready(model: str, version: str | None = None) -> JSONResponse:
         served = models.find(model, _number(model, version))
-        ready = served.ready and not models.lifecycle.draining
+        ready = served.state == "READY"  # warmed up, and the server not draining
         return JSONResponse({"name": served.name, "ready": ready}, status_code=200 if ready else 503)
 
     class IndexRequest(BaseModel):

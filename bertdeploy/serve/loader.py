@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 
 from bertdeploy.errors import BertdeployError, check_options
-from bertdeploy.host import resident_bytes
+from bertdeploy.host import grown
 from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.serve import repository
 from bertdeploy.serve.httpapi import ServeOptions
@@ -190,15 +190,13 @@ class Loader:
             raise self._failed(version.name, version, version.problem, 409)
         options = self.models.options
 
-        def load() -> tuple[Predictor, int | None]:
-            before = resident_bytes()
+        def load() -> Predictor:
             predictor = Predictor.load(version.path, options=options.runtime)
             predictor.warm_up(self.models.slots)
-            after = resident_bytes()
-            return predictor, None if before is None or after is None else max(0, after - before)
+            return predictor
 
         try:
-            predictor, memory = await on_loading_thread(load)
+            predictor, memory = await on_loading_thread(grown, load)
         except BertdeployError as e:
             raise self._failed(version.name, version, str(e)) from None
         except Exception as e:  # noqa: BLE001 - a file ONNX Runtime or OpenVINO cannot read: the version's fault

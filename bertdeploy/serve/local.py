@@ -12,13 +12,14 @@ the routes and the limits (app.py, kserve.py, limits.py), Ray Serve (ray_engine.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import socket
 import time
 
 from bertdeploy.errors import BertdeployError, check_options
-from bertdeploy.host import resident_bytes
+from bertdeploy.host import grown
 from bertdeploy.runtime.predictor import Predictor
 from bertdeploy.serve.app import create_app
 from bertdeploy.serve.httpapi import ServeOptions
@@ -37,7 +38,8 @@ def serve(options: ServeOptions) -> None:
         models = open_repository(options)
         what = f"the model repository {options.model_repository} ({models.loader.plan})"
     else:
-        predictor, memory = LOADING.submit(_load, options).result()  # on the thread that warms it up
+        load = functools.partial(Predictor.load, options.artifact_dir, options=options.runtime)
+        predictor, memory = LOADING.submit(grown, load).result()  # on the thread that warms it up
         models = Models.single(predictor, options, memory_bytes=memory)
         what = f"{options.artifact_dir} ({predictor.describe()}) as model {options.model_name!r}"
     app = create_app(models, key)
@@ -49,14 +51,6 @@ def serve(options: ServeOptions) -> None:
         server.run(sockets=[listening])
     if not server.started:
         raise BertdeployError("the server did not start; see the messages above")
-
-
-def _load(options: ServeOptions) -> tuple[Predictor, int | None]:
-    """The predictor, and how much the process grew as it loaded."""
-    before = resident_bytes()
-    predictor = Predictor.load(options.artifact_dir, options=options.runtime)
-    after = resident_bytes()
-    return predictor, None if before is None or after is None else max(0, after - before)
 
 
 def draining_server(app, options: ServeOptions):

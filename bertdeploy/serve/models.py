@@ -20,7 +20,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from bertdeploy.host import resident_bytes, usable_cpus
+from bertdeploy.host import grown, usable_cpus
 from bertdeploy.serve.batcher import Batcher
 from bertdeploy.serve.httpapi import ServeOptions
 from bertdeploy.serve.lifecycle import Lifecycle
@@ -186,14 +186,13 @@ class Models:
 
     async def warm_up(self, served: Served) -> None:
         """Each of the version's models once at the longest length, so the first requests find memory allocated."""
-        before = resident_bytes()
         try:
-            await on_loading_thread(served.predictor.warm_up, self.slots)
+            _, memory = await on_loading_thread(grown, served.predictor.warm_up, self.slots)
         except Exception:
             logger.exception("warm-up failed; the server is neither ready nor live")
             served.failed = True
             return
-        if served.memory_bytes is not None and before is not None:
-            served.memory_bytes += max(0, resident_bytes() - before)
+        if served.memory_bytes is not None and memory is not None:
+            served.memory_bytes += memory
         served.warmed = True
         logger.info("ready")
