@@ -66,7 +66,7 @@ def _summary(report: dict) -> str:
         rows.append(f"<li><b>{_e(key)}</b>: {_e(choice['candidate'])} / {_e(choice['variant'])}, "
                     f"{choice['p50_ms']:.2f} ms p50"
                     + (f", {speedup:.1f}x the teacher's best variant" if speedup else "")
-                    + f", {bound['metric']} {choice['accuracy']:.4f}"
+                    + f", {bound['metric']} {choice['score']:.4f}"
                     + (" <span class='warn'>(nothing kept the bound: the teacher's best variant)</span>"
                        if not choice["within"] else "") + "</li>")
     shipped = report.get("export", {})
@@ -77,11 +77,11 @@ def _summary(report: dict) -> str:
 
 
 def _plot(report: dict, key: str, colours: dict, floor: float) -> str:
-    engines = [e for e in report["engines"] if e["p50_ms"].get(key) is not None and e["accuracy"] is not None]
+    engines = [e for e in report["engines"] if e["p50_ms"].get(key) is not None and e["score"] is not None]
     if not engines:
         return f"<h2>{_e(key)}</h2><p>no timings</p>"
     xs = [math.log10(e["p50_ms"][key]) for e in engines]
-    ys = [e["accuracy"] for e in engines]
+    ys = [e["score"] for e in engines]
     x0, x1 = math.floor(min(xs) * 4) / 4 - 0.05, math.ceil(max(xs) * 4) / 4 + 0.05
     y0, y1 = min(*ys, floor) - 0.01, max(*ys, floor) + 0.01
 
@@ -141,7 +141,7 @@ def _table(report: dict) -> str:
     head = "".join(f"<th>p50 {_e(k)} ms</th>" for k in keys)
     rows = []
     for e in report["engines"]:
-        accuracy = "" if e["accuracy"] is None else f"{e['accuracy']:.4f}"
+        accuracy = "" if e["score"] is None else f"{e['score']:.4f}"
         cells = "".join(f"<td>{'' if e['p50_ms'].get(k) is None else format(e['p50_ms'][k], '.2f')}</td>"
                         for k in keys)
         rows.append(f"<tr class='{'' if e['within'] else 'out'}'><td>{_e(e['candidate'])}</td><td>{_e(e['variant'])}"

@@ -12,13 +12,13 @@ import pytest
 from bertdeploy.optimizer import report
 
 ENGINES = [
-    {"candidate": "teacher", "variant": "fp32", "accuracy": 0.95, "within": True, "size_bytes": 90e6,
+    {"candidate": "teacher", "variant": "fp32", "score": 0.95, "within": True, "size_bytes": 90e6,
      "p50_ms": {"1x128": 6.0, "32x128": 150.0}},
-    {"candidate": "teacher", "variant": "int8", "accuracy": 0.948, "within": True, "size_bytes": 23e6,
+    {"candidate": "teacher", "variant": "int8", "score": 0.948, "within": True, "size_bytes": 23e6,
      "p50_ms": {"1x128": 3.0, "32x128": 70.0}},
-    {"candidate": "layers-3", "variant": "int8", "accuracy": 0.943, "within": True, "size_bytes": 15e6,
+    {"candidate": "layers-3", "variant": "int8", "score": 0.943, "within": True, "size_bytes": 15e6,
      "p50_ms": {"1x128": 1.6, "32x128": 35.0}},
-    {"candidate": "static", "variant": "fp32", "accuracy": 0.93, "within": False, "size_bytes": 8e6,
+    {"candidate": "static", "variant": "fp32", "score": 0.93, "within": False, "size_bytes": 8e6,
      "p50_ms": {"1x128": 0.05, "32x128": 0.4}},
 ]
 REPORT = {"model": "runs/topics/<model>", "eval_texts": 500,
@@ -26,7 +26,7 @@ REPORT = {"model": "runs/topics/<model>", "eval_texts": 500,
           "cells": [{"batch_size": 1, "seq_length": 128}, {"batch_size": 32, "seq_length": 128}],
           "engines": ENGINES,
           "chosen": {key: {"candidate": "layers-3", "variant": "int8", "p50_ms": ENGINES[2]["p50_ms"][key],
-                           "accuracy": 0.943, "within": True, "speedup": 2.0} for key in ("1x128", "32x128")},
+                           "score": 0.943, "within": True, "speedup": 2.0} for key in ("1x128", "32x128")},
           "rejected": [{"candidate": "layers-2", "stage": "distill", "reason": "3.1 points below its teacher"}],
           "machine": {"cpu": "a CPU", "cpu_flags": ["avx2"], "usable_cpus": 2, "memory_gb": 23.6}}
 
