@@ -1,0 +1,211 @@
+"""`bertdeploy optimize MODEL --output-dir OUT`: the fastest model that keeps the teacher's accuracy, found and shown.
+
+Each candidate (choose.py: the teacher's variants, a static student, layer-cut students; cheapest first) is made
+by the library functions of the commands, never a copy of them: `distill` for a student (its own guard off: the
+bound is judged here, against the teacher, on the same texts), `export` for its variants (guarded against their
+own model, as always). A finished candidate (its export written) is reused on a rerun, so an interrupted run
+loses at most the candidate it was making; past `time_budget_s` no new candidate starts; a candidate that fails is
+reported and skipped. Then one `bench` run times every engine of every candidate on the same cells, interleaved,
+and scores them on the same held-out texts (the teacher's); per cell the fastest exported variant within the bound
+is chosen (or the teacher's best, said as such), and the candidate chosen in most cells is copied to OUT/model with
+every figure in its manifest (`extra["optimize"]`), beside OUT/report.json and OUT/report.html (report.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from dataclasses import KW_ONLY, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bertdeploy.artifacts import MANIFEST_NAME, staging_dir
+from bertdeploy.benchmark.options import BenchOptions
+from bertdeploy.benchmark.run import bench
+from bertdeploy.builder.distill import DistillOptions, distill
+from bertdeploy.builder.export import ExportOptions, export
+from bertdeploy.defaults import BENCH_BATCH_SIZES, MAX_ACCURACY_DROP, STATIC_DIMS
+from bertdeploy.errors import BertdeployError, check_options
+from bertdeploy.manifest import ExportManifest, ModelManifest
+from bertdeploy.optimizer import report as reporting
+from bertdeploy.optimizer.choose import TEACHER, Candidate, choose, default_candidates, kept_candidate, parse_candidates
+
+logger = logging.getLogger(__name__)
+
+NO_GUARD = 100.0  # points: a student's own distill guard, off (the bound is judged against the teacher here)
+PYTORCH_PREFIX = "pytorch"  # bench's PyTorch engines: timed, not chosen (OUT holds an export)
+
+
+@dataclass
+class OptimizeOptions:
+    model_dir: str | Path  # a `finetune` output: the teacher
+    output_dir: str | Path
+    _: KW_ONLY
+    max_accuracy_drop: float = MAX_ACCURACY_DROP  # points below the teacher's PyTorch score, as export's bound
+    batch_sizes: list[int] = field(default_factory=lambda: list(BENCH_BATCH_SIZES))
+    seq_length: int = 128  # tokens of the fixed cells
+    candidates: str | None = None  # "teacher,static,layers-3"; None: choose.default_candidates
+    time_budget_s: float | None = None  # no candidate starts past it
+    train_file: str | Path | None = None  # default: the teacher's recorded training data
+    eval_file: str | Path | None = None  # default: the teacher's recorded held-out data
+    runs: int = 30  # timed calls per engine and cell
+    training: dict[str, Any] = field(default_factory=dict)  # the students' training settings (distill's)
+
+    def __post_init__(self) -> None:
+        self.model_dir, self.output_dir = Path(self.model_dir), Path(self.output_dir)
+        check_options([
+            (0 <= self.max_accuracy_drop <= 100, "--max-accuracy-drop is in points, between 0 and 100"),
+            (bool(self.batch_sizes) and min(self.batch_sizes) >= 1, "--batch-sizes must be at least 1"),
+            (self.seq_length >= 8, "--seq-length must be at least 8"),
+            (self.time_budget_s is None or self.time_budget_s >= 0, "--time-budget must be 0 or more"),
+            (self.runs >= 1, "--runs must be at least 1"),
+        ])
+
+
+@dataclass(kw_only=True)
+class OptimizeResult:
+    output_dir: Path
+    kept: str  # the candidate whose export OUT/model holds
+    report: dict  # report.json
+
+
+def optimize(options: OptimizeOptions) -> OptimizeResult:
+    teacher = _teacher(options)
+    depth = _depth(options.model_dir)
+    candidates = (default_candidates(depth) if options.candidates is None else
+                  _with_teacher(parse_candidates(options.candidates, depth)))
+    work = options.output_dir / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    started, made, rejected, log = time.monotonic(), {}, [], []
+    for candidate in candidates:
+        exported = work / "exports" / candidate.name
+        if (exported / MANIFEST_NAME).is_file():
+            logger.info("%s: reused (%s)", candidate.name, exported)
+            made[candidate.name] = exported
+            log.append({"name": candidate.name, "status": "reused", "seconds": 0.0})
+            continue
+        spent = time.monotonic() - started
+        if options.time_budget_s is not None and spent > options.time_budget_s and candidate.name != TEACHER:
+            rejected.append({"candidate": candidate.name, "stage": "not started",
+                             "reason": f"--time-budget {options.time_budget_s:g} s spent ({spent:.0f} s)"})
+            continue
+        began = time.monotonic()
+        try:
+            made[candidate.name] = _make(candidate, options, teacher, work)
+        except BertdeployError as e:  # a student that cannot be made: reported, and the run goes on
+            if candidate.name == TEACHER:
+                raise
+            stage = getattr(e, "stage", "distill")
+            logger.error("%s: %s", candidate.name, e)
+            rejected.append({"candidate": candidate.name, "stage": stage, "reason": str(e)})
+            continue
+        log.append({"name": candidate.name, "status": "made", "seconds": round(time.monotonic() - began, 1)})
+    result = _bench(options, made, work)
+    report = _report(options, result, made, rejected, log)
+    kept = report["export"]["candidate"]
+    _ship(made[kept], options.output_dir / "model", report)
+    reporting.write(report, options.output_dir / "report.json", options.output_dir / "report.html")
+    return OptimizeResult(output_dir=options.output_dir, kept=kept, report=report)
+
+
+def _teacher(options: OptimizeOptions) -> ModelManifest:
+    """The teacher's manifest; `options.eval_file` set to the held-out file it recorded where none was given."""
+    manifest = ModelManifest.read(options.model_dir)
+    data = manifest.data
+    if options.train_file is None and (data.train_file is None or not Path(data.train_file.path).is_file()):
+        raise BertdeployError(f"{options.model_dir}: no training data recorded (or it is gone); pass --train-file "
+                              "and --eval-file")
+    if options.eval_file is None:
+        if data.eval_file is None or not Path(data.eval_file.path).is_file():
+            raise BertdeployError(f"{options.model_dir}: no held-out file recorded (it was evaluated on a split of its "
+                                  "training data); pass --eval-file, the texts every candidate is scored on")
+        options.eval_file = Path(data.eval_file.path)
+    return manifest
+
+
+def _config(model_dir: Path) -> dict:
+    return json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+
+
+def _depth(model_dir: Path) -> int:
+    config = _config(model_dir)
+    return int(config.get("num_hidden_layers") or config.get("n_layers") or 0)
+
+
+def _with_teacher(candidates: list[Candidate]) -> list[Candidate]:
+    """The teacher always: its export is the reference every candidate is timed beside."""
+    return candidates if any(c.name == TEACHER for c in candidates) else [Candidate(TEACHER), *candidates]
+
+
+def _make(candidate: Candidate, options: OptimizeOptions, teacher: ModelManifest, work: Path) -> Path:
+    """The candidate's export directory, made: the teacher exported, or a student distilled then exported."""
+    exported = work / "exports" / candidate.name
+    model = options.model_dir
+    if candidate.name != TEACHER:
+        model = work / "models" / candidate.name
+        logger.info("%s: distilling into %s", candidate.name, model)
+        training = {**options.training, "overwrite": True, "resume": False}
+        if options.eval_file is not None:
+            training["eval_file"] = options.eval_file
+        hidden = int(_config(options.model_dir).get("hidden_size") or STATIC_DIMS)
+        distill(DistillOptions(options.model_dir, model, layers=candidate.layers, static=candidate.static,
+                               static_dims=min(STATIC_DIMS, hidden), train_file=options.train_file,
+                               max_accuracy_drop=NO_GUARD, training=training))
+    logger.info("%s: exporting into %s", candidate.name, exported)
+    try:
+        export(ExportOptions(model_dir=model, output_dir=exported, max_accuracy_drop=options.max_accuracy_drop,
+                             eval_file=options.eval_file, overwrite=True))
+    except BertdeployError as e:
+        e.stage = "export"
+        raise
+    return exported
+
+
+def _bench(options: OptimizeOptions, made: dict[str, Path], work: Path):
+    """One bench run: the teacher's export, every other candidate's beside it, the same cells and texts."""
+    others = [path for name, path in made.items() if name != TEACHER]
+    return bench(BenchOptions(artifact_dir=made[TEACHER], compare=others, batch_sizes=options.batch_sizes,
+                              seq_lengths=[options.seq_length], eval_file=options.eval_file, runs=options.runs,
+                              record=False, json_file=work / "bench.json"))
+
+
+def _report(options: OptimizeOptions, result, made: dict[str, Path], rejected: list, log: list) -> dict:
+    label = {str(path): name for name, path in made.items()}
+    cells = [reporting.cell_key(b, options.seq_length) for b in sorted(set(options.batch_sizes))]
+    inputs = f"{options.seq_length} tokens"
+    reference = next(e for e in result.engines if e.name == PYTORCH_PREFIX and label.get(e.artifact) == TEACHER)
+    metric = "micro_f1" if result.multi_label else "accuracy"
+    floor = reference.headline - options.max_accuracy_drop / 100
+    engines = []
+    for engine in result.engines:
+        variant = engine.name.split(":", 1)[-1]
+        if variant.startswith(PYTORCH_PREFIX):
+            continue
+        timings = {reporting.cell_key(t.batch_size, options.seq_length): t.p50_ms for t in result.timings
+                   if t.engine == engine.name and t.inputs == inputs}
+        score = engine.headline
+        engines.append({"candidate": label[engine.artifact], "variant": variant, "score": score,
+                        "within": score is not None and score >= floor, "size_bytes": engine.size_bytes,
+                        "p50_ms": timings})
+    chosen = choose(engines, cells, floor)
+    kept = kept_candidate(chosen, cells)
+    return {"model": str(options.model_dir), "eval_texts": result.eval_texts,
+            "bound": {"metric": metric, "reference": reference.headline,
+                      "max_accuracy_drop": options.max_accuracy_drop, "floor": floor},
+            "cells": [{"batch_size": b, "seq_length": options.seq_length} for b in sorted(set(options.batch_sizes))],
+            "engines": engines, "chosen": chosen, "rejected": rejected, "candidates": log,
+            "export": {"candidate": kept, "path": str(options.output_dir / "model")}, "machine": result.machine}
+
+
+def _ship(exported: Path, destination: Path, report: dict) -> None:
+    """The kept candidate's export at `destination`, every figure of the run in its manifest."""
+    if destination.exists():
+        shutil.rmtree(destination)
+    with staging_dir(destination) as staging:
+        shutil.copytree(exported, staging, dirs_exist_ok=True)
+        manifest = ExportManifest.read(staging)
+        figures = {k: report[k] for k in ("bound", "cells", "engines", "chosen", "rejected")}
+        dataclasses.replace(manifest, extra={**manifest.extra, "optimize": figures}).write(staging)
