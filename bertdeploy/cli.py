@@ -281,6 +281,32 @@ def bench(variants: str | None, batch_sizes: str, seq_lengths: str, **options: o
 
 
 @cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--output-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--max-accuracy-drop", default=defaults.MAX_ACCURACY_DROP, show_default=True,
+              help="Points below the teacher's score (on its held-out texts) that the model kept may lose.")
+@click.option("--batch-sizes", default=",".join(map(str, defaults.BENCH_BATCH_SIZES)), show_default=True,
+              help="The batch sizes that matter to you: a choice per size.")
+@click.option("--seq-length", default=128, show_default=True, help="Tokens per text in the timed cells.")
+@click.option("--candidates", help="Comma-separated: teacher, static, layers-N (default: the teacher, a static "
+                                   "student and layer-cut students at about a half and a third of its depth).")
+@click.option("--time-budget", "time_budget_s", type=float, metavar="SECONDS",
+              help="Start no candidate past this; the finished ones are kept and timed.")
+@click.option("--train-file", type=click.Path(path_type=Path), help="Labelled data (default: the teacher's).")
+@click.option("--eval-file", type=click.Path(path_type=Path),
+              help="Held-out texts every candidate is scored on (default: the teacher's).")
+@click.option("--runs", default=30, show_default=True, help="Timed calls per engine and cell.")
+def optimize(batch_sizes: str, **options: object) -> None:
+    """Find the fastest model that keeps the teacher's accuracy: students, variants, one timing run, a report."""
+    from bertdeploy.optimizer.run import OptimizeOptions
+    from bertdeploy.optimizer.run import optimize as run
+
+    with user_errors():
+        result = run(OptimizeOptions(batch_sizes=_numbers(batch_sizes, "--batch-sizes"), **options))
+    click.echo(render.optimize(result))
+
+
+@cli.command()
 @click.argument("artifact_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--model-repository", type=click.Path(path_type=Path), metavar="ROOT",
               help="Serve every model of ROOT/<name>/<version>/ in place of ARTIFACT_DIR, with versions, "

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from bertdeploy.errors import BertdeployError
+
 TEACHER, STATIC = "teacher", "static"
 
 
@@ -33,7 +35,7 @@ def default_candidates(depth: int) -> list[Candidate]:
 
 
 def parse_candidates(text: str, depth: int) -> list[Candidate]:
-    """`--candidates teacher,static,layers-3`: the names given, in cost order; ValueError naming a wrong one."""
+    """`--candidates teacher,static,layers-3`: the names given, in cost order; BertdeployError naming a wrong one."""
     chosen = []
     for name in dict.fromkeys(part.strip() for part in text.split(",") if part.strip()):
         if name in (TEACHER, STATIC):
@@ -41,7 +43,8 @@ def parse_candidates(text: str, depth: int) -> list[Candidate]:
         elif name.startswith("layers-") and name[7:].isdigit() and 1 <= int(name[7:]) < depth:
             chosen.append(Candidate(name, int(name[7:])))
         else:
-            raise ValueError(f"--candidates: {name!r} is none of teacher, static, layers-N (N from 1 to {depth - 1})")
+            raise BertdeployError(f"--candidates: {name!r} is none of teacher, static, layers-N (N from 1 to "
+                                  f"{depth - 1})")
     order = {TEACHER: 0, STATIC: 1}
     return sorted(chosen, key=lambda c: (order.get(c.name, 2), c.layers or 0))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bertdeploy.errors import BertdeployError
 from bertdeploy.optimizer.choose import choose, default_candidates, kept_candidate, parse_candidates
 
 
@@ -17,7 +18,7 @@ def test_the_default_candidates_go_cheapest_first():
 def test_candidates_by_name_in_cost_order_and_refused_by_name():
     assert [c.name for c in parse_candidates("layers-3, static,teacher,static", 6)] == ["teacher", "static", "layers-3"]
     for wrong in ("layers-6", "layers-0", "tiny", "layers-x"):
-        with pytest.raises(ValueError, match=wrong):
+        with pytest.raises(BertdeployError, match=wrong):
             parse_candidates(wrong, 6)
 
 
