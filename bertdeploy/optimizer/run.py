@@ -13,6 +13,7 @@ every figure in its manifest (`extra["optimize"]`), beside OUT/report.json and O
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
@@ -22,10 +23,11 @@ from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bertdeploy.artifacts import MANIFEST_NAME, staging_dir
+from bertdeploy.artifacts import MANIFEST_NAME, atomic_file, staging_dir
 from bertdeploy.benchmark.options import BenchOptions
 from bertdeploy.benchmark.run import bench
 from bertdeploy.builder.distill import DistillOptions, distill
+from bertdeploy.builder.examples import example_columns, load_examples, split_examples
 from bertdeploy.builder.export import ExportOptions, export
 from bertdeploy.defaults import BENCH_BATCH_SIZES, MAX_ACCURACY_DROP, STATIC_DIMS
 from bertdeploy.errors import BertdeployError, check_options
@@ -53,6 +55,12 @@ class OptimizeOptions:
     eval_file: str | Path | None = None  # default: the teacher's recorded held-out data
     runs: int = 30  # timed calls per engine and cell
     training: dict[str, Any] = field(default_factory=dict)  # the students' training settings (distill's)
+    held_out: Path | None = field(default=None, init=False)  # the teacher's split, written out (no eval file)
+
+    @property
+    def scored_on(self) -> Path | None:
+        """The texts every candidate is scored on: the eval file, or the teacher's split written out."""
+        return self.eval_file or self.held_out
 
     def __post_init__(self) -> None:
         self.model_dir, self.output_dir = Path(self.model_dir), Path(self.output_dir)
@@ -119,11 +127,38 @@ def _teacher(options: OptimizeOptions) -> ModelManifest:
         raise BertdeployError(f"{options.model_dir}: no training data recorded (or it is gone); pass --train-file "
                               "and --eval-file")
     if options.eval_file is None:
-        if data.eval_file is None or not Path(data.eval_file.path).is_file():
-            raise BertdeployError(f"{options.model_dir}: no held-out file recorded (it was evaluated on a split of its "
-                                  "training data); pass --eval-file, the texts every candidate is scored on")
-        options.eval_file = Path(data.eval_file.path)
+        if data.eval_file is not None and Path(data.eval_file.path).is_file():
+            options.eval_file = Path(data.eval_file.path)
+        elif data.val_split is not None and options.train_file is None:
+            # the students hold the same rows out of the same file themselves (distill keeps the split's seed)
+            options.held_out = _held_out(manifest, options.output_dir / "work" / "held_out.csv")
+        else:
+            raise BertdeployError(f"{options.model_dir}: its held-out data is gone; pass --eval-file, the texts "
+                                  "every candidate is scored on")
     return manifest
+
+
+def _held_out(manifest: ModelManifest, path: Path) -> Path:
+    """The rows `finetune` held out of the teacher's training file (the same split: fraction and seed), written to
+    `path` in the teacher's columns, for bench to score every candidate on."""
+    data, columns, scheme = manifest.data, manifest.columns, manifest.scheme
+    rows = load_examples(data.train_file.path, **example_columns(columns, scheme), drop_empty=manifest.drop_empty)
+    _, held = split_examples(rows, data.val_split.fraction, data.val_split.seed)
+    names = [c for c in (columns.text_column, columns.text_pair_column) if c]
+    labels = list(columns.label_columns) if columns.label_columns else [columns.label_column]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as temporary, temporary.open("w", encoding="utf-8", newline="") as f:
+        out = csv.writer(f)
+        out.writerow([*names, *labels])
+        for i, text in enumerate(held.texts):
+            label = held.labels[i]
+            if columns.label_columns:  # one 0/1 column per label
+                cells = [int(name in label) for name in labels]
+            else:
+                cells = [scheme.separator.join(label) if scheme.multi_label else label]
+            out.writerow([text, *([held.pairs[i]] if held.pairs is not None else []), *cells])
+    logger.info("scoring every candidate on the %d rows held out of %s (%s)", len(held), data.train_file.path, path)
+    return path
 
 
 def _config(model_dir: Path) -> dict:
@@ -149,7 +184,7 @@ def _make(candidate: Candidate, options: OptimizeOptions, teacher: ModelManifest
         logger.info("%s: distilling into %s", candidate.name, model)
         training = {**options.training, "overwrite": True, "resume": False}
         if options.eval_file is not None:
-            training["eval_file"] = options.eval_file
+            training["eval_file"] = options.eval_file  # else the teacher's split, which distill keeps
         hidden = int(_config(options.model_dir).get("hidden_size") or STATIC_DIMS)
         distill(DistillOptions(options.model_dir, model, layers=candidate.layers, static=candidate.static,
                                static_dims=min(STATIC_DIMS, hidden), train_file=options.train_file,
@@ -157,7 +192,7 @@ def _make(candidate: Candidate, options: OptimizeOptions, teacher: ModelManifest
     logger.info("%s: exporting into %s", candidate.name, exported)
     try:
         export(ExportOptions(model_dir=model, output_dir=exported, max_accuracy_drop=options.max_accuracy_drop,
-                             eval_file=options.eval_file, overwrite=True))
+                             eval_file=options.scored_on, overwrite=True))
     except BertdeployError as e:
         e.stage = "export"
         raise
@@ -168,7 +203,7 @@ def _bench(options: OptimizeOptions, made: dict[str, Path], work: Path):
     """One bench run: the teacher's export, every other candidate's beside it, the same cells and texts."""
     others = [path for name, path in made.items() if name != TEACHER]
     return bench(BenchOptions(artifact_dir=made[TEACHER], compare=others, batch_sizes=options.batch_sizes,
-                              seq_lengths=[options.seq_length], eval_file=options.eval_file, runs=options.runs,
+                              seq_lengths=[options.seq_length], eval_file=options.scored_on, runs=options.runs,
                               record=False, json_file=work / "bench.json"))
 
 
