@@ -12,7 +12,7 @@ import html
 import json
 import math
 
-WIDTH, HEIGHT, MARGIN = 560, 340, 56
+WIDTH, HEIGHT, MARGIN, TOP = 560, 300, 56, 12  # MARGIN: left, right and bottom
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
 CHOSEN = "#d62728"  # the chosen engine's ring, and nothing else: a check can look for this colour
 
@@ -89,18 +89,19 @@ def _plot(report: dict, key: str, colours: dict, floor: float) -> str:
         return MARGIN + (x - x0) / (x1 - x0) * (WIDTH - 2 * MARGIN)
 
     def sy(y: float) -> float:
-        return HEIGHT - MARGIN + (y0 - y) / (y1 - y0) * (HEIGHT - 2 * MARGIN)
+        return HEIGHT - MARGIN + (y0 - y) / (y1 - y0) * (HEIGHT - MARGIN - TOP)
 
-    out = [f"<h2>{_e(key.replace('x', ' texts x ', 1))} tokens</h2>",
+    batch, length = key.split("x")
+    out = [f"<h2>Batches of {_e(batch)} texts x {_e(length)} tokens</h2>",
            f"<svg class='plot' id='plot-{_e(key)}' width='{WIDTH}' height='{HEIGHT}' viewBox='0 0 {WIDTH} {HEIGHT}' "
            "xmlns='http://www.w3.org/2000/svg' role='img'>",
-           f"<rect x='{MARGIN}' y='{MARGIN}' width='{WIDTH - 2 * MARGIN}' height='{HEIGHT - 2 * MARGIN}' "
+           f"<rect x='{MARGIN}' y='{TOP}' width='{WIDTH - 2 * MARGIN}' height='{HEIGHT - MARGIN - TOP}' "
            "fill='#fafafa' stroke='#999'/>"]
     for decade in range(math.floor(x0), math.ceil(x1) + 1):
         for step in (1, 2, 5):
             x = decade + math.log10(step)
             if x0 <= x <= x1:
-                out.append(f"<line x1='{sx(x):.1f}' y1='{HEIGHT - MARGIN}' x2='{sx(x):.1f}' y2='{MARGIN}' "
+                out.append(f"<line x1='{sx(x):.1f}' y1='{HEIGHT - MARGIN}' x2='{sx(x):.1f}' y2='{TOP}' "
                            f"stroke='#e3e3e3'/><text x='{sx(x):.1f}' y='{HEIGHT - MARGIN + 16}' "
                            f"text-anchor='middle'>{10 ** x:g}</text>")
     for y in _ticks(y0, y1):
