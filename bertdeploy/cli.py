@@ -247,6 +247,9 @@ def _numbers(value: str, name: str) -> list[int]:
               help="The PyTorch model to compare with (default: the one the manifest names).")
 @click.option("--eval-file", type=click.Path(path_type=Path),
               help="Real texts for natural-length timings, and labels for accuracy.")
+@click.option("--texts", "texts_file", type=click.Path(path_type=Path),
+              help="Time these texts at their natural lengths instead of the eval file's (a sample of real "
+                   "traffic, say; the model's text column, or one text per line in a .txt).")
 @click.option("--variants", help="Comma-separated variants (default: all; on CUDA all but INT8).")
 @click.option("--batch-sizes", default=",".join(map(str, defaults.BENCH_BATCH_SIZES)), show_default=True)
 @click.option("--seq-lengths", default=",".join(map(str, defaults.BENCH_SEQ_LENGTHS)), show_default=True,
@@ -288,6 +291,8 @@ def bench(variants: str | None, batch_sizes: str, seq_lengths: str, **options: o
 @click.option("--batch-sizes", default=",".join(map(str, defaults.BENCH_BATCH_SIZES)), show_default=True,
               help="The batch sizes that matter to you: a choice per size.")
 @click.option("--seq-length", default=128, show_default=True, help="Tokens per text in the timed cells.")
+@click.option("--texts", type=click.Path(path_type=Path),
+              help="Your real texts: time them at their natural lengths, batch by batch, in place of --seq-length.")
 @click.option("--candidates", help="Comma-separated: teacher, static, layers-N (default: the teacher, a static "
                                    "student and layer-cut students at about a half and a third of its depth).")
 @click.option("--time-budget", "time_budget_s", type=float, metavar="SECONDS",

@@ -183,6 +183,30 @@ def tiny_classifier_of_kind(folder: Path, kind: str) -> Path:
     return folder
 
 
+def tiny_albert_classifier(folder: Path) -> Path:
+    """A 2-layer random ALBERT (one layer's weights shared by both) fine-tuned for an epoch on the easy set."""
+    import torch
+    from transformers import AlbertConfig, AlbertForSequenceClassification, BertTokenizerFast
+
+    from bertdeploy.builder.train import FinetuneOptions, finetune
+
+    base = folder / "albert"
+    base.mkdir(parents=True)
+    (base / "vocab.txt").write_text("\n".join(tiny_vocab()) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab=str(base / "vocab.txt"), do_lower_case=True)
+    config = AlbertConfig(vocab_size=len(tokenizer), embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                          num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                          pad_token_id=tokenizer.pad_token_id, num_labels=2)
+    torch.manual_seed(0)
+    AlbertForSequenceClassification(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    train = write_csv(folder / "albert-train.csv", make_rows(80, seed=1))
+    test = write_csv(folder / "albert-test.csv", make_rows(20, seed=2))
+    finetune(FinetuneOptions(model=str(base), train_file=train, eval_file=test, output_dir=folder / "albert-model",
+                             epochs=1, max_length=32, seed=0))
+    return folder / "albert-model"
+
+
 def add_outlier_feature(model_dir: Path, out_dir: Path, scale: float = 1e4) -> Path:
     """A copy of a BERT classifier with an outlier feature: the same function in fp32, hostile to 8 bits.
 

@@ -26,6 +26,7 @@ class BenchOptions:
     artifact_dir: Path
     pytorch_model: Path | None = None  # default: the model directory the manifest names
     eval_file: Path | None = None  # real texts (and labels, for accuracy); the manifest's columns
+    texts_file: Path | None = None  # texts timed at their natural lengths, in place of the eval file's
     variants: list[str] | None = None  # default: every shipped variant (on CUDA, all but INT8)
     batch_sizes: list[int] = field(default_factory=lambda: list(BENCH_BATCH_SIZES))
     seq_lengths: list[int] = field(default_factory=lambda: list(BENCH_SEQ_LENGTHS))
@@ -46,7 +47,7 @@ class BenchOptions:
         self.artifact_dir = Path(self.artifact_dir)
         check_options([
             (bool(self.batch_sizes) and min(self.batch_sizes) >= 1, "batch sizes must be at least 1"),
-            (bool(self.seq_lengths) and min(self.seq_lengths) >= 2, "sequence lengths must be at least 2"),
+            (all(n >= 2 for n in self.seq_lengths), "sequence lengths must be at least 2"),
             (self.runs >= 1, "runs must be at least 1"),
             (self.warmup >= 0, "warmup must be 0 or more"),
             (self.threads is None or self.threads >= 1, "threads must be at least 1"),

@@ -1,8 +1,8 @@
 """Measure an exported classifier against PyTorch: latency, throughput, load time, memory, size, accuracy.
 
 Every engine (PyTorch and each ONNX variant) runs exactly the same inputs: fixed lengths (batch x
-tokens, cut from real texts) for the classic table, and real eval texts at their natural lengths,
-padded per batch as the predictor pads them, taking turns call by call. Other exported artifacts
+tokens, cut from real texts) for the classic table, and real texts at their natural lengths (the eval file's,
+or `texts_file`'s), padded per batch as the predictor pads them, taking turns call by call. Other exported artifacts
 (`compare`: a distilled student's teacher, say) join the same run: their variants and PyTorch models are
 engines named `<label>:<variant>`, each fed the same texts through its own artifact's tokenizer and input
 names, cell by cell.
@@ -26,7 +26,7 @@ from bertdeploy.benchmark.record import record_auto
 from bertdeploy.benchmark.report import BenchResult
 from bertdeploy.builder.examples import Examples, check_known_labels, example_columns, load_examples, sample_examples
 from bertdeploy.builder.source import SAMPLE_TEXTS
-from bertdeploy.data import has_column, load_texts
+from bertdeploy.data import file_format, has_column, load_texts
 from bertdeploy.errors import check_options, require_training
 from bertdeploy.host import machine
 from bertdeploy.manifest import ExportManifest
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_SEED = 0
 
-__all__ = ["BenchOptions", "bench", "load_eval"]
+__all__ = ["BenchOptions", "bench", "load_eval", "load_timed"]
 
 
 def bench(options: BenchOptions) -> BenchResult:
@@ -49,13 +49,16 @@ def bench(options: BenchOptions) -> BenchResult:
     for c in compared:
         engines += [replace(e, name=f"{c.label}:{e.name}") for e in pick_engines(options, c.manifest, c.directory)]
     examples = load_eval(options, manifest)
+    timed = (examples if options.texts_file is None else
+             load_timed(options.texts_file, manifest, options.runs * max(options.batch_sizes)))
     max_length = min(m.max_length for m in [manifest, *(c.manifest for c in compared)])
     lengths = [n for n in options.seq_lengths if n <= max_length]
     if len(lengths) < len(options.seq_lengths):
         logger.warning("sequence lengths over the max length %d skipped", max_length)
-    check_options([(lengths or examples is not None, f"every sequence length is over the max length {max_length}")])
-    texts = examples.texts if examples else SAMPLE_TEXTS
-    same = {"texts": texts, "examples": examples, "lengths": lengths, "batch_sizes": options.batch_sizes,
+    check_options([(lengths or timed is not None, f"no sequence length within the max length {max_length}, and "
+                                                  "no texts to time at their natural lengths")])
+    texts = timed.texts if timed else SAMPLE_TEXTS
+    same = {"texts": texts, "examples": timed, "lengths": lengths, "batch_sizes": options.batch_sizes,
             "runs": options.runs}  # every artifact's cells, each through its own tokenizer
     main = artifact_inputs(options.artifact_dir, manifest, **same)
     own = {str(c.directory): artifact_inputs(c.directory, c.manifest, **same) for c in compared}
@@ -97,6 +100,19 @@ def load_eval(options: BenchOptions, manifest: ExportManifest) -> Examples | Non
     texts, pairs = load_texts(path, manifest.text_column, manifest.text_pair_column)
     n = min(len(texts), options.eval_samples)
     return Examples(path, texts[:n], [], None if pairs is None else pairs[:n])
+
+
+def load_timed(path: Path, manifest, limit: int) -> Examples:
+    """The first `limit` texts of `path` (a file in the manifest's columns, or a .txt of one text per line), to
+    time at their natural lengths; a file of real traffic can be long."""
+    path = Path(path)
+    if file_format(path, text=True) == "text":
+        check_options([(not manifest.pairs, f"{path}: the model reads text pairs; give a file with its columns")])
+        texts, pairs = load_texts(path, "text", fmt="text")[0], None
+    else:
+        texts, pairs = load_texts(path, manifest.text_column, manifest.text_pair_column)
+    check_options([(bool(texts), f"{path}: no texts to time")])
+    return Examples(path, texts[:limit], [], None if pairs is None else pairs[:limit])
 
 
 def _machine(device: str) -> dict:

@@ -1,9 +1,9 @@
 """`bertdeploy optimize`'s report: `report.json` (every figure the choice used) and `report.html`, drawn from it.
 
-The HTML is one self-contained file, no script and nothing fetched: per cell (batch size x sequence length) an
-inline SVG of accuracy against p50 latency (log scale) with every engine of every candidate, the accuracy floor
-(the bound), the Pareto front and the choice marked; the table behind the plots; why each rejected candidate was
-rejected; the machine. Standard library only.
+The HTML is one self-contained file, no script and nothing fetched: per cell (batch size x sequence length, or
+real texts at natural lengths) an inline SVG of accuracy against p50 latency (log scale) with every engine of every
+candidate, the accuracy floor (the bound), the Pareto front and the choice marked; the table behind the plots; why
+each rejected candidate was rejected; the machine.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import html
 import json
 import math
+
+from bertdeploy.benchmark.cases import NATURAL
 
 WIDTH, HEIGHT, MARGIN, TOP = 560, 300, 56, 12  # MARGIN: left, right and bottom
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
@@ -92,7 +94,8 @@ def _plot(report: dict, key: str, colours: dict, floor: float) -> str:
         return HEIGHT - MARGIN + (y0 - y) / (y1 - y0) * (HEIGHT - MARGIN - TOP)
 
     batch, length = key.split("x")
-    out = [f"<h2>Batches of {_e(batch)} texts x {_e(length)} tokens</h2>",
+    shape = "at their natural lengths" if length == NATURAL else f"x {_e(length)} tokens"
+    out = [f"<h2>Batches of {_e(batch)} texts {shape}</h2>",
            f"<svg class='plot' id='plot-{_e(key)}' width='{WIDTH}' height='{HEIGHT}' viewBox='0 0 {WIDTH} {HEIGHT}' "
            "xmlns='http://www.w3.org/2000/svg' role='img'>",
            f"<rect x='{MARGIN}' y='{TOP}' width='{WIDTH - 2 * MARGIN}' height='{HEIGHT - MARGIN - TOP}' "

@@ -24,21 +24,24 @@ from pathlib import Path
 from typing import Any
 
 from bertdeploy.artifacts import MANIFEST_NAME, atomic_file, staging_dir
+from bertdeploy.benchmark.cases import NATURAL
 from bertdeploy.benchmark.options import BenchOptions
-from bertdeploy.benchmark.run import bench
+from bertdeploy.benchmark.run import bench, load_timed
 from bertdeploy.builder.distill import DistillOptions, distill
 from bertdeploy.builder.examples import example_columns, load_examples, split_examples
 from bertdeploy.builder.export import ExportOptions, export
 from bertdeploy.defaults import BENCH_BATCH_SIZES, MAX_ACCURACY_DROP, STATIC_DIMS
 from bertdeploy.errors import BertdeployError, check_options
-from bertdeploy.manifest import ExportManifest, ModelManifest
+from bertdeploy.manifest import AutoSection, ExportManifest, ModelManifest
 from bertdeploy.optimizer import report as reporting
 from bertdeploy.optimizer.choose import TEACHER, Candidate, choose, default_candidates, kept_candidate, parse_candidates
+from bertdeploy.runtime.routing import auto_section
 
 logger = logging.getLogger(__name__)
 
 NO_GUARD = 100.0  # points: a student's own distill guard, off (the bound is judged against the teacher here)
 PYTORCH_PREFIX = "pytorch"  # bench's PyTorch engines: timed, not chosen (OUT holds an export)
+ROUTER = "auto"  # bench's engine routing by an export's own recorded ranges: one of its variants, not chosen
 
 
 @dataclass
@@ -49,6 +52,7 @@ class OptimizeOptions:
     max_accuracy_drop: float = MAX_ACCURACY_DROP  # points below the teacher's PyTorch score, as export's bound
     batch_sizes: list[int] = field(default_factory=lambda: list(BENCH_BATCH_SIZES))
     seq_length: int = 128  # tokens of the fixed cells
+    texts: str | Path | None = None  # real texts timed at their natural lengths, in place of the fixed cells
     candidates: str | None = None  # "teacher,static,layers-3"; None: choose.default_candidates
     time_budget_s: float | None = None  # no candidate starts past it
     train_file: str | Path | None = None  # default: the teacher's recorded training data
@@ -70,6 +74,7 @@ class OptimizeOptions:
             (self.seq_length >= 8, "--seq-length must be at least 8"),
             (self.time_budget_s is None or self.time_budget_s >= 0, "--time-budget must be 0 or more"),
             (self.runs >= 1, "--runs must be at least 1"),
+            (self.texts is None or Path(self.texts).is_file(), f"--texts {self.texts}: no such file"),
         ])
 
 
@@ -82,14 +87,17 @@ class OptimizeResult:
 
 def optimize(options: OptimizeOptions) -> OptimizeResult:
     teacher = _teacher(options)
+    if options.texts is not None:  # read now, not after an hour of training
+        load_timed(options.texts, teacher, options.runs * max(options.batch_sizes))
     depth = _depth(options.model_dir)
     candidates = (default_candidates(depth) if options.candidates is None else
                   _with_teacher(parse_candidates(options.candidates, depth)))
     work = options.output_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
     started, made, rejected, log = time.monotonic(), {}, [], []
-    for candidate in candidates:
+    for step, candidate in enumerate(candidates, 1):
         exported = work / "exports" / candidate.name
+        logger.info("candidate %d of %d: %s", step, len(candidates), candidate.name)
         if (exported / MANIFEST_NAME).is_file():
             logger.info("%s: reused (%s)", candidate.name, exported)
             made[candidate.name] = exported
@@ -100,17 +108,21 @@ def optimize(options: OptimizeOptions) -> OptimizeResult:
             rejected.append({"candidate": candidate.name, "stage": "not started",
                              "reason": f"--time-budget {options.time_budget_s:g} s spent ({spent:.0f} s)"})
             continue
-        began = time.monotonic()
+        began, stage = time.monotonic(), "distill"
         try:
-            made[candidate.name] = _make(candidate, options, teacher, work)
-        except BertdeployError as e:  # a student that cannot be made: reported, and the run goes on
+            model = options.model_dir if candidate.name == TEACHER else _distill(candidate, options, work)
+            stage = "export"
+            made[candidate.name] = _export(candidate.name, model, options, work)
+        except Exception as e:  # a student that cannot be made: reported, and the run goes on
             if candidate.name == TEACHER:
                 raise
-            stage = getattr(e, "stage", "distill")
-            logger.error("%s: %s", candidate.name, e)
-            rejected.append({"candidate": candidate.name, "stage": stage, "reason": str(e)})
+            reason = str(e) if isinstance(e, BertdeployError) else f"{type(e).__name__}: {e}"
+            logger.error("%s: %s", candidate.name, reason, exc_info=not isinstance(e, BertdeployError))
+            rejected.append({"candidate": candidate.name, "stage": stage, "reason": reason})
             continue
         log.append({"name": candidate.name, "status": "made", "seconds": round(time.monotonic() - began, 1)})
+        logger.info("%s: made in %.0f s", candidate.name, log[-1]["seconds"])
+    logger.info("timing and scoring every variant of %s on the same cells and texts", ", ".join(made))
     result = _bench(options, made, work)
     report = _report(options, result, made, rejected, log)
     kept = report["export"]["candidate"]
@@ -175,27 +187,26 @@ def _with_teacher(candidates: list[Candidate]) -> list[Candidate]:
     return candidates if any(c.name == TEACHER for c in candidates) else [Candidate(TEACHER), *candidates]
 
 
-def _make(candidate: Candidate, options: OptimizeOptions, teacher: ModelManifest, work: Path) -> Path:
-    """The candidate's export directory, made: the teacher exported, or a student distilled then exported."""
-    exported = work / "exports" / candidate.name
-    model = options.model_dir
-    if candidate.name != TEACHER:
-        model = work / "models" / candidate.name
-        logger.info("%s: distilling into %s", candidate.name, model)
-        training = {**options.training, "overwrite": True, "resume": False}
-        if options.eval_file is not None:
-            training["eval_file"] = options.eval_file  # else the teacher's split, which distill keeps
-        hidden = int(_config(options.model_dir).get("hidden_size") or STATIC_DIMS)
-        distill(DistillOptions(options.model_dir, model, layers=candidate.layers, static=candidate.static,
-                               static_dims=min(STATIC_DIMS, hidden), train_file=options.train_file,
-                               max_accuracy_drop=NO_GUARD, training=training))
-    logger.info("%s: exporting into %s", candidate.name, exported)
-    try:
-        export(ExportOptions(model_dir=model, output_dir=exported, max_accuracy_drop=options.max_accuracy_drop,
-                             eval_file=options.scored_on, overwrite=True))
-    except BertdeployError as e:
-        e.stage = "export"
-        raise
+def _distill(candidate: Candidate, options: OptimizeOptions, work: Path) -> Path:
+    """The student's model directory, distilled from the teacher."""
+    model = work / "models" / candidate.name
+    logger.info("%s: distilling into %s", candidate.name, model)
+    training = {**options.training, "overwrite": True, "resume": False}
+    if options.eval_file is not None:
+        training["eval_file"] = options.eval_file  # else the teacher's split, which distill keeps
+    hidden = int(_config(options.model_dir).get("hidden_size") or STATIC_DIMS)
+    distill(DistillOptions(options.model_dir, model, layers=candidate.layers, static=candidate.static,
+                           static_dims=min(STATIC_DIMS, hidden), train_file=options.train_file,
+                           max_accuracy_drop=NO_GUARD, training=training))
+    return model
+
+
+def _export(name: str, model: Path, options: OptimizeOptions, work: Path) -> Path:
+    """The candidate's export directory: its variants, each guarded against its own model on the scored texts."""
+    exported = work / "exports" / name
+    logger.info("%s: exporting into %s", name, exported)
+    export(ExportOptions(model_dir=model, output_dir=exported, max_accuracy_drop=options.max_accuracy_drop,
+                         eval_file=options.scored_on, overwrite=True, progress=logger.isEnabledFor(logging.INFO)))
     return exported
 
 
@@ -203,44 +214,65 @@ def _bench(options: OptimizeOptions, made: dict[str, Path], work: Path):
     """One bench run: the teacher's export, every other candidate's beside it, the same cells and texts."""
     others = [path for name, path in made.items() if name != TEACHER]
     return bench(BenchOptions(artifact_dir=made[TEACHER], compare=others, batch_sizes=options.batch_sizes,
-                              seq_lengths=[options.seq_length], eval_file=options.scored_on, runs=options.runs,
-                              record=False, json_file=work / "bench.json"))
+                              seq_lengths=[] if options.texts else [options.seq_length], texts_file=options.texts,
+                              eval_file=options.scored_on, runs=options.runs,
+                              record=False, json_file=work / "bench.json",
+                              progress=logger.isEnabledFor(logging.INFO)))
 
 
 def _report(options: OptimizeOptions, result, made: dict[str, Path], rejected: list, log: list) -> dict:
     label = {str(path): name for name, path in made.items()}
-    cells = [reporting.cell_key(b, options.seq_length) for b in sorted(set(options.batch_sizes))]
-    inputs = f"{options.seq_length} tokens"
+    length = NATURAL if options.texts else options.seq_length
+    inputs = NATURAL if options.texts else f"{options.seq_length} tokens"
     reference = next(e for e in result.engines if e.name == PYTORCH_PREFIX and label.get(e.artifact) == TEACHER)
     metric = "micro_f1" if result.multi_label else "accuracy"
     floor = reference.headline - options.max_accuracy_drop / 100
     engines = []
     for engine in result.engines:
         variant = engine.name.split(":", 1)[-1]
-        if variant.startswith(PYTORCH_PREFIX):
+        if variant.startswith(PYTORCH_PREFIX) or variant == ROUTER:
             continue
-        timings = {reporting.cell_key(t.batch_size, options.seq_length): t.p50_ms for t in result.timings
-                   if t.engine == engine.name and t.inputs == inputs}
+        timed = [t for t in result.timings if t.engine == engine.name and t.inputs == inputs]
         score = engine.headline
         engines.append({"candidate": label[engine.artifact], "variant": variant, "score": score,
                         "within": score is not None and score >= floor, "size_bytes": engine.size_bytes,
-                        "p50_ms": timings})
+                        "p50_ms": {reporting.cell_key(t.batch_size, length): t.p50_ms for t in timed},
+                        "padded_tokens": {reporting.cell_key(t.batch_size, length): t.padded_tokens for t in timed}})
+    sizes = sorted({t.batch_size for t in result.timings if t.inputs == inputs})  # natural: as many as the texts fill
+    cells = [reporting.cell_key(b, length) for b in sizes]
     chosen = choose(engines, cells, floor)
     kept = kept_candidate(chosen, cells)
     return {"model": str(options.model_dir), "eval_texts": result.eval_texts,
             "bound": {"metric": metric, "reference": reference.headline,
                       "max_accuracy_drop": options.max_accuracy_drop, "floor": floor},
-            "cells": [{"batch_size": b, "seq_length": options.seq_length} for b in sorted(set(options.batch_sizes))],
+            "cells": [{"batch_size": b, "seq_length": length} for b in sizes],
+            "texts": None if options.texts is None else str(options.texts), "inputs": inputs,
+            "threads": result.threads,
             "engines": engines, "chosen": chosen, "rejected": rejected, "candidates": log,
             "export": {"candidate": kept, "path": str(options.output_dir / "model")}, "machine": result.machine}
 
 
 def _ship(exported: Path, destination: Path, report: dict) -> None:
-    """The kept candidate's export at `destination`, every figure of the run in its manifest."""
+    """The kept candidate's export at `destination`, every figure of the run in its manifest, and the ranges
+    `backend="auto"` routes by taken from this run's timings of its variants within the bound."""
     if destination.exists():
         shutil.rmtree(destination)
     with staging_dir(destination) as staging:
         shutil.copytree(exported, staging, dirs_exist_ok=True)
         manifest = ExportManifest.read(staging)
         figures = {k: report[k] for k in ("bound", "cells", "engines", "chosen", "rejected")}
-        dataclasses.replace(manifest, extra={**manifest.extra, "optimize": figures}).write(staging)
+        dataclasses.replace(manifest, auto=_routes(report, manifest) or manifest.auto,
+                            extra={**manifest.extra, "optimize": figures}).write(staging)
+
+
+def _routes(report: dict, manifest: ExportManifest) -> AutoSection | None:
+    """The kept candidate's `auto` section from the report: p50 per batch size in padded tokens of each of its
+    variants, routed among those within the bound (None: none is, and the export's own ranges stay)."""
+    kept = report["export"]["candidate"]
+    mine = [e for e in report["engines"] if e["candidate"] == kept and e["variant"] in manifest.variants]
+    eligible = [e["variant"] for e in mine if e["within"]]
+    if not eligible:
+        return None
+    p50 = {e["variant"]: {e["padded_tokens"][cell]: ms for cell, ms in e["p50_ms"].items()} for e in mine}
+    backends = {name: manifest.variants[name].backend for name in p50}
+    return auto_section(p50, eligible, backends, "optimize", report["inputs"], report["threads"])
