@@ -287,16 +287,11 @@ def baselines(timings: list[Timing]) -> str:
 
 
 def optimize(result) -> str:
-    """The choice per cell, the export kept, and where the report is."""
+    """The choice per cell, the candidates rejected, the export kept, and where the report is."""
+    from bertdeploy.optimizer.report import summary_lines
+
     report = result.report
-    bound = report["bound"]
-    lines = [f"bound: {bound['metric']} at least {bound['floor']:.4f} (the teacher's {bound['reference']:.4f} less "
-             f"{bound['max_accuracy_drop']:g} points) on {report['eval_texts']} held-out texts"]
-    for key, choice in report["chosen"].items():
-        speedup = f", {choice['speedup']:.1f}x the teacher's best variant" if choice.get("speedup") else ""
-        kept = "" if choice["within"] else " (nothing kept the bound: the teacher's best variant)"
-        lines.append(f"{key}: {choice['candidate']} / {choice['variant']}, {choice['p50_ms']:.2f} ms p50{speedup}, "
-                     f"{bound['metric']} {choice['score']:.4f}{kept}")
+    lines = summary_lines(report)
     lines += [f"rejected {r['candidate']} ({r['stage']}): {r['reason']}" for r in report["rejected"]]
     lines.append(f"kept {report['export']['candidate']} in {report['export']['path']}; report: "
                  f"{result.output_dir / 'report.html'}")

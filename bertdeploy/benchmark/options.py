@@ -27,6 +27,7 @@ class BenchOptions:
     pytorch_model: Path | None = None  # default: the model directory the manifest names
     eval_file: Path | None = None  # real texts (and labels, for accuracy); the manifest's columns
     texts_file: Path | None = None  # texts timed at their natural lengths, in place of the eval file's
+    natural_lengths: bool = True  # time real texts at their natural lengths (the eval file's or texts_file's)
     variants: list[str] | None = None  # default: every shipped variant (on CUDA, all but INT8)
     batch_sizes: list[int] = field(default_factory=lambda: list(BENCH_BATCH_SIZES))
     seq_lengths: list[int] = field(default_factory=lambda: list(BENCH_SEQ_LENGTHS))

@@ -26,13 +26,18 @@ def record_auto(options: BenchOptions, manifest: ExportManifest, reports: list[E
     variants = [r for r in reports if r.backend in BACKENDS and r.artifact == str(options.artifact_dir)]
     timings = [t for t in timings if t.engine in {r.name for r in variants}]
     eligible = [r.name for r in variants if r.headline is None or within(r, reports[0], manifest.max_accuracy_drop)]
-    p50: dict[str, dict[int, float]] = {}
-    for r in variants:
-        for size in sorted({t.padded_tokens for t in timings}):
-            cells = [t.p50_ms for t in timings if t.engine == r.name and t.padded_tokens == size]
-            if cells:
-                p50.setdefault(r.name, {})[size] = float(np.exp(np.mean(np.log(cells))))
+    p50 = size_p50([(t.engine, t.padded_tokens, t.p50_ms) for t in timings])
     inputs = ", ".join(dict.fromkeys(t.inputs for t in timings))
     auto = auto_section(p50, eligible, {r.name: r.backend for r in variants}, "bench", inputs, options.threads)
     replace(manifest, auto=auto).write(options.artifact_dir)
     return auto
+
+
+def size_p50(cells: list[tuple[str, int, float]]) -> dict[str, dict[int, float]]:
+    """(variant, batch size in padded tokens, p50 ms) of each cell timed -> per variant and size, the geometric mean
+    of its cells of that size, sizes in order: what `auto` routes by."""
+    grouped: dict[str, dict[int, list[float]]] = {}
+    for name, size, ms in cells:
+        grouped.setdefault(name, {}).setdefault(size, []).append(ms)
+    return {name: {size: float(np.exp(np.mean(np.log(values)))) for size, values in sorted(sizes.items())}
+            for name, sizes in grouped.items()}

@@ -55,10 +55,12 @@ def bench(options: BenchOptions) -> BenchResult:
     lengths = [n for n in options.seq_lengths if n <= max_length]
     if len(lengths) < len(options.seq_lengths):
         logger.warning("sequence lengths over the max length %d skipped", max_length)
-    check_options([(lengths or timed is not None, f"no sequence length within the max length {max_length}, and "
-                                                  "no texts to time at their natural lengths")])
+    natural = timed is not None and options.natural_lengths
+    check_options([(lengths or natural, f"no sequence length within the max length {max_length}, and no texts to "
+                                        "time at their natural lengths")])
     texts = timed.texts if timed else SAMPLE_TEXTS
-    same = {"texts": texts, "examples": timed, "lengths": lengths, "batch_sizes": options.batch_sizes,
+    same = {"texts": texts, "examples": timed if natural else None, "lengths": lengths,
+            "batch_sizes": options.batch_sizes,
             "runs": options.runs}  # every artifact's cells, each through its own tokenizer
     main = artifact_inputs(options.artifact_dir, manifest, **same)
     own = {str(c.directory): artifact_inputs(c.directory, c.manifest, **same) for c in compared}

@@ -126,7 +126,7 @@ def distill(options: DistillOptions) -> DistillResult:
         raise ModelError(f"{teacher_dir}: a static student cannot teach: no encoder for model2vec to read, no layers "
                          f"to keep, and less to learn from than its own teacher; distill its teacher"
                          f"{f' ({origin})' if origin else ''} instead")
-    depth = _depth(teacher_dir)
+    depth = model_depth(teacher_dir)
     _check_layers(options.layers, depth)
     finetune_options = _finetune_options(options, manifest, teacher_dir)
     unlabeled = _unlabeled(options, manifest)
@@ -135,7 +135,7 @@ def distill(options: DistillOptions) -> DistillResult:
     output = Path(finetune_options.output_dir)
     timings = _latency(teacher_dir, output, recipe.eval_texts, finetune_options.allow_pickle)
     return DistillResult(student=student, teacher_dir=teacher_dir, layers=recipe.kept,
-                         depth={"teacher": depth, "student": _depth(output)}, parameters=recipe.parameters,
+                         depth={"teacher": depth, "student": model_depth(output)}, parameters=recipe.parameters,
                          figures=recipe.figures, latency_ms=timings, unlabeled_texts=len(unlabeled),
                          metric=recipe.scheme.metric, static=recipe.vectors)
 
@@ -158,7 +158,8 @@ def _teacher_manifest(teacher_dir: Path) -> ModelManifest:
     return ModelManifest.read(teacher_dir)
 
 
-def _depth(model_dir: Path) -> int:
+def model_depth(model_dir: Path) -> int:
+    """The encoder layers of the model in `model_dir` (its config.json; 0 where it names none)."""
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     return int(config.get("num_hidden_layers") or config.get("n_layers") or 0)
 

@@ -36,34 +36,36 @@ def default_candidates(depth: int) -> list[Candidate]:
 
 def parse_candidates(text: str, depth: int) -> list[Candidate]:
     """`--candidates teacher,static,layers-3`: the names given, in cost order; BertdeployError naming a wrong one."""
-    chosen = []
-    for name in dict.fromkeys(part.strip() for part in text.split(",") if part.strip()):
+    chosen = {}
+    for name in (part.strip() for part in text.split(",") if part.strip()):
+        layers = int(name[7:]) if name.startswith("layers-") and name[7:].isdigit() else None
         if name in (TEACHER, STATIC):
-            chosen.append(Candidate(name))
-        elif name.startswith("layers-") and name[7:].isdigit() and 1 <= int(name[7:]) < depth:
-            chosen.append(Candidate(name, int(name[7:])))
+            chosen[name] = Candidate(name)
+        elif layers is not None and 1 <= layers < depth:
+            chosen[f"layers-{layers}"] = Candidate(f"layers-{layers}", layers)
         else:
-            raise BertdeployError(f"--candidates: {name!r} is none of teacher, static, layers-N (N from 1 to "
-                                  f"{depth - 1})")
+            cut = f"layers-N (N from 1 to {depth - 1})" if depth > 1 else "(the teacher has no layers to cut)"
+            raise BertdeployError(f"--candidates: {name!r} is none of teacher, static, {cut}")
     order = {TEACHER: 0, STATIC: 1}
-    return sorted(chosen, key=lambda c: (order.get(c.name, 2), c.layers or 0))
+    return sorted(chosen.values(), key=lambda c: (order.get(c.name, 2), c.layers or 0))
 
 
-def choose(engines: list[dict], cells: list[str], floor: float) -> dict[str, dict]:
-    """Per cell: the fastest engine (a dict with candidate, variant, score, p50_ms by cell) whose score reaches
-    `floor`, with `within` True; where none does, the teacher's most accurate variant, `within` False."""
+def choose(engines: list[dict], cells: list[str]) -> dict[str, dict]:
+    """Per cell: the fastest engine (a dict with candidate, variant, score, `within` the bound, p50_ms by cell)
+    within the bound; where none is, the teacher's most accurate variant, `within` False."""
     teacher = [e for e in engines if e["candidate"] == TEACHER and e["score"] is not None]
     chosen = {}
     for cell in cells:
-        timed = [e for e in engines if e["p50_ms"].get(cell) is not None and e["score"] is not None]
-        within = [e for e in timed if e["score"] >= floor]
+        timed = [e for e in engines if e["p50_ms"].get(cell) is not None]
+        within = [e for e in timed if e["within"]]
         if within:
-            best, kept = min(within, key=lambda e: e["p50_ms"][cell]), True
+            best = min(within, key=lambda e: e["p50_ms"][cell])
         else:
-            best, kept = max(teacher, key=lambda e: (e["score"], -e["p50_ms"].get(cell, float("inf")))), False
-        baseline = [e["p50_ms"][cell] for e in teacher if e["score"] >= floor and e["p50_ms"].get(cell)]
+            best = max((e for e in teacher if e["p50_ms"].get(cell) is not None),
+                       key=lambda e: (e["score"], -e["p50_ms"][cell]))
+        baseline = [e["p50_ms"][cell] for e in teacher if e["within"] and e["p50_ms"].get(cell)]
         chosen[cell] = {"candidate": best["candidate"], "variant": best["variant"], "p50_ms": best["p50_ms"][cell],
-                        "score": best["score"], "within": kept,
+                        "score": best["score"], "within": best["within"],
                         "speedup": min(baseline) / best["p50_ms"][cell] if baseline else None}
     return chosen
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import html
 import json
 import math
+from pathlib import Path
 
+from bertdeploy.artifacts import atomic_file
 from bertdeploy.benchmark.cases import NATURAL
 
 WIDTH, HEIGHT, MARGIN, TOP = 560, 300, 56, 12  # MARGIN: left, right and bottom
@@ -48,13 +50,29 @@ def render_html(report: dict) -> str:
         f"stroke='{CHOSEN}' stroke-width='2'/></svg> chosen</span><span>hollow: outside the bound</span></div>")
     for cell in report["cells"]:
         parts.append(_plot(report, cell_key(cell["batch_size"], cell["seq_length"]), colours, bound["floor"]))
-    parts += [_table(report), _rejected(report), _machine(report["machine"]), "</body></html>"]
+    parts += [_table(report), _rejected(report), _machine(report), "</body></html>"]
     return "\n".join(parts)
 
 
-def write(report: dict, json_path, html_path) -> None:
-    json_path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    html_path.write_text(render_html(report), encoding="utf-8")
+def write(report: dict, page: str, directory: Path) -> None:
+    """`directory`/report.json and report.html (`page`, from render_html), each written whole or not at all."""
+    for name, text in (("report.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n"),
+                       ("report.html", page)):
+        with atomic_file(directory / name) as temporary:
+            temporary.write_text(text, encoding="utf-8")
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The bound, then the choice per cell, in words: what the command prints and the page's summary."""
+    bound, lines = report["bound"], []
+    lines.append(f"bound: {bound['metric']} at least {bound['floor']:.4f} (the teacher's {bound['reference']:.4f} "
+                 f"less {bound['max_accuracy_drop']:g} points) on {report['eval_texts']} held-out texts")
+    for key, choice in report["chosen"].items():
+        speedup = f", {choice['speedup']:.1f}x the teacher's best variant" if choice.get("speedup") else ""
+        kept = "" if choice["within"] else " (nothing kept the bound: the teacher's best variant)"
+        lines.append(f"{key}: {choice['candidate']} / {choice['variant']}, {choice['p50_ms']:.2f} ms p50{speedup}, "
+                     f"{bound['metric']} {choice['score']:.4f}{kept}")
+    return lines
 
 
 def _e(value: object) -> str:
@@ -62,20 +80,12 @@ def _e(value: object) -> str:
 
 
 def _summary(report: dict) -> str:
-    bound, rows = report["bound"], []
-    for key, choice in report["chosen"].items():
-        speedup = choice.get("speedup")
-        rows.append(f"<li><b>{_e(key)}</b>: {_e(choice['candidate'])} / {_e(choice['variant'])}, "
-                    f"{choice['p50_ms']:.2f} ms p50"
-                    + (f", {speedup:.1f}x the teacher's best variant" if speedup else "")
-                    + f", {bound['metric']} {choice['score']:.4f}"
-                    + (" <span class='warn'>(nothing kept the bound: the teacher's best variant)</span>"
-                       if not choice["within"] else "") + "</li>")
-    shipped = report.get("export", {})
-    return (f"<p>Bound: {bound['metric']} at least {bound['floor']:.4f} (the teacher's {bound['reference']:.4f} less "
-            f"{bound['max_accuracy_drop']:g} points), on {report.get('eval_texts', '?')} held-out texts.</p>"
-            f"<ul class='choice'>{''.join(rows)}</ul>"
-            + (f"<p>Exported: {_e(shipped.get('candidate'))}, in {_e(shipped.get('path'))}</p>" if shipped else ""))
+    bound, *cells = summary_lines(report)
+    shipped = report["export"]
+    rows = "".join(f"<li class='{'' if c['within'] else 'warn'}'>{_e(line)}</li>"
+                   for line, c in zip(cells, report["chosen"].values(), strict=True))
+    return (f"<p>{_e(bound[0].upper() + bound[1:])}.</p><ul class='choice'>{rows}</ul>"
+            f"<p>Exported: {_e(shipped['candidate'])}, in {_e(shipped['path'])}</p>")
 
 
 def _plot(report: dict, key: str, colours: dict, floor: float) -> str:
@@ -85,7 +95,8 @@ def _plot(report: dict, key: str, colours: dict, floor: float) -> str:
     xs = [math.log10(e["p50_ms"][key]) for e in engines]
     ys = [e["score"] for e in engines]
     x0, x1 = math.floor(min(xs) * 4) / 4 - 0.05, math.ceil(max(xs) * 4) / 4 + 0.05
-    y0, y1 = min(*ys, floor) - 0.01, max(*ys, floor) + 0.01
+    y0 = min(*ys, max(floor, min(ys) - 0.05)) - 0.01  # a far-off floor (a loose bound) does not squash the points
+    y1 = max(*ys, floor) + 0.01
 
     def sx(x: float) -> float:
         return MARGIN + (x - x0) / (x1 - x0) * (WIDTH - 2 * MARGIN)
@@ -112,9 +123,10 @@ def _plot(report: dict, key: str, colours: dict, floor: float) -> str:
     out.append(f"<text x='{WIDTH / 2}' y='{HEIGHT - 12}' text-anchor='middle'>p50 latency, ms (log)</text>"
                f"<text x='14' y='{HEIGHT / 2}' transform='rotate(-90 14 {HEIGHT / 2})' text-anchor='middle'>"
                f"{_e(report['bound']['metric'])}</text>")
-    out.append(f"<line x1='{MARGIN}' y1='{sy(floor):.1f}' x2='{WIDTH - MARGIN}' y2='{sy(floor):.1f}' stroke='#555' "
-               f"stroke-dasharray='5 4'/><text x='{WIDTH - MARGIN - 4}' y='{sy(floor) - 5:.1f}' "
-               "text-anchor='end'>bound</text>")
+    if floor >= y0:
+        out.append(f"<line x1='{MARGIN}' y1='{sy(floor):.1f}' x2='{WIDTH - MARGIN}' y2='{sy(floor):.1f}' "
+                   f"stroke='#555' stroke-dasharray='5 4'/><text x='{WIDTH - MARGIN - 4}' y='{sy(floor) - 5:.1f}' "
+                   "text-anchor='end'>bound</text>")
     front = pareto(list(zip(xs, ys, strict=True)))
     out.append("<polyline class='front' fill='none' stroke='#444' stroke-width='1.5' points='" + " ".join(
         f"{sx(xs[i]):.1f},{sy(ys[i]):.1f}" for i in front) + "'/>")
@@ -162,10 +174,13 @@ def _rejected(report: dict) -> str:
     return f"<h2>Rejected candidates</h2><ul>{rows or '<li>none</li>'}</ul>"
 
 
-def _machine(machine: dict) -> str:
+def _machine(report: dict) -> str:
+    machine = report["machine"]
     flags = ", ".join(machine.get("cpu_flags", []))
-    return (f"<h2>Machine</h2><p>{_e(machine.get('cpu'))}; {_e(machine.get('usable_cpus'))} usable CPUs; "
-            f"{_e(machine.get('memory_gb'))} GiB; flags: {_e(flags)}</p>")
+    versions = ", ".join(f"{name} {version}" for name, version in machine.get("versions", {}).items())
+    return (f"<h2>Machine</h2><p>{_e(machine.get('cpu'))}; {_e(machine.get('usable_cpus'))} usable CPUs, "
+            f"{_e(report.get('threads'))} threads; {_e(machine.get('memory_gb'))} GiB; {_e(report.get('runs'))} timed "
+            f"calls per engine and cell; flags: {_e(flags)}</p><p>{_e(versions)}</p>")
 
 
 _STYLE = """body{font:14px/1.4 system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}

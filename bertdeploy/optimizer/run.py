@@ -13,7 +13,6 @@ every figure in its manifest (`extra["optimize"]`), beside OUT/report.json and O
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -26,15 +25,18 @@ from typing import Any
 from bertdeploy.artifacts import MANIFEST_NAME, atomic_file, staging_dir
 from bertdeploy.benchmark.cases import NATURAL
 from bertdeploy.benchmark.options import BenchOptions
-from bertdeploy.benchmark.run import bench, load_timed
-from bertdeploy.builder.distill import DistillOptions, distill
-from bertdeploy.builder.examples import example_columns, load_examples, split_examples
+from bertdeploy.benchmark.record import size_p50
+from bertdeploy.benchmark.run import bench
+from bertdeploy.builder.distill import DistillOptions, distill, model_depth
 from bertdeploy.builder.export import ExportOptions, export
 from bertdeploy.defaults import BENCH_BATCH_SIZES, MAX_ACCURACY_DROP, STATIC_DIMS
 from bertdeploy.errors import BertdeployError, check_options
+from bertdeploy.labels import judge_drop
 from bertdeploy.manifest import AutoSection, ExportManifest, ModelManifest
+from bertdeploy.optimizer import inputs as resolving
 from bertdeploy.optimizer import report as reporting
 from bertdeploy.optimizer.choose import TEACHER, Candidate, choose, default_candidates, kept_candidate, parse_candidates
+from bertdeploy.optimizer.inputs import Inputs
 from bertdeploy.runtime.routing import auto_section
 
 logger = logging.getLogger(__name__)
@@ -59,22 +61,19 @@ class OptimizeOptions:
     eval_file: str | Path | None = None  # default: the teacher's recorded held-out data
     runs: int = 30  # timed calls per engine and cell
     training: dict[str, Any] = field(default_factory=dict)  # the students' training settings (distill's)
-    held_out: Path | None = field(default=None, init=False)  # the teacher's split, written out (no eval file)
-
-    @property
-    def scored_on(self) -> Path | None:
-        """The texts every candidate is scored on: the eval file, or the teacher's split written out."""
-        return self.eval_file or self.held_out
 
     def __post_init__(self) -> None:
         self.model_dir, self.output_dir = Path(self.model_dir), Path(self.output_dir)
+        self.texts, self.train_file, self.eval_file = (None if p is None else Path(p) for p in
+                                                       (self.texts, self.train_file, self.eval_file))
         check_options([
             (0 <= self.max_accuracy_drop <= 100, "--max-accuracy-drop is in points, between 0 and 100"),
             (bool(self.batch_sizes) and min(self.batch_sizes) >= 1, "--batch-sizes must be at least 1"),
             (self.seq_length >= 8, "--seq-length must be at least 8"),
             (self.time_budget_s is None or self.time_budget_s >= 0, "--time-budget must be 0 or more"),
             (self.runs >= 1, "--runs must be at least 1"),
-            (self.texts is None or Path(self.texts).is_file(), f"--texts {self.texts}: no such file"),
+            *((path is None or path.is_file(), f"{flag} {path}: no such file") for flag, path in
+              (("--texts", self.texts), ("--train-file", self.train_file), ("--eval-file", self.eval_file))),
         ])
 
 
@@ -86,19 +85,36 @@ class OptimizeResult:
 
 
 def optimize(options: OptimizeOptions) -> OptimizeResult:
-    teacher = _teacher(options)
-    if options.texts is not None:  # read now, not after an hour of training
-        load_timed(options.texts, teacher, options.runs * max(options.batch_sizes))
-    depth = _depth(options.model_dir)
+    """Make, time and score every candidate; keep the fastest within the bound in OUT/model, with the report."""
+    teacher = ModelManifest.read(options.model_dir)
+    depth = model_depth(options.model_dir)
     candidates = (default_candidates(depth) if options.candidates is None else
                   _with_teacher(parse_candidates(options.candidates, depth)))
     work = options.output_dir / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    data = resolving.resolve(teacher, options.model_dir, work, train_file=options.train_file,
+                             eval_file=options.eval_file, students=len(candidates) > 1)
+    resolving.check_cells(teacher, options.texts, options.seq_length, options.batch_sizes, options.runs)
+    if data.split:  # every check passed: the first file written
+        resolving.write_held_out(teacher, data.scored_on)
+    made, rejected, log = _make_all(candidates, options, data, data.recipe(teacher) | _settings(options), work)
+    logger.info("timing and scoring every variant of %s on the same cells and texts", ", ".join(made))
+    result = _bench(options, data, made, work)
+    report = _report(options, data, result, made, rejected, log)
+    page = reporting.render_html(report)
+    _ship(made[report["export"]["candidate"]], options.output_dir / "model", report)
+    reporting.write(report, page, options.output_dir)
+    return OptimizeResult(output_dir=options.output_dir, kept=report["export"]["candidate"], report=report)
+
+
+def _make_all(candidates: list[Candidate], options: OptimizeOptions, data: Inputs, recipe: dict,
+              work: Path) -> tuple[dict[str, Path], list[dict], list[dict]]:
+    """Each candidate's export, made (or reused when a finished one has the same recipe), cheapest first; the
+    students that failed or were not started, with the stage and the reason; what each took."""
     started, made, rejected, log = time.monotonic(), {}, [], []
     for step, candidate in enumerate(candidates, 1):
         exported = work / "exports" / candidate.name
         logger.info("candidate %d of %d: %s", step, len(candidates), candidate.name)
-        if (exported / MANIFEST_NAME).is_file():
+        if (exported / MANIFEST_NAME).is_file() and _made_by(exported) == recipe:
             logger.info("%s: reused (%s)", candidate.name, exported)
             made[candidate.name] = exported
             log.append({"name": candidate.name, "status": "reused", "seconds": 0.0})
@@ -110,9 +126,9 @@ def optimize(options: OptimizeOptions) -> OptimizeResult:
             continue
         began, stage = time.monotonic(), "distill"
         try:
-            model = options.model_dir if candidate.name == TEACHER else _distill(candidate, options, work)
+            model = options.model_dir if candidate.name == TEACHER else _distill(candidate, options, data, work)
             stage = "export"
-            made[candidate.name] = _export(candidate.name, model, options, work)
+            made[candidate.name] = _export(candidate.name, model, options, data, work)
         except Exception as e:  # a student that cannot be made: reported, and the run goes on
             if candidate.name == TEACHER:
                 raise
@@ -120,66 +136,30 @@ def optimize(options: OptimizeOptions) -> OptimizeResult:
             logger.error("%s: %s", candidate.name, reason, exc_info=not isinstance(e, BertdeployError))
             rejected.append({"candidate": candidate.name, "stage": stage, "reason": reason})
             continue
+        _made_by(exported, recipe)
         log.append({"name": candidate.name, "status": "made", "seconds": round(time.monotonic() - began, 1)})
         logger.info("%s: made in %.0f s", candidate.name, log[-1]["seconds"])
-    logger.info("timing and scoring every variant of %s on the same cells and texts", ", ".join(made))
-    result = _bench(options, made, work)
-    report = _report(options, result, made, rejected, log)
-    kept = report["export"]["candidate"]
-    _ship(made[kept], options.output_dir / "model", report)
-    reporting.write(report, options.output_dir / "report.json", options.output_dir / "report.html")
-    return OptimizeResult(output_dir=options.output_dir, kept=kept, report=report)
+    return made, rejected, log
 
 
-def _teacher(options: OptimizeOptions) -> ModelManifest:
-    """The teacher's manifest; `options.eval_file` set to the held-out file it recorded where none was given."""
-    manifest = ModelManifest.read(options.model_dir)
-    data = manifest.data
-    if options.train_file is None and (data.train_file is None or not Path(data.train_file.path).is_file()):
-        raise BertdeployError(f"{options.model_dir}: no training data recorded (or it is gone); pass --train-file "
-                              "and --eval-file")
-    if options.eval_file is None:
-        if data.eval_file is not None and Path(data.eval_file.path).is_file():
-            options.eval_file = Path(data.eval_file.path)
-        elif data.val_split is not None and options.train_file is None:
-            # the students hold the same rows out of the same file themselves (distill keeps the split's seed)
-            options.held_out = _held_out(manifest, options.output_dir / "work" / "held_out.csv")
-        else:
-            raise BertdeployError(f"{options.model_dir}: its held-out data is gone; pass --eval-file, the texts "
-                                  "every candidate is scored on")
-    return manifest
+def _settings(options: OptimizeOptions) -> dict:
+    """The options a candidate is made with, beside its data (inputs.Inputs.recipe)."""
+    return json.loads(json.dumps({"teacher": str(options.model_dir.absolute()),
+                                  "max_accuracy_drop": options.max_accuracy_drop, "training": options.training},
+                                 default=str))
 
 
-def _held_out(manifest: ModelManifest, path: Path) -> Path:
-    """The rows `finetune` held out of the teacher's training file (the same split: fraction and seed), written to
-    `path` in the teacher's columns, for bench to score every candidate on."""
-    data, columns, scheme = manifest.data, manifest.columns, manifest.scheme
-    rows = load_examples(data.train_file.path, **example_columns(columns, scheme), drop_empty=manifest.drop_empty)
-    _, held = split_examples(rows, data.val_split.fraction, data.val_split.seed)
-    names = [c for c in (columns.text_column, columns.text_pair_column) if c]
-    labels = list(columns.label_columns) if columns.label_columns else [columns.label_column]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as temporary, temporary.open("w", encoding="utf-8", newline="") as f:
-        out = csv.writer(f)
-        out.writerow([*names, *labels])
-        for i, text in enumerate(held.texts):
-            label = held.labels[i]
-            if columns.label_columns:  # one 0/1 column per label
-                cells = [int(name in label) for name in labels]
-            else:
-                cells = [scheme.separator.join(label) if scheme.multi_label else label]
-            out.writerow([text, *([held.pairs[i]] if held.pairs is not None else []), *cells])
-    logger.info("scoring every candidate on the %d rows held out of %s (%s)", len(held), data.train_file.path, path)
-    return path
-
-
-def _config(model_dir: Path) -> dict:
-    return json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-
-
-def _depth(model_dir: Path) -> int:
-    config = _config(model_dir)
-    return int(config.get("num_hidden_layers") or config.get("n_layers") or 0)
+def _made_by(exported: Path, recipe: dict | None = None) -> dict | None:
+    """The recipe a finished candidate was made from (beside its export), written when `recipe` is given; None
+    where there is none or it cannot be read (the candidate is made again)."""
+    path = exported.with_name(f"{exported.name}.recipe.json")
+    if recipe is not None:
+        with atomic_file(path) as temporary:
+            temporary.write_text(json.dumps(recipe, indent=1), encoding="utf-8")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _with_teacher(candidates: list[Candidate]) -> list[Candidate]:
@@ -187,46 +167,49 @@ def _with_teacher(candidates: list[Candidate]) -> list[Candidate]:
     return candidates if any(c.name == TEACHER for c in candidates) else [Candidate(TEACHER), *candidates]
 
 
-def _distill(candidate: Candidate, options: OptimizeOptions, work: Path) -> Path:
+def _distill(candidate: Candidate, options: OptimizeOptions, data: Inputs, work: Path) -> Path:
     """The student's model directory, distilled from the teacher."""
     model = work / "models" / candidate.name
     logger.info("%s: distilling into %s", candidate.name, model)
     training = {**options.training, "overwrite": True, "resume": False}
-    if options.eval_file is not None:
-        training["eval_file"] = options.eval_file  # else the teacher's split, which distill keeps
-    hidden = int(_config(options.model_dir).get("hidden_size") or STATIC_DIMS)
+    if data.eval_file is not None:
+        training["eval_file"] = data.eval_file  # else the teacher's split, which distill keeps
+    config = json.loads((options.model_dir / "config.json").read_text(encoding="utf-8"))
+    hidden = int(config.get("hidden_size") or config.get("dim") or STATIC_DIMS)
     distill(DistillOptions(options.model_dir, model, layers=candidate.layers, static=candidate.static,
-                           static_dims=min(STATIC_DIMS, hidden), train_file=options.train_file,
+                           static_dims=min(STATIC_DIMS, hidden), train_file=data.train_file,
                            max_accuracy_drop=NO_GUARD, training=training))
     return model
 
 
-def _export(name: str, model: Path, options: OptimizeOptions, work: Path) -> Path:
+def _export(name: str, model: Path, options: OptimizeOptions, data: Inputs, work: Path) -> Path:
     """The candidate's export directory: its variants, each guarded against its own model on the scored texts."""
     exported = work / "exports" / name
     logger.info("%s: exporting into %s", name, exported)
     export(ExportOptions(model_dir=model, output_dir=exported, max_accuracy_drop=options.max_accuracy_drop,
-                         eval_file=options.scored_on, overwrite=True, progress=logger.isEnabledFor(logging.INFO)))
+                         eval_file=data.scored_on, overwrite=True, progress=logger.isEnabledFor(logging.INFO)))
     return exported
 
 
-def _bench(options: OptimizeOptions, made: dict[str, Path], work: Path):
+def _bench(options: OptimizeOptions, data: Inputs, made: dict[str, Path], work: Path):
     """One bench run: the teacher's export, every other candidate's beside it, the same cells and texts."""
     others = [path for name, path in made.items() if name != TEACHER]
     return bench(BenchOptions(artifact_dir=made[TEACHER], compare=others, batch_sizes=options.batch_sizes,
                               seq_lengths=[] if options.texts else [options.seq_length], texts_file=options.texts,
-                              eval_file=options.scored_on, runs=options.runs,
-                              record=False, json_file=work / "bench.json",
+                              natural_lengths=options.texts is not None, eval_file=data.scored_on,
+                              runs=options.runs, record=False, json_file=work / "bench.json",
                               progress=logger.isEnabledFor(logging.INFO)))
 
 
-def _report(options: OptimizeOptions, result, made: dict[str, Path], rejected: list, log: list) -> dict:
+def _report(options: OptimizeOptions, data: Inputs, result, made: dict[str, Path], rejected: list,
+            log: list) -> dict:
+    """report.json: the bound, every engine's score and p50 per cell (PyTorch and bench's router aside), the choice
+    per cell, the candidate kept, the rejected ones, what each took, the machine."""
     label = {str(path): name for name, path in made.items()}
     length = NATURAL if options.texts else options.seq_length
     inputs = NATURAL if options.texts else f"{options.seq_length} tokens"
     reference = next(e for e in result.engines if e.name == PYTORCH_PREFIX and label.get(e.artifact) == TEACHER)
     metric = "micro_f1" if result.multi_label else "accuracy"
-    floor = reference.headline - options.max_accuracy_drop / 100
     engines = []
     for engine in result.engines:
         variant = engine.name.split(":", 1)[-1]
@@ -234,45 +217,45 @@ def _report(options: OptimizeOptions, result, made: dict[str, Path], rejected: l
             continue
         timed = [t for t in result.timings if t.engine == engine.name and t.inputs == inputs]
         score = engine.headline
-        engines.append({"candidate": label[engine.artifact], "variant": variant, "score": score,
-                        "within": score is not None and score >= floor, "size_bytes": engine.size_bytes,
+        within = score is not None and judge_drop(reference.headline, score, options.max_accuracy_drop).within
+        engines.append({"candidate": label[engine.artifact], "variant": variant, "score": score, "within": within,
+                        "size_bytes": engine.size_bytes,
                         "p50_ms": {reporting.cell_key(t.batch_size, length): t.p50_ms for t in timed},
                         "padded_tokens": {reporting.cell_key(t.batch_size, length): t.padded_tokens for t in timed}})
-    sizes = sorted({t.batch_size for t in result.timings if t.inputs == inputs})  # natural: as many as the texts fill
+    sizes = sorted({t.batch_size for t in result.timings if t.inputs == inputs})
     cells = [reporting.cell_key(b, length) for b in sizes]
-    chosen = choose(engines, cells, floor)
-    kept = kept_candidate(chosen, cells)
-    return {"model": str(options.model_dir), "eval_texts": result.eval_texts,
+    chosen = choose(engines, cells)
+    return {"model": str(options.model_dir), "eval_file": str(data.scored_on), "eval_texts": result.eval_texts,
             "bound": {"metric": metric, "reference": reference.headline,
-                      "max_accuracy_drop": options.max_accuracy_drop, "floor": floor},
-            "cells": [{"batch_size": b, "seq_length": length} for b in sizes],
-            "texts": None if options.texts is None else str(options.texts), "inputs": inputs,
-            "threads": result.threads,
-            "engines": engines, "chosen": chosen, "rejected": rejected, "candidates": log,
-            "export": {"candidate": kept, "path": str(options.output_dir / "model")}, "machine": result.machine}
+                      "max_accuracy_drop": options.max_accuracy_drop,
+                      "floor": reference.headline - options.max_accuracy_drop / 100},
+            "cells": [{"batch_size": b, "seq_length": length} for b in sizes], "inputs": inputs,
+            "texts": None if options.texts is None else str(options.texts), "runs": options.runs,
+            "threads": result.threads, "engines": engines, "chosen": chosen, "rejected": rejected,
+            "candidates": log, "export": {"candidate": kept_candidate(chosen, cells),
+                                          "path": str(options.output_dir / "model")},
+            "machine": result.machine}
 
 
 def _ship(exported: Path, destination: Path, report: dict) -> None:
-    """The kept candidate's export at `destination`, every figure of the run in its manifest, and the ranges
-    `backend="auto"` routes by taken from this run's timings of its variants within the bound."""
-    if destination.exists():
-        shutil.rmtree(destination)
+    """The kept candidate's export at `destination` (replacing an earlier run's only once complete), the whole
+    report in its manifest (`extra["optimize"]`), and the ranges `backend="auto"` routes by taken from this run's
+    timings of its variants within the bound."""
     with staging_dir(destination) as staging:
         shutil.copytree(exported, staging, dirs_exist_ok=True)
         manifest = ExportManifest.read(staging)
-        figures = {k: report[k] for k in ("bound", "cells", "engines", "chosen", "rejected")}
         dataclasses.replace(manifest, auto=_routes(report, manifest) or manifest.auto,
-                            extra={**manifest.extra, "optimize": figures}).write(staging)
+                            extra={**manifest.extra, "optimize": report}).write(staging)
 
 
 def _routes(report: dict, manifest: ExportManifest) -> AutoSection | None:
-    """The kept candidate's `auto` section from the report: p50 per batch size in padded tokens of each of its
-    variants, routed among those within the bound (None: none is, and the export's own ranges stay)."""
+    """The kept candidate's `auto` section from the report: each of its variants' p50 per batch size in padded
+    tokens, routed among those within the bound (None: none is, and the export's own ranges stay)."""
     kept = report["export"]["candidate"]
     mine = [e for e in report["engines"] if e["candidate"] == kept and e["variant"] in manifest.variants]
     eligible = [e["variant"] for e in mine if e["within"]]
     if not eligible:
         return None
-    p50 = {e["variant"]: {e["padded_tokens"][cell]: ms for cell, ms in e["p50_ms"].items()} for e in mine}
+    p50 = size_p50([(e["variant"], e["padded_tokens"][cell], ms) for e in mine for cell, ms in e["p50_ms"].items()])
     backends = {name: manifest.variants[name].backend for name in p50}
     return auto_section(p50, eligible, backends, "optimize", report["inputs"], report["threads"])

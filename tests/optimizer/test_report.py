@@ -28,7 +28,9 @@ REPORT = {"model": "runs/topics/<model>", "eval_texts": 500,
           "chosen": {key: {"candidate": "layers-3", "variant": "int8", "p50_ms": ENGINES[2]["p50_ms"][key],
                            "score": 0.943, "within": True, "speedup": 2.0} for key in ("1x128", "32x128")},
           "rejected": [{"candidate": "layers-2", "stage": "distill", "reason": "3.1 points below its teacher"}],
-          "machine": {"cpu": "a CPU", "cpu_flags": ["avx2"], "usable_cpus": 2, "memory_gb": 23.6}}
+          "export": {"candidate": "layers-3", "path": "out/model"}, "threads": 2, "runs": 30,
+          "machine": {"cpu": "a CPU", "cpu_flags": ["avx2"], "usable_cpus": 2, "memory_gb": 23.6,
+                      "versions": {"onnxruntime": "1.0"}}}
 
 
 def test_the_pareto_front_keeps_what_nothing_beats_on_both():
@@ -37,11 +39,12 @@ def test_the_pareto_front_keeps_what_nothing_beats_on_both():
 
 
 def test_the_report_is_one_file_with_nothing_fetched(tmp_path):
-    report.write(REPORT, tmp_path / "report.json", tmp_path / "report.html")
+    report.write(REPORT, report.render_html(REPORT), tmp_path)
     page = (tmp_path / "report.html").read_text()
     assert json.loads((tmp_path / "report.json").read_text()) == REPORT
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
     assert "https://" not in page and page.count("class='chosen'") == 2 and "&lt;model&gt;" in page
+    assert "onnxruntime 1.0" in page and "avx2" in page  # the machine and the library versions
 
 
 def test_the_report_renders_in_a_headless_browser(tmp_path):
@@ -49,7 +52,7 @@ def test_the_report_renders_in_a_headless_browser(tmp_path):
     if chromium is None:
         pytest.skip("no Chromium here (Debian's package: apt-get install chromium)")
     image = pytest.importorskip("PIL.Image", reason="Pillow (matplotlib's, the plot extra) reads the screenshot")
-    report.write(REPORT, tmp_path / "report.json", tmp_path / "report.html")
+    report.write(REPORT, report.render_html(REPORT), tmp_path)
     shot = tmp_path / "shot.png"
     subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     "--window-size=1200,1800", f"--screenshot={shot}", (tmp_path / "report.html").as_uri()],
