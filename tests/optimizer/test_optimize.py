@@ -46,11 +46,14 @@ def test_optimize_makes_times_and_keeps_the_fastest_within_the_bound(tiny_classi
     assert {c["status"] for c in again.report["candidates"]} == {"reused"}
 
 
-def test_a_bound_nothing_meets_keeps_the_teachers_best(tiny_classifier, tmp_path):
+def test_the_command_prints_the_choice_and_a_changed_bound_makes_the_teacher_again(tiny_classifier, tmp_path):
     model, _, _ = tiny_classifier
-    result = optimize(OptimizeOptions(model, tmp_path / "out", max_accuracy_drop=0, candidates="teacher",
-                                      **FAST))
-    assert result.kept == "teacher"
+    args = ["optimize", str(model), "--output-dir", str(tmp_path / "out"), "--candidates", "teacher",
+            "--batch-sizes", "1,8", "--seq-length", "32", "--runs", "3"]
+    done = CliRunner().invoke(cli, [*args, "--max-accuracy-drop", "0"])
+    assert done.exit_code == 0, done.output
+    assert "bound: accuracy at least" in done.output and "1x32: teacher / " in done.output
+    assert f"kept teacher in {tmp_path / 'out' / 'model'}" in done.output
     again = optimize(OptimizeOptions(model, tmp_path / "out", max_accuracy_drop=100, candidates="teacher", **FAST))
     assert again.report["candidates"][0]["status"] == "made"  # another bound: its export is made again
 

@@ -47,6 +47,16 @@ def test_the_report_is_one_file_with_nothing_fetched(tmp_path):
     assert "onnxruntime 1.0" in page and "avx2" in page  # the machine and the library versions
 
 
+def test_the_summary_says_when_nothing_kept_the_bound():
+    outside = {**REPORT, "chosen": {"1x128": {"candidate": "teacher", "variant": "fp32", "p50_ms": 6.0,
+                                              "score": 0.95, "within": False, "speedup": None}}}
+    bound, cell = report.summary_lines(outside)
+    assert bound.startswith("bound: accuracy at least 0.9400 (the teacher's 0.9500 less 1 points) on 500")
+    assert cell == "1x128: teacher / fp32, 6.00 ms p50, accuracy 0.9500 (nothing kept the bound: the teacher's " \
+                   "best variant)"
+    assert "class='warn'" in report.render_html(outside)
+
+
 def test_the_report_renders_in_a_headless_browser(tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
