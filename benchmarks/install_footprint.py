@@ -1,15 +1,15 @@
-"""What each install costs: the runtime (`pip install bertdeploy`), with serving, and with training.
+"""What each install costs: the runtime (`pip install .`), with serving, and with training.
 
-Three fresh venvs built from this checkout: `.` (predictor and `bertdeploy predict`), `.[serve]`
-(plus FastAPI, uvicorn, prometheus-client) and `.[train,serve]` (plus PyTorch 2.13.0 CPU,
-transformers, Optimum, datasets, accelerate, onnx; torch installed first, as the set-up scripts do).
-For each: its size on disk, its packages, the time to import the predictor, and a fresh process's
-time from spawn to the first label printed, with `--backend onnxruntime` on the demo export (as
-`predictor_speed.py` measures it), and `bertdeploy predict` on one text as a whole process, exit
-included. The processes of the three venvs take turns (timing.interleave), 7 rounds, medians.
-Writes benchmarks/results/install_footprint.json.
+Three fresh venvs built from this checkout, timed on the export of the MiniLM of benchmarks/minilm_demo.py
+(all-MiniLM-L6-v2 fine-tuned on the demo's reviews; made on first use, about 10 minutes on 2 cores): `.` (predictor
+and `bertdeploy predict`), `.[serve]` (plus FastAPI, uvicorn, prometheus-client) and `.[train,serve]` (plus PyTorch
+2.13.0 CPU, transformers, onnx, onnxscript, datasets, accelerate; torch installed first, as the set-up scripts do). For
+each: its size on disk, its packages, the time to import the predictor, and a fresh process's time from spawn to
+the first label printed, with `--backend onnxruntime` (as `predictor_speed.py` measures it), and `bertdeploy
+predict` on one text as a whole process, exit included. The processes of the three venvs take turns
+(timing.interleave), 7 rounds, medians. Writes benchmarks/results/install_footprint.json.
 
-    python benchmarks/install_footprint.py [--artifacts runs/demo/onnx]
+    python benchmarks/install_footprint.py [--artifacts runs/minilm-demo/onnx]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import minilm_demo
 import numpy as np
 
 from bertdeploy.host import machine
@@ -29,9 +30,10 @@ from bertdeploy.timing import interleave, stopwatch
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "install_footprint.json"
-INSTALLS = {"runtime (pip install bertdeploy)": ".", "runtime + serve": ".[serve]",
+INSTALLS = {"runtime (pip install .)": ".", "runtime + serve": ".[serve]",
             "full (train + serve)": ".[train,serve]"}
 TEXT = "这个手机很好用，电池也耐用。"
+MINILM = minilm_demo.DEFAULT
 FIRST_LABEL = ("from bertdeploy.predictor import Predictor\n"
                "p = Predictor.load({artifacts!r}, backend='onnxruntime')\n"
                "print(p.predict([{text!r}])[0].label, flush=True)")
@@ -83,9 +85,11 @@ def run(command: list[str], stdin: str | None, step: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifacts", type=Path, default=Path("runs/demo/onnx"))
+    parser.add_argument("--artifacts", type=Path, default=MINILM / "onnx")
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
+    if args.artifacts == MINILM / "onnx":
+        minilm_demo.ensure()  # the default model, made on first use
     artifacts = str(args.artifacts.resolve())
     with tempfile.TemporaryDirectory() as tmp:
         venvs = {name: Path(tmp) / f"venv{i}" for i, name in enumerate(INSTALLS)}

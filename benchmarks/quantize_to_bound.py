@@ -1,17 +1,16 @@
 """Quantizing to the accuracy bound, on a model where plain INT8 misses it.
 
-The demo model (MiniLM fine-tuned on the reviews by scripts/demo.sh) given an outlier feature with
-the tests' `add_outlier_feature` (tests/helpers.py): in every layer one attention value feature is
-scaled up 10,000x and the output projection's weights for it scaled down as much, so PyTorch's logits
-are unchanged but one 8-bit scale per tensor rounds every other feature of that projection's input to
-zero. Exported twice, each with int8 and int8-ov: with the default bound (1 point; the export keeps
-the most sensitive nodes in float until the bound holds) and with a bound no variant can miss (the
-plain builds). Records, per variant, the attempts, the nodes left in float and the accuracy; then
-times fp32 and the plain and searched builds on ONNX Runtime / OpenVINO at batch 1 and 8 of real
-reviews, interleaved (timing.interleaved_latency, 2 threads). Writes
-benchmarks/results/quantize_to_bound.json.
+The MiniLM of benchmarks/minilm_demo.py (all-MiniLM-L6-v2 fine-tuned on the demo's reviews; made on first use, about
+10 minutes on 2 cores) given an outlier feature with the tests' `add_outlier_feature` (tests/helpers.py): in every
+layer one attention value feature is scaled up 10,000x and the output projection's weights for it scaled down as
+much, so PyTorch's logits are unchanged but one 8-bit scale per tensor rounds every other feature of that
+projection's input to zero. Exported twice, each with int8 and int8-ov: with the default bound (1 point; the export
+keeps the most sensitive nodes in float until the bound holds) and with a bound no variant can miss (the plain
+builds). Records, per variant, the attempts, the nodes left in float and the accuracy; then times fp32 and the plain
+and searched builds on ONNX Runtime / OpenVINO at batch 1 and 8 of real reviews, interleaved
+(timing.interleaved_latency, 2 threads). Writes benchmarks/results/quantize_to_bound.json.
 
-    python benchmarks/quantize_to_bound.py [--model runs/demo/model]
+    python benchmarks/quantize_to_bound.py [--model runs/minilm-demo/model]
 """
 
 from __future__ import annotations
@@ -22,6 +21,8 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
+
+import minilm_demo
 
 from bertdeploy import ExportOptions, export
 from bertdeploy.host import machine
@@ -34,12 +35,15 @@ from helpers import add_outlier_feature  # noqa: E402 - the tests' model, so bot
 
 RESULTS = Path(__file__).parent / "results" / "quantize_to_bound.json"
 THREADS = 2
+MINILM = minilm_demo.DEFAULT
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("runs/demo/model"))
+    parser.add_argument("--model", type=Path, default=MINILM / "model")
     args = parser.parse_args()
+    if args.model == MINILM / "model":
+        minilm_demo.ensure()  # the default model, made on first use
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -1,14 +1,15 @@
 """`bertdeploy predict --engine ray` against the single-process `bertdeploy predict`, on the same 2 cores.
 
-The demo model (`--backend auto`) labels a CSV of N reviews (the demo's train and test reviews
-repeated, with an id column) three ways, each a whole `bertdeploy predict` process timed from
-start to exit: the local engine (one process, 2 threads), Ray Data with 2 actors of 1 thread
-(the default here) and with 1 actor of 2 threads. Each also runs on 100 rows, which shows the
-fixed cost (Ray starting a local cluster, the actors loading the model); rows/s after it is
-(N - 100) / (t(N) - t(100)). The labels are compared with the local engine's.
-Writes benchmarks/results/ray_bulk.json.
+The MiniLM of benchmarks/minilm_demo.py (all-MiniLM-L6-v2 fine-tuned on the demo's reviews; made on first use, about
+10 minutes on 2 cores; `--backend auto`) labels a CSV of N reviews (its train and test reviews repeated, with an id
+column) three ways, each a whole `bertdeploy predict` process timed from start to exit: the local engine (one
+process, 2 threads), Ray Data with 2 actors of 1 thread (the default here) and with 1 actor of 2 threads. Each also
+runs on 100 rows, which shows the fixed cost (Ray starting a local cluster, the actors loading the model); rows/s
+after it is (N - 100) / (t(N) - t(100)). The labels are compared with the local engine's. Writes
+benchmarks/results/ray_bulk.json.
 
-    python benchmarks/ray_bulk.py [--artifacts runs/demo/onnx] [--data runs/demo/data] [--rows 20000]
+    python benchmarks/ray_bulk.py [--artifacts runs/minilm-demo/onnx] [--data runs/minilm-demo/data]
+                                  [--rows 20000]
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import minilm_demo
+
 from bertdeploy.host import machine
 from bertdeploy.timing import stopwatch
 
 RESULTS = Path(__file__).parent / "results" / "ray_bulk.json"
+MINILM = minilm_demo.DEFAULT
 RUNS = {"local, 2 threads": [], "ray, 2 workers x 1 thread": ["--engine", "ray"],
         "ray, 1 worker x 2 threads": ["--engine", "ray", "--workers", "1", "--threads", "2"]}
 
@@ -52,10 +56,14 @@ def labels(path: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--artifacts", type=Path, default=Path("runs/demo/onnx"))
-    parser.add_argument("--data", type=Path, default=Path("runs/demo/data"))
+    parser.add_argument("--artifacts", type=Path, default=MINILM / "onnx")
+    parser.add_argument("--data", type=Path, default=MINILM / "data")
     parser.add_argument("--rows", type=int, default=20_000)
     args = parser.parse_args()
+    if args.artifacts == MINILM / "onnx":
+        minilm_demo.ensure()  # the default model, made on first use
+    elif args.data == MINILM / "data":
+        minilm_demo.data()  # the default texts: the demo's reviews
     results = {}
     with tempfile.TemporaryDirectory() as work:
         small, big = Path(work) / "small.csv", Path(work) / "big.csv"

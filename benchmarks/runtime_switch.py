@@ -1,14 +1,14 @@
-"""What alternating between ONNX Runtime and OpenVINO costs a stream of single texts, on the demo model.
+"""What alternating between ONNX Runtime and OpenVINO costs a stream of single texts, on a fine-tuned MiniLM.
 
-One review per call, text in -> label out, 600 reviews, 2 threads, the candidates taking turns in
-blocks of 25 (a stream of requests), 20 warm-up calls each: `Predictor.load(dir)` as loaded by
-default; export's ONNX Runtime default variant alone (spinning on, the default); `int8-ov` alone; and
-both runtimes alternating by length, as routes by padded tokens without `backends.SWITCH_MARGIN` gave
-(reviews over 81 padded tokens on `int8-ov`, the rest on ONNX Runtime's variant). Medians over
-all reviews, over the short and the long ones, and over the short ones that came right after a
-long one. Writes benchmarks/results/runtime_switch.json.
+On the export of the MiniLM of benchmarks/minilm_demo.py (all-MiniLM-L6-v2 fine-tuned on the demo's reviews; made on
+first use, about 10 minutes on 2 cores): one review per call, text in -> label out, 600 reviews, 2 threads, the
+candidates taking turns in blocks of 25 (a stream of requests), 20 warm-up calls each: `Predictor.load(dir)` as
+loaded by default; export's ONNX Runtime default variant alone (spinning on, the default); `int8-ov` alone; and both
+runtimes alternating by length, as routes by padded tokens without `backends.SWITCH_MARGIN` gave (reviews over 81
+padded tokens on `int8-ov`, the rest on ONNX Runtime's variant). Medians over all reviews, over the short and the
+long ones, and over the short ones that came right after a long one. Writes benchmarks/results/runtime_switch.json.
 
-    python benchmarks/runtime_switch.py [--artifacts runs/demo/onnx]
+    python benchmarks/runtime_switch.py [--artifacts runs/minilm-demo/onnx]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import time
 from pathlib import Path
 
+import minilm_demo
 import numpy as np
 
 from bertdeploy import Predictor
@@ -29,12 +30,15 @@ from bertdeploy.timing import interleave
 
 RESULTS = Path(__file__).parent / "results" / "runtime_switch.json"
 THREADS, BLOCK, TEXTS, BOUNDARY = 2, 25, 600, 81
+MINILM = minilm_demo.DEFAULT
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifacts", type=Path, default=Path("runs/demo/onnx"))
+    parser.add_argument("--artifacts", type=Path, default=MINILM / "onnx")
     args = parser.parse_args()
+    if args.artifacts == MINILM / "onnx":
+        minilm_demo.ensure()  # the default model, made on first use
     pool = [t for group in review_texts().values() for t in group]
     texts = [pool[i] for i in np.random.default_rng(1).permutation(len(pool))[:TEXTS]]
     ort = Predictor.load(args.artifacts, backend="onnxruntime", threads=THREADS)

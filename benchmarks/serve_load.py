@@ -1,6 +1,7 @@
 """`bertdeploy serve` under load on loopback: dynamic batching against batching switched off, and RSS over time.
 
-Two servers of the demo's INT8 MiniLM (runs/demo/onnx) run side by side on loopback:
+Two servers of the MiniLM of benchmarks/minilm_demo.py (all-MiniLM-L6-v2 fine-tuned on the demo's reviews; made on
+first use, about 10 minutes on 2 cores) run side by side on loopback:
   batching   the defaults (--max-batch-size 64, --max-wait-ms 5)
   off        --max-batch-size 1: every text runs alone
 A bounded asyncio load generator (httpx, keep-alive, one review per request, real reviews from
@@ -10,7 +11,7 @@ server and level: requests/s, p50/p90/p99 latency, errors. Then 20,000 requests 
 against the batching server, its RSS read from /proc every 1,000: growth after warm-up.
 Writes benchmarks/results/serve_load.json.
 
-    python benchmarks/serve_load.py [--artifacts runs/demo/onnx] [--texts runs/demo/data/test.csv]
+    python benchmarks/serve_load.py [--artifacts runs/minilm-demo/onnx] [--texts runs/minilm-demo/data/test.csv]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
+import minilm_demo
 import numpy as np
 
 from bertdeploy.data import load_texts
@@ -33,6 +35,7 @@ from bertdeploy.host import machine
 RESULTS = Path(__file__).parent / "results" / "serve_load.json"
 LEVELS = {1: 300, 8: 1500, 32: 3000}  # concurrency -> requests per repetition
 SOAK_REQUESTS, SOAK_STEP = 20_000, 1_000
+MINILM = minilm_demo.DEFAULT
 
 
 def free_port() -> int:
@@ -95,9 +98,13 @@ def rss_mb(pid: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifacts", type=Path, default=Path("runs/demo/onnx"))
-    parser.add_argument("--texts", type=Path, default=Path("runs/demo/data/test.csv"))
+    parser.add_argument("--artifacts", type=Path, default=MINILM / "onnx")
+    parser.add_argument("--texts", type=Path, default=MINILM / "data" / "test.csv")
     args = parser.parse_args()
+    if args.artifacts == MINILM / "onnx":
+        minilm_demo.ensure()  # the default model, made on first use
+    elif args.texts == MINILM / "data" / "test.csv":
+        minilm_demo.data()  # the default texts: the demo's reviews
     texts, _ = load_texts(args.texts)
     servers = {"batching": start(args.artifacts), "off": start(args.artifacts, "--max-batch-size", "1")}
     try:

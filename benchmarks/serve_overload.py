@@ -1,6 +1,7 @@
 """`bertdeploy serve` past its capacity: open-loop load from 1x to 10x what it can answer, then recovery.
 
-One server of an exported classifier (the demo's, runs/demo/onnx, by default) runs on loopback with
+One server of an exported classifier (by default the MiniLM of benchmarks/minilm_demo.py, all-MiniLM-L6-v2
+fine-tuned on the demo's reviews; made on first use, about 10 minutes on 2 cores) runs on loopback with
 `--threads 1`, so the model has one core and the event loop and this load generator share the
 other. First its capacity: single-review POST /predict requests, 64 at a time (closed loop), for a
 few seconds. Then, per server configuration, open-loop phases: requests are sent on a fixed
@@ -14,7 +15,7 @@ window and the seconds until a window's p99 is back within twice the baseline's.
 defaults, and a queue and deadline sized from the measured capacity (docs/serve.md explains the sizing).
 Writes benchmarks/results/serve_overload.json.
 
-    python benchmarks/serve_overload.py [--artifacts runs/demo/onnx] [--texts runs/demo/data/test.csv]
+    python benchmarks/serve_overload.py [--artifacts runs/minilm-demo/onnx] [--texts runs/minilm-demo/data/test.csv]
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ from bertdeploy.data import load_texts
 from bertdeploy.host import machine
 
 sys.path.insert(0, str(Path(__file__).parent))
+import minilm_demo  # noqa: E402
 from serve_load import free_port, rss_mb  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "serve_overload.json"
 FACTORS = (1, 2, 5, 10)
 PHASE_S, RECOVERY_S, BASELINE_S = 6.0, 10.0, 6.0  # --phase-seconds scales all three (a smoke run: 1)
 CLIENT_TIMEOUT_S = 60.0
+MINILM = minilm_demo.DEFAULT
 MAX_OUTSTANDING = 3000  # the generator's own bound on open requests: beyond it a request is counted unsent
 
 
@@ -194,10 +197,14 @@ def run_config(name: str, artifacts: Path, payloads: list[bytes], rate: float, e
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifacts", type=Path, default=Path("runs/demo/onnx"))
-    parser.add_argument("--texts", type=Path, default=Path("runs/demo/data/test.csv"))
+    parser.add_argument("--artifacts", type=Path, default=MINILM / "onnx")
+    parser.add_argument("--texts", type=Path, default=MINILM / "data" / "test.csv")
     parser.add_argument("--phase-seconds", type=float, default=PHASE_S)
     args = parser.parse_args()
+    if args.artifacts == MINILM / "onnx":
+        minilm_demo.ensure()  # the default model, made on first use
+    elif args.texts == MINILM / "data" / "test.csv":
+        minilm_demo.data()  # the default texts: the demo's reviews
     scale = args.phase_seconds / PHASE_S
     texts, _ = load_texts(args.texts)
     payloads = bodies(texts)

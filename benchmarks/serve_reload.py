@@ -1,13 +1,13 @@
 """`bertdeploy serve --model-repository`: a model reloaded ten times under load, and the memory of several models.
 
-Reloads: a repository holding one model, `reviews` (an export, runs/demo/onnx by default, hard-linked), served
-on loopback with `--threads 1`, so the model has one core and this load generator the other. A closed loop of
-CONCURRENCY clients sends single-review POST /predict requests naming the model (a new connection each, as
-serve_overload.py does) for PHASE_S seconds; then, with the clients going on, a new version is copied in (under a
-temporary name, then renamed) and loaded with `POST /v2/repository/models/reviews/load`, ten times one after the
-other; then PHASE_S seconds more. Reported: every request's outcome (a failed request is anything but 200), p50
-and p99 latency before, during (sent between the first load's start and the last load's answer) and after, each
-load's time to its answer, and the server's peak RSS.
+Reloads: a repository holding one model, `reviews` (an export, hard-linked: by default the demo's, runs/demo/onnx
+after `bash scripts/demo.sh`, multilingual-e5-small), served on loopback with `--threads 1`, so the model has one
+core and this load generator the other. A closed loop of CONCURRENCY clients sends single-review POST /predict
+requests naming the model (a new connection each, as serve_overload.py does) for PHASE_S seconds; then, with the
+clients going on, a new version is copied in (under a temporary name, then renamed) and loaded with `POST
+/v2/repository/models/reviews/load`, ten times one after the other; then PHASE_S seconds more. Reported: every
+request's outcome (a failed request is anything but 200), p50 and p99 latency before, during (sent between the first
+load's start and the last load's answer) and after, each load's time to its answer, and the server's peak RSS.
 
 Memory: 1, 2 and 4 copies of the model (as many model names) in one repository server against as many one-model
 servers (`serve DIR`), each model asked 20 requests first: resident memory (RSS; summed over the processes) and

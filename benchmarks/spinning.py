@@ -1,18 +1,18 @@
 """Single texts on ONNX Runtime: latency by spinning policy, against Optimum's pipeline, and the CPU an idle
 process burns after a burst.
 
-The demo export's `int8` (the ONNX Runtime default variant, the very file Optimum's pipeline loads), 2
-threads. (1) One review at a time, text in -> label out: the predictor with each spinning policy
-(`spinning=True`, the default, as ONNX Runtime's and so Optimum's: the intra-op threads spin a moment
-after each call; `False`: they never spin) and Optimum's
-`ORTModelForSequenceClassification` pipeline, each labelling blocks of 25 consecutive reviews one call
-at a time (a stream of requests, where spinning threads catch the next call), the blocks taking turns
-(timing.interleave), 400 reviews after 20 warm-up calls each; the median of the calls. (2) Idle CPU: a
-fresh process per policy runs a burst of 200 single reviews, then its CPU time over the next 2 seconds of
+The `int8` (the ONNX Runtime default variant, the very file Optimum's pipeline loads) of the MiniLM of
+benchmarks/minilm_demo.py (all-MiniLM-L6-v2 fine-tuned on the demo's reviews; made on first use, about 10 minutes on
+2 cores), 2 threads. (1) One review at a time, text in -> label out: the predictor with each spinning policy
+(`spinning=True`, the default, as ONNX Runtime's and so Optimum's: the intra-op threads spin a moment after each
+call; `False`: they never spin) and Optimum's `ORTModelForSequenceClassification` pipeline, each labelling blocks of
+25 consecutive reviews one call at a time (a stream of requests, where spinning threads catch the next call), the
+blocks taking turns (timing.interleave), 400 reviews after 20 warm-up calls each; the median of the calls. (2) Idle
+CPU: a fresh process per policy runs a burst of 200 single reviews, then its CPU time over the next 2 seconds of
 idling is read (share of one core). Writes benchmarks/results/spinning.json. Optimum's pipeline needs a venv of its
-own (see predictor_speed.py).
+own (see predictor_speed.py; make the MiniLM first in bertdeploy's venv).
 
-    python benchmarks/spinning.py [--model runs/demo/model] [--artifacts runs/demo/onnx]
+    python benchmarks/spinning.py [--model runs/minilm-demo/model] [--artifacts runs/minilm-demo/onnx]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import minilm_demo
 import numpy as np
 from predictor_speed import BLOCK, optimum_dir, stream_block
 
@@ -38,6 +39,7 @@ THREADS = 2
 POLICIES = {"on (default, as ONNX Runtime's)": (True, THREADS), "off": (False, THREADS),
             "off, 1 thread": (False, 1)}
 TRICKLE_GAP_S = 0.1
+MINILM = minilm_demo.DEFAULT
 IDLE = """
 import json, sys, time
 from bertdeploy import Predictor
@@ -59,9 +61,11 @@ print(json.dumps({{"idle_core_share": idle, "trickle_core_share": trickle}}))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("runs/demo/model"))
-    parser.add_argument("--artifacts", type=Path, default=Path("runs/demo/onnx"))
+    parser.add_argument("--model", type=Path, default=MINILM / "model")
+    parser.add_argument("--artifacts", type=Path, default=MINILM / "onnx")
     args = parser.parse_args()
+    if args.model == MINILM / "model" or args.artifacts == MINILM / "onnx":
+        minilm_demo.ensure()  # the default model, made on first use
     import torch
     from optimum.onnxruntime import ORTModelForSequenceClassification
     from transformers import AutoTokenizer, pipeline

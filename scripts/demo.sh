@@ -26,5 +26,5 @@ echo "== timing PyTorch and every variant on the same inputs (figures: $out/benc
 bertdeploy bench "$out/onnx" --eval-file "$out/data/test.csv" --batch-sizes 1,8 --seq-lengths 128 --runs 30 \
   --warmup 5 --json "$out/bench.json" --plot "$out/bench.png"
 echo "== predicting with --backend auto (onnxruntime or openvino + tokenizers + numpy, no torch)"
-printf '我今天很开心\n这产品太差了\n这个手机真的很好用！\n' | bertdeploy predict "$out/onnx" -
-bertdeploy predict "$out/onnx" "$out/data/test.csv" --output "$out/test_predictions.csv"
+printf '我今天很开心\n这产品太差了\n这个手机真的很好用！\n' | bertdeploy predict "$out/onnx" - 2>&1 | tee "$out/examples.txt"
+bertdeploy predict "$out/onnx" "$out/data/test.csv" --output "$out/test_predictions.csv" 2>&1 | tee "$out/predict.log"

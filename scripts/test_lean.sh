@@ -36,7 +36,7 @@ for command in finetune export bench; do  # the build commands name the extra, i
   esac
   status=0
   said=$("$work/venv/bin/bertdeploy" "$command" "${args[@]}" 2>&1) || status=$?
-  if [[ $status != 2 || $said != "Error: $command needs the training stack"*"pip install 'bertdeploy[train]'" ]]; then
+  if [[ $status != 2 || $said != "Error: $command needs the training stack"*"pip install '.[train]' in its checkout)" ]]; then
     echo "bertdeploy $command without the training stack: exit $status, $said" >&2
     exit 1
   fi

@@ -87,7 +87,7 @@ def pick_engines(options: BenchOptions, manifest: ExportManifest, compared: Path
         wanted = [n for n in wanted if device == "cpu" or shipped[n].backend != OPENVINO]
         skipped = [n for n in wanted if shipped[n].backend == OPENVINO and not openvino_installed()]
         if skipped:
-            logger.warning("skipping %s: openvino is not installed (pip install 'bertdeploy[openvino]')",
+            logger.warning("skipping %s: openvino is not installed (bertdeploy's 'openvino' extra)",
                            ", ".join(skipped))
         wanted = [n for n in wanted if n not in skipped]
         if device == "cpu" and manifest.auto is not None:

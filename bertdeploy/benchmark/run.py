@@ -17,6 +17,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+from bertdeploy.artifacts import writable
 from bertdeploy.benchmark import report as reporting
 from bertdeploy.benchmark.cases import artifact_inputs
 from bertdeploy.benchmark.lineup import compared_artifacts, pick_engines, runnable
@@ -46,6 +47,10 @@ def bench(options: BenchOptions) -> BenchResult:
     compared = compared_artifacts(options, manifest)
     engines = pick_engines(options, manifest)
     measured = {e.name for e in engines}  # the run's own artifact's, for the auto ranges
+    records = options.record and options.device == "cpu" and all(n in measured for n in runnable(manifest))
+    check_options([(not records or writable(options.artifact_dir),
+                    f"{options.artifact_dir}: cannot write there, and bench records the routes of --backend auto in "
+                    "its manifest.json; pass --no-record, or bench a writable copy and ship that")])
     for c in compared:
         engines += [replace(e, name=f"{c.label}:{e.name}") for e in pick_engines(options, c.manifest, c.directory)]
     examples = load_eval(options, manifest)
@@ -68,7 +73,7 @@ def bench(options: BenchOptions) -> BenchResult:
     scoring = None if examples is None else (examples, main.encoder, main.names, main.scheme)
     reports, timings = measure(engines, main.cases, options, scoring, manifest.max_accuracy_drop, own)
     auto = None
-    if options.record and options.device == "cpu" and all(n in measured for n in runnable(manifest)):
+    if records:
         auto = record_auto(options, manifest, reports, timings)
     elif options.record and options.device == "cpu":
         logger.info("not recording the auto ranges: only some variants were measured")

@@ -118,7 +118,7 @@ def choose_routes(directory: Path, manifest: ExportManifest, variant: str | None
         candidates = [n for n in manifest.on(*runtimes) if eligible is None or n in eligible]
         if backend == "auto" and OPENVINO not in runtimes and manifest.on(OPENVINO):
             logger.info("%s has OpenVINO variants but openvino is not installed: choosing among ONNX Runtime's "
-                        "(pip install 'bertdeploy[openvino]' for all)", directory)
+                        "(bertdeploy's 'openvino' extra for all)", directory)
         timings = {} if auto is None else auto.timings(manifest.max_length)
         plan = plan_routes(timings, candidates, {n: variants[n].backend for n in candidates})
         if not plan and backend == OPENVINO:

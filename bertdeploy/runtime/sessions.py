@@ -35,7 +35,8 @@ def resolve_providers(providers: str | Sequence | None) -> list:
         name, options = provider if isinstance(provider, tuple) else (provider, None)
         name = PROVIDERS.get(name.lower(), name)
         if name not in available:
-            hint = ("; install the GPU build: `pip uninstall -y onnxruntime && pip install 'bertdeploy[gpu]'`"
+            hint = ("; install the GPU build: `pip uninstall -y onnxruntime && pip install '.[gpu]'` in bertdeploy's "
+                    "checkout"
                     if name in GPU_PROVIDERS else "")
             raise BertdeployError(f"provider {name} is not in this ONNX Runtime (it has {', '.join(available)}){hint}")
         resolved.append((name, options) if options else name)

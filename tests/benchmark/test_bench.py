@@ -175,6 +175,25 @@ def test_bad_input_is_one_clear_line(case, tmp_path, tiny_artifacts, tiny_classi
     assert not (tmp_path / "b.json").exists()
 
 
+def test_a_directory_it_cannot_record_in_is_refused_before_any_timing(tiny_artifacts, monkeypatch, tmp_path):
+    """bench records the auto routes in the manifest: where it cannot write (a read-only volume, found by a probe
+    file, since root passes permission bits), one line before anything is timed; --no-record goes ahead."""
+    from bertdeploy.artifacts import writable
+
+    assert writable(tmp_path) and not list(tmp_path.iterdir())  # the probe leaves nothing behind
+    assert not writable(tmp_path / "missing") and not writable(tiny_artifacts / "manifest.json")
+    monkeypatch.setattr("bertdeploy.benchmark.run.writable", lambda directory: False)
+    before = (tiny_artifacts / "manifest.json").read_bytes()
+    result = CliRunner().invoke(cli, ["bench", str(tiny_artifacts), "--runs", "1", "--warmup", "0",
+                                      "--json", str(tmp_path / "b.json")])
+    assert result.exit_code == 2 and "cannot write there" in result.stderr and "--no-record" in result.stderr
+    assert not (tmp_path / "b.json").exists() and (tiny_artifacts / "manifest.json").read_bytes() == before
+    result = CliRunner().invoke(cli, ["bench", str(tiny_artifacts), "--no-record", "--runs", "1", "--warmup", "0",
+                                      "--batch-sizes", "1", "--seq-lengths", "8", "--json", str(tmp_path / "b.json")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "b.json").is_file() and (tiny_artifacts / "manifest.json").read_bytes() == before
+
+
 def test_options_are_checked():
     with pytest.raises(BertdeployError, match="batch sizes must be at least 1"):
         BenchOptions("x", batch_sizes=[0, 8])

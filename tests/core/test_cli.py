@@ -131,7 +131,7 @@ main()
 ])
 def test_without_the_training_stack_the_build_commands_name_the_extra(args, command, tiny_artifacts, tiny_data,
                                                                        tmp_path):
-    """What the runtime install (`pip install bertdeploy`) gives: one line naming the extra, exit 2, no files."""
+    """What the runtime install (`pip install .`) gives: one line naming the extra, exit 2, no files."""
     import subprocess
     import sys
 
@@ -140,7 +140,7 @@ def test_without_the_training_stack_the_build_commands_name_the_extra(args, comm
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (f"Error: {command} needs the training stack (PyTorch, transformers, ONNX): "
-                                   "pip install 'bertdeploy[train]'")
+                                   "install bertdeploy's 'train' extra (pip install '.[train]' in its checkout)")
     assert not (tmp_path / "out").exists()
     helped = subprocess.run([sys.executable, "-c", TRAINING_BLOCKED, args[0], "--help"], capture_output=True,
                             text=True, timeout=120)

@@ -167,3 +167,107 @@ def test_every_documented_command_uses_options_that_exist():
         options = [o.split("=")[0] for a in args[1:] for o in a.strip("[]").split("|") if o.startswith("--")]
         unknown = [o for o in options if o not in known]
         assert not unknown, f"{page}: bertdeploy {' '.join(args)}: no option {unknown}"
+
+
+# -- anchors, option synopses, variant names (issue 40) ---------------------------------------------------------
+
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "RESULTS.md"]
+
+
+def _outside_code(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of each line of a markdown page outside its ``` fenced blocks."""
+    lines, fenced = [], False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            lines.append((number, line))
+    return lines
+
+
+def github_slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lowercased, every character but a letter, digit, space, hyphen or
+    underscore dropped (backticks, colons, dots, parentheses, apostrophes), each space a hyphen."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors a page has: its headings' slugs (a repeated heading's with -1, -2, ...) and <a id/name>."""
+    found: set[str] = set()
+    seen: dict[str, int] = {}
+    text = page.read_text(encoding="utf-8")
+    for _, line in _outside_code(text):
+        if heading := re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line):
+            slug = github_slug(heading.group(1))
+            found.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+            seen[slug] = seen.get(slug, 0) + 1
+    found.update(re.findall(r"<a\s[^>]*?(?:id|name)=[\"']?([^\"'\s>]+)", text))
+    return found
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_anchors_name_headings(page):
+    broken = []
+    for number, line in _outside_code(page.read_text(encoding="utf-8")):
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]*)\)", line):
+            if "://" in target or (target and not target.endswith(".md")):
+                continue  # another site, or a file that is no markdown page
+            linked = (page.parent / target).resolve() if target else page
+            if linked.is_file() and anchor not in anchors(linked):
+                broken.append(f"{page.name}:{number}: ({target}#{anchor})")
+    assert not broken, "links to anchors that name no heading (GitHub's slug of the heading, or an <a id>): " \
+                       "fix the anchor or the heading:\n" + "\n".join(broken)
+
+
+SYNOPSIS_COMMANDS = ["finetune", "export", "distill", "optimize", "bench", "predict", "serve"]
+
+
+@pytest.mark.parametrize("command", SYNOPSIS_COMMANDS)
+def test_each_command_page_opens_with_its_whole_synopsis(command):
+    from bertdeploy.cli import cli
+
+    page = ROOT / "docs" / f"{command}.md"
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", page.read_text(encoding="utf-8"), re.S | re.M)
+    assert blocks and blocks[0].startswith(f"bertdeploy {command}"), \
+        f"docs/{command}.md: its first code block should be the synopsis, starting `bertdeploy {command}`"
+    shown = set(re.findall(r"--[a-z0-9][a-z0-9-]*", blocks[0]))
+    options = {opt for param in cli.commands[command].params for opt in (*param.opts, *param.secondary_opts)
+               if opt.startswith("--")} - {"--help"}
+    assert shown == options, f"docs/{command}.md: the synopsis lacks {sorted(options - shown)} and shows unknown " \
+                             f"{sorted(shown - options)}: update the synopsis at the top of docs/{command}.md"
+
+
+def producible_variants() -> set[str]:
+    """Every variant name export can write. No one place in bertdeploy lists them: export.py builds them from
+    kinds.KINDS (int8, int8-static, fp16, int8-ov, fp32-ov) and optimize.LEVELS (O1-O4) as it goes: fp32, each
+    level, each kind, and '<level>-<kind>' for the kinds built from a fused graph too (fused_too), at every level
+    but the fp16 one (export.py's `if kind.fused_too and level and not LEVELS[level].fp16`)."""
+    from bertdeploy.builder.kinds import KINDS
+    from bertdeploy.builder.optimize import LEVELS
+
+    fused = {f"{level}-{name}" for name, kind in KINDS.items() if kind.fused_too
+             for level, settings in LEVELS.items() if not settings.fp16}
+    return {"fp32", *LEVELS, *KINDS, *fused}
+
+
+# what a variant's name looks like: a level, or a precision with a suffix, built from a level or not; bf16 is no
+# variant but an OpenVINO precision and PyTorch's autocast
+VARIANT_LIKE = re.compile(r"O\d+|(?:O\d+-)?(?:fp|int|uint)\d+(?:-[a-z0-9]+)*")
+
+
+@pytest.mark.parametrize("page", [README, *sorted((ROOT / "docs").glob("*.md"))], ids=lambda p: p.name)
+def test_every_variant_the_docs_name_is_one_export_builds(page):
+    variants = producible_variants()
+    unknown = [f"{page.name}:{number}: `{token}`" for number, line in _outside_code(page.read_text(encoding="utf-8"))
+               for token in re.findall(r"`([^`\s]+)`", line) if VARIANT_LIKE.fullmatch(token) and token not in variants]
+    assert not unknown, f"no variant of these names exists (export builds {sorted(variants)}): " + ", ".join(unknown)
+
+
+def test_the_artifact_format_names_every_variant():
+    text = (ROOT / "docs" / "artifacts.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`([^`\s]+)`", text))
+    # a range such as `O1`..`O4` or `O1-int8`..`O3-int8` names the levels between
+    for first, suffix, last in re.findall(r"`O(\d+)((?:-[a-z0-9-]+)?)`\s*\.\.\s*`O(\d+)\2`", text):
+        named.update(f"O{level}{suffix}" for level in range(int(first), int(last) + 1))
+    missing = sorted(producible_variants() - named)
+    assert not missing, f"docs/artifacts.md names no variant {missing}: add them to the list of variants"

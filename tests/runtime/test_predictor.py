@@ -158,7 +158,8 @@ def test_providers_and_threads(tiny_artifacts):
     import onnxruntime
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        with pytest.raises(BertdeployError, match="CUDAExecutionProvider is not in this ONNX Runtime.*bertdeploy.gpu"):
+        with pytest.raises(BertdeployError,
+                           match=r"CUDAExecutionProvider is not in this ONNX Runtime.*pip install '\.\[gpu\]'"):
             Predictor.load(tiny_artifacts, providers="cuda")
     with pytest.raises(BertdeployError, match="provider NPUExecutionProvider is not in this ONNX Runtime"):
         Predictor.load(tiny_artifacts, providers=["NPUExecutionProvider"])
