@@ -40,13 +40,17 @@ def first_line(error: Exception) -> str:
     return " ".join(filter(None, [lines[0] if lines else type(error).__name__, unsupported]))
 
 
+def extra_hint(extra: str) -> str:
+    """How to install bertdeploy's `extra`, in the words of every message that names one."""
+    return f"install bertdeploy's '{extra}' extra (pip install '.[{extra}]' in its checkout)"
+
+
 def import_extra(module: str, extra: str, needed_for: str, what: str | None = None):
     """`module`, imported; when it is missing, a BertdeployError: '<needed_for> needs <what>: pip install ...'."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise BertdeployError(f"{needed_for} needs {what or module}: install bertdeploy's '{extra}' extra "
-                              f"(pip install '.[{extra}]' in its checkout)") from None
+        raise BertdeployError(f"{needed_for} needs {what or module}: {extra_hint(extra)}") from None
 
 
 def require_training(command: str, *modules: str) -> None:

@@ -18,7 +18,7 @@ from bertdeploy.benchmark.engines import AUTO, Engine
 from bertdeploy.benchmark.options import BenchOptions
 from bertdeploy.builder.kinds import integer
 from bertdeploy.builder.reference import PYTORCH, PYTORCH_BF16, computes_bf16
-from bertdeploy.errors import BertdeployError
+from bertdeploy.errors import BertdeployError, extra_hint
 from bertdeploy.manifest import ExportManifest
 from bertdeploy.runtime.backends import OPENVINO, import_openvino, openvino_installed
 from bertdeploy.runtime.sessions import PROVIDERS, resolve_providers
@@ -87,8 +87,7 @@ def pick_engines(options: BenchOptions, manifest: ExportManifest, compared: Path
         wanted = [n for n in wanted if device == "cpu" or shipped[n].backend != OPENVINO]
         skipped = [n for n in wanted if shipped[n].backend == OPENVINO and not openvino_installed()]
         if skipped:
-            logger.warning("skipping %s: openvino is not installed (bertdeploy's 'openvino' extra)",
-                           ", ".join(skipped))
+            logger.warning("skipping %s: openvino is not installed (%s)", ", ".join(skipped), extra_hint("openvino"))
         wanted = [n for n in wanted if n not in skipped]
         if device == "cpu" and manifest.auto is not None:
             wanted.append(AUTO)

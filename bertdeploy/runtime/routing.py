@@ -11,7 +11,7 @@ import logging
 import math
 from pathlib import Path
 
-from bertdeploy.errors import BertdeployError
+from bertdeploy.errors import BertdeployError, extra_hint
 from bertdeploy.manifest import TOKENS, AutoRoute, AutoSection, ExportManifest
 from bertdeploy.runtime.backends import ONNXRUNTIME, OPENVINO, check_backend, import_openvino, openvino_installed
 
@@ -118,7 +118,7 @@ def choose_routes(directory: Path, manifest: ExportManifest, variant: str | None
         candidates = [n for n in manifest.on(*runtimes) if eligible is None or n in eligible]
         if backend == "auto" and OPENVINO not in runtimes and manifest.on(OPENVINO):
             logger.info("%s has OpenVINO variants but openvino is not installed: choosing among ONNX Runtime's "
-                        "(bertdeploy's 'openvino' extra for all)", directory)
+                        "(%s for all)", directory, extra_hint("openvino"))
         timings = {} if auto is None else auto.timings(manifest.max_length)
         plan = plan_routes(timings, candidates, {n: variants[n].backend for n in candidates})
         if not plan and backend == OPENVINO:
